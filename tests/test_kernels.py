@@ -1,0 +1,202 @@
+"""Each numba kernel against an independent float64 numpy computation on small random shapes.
+
+Tolerances: relative error = max|ours - ref| / max(|ref|) over the tensor; float32 kernels
+with float32 accumulation over at most a few hundred terms stay well under 1e-5, so the
+thresholds below (1e-5 unless stated) leave room for rounding but not for a wrong formula.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from tests import reference_gpt2 as ref
+from tui_llm.engine import kernels as K
+
+RTOL = 1e-5
+
+
+def rel_err(ours, expected):
+    ours, expected = np.asarray(ours, np.float64), np.asarray(expected, np.float64)
+    return float(np.max(np.abs(ours - expected)) / max(np.max(np.abs(expected)), 1e-30))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def f32(a):
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def test_fast_tanh_is_accurate_to_float32_rounding():
+    x = np.linspace(-12, 12, 200001).astype(np.float32)
+    out = np.empty_like(x)
+    K.tanh_array(out, x)
+    assert np.max(np.abs(out.astype(np.float64) - np.tanh(x.astype(np.float64)))) < 1e-6
+    assert np.all(np.abs(out) <= 1.0)
+
+
+def test_encoder_forward_backward(rng):
+    B, T, C, Vp = 2, 5, 8, 16
+    wte, wpe = f32(rng.standard_normal((Vp, C))), f32(rng.standard_normal((7, C)))
+    tokens = rng.integers(0, 12, (B, T)).astype(np.int32)
+    tokens[0, 0] = tokens[1, 3] = 4  # a repeated token must accumulate
+    out = np.empty((B, T, C), np.float32)
+    K.encoder_forward(out, tokens, wte, wpe)
+    assert rel_err(out, wte.astype(np.float64)[tokens] + wpe[:T]) < RTOL
+    dout = f32(rng.standard_normal((B, T, C)))
+    dwte, dwpe = np.zeros_like(wte), np.zeros_like(wpe)
+    K.encoder_backward(dwte, dwpe, dout, tokens)
+    exp_wte = np.zeros((Vp, C))
+    np.add.at(exp_wte, tokens.reshape(-1), dout.reshape(-1, C).astype(np.float64))
+    assert rel_err(dwte, exp_wte) < RTOL
+    assert rel_err(dwpe[:T], dout.astype(np.float64).sum(0)) < RTOL
+    assert not dwpe[T:].any()
+
+
+def test_layernorm_forward_backward(rng):
+    N, C = 13, 48
+    x = f32(rng.standard_normal((N, C)) * 3 + 1)
+    w, b = f32(rng.standard_normal(C)), f32(rng.standard_normal(C))
+    out, mean, rstd = np.empty_like(x), np.empty(N, np.float32), np.empty(N, np.float32)
+    K.layernorm_forward(out, mean, rstd, x, w, b)
+    exp, cache = ref.layernorm(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
+    assert rel_err(out, exp) < RTOL
+    assert rel_err(mean, x.astype(np.float64).mean(1)) < RTOL
+    assert rel_err(rstd, cache[1][:, 0]) < RTOL
+
+    dout = f32(rng.standard_normal((N, C)))
+    dx0 = f32(rng.standard_normal((N, C)))  # dx accumulates into what is there
+    dx, dw, db = dx0.copy(), np.full(C, 7, np.float32), np.full(C, 7, np.float32)
+    K.layernorm_backward(dx, dw, db, dout, x, mean, rstd, w)
+    edx, edw, edb = ref.layernorm_back(dout.astype(np.float64), cache, w.astype(np.float64))
+    assert rel_err(dx - dx0, edx) < 1e-4
+    assert rel_err(dw, edw) < RTOL
+    assert rel_err(db, edb) < RTOL
+
+
+def test_bias_residual_and_column_sum(rng):
+    N, C = 9, 20
+    out = f32(rng.standard_normal((N, C)))
+    bias = f32(rng.standard_normal(C))
+    expected = out.astype(np.float64) + bias
+    K.add_bias(out, bias)
+    assert rel_err(out, expected) < RTOL
+
+    res, proj = f32(rng.standard_normal((N, C))), f32(rng.standard_normal((N, C)))
+    out2 = np.empty_like(res)
+    K.residual_bias_forward(out2, res, proj, bias)
+    assert rel_err(out2, res.astype(np.float64) + proj + bias) < RTOL
+
+    colsum = np.full(C, 3, np.float32)
+    K.column_sum(colsum, res)
+    assert rel_err(colsum, res.astype(np.float64).sum(0)) < RTOL
+
+
+def test_gelu_forward_backward(rng):
+    N, C = 7, 64
+    x0 = f32(rng.standard_normal((N, C)) * 4)
+    bias = f32(rng.standard_normal(C))
+    x, out = x0.copy(), np.empty_like(x0)
+    K.bias_gelu_forward(out, x, bias)
+    pre = x0.astype(np.float64) + bias
+    assert rel_err(x, pre) < RTOL
+    assert rel_err(out, ref.gelu(pre)) < RTOL
+    dout = f32(rng.standard_normal((N, C)))
+    d = dout.copy()
+    K.gelu_backward_inplace(d, x)
+    assert rel_err(d, ref.gelu_back(dout.astype(np.float64), x.astype(np.float64))) < RTOL
+    # and the analytic derivative matches finite differences of the float64 formula
+    h = 1e-6
+    fd = (ref.gelu(pre + h) - ref.gelu(pre - h)) / (2 * h)
+    assert rel_err(ref.gelu_back(np.ones_like(pre), pre), fd) < 1e-6
+
+
+def attention_reference(qkv, nh):
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // nh
+    q, k, v = [a.reshape(B, T, nh, hs).transpose(0, 2, 1, 3) for a in np.split(qkv, 3, -1)]
+    s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)
+    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+    att = np.exp(s - s.max(-1, keepdims=True))
+    att /= att.sum(-1, keepdims=True)
+    return att, (att @ v).transpose(0, 2, 1, 3).reshape(B, T, C), (q, k, v)
+
+
+def test_attention_forward_backward(rng):
+    B, T, C, NH = 2, 11, 24, 3
+    qkv = f32(rng.standard_normal((B, T, 3 * C)))
+    att, atty = np.zeros((B, NH, T, T), np.float32), np.empty((B, T, C), np.float32)
+    K.attention_forward(atty, att, qkv, NH)
+    eatt, eatty, (q, k, v) = attention_reference(qkv.astype(np.float64), NH)
+    causal = np.tril(np.ones((T, T), bool))
+    assert rel_err(att[..., causal], eatt[..., causal]) < RTOL
+    assert rel_err(atty, eatty) < RTOL
+
+    datty = f32(rng.standard_normal((B, T, C)))
+    dqkv = np.full((B, T, 3 * C), 5, np.float32)  # overwritten, not accumulated
+    K.attention_backward(dqkv, datty, att, qkv, NH)
+    hs = C // NH
+    dy = datty.astype(np.float64).reshape(B, T, NH, hs).transpose(0, 2, 1, 3)
+    datt = dy @ v.transpose(0, 1, 3, 2)
+    dv = eatt.transpose(0, 1, 3, 2) @ dy
+    ds = eatt * (datt - (eatt * datt).sum(-1, keepdims=True)) / math.sqrt(hs)
+    dq, dk = ds @ k, ds.transpose(0, 1, 3, 2) @ q
+    expected = np.concatenate([d.transpose(0, 2, 1, 3).reshape(B, T, C) for d in (dq, dk, dv)], -1)
+    assert rel_err(dqkv, expected) < 1e-5
+
+
+def test_softmax_crossentropy_loss_and_gradient(rng):
+    N, V, Vp = 6, 50, 64
+    logits = f32(rng.standard_normal((N, Vp)) * 5)
+    logits[:, V:] = 123.0  # padded columns must not take part
+    targets = rng.integers(0, V, N).astype(np.int32)
+    real = logits[:, :V].astype(np.float64)
+    logz = np.log(np.exp(real - real.max(1, keepdims=True)).sum(1)) + real.max(1)
+    expected_losses = logz - real[np.arange(N), targets]
+
+    losses = np.empty(N, np.float32)
+    kept = logits.copy()
+    K.softmax_crossentropy(kept, losses, targets, V, np.float32(1.0 / N), False)
+    assert rel_err(losses, expected_losses) < RTOL
+    assert np.array_equal(kept, logits)  # without want_grad the logits are untouched
+
+    K.softmax_crossentropy(logits, losses, targets, V, np.float32(1.0 / N), True)
+    grad = np.exp(real - logz[:, None])
+    grad[np.arange(N), targets] -= 1
+    assert rel_err(logits[:, :V], grad / N) < RTOL
+    assert not logits[:, V:].any()
+
+    probs = np.empty_like(logits)
+    src = f32(rng.standard_normal((N, Vp)))
+    K.softmax_rows(probs, src, V, np.float32(1 / 0.7))
+    e = np.exp(src[:, :V].astype(np.float64) / 0.7)
+    assert rel_err(probs[:, :V], e / e.sum(1, keepdims=True)) < RTOL
+    assert not probs[:, V:].any()
+
+
+def test_sum_of_squares_and_adamw(rng):
+    n = 200_003  # several chunks and a ragged tail
+    g = f32(rng.standard_normal(n))
+    assert abs(K.sum_of_squares(g) - float((g.astype(np.float64) ** 2).sum())) < 1e-4 * n
+
+    p0 = f32(rng.standard_normal(n))
+    m0, v0 = f32(rng.standard_normal(n) * 0.1), f32(rng.random(n) * 0.1)
+    starts, ends = np.array([10, 150_000], np.int64), np.array([70_000, 180_000], np.int64)
+    p, m, v = p0.copy(), m0.copy(), v0.copy()
+    lr, b1, b2, eps, wd, t, scale = 1e-3, 0.9, 0.999, 1e-8, 0.1, 3, 0.5
+    K.adamw_update(p, g, m, v, starts, ends, lr, b1, b2, eps, wd, t, scale)
+
+    gg = g.astype(np.float64) * scale
+    em = b1 * m0 + (1 - b1) * gg
+    ev = b2 * v0 + (1 - b2) * gg ** 2
+    decay = np.zeros(n)
+    for s, e in zip(starts, ends):
+        decay[s:e] = wd
+    ep = p0 - lr * ((em / (1 - b1 ** t)) / (np.sqrt(ev / (1 - b2 ** t)) + eps) + decay * p0)
+    assert rel_err(m, em) < RTOL
+    assert rel_err(v, ev) < RTOL
+    assert np.max(np.abs(p - ep)) < 1e-6

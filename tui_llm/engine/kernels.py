@@ -1,0 +1,419 @@
+"""Numba kernels for GPT-2: everything that is not a big matrix product.
+
+Each kernel mirrors one function of llm.c's train_gpt2.c (same math, float32 throughout) and
+is compiled with `nogil=True` so a training thread never freezes the UI, and `cache=True` so
+the compile happens once per machine. Row-parallel kernels use `prange`; the matrix products
+themselves go through numpy's BLAS in model.py.
+
+Shapes use llm.c's letters: B batch, T time, C channels, NH heads, hs = C/NH, N = B*T rows,
+V real vocabulary, Vp padded vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+JIT = dict(nogil=True, cache=True, fastmath=True)
+PJIT = dict(nogil=True, cache=True, fastmath=True, parallel=True)
+
+GELU_SCALE = np.float32(math.sqrt(2.0 / math.pi))
+GELU_CUBE = np.float32(0.044715)
+
+
+# ---------------------------------------------------------------------------------------
+# tanh without a libm call, so the GELU loops vectorise. A [13/6] rational approximation of
+# tanh on [-7.9, 7.9] (the form Eigen uses for float); beyond that tanh is +-1 in float32.
+# Max error against float64 tanh is about 1 ulp (checked in tests/test_kernels.py).
+
+TANH_CLAMP = np.float32(7.90531110763549805)
+
+
+@njit(inline="always", **JIT)
+def fast_tanh(x):
+    x = min(max(x, -TANH_CLAMP), TANH_CLAMP)
+    x2 = x * x
+    p = np.float32(-2.76076847742355e-16)
+    p = p * x2 + np.float32(2.00018790482477e-13)
+    p = p * x2 + np.float32(-8.60467152213735e-11)
+    p = p * x2 + np.float32(5.12229709037114e-08)
+    p = p * x2 + np.float32(1.48572235717979e-05)
+    p = p * x2 + np.float32(6.37261928875436e-04)
+    p = p * x2 + np.float32(4.89352455891786e-03)
+    p = p * x
+    q = np.float32(1.19825839466702e-06)
+    q = q * x2 + np.float32(1.18534705686654e-04)
+    q = q * x2 + np.float32(2.26843463243900e-03)
+    q = q * x2 + np.float32(4.89352518554385e-03)
+    return p / q
+
+
+@njit(**PJIT)
+def tanh_array(out, x):
+    """Elementwise fast_tanh (exposed for the accuracy test)."""
+    for i in prange(x.shape[0]):
+        out[i] = fast_tanh(x[i])
+
+
+# ---------------------------------------------------------------------------------------
+# Encoder: x[b, t] = wte[token] + wpe[t]
+
+@njit(**PJIT)
+def encoder_forward(out, tokens, wte, wpe):
+    # out (B, T, C), tokens (B, T) int32, wte (Vp, C), wpe (maxT, C)
+    B, T, C = out.shape
+    for bt in prange(B * T):
+        b, t = bt // T, bt % T
+        tok = tokens[b, t]
+        for c in range(C):
+            out[b, t, c] = wte[tok, c] + wpe[t, c]
+
+
+@njit(**JIT)
+def encoder_backward(dwte, dwpe, dout, tokens):
+    """Accumulate (+=) into dwte rows and dwpe rows. Serial: tokens repeat, rows would race."""
+    B, T, C = dout.shape
+    for b in range(B):
+        for t in range(T):
+            tok = tokens[b, t]
+            for c in range(C):
+                d = dout[b, t, c]
+                dwte[tok, c] += d
+                dwpe[t, c] += d
+
+
+# ---------------------------------------------------------------------------------------
+# LayerNorm over the last axis, eps 1e-5, biased variance; caches mean and 1/std.
+
+@njit(**PJIT)
+def layernorm_forward(out, mean, rstd, x, weight, bias):
+    # out, x (N, C); mean, rstd (N,); weight, bias (C,)
+    N, C = x.shape
+    eps = np.float32(1e-5)
+    for r in prange(N):
+        row = x[r]
+        m = np.float32(0.0)
+        for c in range(C):
+            m += row[c]
+        m = m / C
+        var = np.float32(0.0)
+        for c in range(C):
+            d = row[c] - m
+            var += d * d
+        var = var / C
+        s = np.float32(1.0) / np.sqrt(var + eps)
+        o = out[r]
+        for c in range(C):
+            o[c] = (row[c] - m) * s * weight[c] + bias[c]
+        mean[r] = m
+        rstd[r] = s
+
+
+@njit(**PJIT)
+def layernorm_backward(dx, dweight, dbias, dout, x, mean, rstd, weight):
+    """dx += d(out)/dx . dout (rows in parallel); dweight, dbias are overwritten."""
+    N, C = x.shape
+    for r in prange(N):
+        m, s = mean[r], rstd[r]
+        row, drow, dxr = x[r], dout[r], dx[r]
+        # g = weight * dout; dx = s * (g - mean(g) - n * mean(g * n)), n = normalised x
+        g_mean = np.float32(0.0)
+        gn_mean = np.float32(0.0)
+        for c in range(C):
+            n = (row[c] - m) * s
+            g = weight[c] * drow[c]
+            g_mean += g
+            gn_mean += g * n
+        g_mean = g_mean / C
+        gn_mean = gn_mean / C
+        for c in range(C):
+            n = (row[c] - m) * s
+            g = weight[c] * drow[c]
+            dxr[c] += s * (g - g_mean - n * gn_mean)
+    # parameter gradients: column sums over rows (serial over rows, vectorised over C)
+    dweight[:] = 0.0
+    dbias[:] = 0.0
+    for r in range(N):
+        m, s = mean[r], rstd[r]
+        for c in range(C):
+            d = dout[r, c]
+            dweight[c] += (x[r, c] - m) * s * d
+            dbias[c] += d
+
+
+# ---------------------------------------------------------------------------------------
+# Bias, residual, GELU (the matmul's bias is fused into the kernel that follows it)
+
+@njit(**PJIT)
+def add_bias(out, bias):
+    # out (N, OC) += bias (OC,)
+    N, OC = out.shape
+    for r in prange(N):
+        o = out[r]
+        for c in range(OC):
+            o[c] += bias[c]
+
+
+@njit(**PJIT)
+def residual_bias_forward(out, residual, proj, bias):
+    """out = residual + proj + bias (the projection's bias fused in). All (N, C)."""
+    N, C = out.shape
+    for r in prange(N):
+        o, a, p = out[r], residual[r], proj[r]
+        for c in range(C):
+            o[c] = a[c] + p[c] + bias[c]
+
+
+@njit(**PJIT)
+def bias_gelu_forward(out, x, bias):
+    """x += bias (kept: the backward needs the pre-activation), out = gelu(x), tanh form."""
+    N, C = x.shape
+    for r in prange(N):
+        xr, o = x[r], out[r]
+        for c in range(C):
+            v = xr[c] + bias[c]
+            xr[c] = v
+            u = GELU_SCALE * (v + GELU_CUBE * v * v * v)
+            o[c] = np.float32(0.5) * v * (np.float32(1.0) + fast_tanh(u))
+
+
+@njit(**PJIT)
+def gelu_backward_inplace(dx, x):
+    """dx (holding d gelu(x)) is turned into dx in place."""
+    N, C = x.shape
+    for r in prange(N):
+        xr, d = x[r], dx[r]
+        for c in range(C):
+            v = xr[c]
+            u = GELU_SCALE * (v + GELU_CUBE * v * v * v)
+            th = fast_tanh(u)
+            # 1 - tanh^2, exactly 0 where fast_tanh saturates (as 1/cosh^2 underflows in llm.c)
+            sech2 = np.float32(1.0) - th * th if abs(u) < TANH_CLAMP else np.float32(0.0)
+            grad = np.float32(0.5) * (np.float32(1.0) + th) + \
+                v * np.float32(0.5) * sech2 * GELU_SCALE * (np.float32(1.0) + np.float32(3.0) * GELU_CUBE * v * v)
+            d[c] = d[c] * grad
+
+
+@njit(**JIT)
+def column_sum(out, x):
+    """out (C,) = sum over rows of x (N, C): the bias gradient."""
+    N, C = x.shape
+    out[:] = 0.0
+    for r in range(N):
+        xr = x[r]
+        for c in range(C):
+            out[c] += xr[c]
+
+
+# ---------------------------------------------------------------------------------------
+# Causal self-attention, one (batch, head) pair per parallel task.
+
+@njit(**PJIT)
+def attention_forward(atty, att, qkv, num_heads):
+    # qkv (B, T, 3C): [query | key | value], head h at columns h*hs..(h+1)*hs of each block
+    # att (B, NH, T, T): softmax probabilities (entries t2 > t are never read or written)
+    # atty (B, T, C): attention output, heads side by side
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // num_heads
+    scale = np.float32(1.0 / math.sqrt(hs))
+    for bh in prange(B * num_heads):
+        b, h = bh // num_heads, bh % num_heads
+        q0, k0, v0 = h * hs, C + h * hs, 2 * C + h * hs
+        for t in range(T):
+            q = qkv[b, t, q0:q0 + hs]
+            row = att[b, h, t]
+            maxval = np.float32(-1e30)
+            for t2 in range(t + 1):
+                k = qkv[b, t2, k0:k0 + hs]
+                s = np.float32(0.0)
+                for i in range(hs):
+                    s += q[i] * k[i]
+                s *= scale
+                row[t2] = s
+                if s > maxval:
+                    maxval = s
+            total = np.float32(0.0)
+            for t2 in range(t + 1):
+                e = np.float32(math.exp(row[t2] - maxval))
+                row[t2] = e
+                total += e
+            inv = np.float32(1.0) / total
+            for t2 in range(t + 1):
+                row[t2] *= inv
+            out = atty[b, t, q0:q0 + hs]
+            out[:] = 0.0
+            for t2 in range(t + 1):
+                a = row[t2]
+                v = qkv[b, t2, v0:v0 + hs]
+                for i in range(hs):
+                    out[i] += a * v[i]
+
+
+@njit(**PJIT)
+def attention_backward(dqkv, datty, att, qkv, num_heads):
+    """dqkv (B, T, 3C) is overwritten from datty (B, T, C) through the attention of the forward."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // num_heads
+    scale = np.float32(1.0 / math.sqrt(hs))
+    for bh in prange(B * num_heads):
+        b, h = bh // num_heads, bh % num_heads
+        q0, k0, v0 = h * hs, C + h * hs, 2 * C + h * hs
+        for t in range(T):
+            dqkv[b, t, q0:q0 + hs] = 0.0
+            dqkv[b, t, k0:k0 + hs] = 0.0
+            dqkv[b, t, v0:v0 + hs] = 0.0
+        datt = np.empty(T, dtype=np.float32)
+        for t in range(T):
+            row = att[b, h, t]
+            dy = datty[b, t, q0:q0 + hs]
+            # through out = sum_t2 att[t2] * v[t2]
+            for t2 in range(t + 1):
+                v = qkv[b, t2, v0:v0 + hs]
+                dv = dqkv[b, t2, v0:v0 + hs]
+                a = row[t2]
+                s = np.float32(0.0)
+                for i in range(hs):
+                    s += dy[i] * v[i]
+                    dv[i] += a * dy[i]
+                datt[t2] = s
+            # through the softmax: dpre = att * (datt - sum(att * datt))
+            dot = np.float32(0.0)
+            for t2 in range(t + 1):
+                dot += row[t2] * datt[t2]
+            q = qkv[b, t, q0:q0 + hs]
+            dq = dqkv[b, t, q0:q0 + hs]
+            for t2 in range(t + 1):
+                dpre = row[t2] * (datt[t2] - dot) * scale
+                k = qkv[b, t2, k0:k0 + hs]
+                dk = dqkv[b, t2, k0:k0 + hs]
+                for i in range(hs):
+                    dq[i] += dpre * k[i]
+                    dk[i] += dpre * q[i]
+
+
+# ---------------------------------------------------------------------------------------
+# Softmax + cross-entropy over the real vocabulary (padded columns never touched by the math)
+
+@njit(**PJIT)
+def softmax_crossentropy(logits, losses, targets, vocab_size, dloss, want_grad):
+    """Per row r: losses[r] = -log softmax(logits[r, :V])[targets[r]].
+
+    With want_grad, logits is overwritten in place by dlogits = (probs - onehot) * dloss for
+    columns < V and 0 for the padded ones: one pass over the big buffer, no extra memory.
+    """
+    N, Vp = logits.shape
+    for r in prange(N):
+        row = logits[r]
+        maxval = np.float32(-1e30)
+        for i in range(vocab_size):
+            if row[i] > maxval:
+                maxval = row[i]
+        total = np.float32(0.0)
+        for i in range(vocab_size):
+            total += np.float32(math.exp(row[i] - maxval))
+        y = targets[r]
+        # loss from the log-sum-exp (same value as llm.c's -log(prob), without underflow)
+        losses[r] = math.log(total) - (row[y] - maxval)
+        if want_grad:
+            inv = np.float32(1.0) / total
+            for i in range(vocab_size):
+                row[i] = np.float32(math.exp(row[i] - maxval)) * inv * dloss
+            row[y] -= dloss
+            for i in range(vocab_size, Vp):
+                row[i] = 0.0
+
+
+@njit(**PJIT)
+def softmax_rows(probs, logits, vocab_size, inv_temperature):
+    """probs[r, :V] = softmax(logits[r, :V] / temperature); padded columns get 0."""
+    N, Vp = logits.shape
+    for r in prange(N):
+        row, p = logits[r], probs[r]
+        maxval = np.float32(-1e30)
+        for i in range(vocab_size):
+            if row[i] > maxval:
+                maxval = row[i]
+        total = np.float32(0.0)
+        for i in range(vocab_size):
+            e = np.float32(math.exp((row[i] - maxval) * inv_temperature))
+            p[i] = e
+            total += e
+        inv = np.float32(1.0) / total
+        for i in range(vocab_size):
+            p[i] *= inv
+        for i in range(vocab_size, Vp):
+            p[i] = 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# Optimizer: gradient norm and one fused AdamW pass over the flat buffers.
+
+CHUNK = 1 << 16
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def sum_of_squares(x):
+    """sum(x**2) in float64 (chunked so the parallel reduction stays accurate)."""
+    n = x.shape[0]
+    nchunks = (n + CHUNK - 1) // CHUNK
+    partial = np.zeros(nchunks, dtype=np.float64)
+    for ci in prange(nchunks):
+        start = ci * CHUNK
+        end = min(start + CHUNK, n)
+        s = 0.0
+        for i in range(start, end):
+            xi = np.float64(x[i])
+            s += xi * xi
+        partial[ci] = s
+    return partial.sum()
+
+
+@njit(**PJIT)
+def adamw_update(params, grads, m, v, decay_mask_starts, decay_mask_ends, lr, beta1, beta2, eps,
+                 weight_decay, step, grad_scale):
+    """llm.c's AdamW, bias-corrected, decoupled decay; t = step (1-based).
+
+    p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * p) where wd applies only inside the
+    [start, end) ranges given (the matrix tensors). grad_scale folds in gradient clipping.
+    """
+    n = params.shape[0]
+    b1c = np.float32(1.0 - beta1 ** step)
+    b2c = np.float32(1.0 - beta2 ** step)
+    beta1 = np.float32(beta1)
+    beta2 = np.float32(beta2)
+    one = np.float32(1.0)
+    lr = np.float32(lr)
+    eps = np.float32(eps)
+    grad_scale = np.float32(grad_scale)
+    nchunks = (n + CHUNK - 1) // CHUNK
+    for ci in prange(nchunks):
+        start = ci * CHUNK
+        end = min(start + CHUNK, n)
+        # does this chunk's first element sit in a decayed range? ranges are long, so find
+        # the decay per element range by range inside the chunk
+        i = start
+        while i < end:
+            wd = np.float32(0.0)
+            seg_end = end
+            for k in range(decay_mask_starts.shape[0]):
+                s0, s1 = decay_mask_starts[k], decay_mask_ends[k]
+                if s0 <= i < s1:
+                    wd = np.float32(weight_decay)
+                    seg_end = min(end, s1)
+                    break
+                if s0 > i:
+                    seg_end = min(seg_end, s0)
+            for j in range(i, seg_end):
+                g = grads[j] * grad_scale
+                mj = beta1 * m[j] + (one - beta1) * g
+                vj = beta2 * v[j] + (one - beta2) * g * g
+                m[j] = mj
+                v[j] = vj
+                m_hat = mj / b1c
+                v_hat = vj / b2c
+                params[j] -= lr * (m_hat / (np.sqrt(v_hat) + eps) + wd * params[j])
+            i = seg_end

@@ -1,0 +1,224 @@
+"""GPT-2 as llm.c defines it: forward and backward over one flat parameter buffer.
+
+    x = wte[tokens] + wpe[positions]
+    for each layer:  x = x + attproj(attention(ln1(x)))
+                     x = x + fcproj(gelu(fc(ln2(x))))
+    logits = ln_f(x) @ wte.T          (tied lm-head, all Vp columns)
+    loss = mean cross-entropy over the real vocabulary V
+
+Matrix products go through numpy's BLAS (`matmul` below, always with a preallocated `out=`;
+transposes are views, which numpy hands to BLAS as flags, not copies). Everything else is a
+numba kernel from kernels.py. All activation buffers are allocated once per (B, T) and reused,
+so a training step allocates nothing large.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tui_llm.engine import kernels as K
+from tui_llm.engine.config import MATRIX_PARAMS, GPTConfig, ParamTensors, num_parameters
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out = a @ b through BLAS. One indirection so benchmarks/step.py can time every product."""
+    np.matmul(a, b, out=out)
+
+
+class Activations:
+    """Every buffer the forward pass keeps for the backward pass, for one (B, T).
+
+    Per-layer buffers are stacked over L; 2-D buffers are (N = B*T rows, features).
+    """
+
+    def __init__(self, cfg: GPTConfig, B: int, T: int):
+        L, C, NH, Vp = cfg.num_layers, cfg.channels, cfg.num_heads, cfg.padded_vocab_size
+        N = B * T
+        f32 = np.float32
+        self.B, self.T = B, T
+        self.encoded = np.empty((N, C), f32)            # wte[tokens] + wpe
+        self.ln1 = np.empty((L, N, C), f32)
+        self.ln1_mean = np.empty((L, N), f32)
+        self.ln1_rstd = np.empty((L, N), f32)
+        self.qkv = np.empty((L, N, 3 * C), f32)
+        self.att = np.empty((L, B, NH, T, T), f32)      # attention probabilities
+        self.atty = np.empty((L, N, C), f32)            # attention output (heads side by side)
+        self.residual2 = np.empty((L, N, C), f32)       # after the attention block
+        self.ln2 = np.empty((L, N, C), f32)
+        self.ln2_mean = np.empty((L, N), f32)
+        self.ln2_rstd = np.empty((L, N), f32)
+        self.fch = np.empty((L, N, 4 * C), f32)         # fc pre-activation (bias included)
+        self.fch_gelu = np.empty((L, N, 4 * C), f32)
+        self.residual3 = np.empty((L, N, C), f32)       # after the MLP block
+        self.lnf = np.empty((N, C), f32)
+        self.lnf_mean = np.empty(N, f32)
+        self.lnf_rstd = np.empty(N, f32)
+        self.logits = np.empty((N, Vp), f32)            # becomes dlogits in a training forward
+        self.losses = np.empty(N, f32)
+        self.proj_out = np.empty((N, C), f32)           # scratch: a projection before its residual add
+        # backward scratch
+        self.dresidual = np.empty((N, C), f32)
+        self.d_c = np.empty((N, C), f32)
+        self.d_3c = np.empty((N, 3 * C), f32)
+        self.d_4c = np.empty((N, 4 * C), f32)
+
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+
+
+class GPT:
+    def __init__(self, config: GPTConfig, params: np.ndarray | None = None):
+        self.config = config
+        self.num_parameters = num_parameters(config)
+        self.params = ParamTensors(config, params)
+        self.grads: ParamTensors | None = None
+        self.acts: Activations | None = None
+        self.inputs: np.ndarray | None = None
+        self.targets: np.ndarray | None = None
+        self.trained_forward = False
+
+    # -----------------------------------------------------------------------------------
+    @classmethod
+    def random_init(cls, config: GPTConfig, seed: int = 42) -> "GPT":
+        """GPT-2 init: N(0, 0.02) weights, residual projections 0.02/sqrt(2L), biases 0, LN 1/0.
+
+        Only the V real rows of wte are drawn; padded rows stay exactly zero.
+        """
+        model = cls(config)
+        p = model.params
+        rng = np.random.default_rng(seed)
+        residual_std = 0.02 / np.sqrt(2 * config.num_layers)
+
+        def normal(view, std):
+            rng.standard_normal(out=view, dtype=np.float32)
+            view *= np.float32(std)
+
+        normal(p.wte[:config.vocab_size], 0.02)
+        normal(p.wpe, 0.02)
+        for layer in range(config.num_layers):
+            normal(p.qkvw[layer], 0.02)
+            normal(p.attprojw[layer], residual_std)
+            normal(p.fcw[layer], 0.02)
+            normal(p.fcprojw[layer], residual_std)
+        p.ln1w[:] = 1.0
+        p.ln2w[:] = 1.0
+        p.lnfw[:] = 1.0
+        return model
+
+    def decay_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """[start, end) offsets of the matrix tensors in the flat buffer (weight-decayed ones)."""
+        ranges = sorted(self.params.offsets[name] for name in MATRIX_PARAMS)
+        return (np.array([r[0] for r in ranges], np.int64), np.array([r[1] for r in ranges], np.int64))
+
+    def _ensure_buffers(self, B: int, T: int) -> Activations:
+        cfg = self.config
+        if T > cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds the model's maximum {cfg.max_seq_len}")
+        if self.acts is None or (self.acts.B, self.acts.T) != (B, T):
+            self.acts = None  # free the old buffers before allocating new ones
+            self.acts = Activations(cfg, B, T)
+        return self.acts
+
+    # -----------------------------------------------------------------------------------
+    def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False):
+        """inputs, targets: (B, T) int32 token ids. Returns the mean loss (or None without targets).
+
+        With training=True the logits buffer is turned into dlogits on the way (fused softmax,
+        cross-entropy and its gradient), ready for backward(); acts.logits then no longer holds
+        logits.
+        """
+        cfg, p = self.config, self.params
+        B, T = inputs.shape
+        C, NH, L, V = cfg.channels, cfg.num_heads, cfg.num_layers, cfg.vocab_size
+        N = B * T
+        a = self._ensure_buffers(B, T)
+        inputs = np.ascontiguousarray(inputs, dtype=np.int32)
+        self.inputs = inputs
+
+        K.encoder_forward(a.encoded.reshape(B, T, C), inputs, p.wte, p.wpe)
+        residual = a.encoded
+        for l in range(L):
+            # attention block: residual2 = residual + attproj(attention(ln1(residual)))
+            K.layernorm_forward(a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l], residual, p.ln1w[l], p.ln1b[l])
+            matmul(a.ln1[l], p.qkvw[l].T, out=a.qkv[l])
+            K.add_bias(a.qkv[l], p.qkvb[l])
+            K.attention_forward(a.atty[l].reshape(B, T, C), a.att[l], a.qkv[l].reshape(B, T, 3 * C), NH)
+            matmul(a.atty[l], p.attprojw[l].T, out=a.proj_out)
+            K.residual_bias_forward(a.residual2[l], residual, a.proj_out, p.attprojb[l])
+            # MLP block: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
+            K.layernorm_forward(a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l], a.residual2[l], p.ln2w[l], p.ln2b[l])
+            matmul(a.ln2[l], p.fcw[l].T, out=a.fch[l])
+            K.bias_gelu_forward(a.fch_gelu[l], a.fch[l], p.fcb[l])
+            matmul(a.fch_gelu[l], p.fcprojw[l].T, out=a.proj_out)
+            K.residual_bias_forward(a.residual3[l], a.residual2[l], a.proj_out, p.fcprojb[l])
+            residual = a.residual3[l]
+        K.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb)
+        matmul(a.lnf, p.wte.T, out=a.logits)  # (N, Vp)
+
+        self.trained_forward = False
+        if targets is None:
+            self.targets = None
+            return None
+        targets = np.ascontiguousarray(targets, dtype=np.int32)
+        self.targets = targets
+        K.softmax_crossentropy(a.logits, a.losses, targets.reshape(N), V, np.float32(1.0 / N), training)
+        self.trained_forward = training
+        return float(a.losses.sum(dtype=np.float32) / N)
+
+    # -----------------------------------------------------------------------------------
+    def allocate_grads(self) -> ParamTensors:
+        if self.grads is None:
+            self.grads = ParamTensors(self.config)
+        return self.grads
+
+    def backward(self) -> None:
+        """Every parameter gradient for the last training forward.
+
+        Weight gradients are written by BLAS (out=) and bias/LayerNorm gradients by the
+        kernels, so each step's gradients replace the previous ones: no separate zeroing pass
+        over the 16 tensors. The residual stream's gradient (dresidual) accumulates down the
+        layers exactly as llm.c's `+=` kernels do.
+        """
+        if not self.trained_forward:
+            raise RuntimeError("backward() needs a forward(inputs, targets, training=True) first")
+        cfg, p, a = self.config, self.params, self.acts
+        g = self.allocate_grads()
+        B, T = self.inputs.shape
+        C, NH, L = cfg.channels, cfg.num_heads, cfg.num_layers
+        dlogits = a.logits                      # (N, Vp), padded columns are zero
+        dres = a.dresidual
+
+        # lm-head (tied with wte) and final LayerNorm
+        matmul(dlogits.T, a.lnf, out=g.wte)     # (Vp, C); the encoder adds its part below
+        matmul(dlogits, p.wte, out=a.d_c)       # d lnf
+        dres[:] = 0.0
+        last = a.residual3[L - 1] if L > 0 else a.encoded
+        K.layernorm_backward(dres, g.lnfw, g.lnfb, a.d_c, last, a.lnf_mean, a.lnf_rstd, p.lnfw)
+
+        for l in reversed(range(L)):
+            residual = a.encoded if l == 0 else a.residual3[l - 1]
+            # MLP block
+            matmul(dres.T, a.fch_gelu[l], out=g.fcprojw[l])
+            K.column_sum(g.fcprojb[l], dres)
+            matmul(dres, p.fcprojw[l], out=a.d_4c)          # d gelu output
+            K.gelu_backward_inplace(a.d_4c, a.fch[l])       # d fc output
+            matmul(a.d_4c.T, a.ln2[l], out=g.fcw[l])
+            K.column_sum(g.fcb[l], a.d_4c)
+            matmul(a.d_4c, p.fcw[l], out=a.d_c)             # d ln2 output
+            K.layernorm_backward(dres, g.ln2w[l], g.ln2b[l], a.d_c, a.residual2[l],
+                                 a.ln2_mean[l], a.ln2_rstd[l], p.ln2w[l])
+            # attention block
+            matmul(dres.T, a.atty[l], out=g.attprojw[l])
+            K.column_sum(g.attprojb[l], dres)
+            matmul(dres, p.attprojw[l], out=a.d_c)          # d attention output
+            K.attention_backward(a.d_3c.reshape(B, T, 3 * C), a.d_c.reshape(B, T, C), a.att[l],
+                                 a.qkv[l].reshape(B, T, 3 * C), NH)
+            matmul(a.d_3c.T, a.ln1[l], out=g.qkvw[l])
+            K.column_sum(g.qkvb[l], a.d_3c)
+            matmul(a.d_3c, p.qkvw[l], out=a.d_c)            # d ln1 output
+            K.layernorm_backward(dres, g.ln1w[l], g.ln1b[l], a.d_c, residual,
+                                 a.ln1_mean[l], a.ln1_rstd[l], p.ln1w[l])
+
+        g.wpe[:] = 0.0
+        K.encoder_backward(g.wte, g.wpe, dres.reshape(B, T, C), self.inputs)
+        self.trained_forward = False
