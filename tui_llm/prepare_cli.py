@@ -1,0 +1,93 @@
+"""`tui-llm prepare`: make token files from Tiny Shakespeare or from your own text.
+
+    tui-llm prepare tinyshakespeare [--from FILE] [--out-dir DIR]
+    tui-llm prepare my_corpus.txt [more.txt | a_folder ...] [--split-on-blank-lines] [--val-fraction 0.1]
+                    [--out-dir DIR] [--name NAME] [--format llmc|int32|uint16] [--errors strict|replace]
+
+The main CLI calls add_prepare_parser() and run_prepare(); `python -m tui_llm.prepare_cli ...` runs the
+same command on its own. Bad input is one "error: ..." line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .engine.data import FORMATS, DataError
+from .engine.prepare import PrepareError, prepare_corpus, prepare_shakespeare, prepare_tinyshakespeare
+from .engine.tokenizer import TokenizerError
+
+TINY_SHAKESPEARE = "tinyshakespeare"
+EXIT_BAD_INPUT = 2
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help=f"'{TINY_SHAKESPEARE}', or UTF-8 text files and folders (a folder gives its "
+                             "*.txt/*.md/*.text/*.rst files)")
+    parser.add_argument("--out-dir", default="data", help="where the .bin files go (default: data)")
+    parser.add_argument("--format", choices=FORMATS, default="llmc",
+                        help="llmc: llm.c's header + uint16 (default); int32: headerless, for llm.rust; "
+                             "uint16: headerless, like nanoGPT")
+    parser.add_argument("--from", dest="source", metavar="FILE",
+                        help=f"{TINY_SHAKESPEARE} only: use this local copy of the text instead of downloading it")
+    parser.add_argument("--name", help="output names <NAME>_train.bin / <NAME>_val.bin (default: the first input's name)")
+    parser.add_argument("--split-on-blank-lines", action="store_true",
+                        help="every blank-line-separated section is a document (gets its own EOT), as llm.c "
+                             "does for Tiny Shakespeare; default: one document per file")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="fraction of the tokens, taken from the start, that becomes validation (default 0.1)")
+    parser.add_argument("--errors", choices=("strict", "replace"), default="strict",
+                        help="invalid UTF-8: stop with an error (strict, default) or substitute U+FFFD (replace)")
+
+
+def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `prepare` subcommand to an argparse subparsers object; its func default is run_prepare."""
+    parser = subparsers.add_parser(
+        "prepare", help="make token files (.bin) from Tiny Shakespeare or your own text",
+        description="Tokenize text with GPT-2's tokenizer into llm.c token files <name>_train.bin / <name>_val.bin.",
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=run_prepare)
+    return parser
+
+
+def _run(args) -> None:
+    if args.inputs == [TINY_SHAKESPEARE]:
+        used = [flag for flag, value in (("--name", args.name), ("--split-on-blank-lines", args.split_on_blank_lines),
+                                         ("--val-fraction", args.val_fraction != 0.1), ("--errors", args.errors != "strict"))
+                if value]
+        if used:
+            raise PrepareError(f"{' and '.join(used)}: only for your own text files, not for {TINY_SHAKESPEARE}")
+        if args.source is not None:
+            prepare_tinyshakespeare(args.out_dir, source=args.source, fmt=args.format)
+        else:
+            prepare_shakespeare(args.out_dir, fmt=args.format)
+        return
+    if args.source is not None:
+        raise PrepareError(f"--from only applies to '{TINY_SHAKESPEARE}'; give your files as inputs instead")
+    prepare_corpus(args.inputs, out_dir=args.out_dir, name=args.name, split_on_blank_lines=args.split_on_blank_lines,
+                   val_fraction=args.val_fraction, fmt=args.format, errors=args.errors)
+
+
+def run_prepare(args) -> int:
+    """Run `prepare` with parsed arguments; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    try:
+        _run(args)
+    except (PrepareError, DataError, TokenizerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tui_llm.prepare_cli", description=__doc__.split("\n")[0])
+    _add_arguments(parser)
+    return run_prepare(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
