@@ -417,3 +417,80 @@ def adamw_update(params, grads, m, v, decay_mask_starts, decay_mask_ends, lr, be
                 v_hat = vj / b2c
                 params[j] -= lr * (m_hat / (np.sqrt(v_hat) + eps) + wd * params[j])
             i = seg_end
+
+
+# ---------------------------------------------------------------------------------------
+# Attention against a key/value cache (sampling): n new queries at positions t0..t0+n-1
+# attend to cached keys/values 0..t (inclusive), so a new token costs one position's work.
+
+@njit(**PJIT)
+def attention_cached(atty, qkv, k_cache, v_cache, t0, num_heads):
+    # atty (n, C), qkv (n, 3C) of the new positions, k_cache/v_cache (maxT, C) already
+    # holding the keys/values of positions 0..t0+n-1
+    n, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // num_heads
+    scale = np.float32(1.0 / math.sqrt(hs))
+    for h in prange(num_heads):
+        h0 = h * hs
+        scores = np.empty(t0 + n, dtype=np.float32)
+        for i in range(n):
+            t = t0 + i
+            q = qkv[i, h0:h0 + hs]
+            maxval = np.float32(-1e30)
+            for t2 in range(t + 1):
+                k = k_cache[t2, h0:h0 + hs]
+                s = np.float32(0.0)
+                for j in range(hs):
+                    s += q[j] * k[j]
+                s *= scale
+                scores[t2] = s
+                if s > maxval:
+                    maxval = s
+            total = np.float32(0.0)
+            for t2 in range(t + 1):
+                e = np.float32(math.exp(scores[t2] - maxval))
+                scores[t2] = e
+                total += e
+            inv = np.float32(1.0) / total
+            out = atty[i, h0:h0 + hs]
+            out[:] = 0.0
+            for t2 in range(t + 1):
+                a = scores[t2] * inv
+                v = v_cache[t2, h0:h0 + hs]
+                for j in range(hs):
+                    out[j] += a * v[j]
+
+
+# ---------------------------------------------------------------------------------------
+# Compile (or load from numba's on-disk cache) every kernel up front, with the argument types
+# the model uses, so the first training step is not also a compile step.
+
+def compile_kernels(progress=None) -> None:
+    """progress(done, total, name) is called before each kernel."""
+    f32 = np.float32
+    a2, a1 = np.zeros((2, 6), f32), np.zeros(6, f32)
+    a3, tok = np.zeros((1, 2, 6), f32), np.zeros((1, 2), np.int32)
+    qkv3, att4 = np.zeros((1, 2, 18), f32), np.zeros((1, 2, 2, 2), f32)
+    qkv2, cache = np.zeros((2, 18), f32), np.zeros((4, 6), f32)
+    ranges = np.zeros(1, np.int64)
+    calls = [
+        ("encoder", lambda: (encoder_forward(a3, tok, a2, a2), encoder_backward(a2, a2, a3, tok))),
+        ("layernorm", lambda: (layernorm_forward(a2, np.zeros(2, f32), np.zeros(2, f32), a2, a1, a1),
+                               layernorm_backward(a2, a1, a1, a2, a2, np.zeros(2, f32), np.zeros(2, f32), a1))),
+        ("bias and residual", lambda: (add_bias(a2, a1), residual_bias_forward(a2, a2, a2, a1), column_sum(a1, a2))),
+        ("gelu", lambda: (bias_gelu_forward(a2, a2, a1), gelu_backward_inplace(a2, a2))),
+        ("attention", lambda: (attention_forward(a3, att4, qkv3, 2), attention_backward(qkv3, a3, att4, qkv3, 2))),
+        ("attention (cached)", lambda: attention_cached(a2, qkv2, cache, cache, 0, 2)),
+        ("softmax / cross-entropy", lambda: (
+            softmax_crossentropy(a2, np.zeros(2, f32), np.zeros(2, np.int32), 5, f32(0.5), True),
+            softmax_rows(a2, a2, 5, f32(1.0)))),
+        ("adamw", lambda: (sum_of_squares(a1), adamw_update(a1, a1, a1.copy(), a1.copy(), ranges, ranges,
+                                                             1e-4, 0.9, 0.999, 1e-8, 0.0, 1, 1.0))),
+    ]
+    for i, (name, call) in enumerate(calls):
+        if progress is not None:
+            progress(i, len(calls), name)
+        call()
+    if progress is not None:
+        progress(len(calls), len(calls), "done")
