@@ -115,13 +115,13 @@ def build_config(args):
 class HeadlessPrinter:
     """Turns trainer events into the headless command's lines."""
 
-    def __init__(self, out=sys.stdout):
-        self.out = out
+    def __init__(self, out=None):
+        self.out = out  # None: whatever sys.stdout is when a line is printed
         self.total = 0
         self.compiling_shown = False
 
     def line(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        print(text, file=self.out or sys.stdout, flush=True)
 
     def __call__(self, event) -> None:
         from tui_llm.engine import events as ev

@@ -99,10 +99,10 @@ def resolve_resume(path: str) -> Path:
     if p.is_dir():
         ckpt = latest_checkpoint(p)
         if ckpt is None:
-            raise CheckpointError(f"{p}: no checkpoint (ckpt_*.safetensors) in this run directory")
+            raise CheckpointError(p, "no checkpoint (ckpt_*.safetensors) in this run directory")
         return ckpt
     if not p.exists():
-        raise CheckpointError(f"{p}: no such file or directory")
+        raise CheckpointError(p, "no such file or directory")
     return p
 
 
@@ -112,10 +112,10 @@ def load_resume_state(path: str) -> tuple[RunConfig, dict, dict]:
     arrays, meta = load_training_checkpoint(ckpt)
     for key in ("params", "adam_m", "adam_v"):
         if key not in arrays:
-            raise CheckpointError(f"{ckpt}: not a resumable training checkpoint (no {key})")
+            raise CheckpointError(ckpt, f"not a resumable training checkpoint (no {key})")
     for key in ("step", "run_config", "model_config", "loader"):
         if key not in meta:
-            raise CheckpointError(f"{ckpt}: not a resumable training checkpoint (no {key} in its metadata)")
+            raise CheckpointError(ckpt, f"not a resumable training checkpoint (no {key} in its metadata)")
     meta["path"] = str(ckpt)
     return RunConfig.from_dict(meta["run_config"]), arrays, meta
 
@@ -287,7 +287,7 @@ class Trainer:
             k = self.step
             if self.val_loader and c.val_every and (k % c.val_every == 0 or k == c.steps - 1):
                 self._validate()
-            if c.sample_every and k > 0 and k % c.sample_every == 0:
+            if c.sample_every and k > 0 and (k % c.sample_every == 0 or k == c.steps - 1):
                 self._sample(c.prompt)
             try:
                 self._train_step()

@@ -1,0 +1,161 @@
+"""The tui-llm command on a tiny model and tiny data: headless runs, resume, sample, export, bad input."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tui_llm import cli
+from tui_llm.engine.checkpoint import load_model_weights, read_llmc
+from tui_llm.engine.data import write_tokens
+
+TINY = ["--model", "d2", "-b", "2", "-t", "16", "--max-seq-len", "32", "--threads", "1"]
+STEP_LINE = re.compile(r"^step (\d+)/(\d+) \| loss (\d+\.\d{4}) \| fwd [\d,]+ ms \| bwd [\d,]+ ms \| opt [\d,]+ ms \| [\d,]+ tok/s")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Token files with a learnable pattern (a repeating sentence), small and fast."""
+    d = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    sentence = rng.integers(0, 50257, 37)
+    tokens = np.tile(sentence, 60)
+    write_tokens(d / "tiny_train.bin", tokens[:1800])
+    write_tokens(d / "tiny_val.bin", tokens[1800:])
+    return d
+
+
+def run_cli(*args, cwd=None):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "tui_llm", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=600)
+
+
+def step_losses(stdout):
+    return {int(m.group(1)) - 1: float(m.group(3)) for m in map(STEP_LINE.match, stdout.splitlines()) if m}
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_headless_run_lines_metrics_and_run_directory(data, tmp_path):
+    run = tmp_path / "run"
+    r = run_cli(str(data / "tiny_train.bin"), "--no-ui", *TINY, "--steps", "8", "--lr", "3e-3", "--val-every", "4",
+                "--sample-every", "4", "--sample-len", "6", "--save-every", "4", "--out-dir", str(run))
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stdout
+    out = r.stdout
+    assert re.search(r"^model: d2 \| 2 layers, 2 heads, 64 channels", out, re.M)
+    assert re.search(r"^parameters: [\d,]+ ", out, re.M)
+    assert re.search(r"^data: train .*tiny_train.bin \(1,800 tokens, 56 batches of 2x16\)", out, re.M)
+    printed = step_losses(out)
+    assert sorted(printed) == list(range(8))
+
+    metrics = read_metrics(run)
+    train = [m for m in metrics if m["type"] == "train"]
+    assert [m["step"] for m in train] == list(range(8))
+    for m in train:
+        assert f"{m['loss']:.4f}" == f"{printed[m['step']]:.4f}"
+        assert {"fwd_ms", "bwd_ms", "opt_ms", "step_ms", "tok_per_s", "lr", "grad_norm"} <= m.keys()
+    assert train[-1]["loss"] < train[0]["loss"]  # it learns the repeating sentence
+    vals = [m for m in metrics if m["type"] == "val"]
+    assert [v["step"] for v in vals] == [0, 4, 7]  # cadence, plus the last step
+    for v in vals:
+        assert f"val loss {v['loss']:.4f} (step {v['step']})" in out
+    samples = [m for m in metrics if m["type"] == "sample"]
+    assert [s["step"] for s in samples] == [4, 7] and len(samples[0]["token_ids"]) == 6  # and the last step
+    ckpts = [m for m in metrics if m["type"] == "checkpoint"]
+    assert [c["step"] for c in ckpts] == [4, 8]
+    assert sorted(p.name for p in run.glob("ckpt_*")) == ["ckpt_00000004.safetensors", "ckpt_00000008.safetensors"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["run"]["batch_size"] == 2 and config["model"]["num_layers"] == 2
+    assert metrics[-1]["type"] == "finished" and metrics[-1]["reason"] == "completed"
+
+
+def test_sigint_saves_and_resume_continues_with_identical_losses(data, tmp_path):
+    common = [str(data / "tiny_train.bin"), "--no-ui", *TINY, "--steps", "14", "--lr", "3e-3", "--val-every", "5",
+              "--sample-every", "0", "--save-every", "0"]
+    straight = run_cli(*common, "--out-dir", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+    expected = [m["loss"] for m in read_metrics(tmp_path / "straight") if m["type"] == "train"]
+
+    run = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "tui_llm", *common, "--out-dir", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in proc.stdout:
+        if line.startswith("step 3/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved to" in err and "Traceback" not in err
+    stopped = [m for m in read_metrics(run) if m["type"] == "train"]
+    assert 3 <= len(stopped) < 14
+
+    resumed = run_cli("--resume", str(run), "--no-ui")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming at step {len(stopped)}" in resumed.stdout
+    losses = [m["loss"] for m in read_metrics(run) if m["type"] == "train"]
+    assert losses == expected  # bit-identical, not just close
+    vals = [(m["step"], m["loss"]) for m in read_metrics(run) if m["type"] == "val"]
+    assert vals == [(m["step"], m["loss"]) for m in read_metrics(tmp_path / "straight") if m["type"] == "val"]
+
+
+def test_sample_and_export_commands(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main([str(data / "tiny_train.bin"), "--no-ui", *TINY, "--steps", "2", "--val-every", "0",
+                     "--sample-every", "0", "--out-dir", str(run)]) == 0
+    capsys.readouterr()
+    assert cli.main(["sample", "--init-from", str(run), "--prompt", "To be", "--len", "5", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "5 tokens" in out and "\nTo be" in out
+
+    cfg, flat, _ = load_model_weights(str(next(run.glob("ckpt_*"))))
+    assert cli.main(["export", str(run), str(tmp_path / "model.bin")]) == 0
+    cfg2, flat2 = read_llmc(tmp_path / "model.bin")
+    assert cfg2 == cfg and np.array_equal(flat2, flat)
+    assert cli.main(["export", str(run), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    cfg3, flat3, _ = load_model_weights(str(tmp_path / "hf"))
+    assert np.array_equal(flat3, flat)
+
+    # continue training from the exported llm.c file
+    assert cli.main([str(data / "tiny_train.bin"), "--no-ui", "-b", "2", "-t", "16", "--steps", "1",
+                     "--val-every", "0", "--sample-every", "0", "--init-from", str(tmp_path / "model.bin"),
+                     "--out-dir", str(tmp_path / "run2")]) == 0
+    assert "model: " in capsys.readouterr().out
+
+
+def bad(capsys, *argv):
+    status = cli.main(list(argv))
+    err = capsys.readouterr().err
+    assert status == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_bad_arguments_give_one_line_and_status_2(data, tmp_path, capsys):
+    train = str(data / "tiny_train.bin")
+    assert "no such file" in bad(capsys, str(tmp_path / "missing.bin"), "--no-ui", *TINY)
+    assert "too few for one batch" in bad(capsys, train, "--no-ui", "--model", "d2", "-b", "64", "-t", "32", "--max-seq-len", "32")
+    assert "maximum sequence length" in bad(capsys, train, "--no-ui", "--model", "d2", "-t", "64", "--max-seq-len", "32")
+    assert "d7" in bad(capsys, train, "--no-ui", "--model", "d7")
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not a checkpoint at all" * 10)
+    assert "junk.bin" in bad(capsys, train, "--no-ui", "--init-from", str(junk))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert "not a directory" in bad(capsys, train, "--no-ui", *TINY, "--out-dir", str(a_file))
+    assert "--batch-size" in bad(capsys, train, "--no-ui", *TINY[:2], "-b", "0")
+    assert "batch" in bad(capsys, train, "--no-ui", "-b", "two")
+    assert "no checkpoint" in bad(capsys, "--resume", str(tmp_path), "--no-ui")
+    assert bad(capsys, "sample", "--init-from", str(tmp_path / "nope"))
