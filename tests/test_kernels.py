@@ -200,3 +200,16 @@ def test_sum_of_squares_and_adamw(rng):
     assert rel_err(m, em) < RTOL
     assert rel_err(v, ev) < RTOL
     assert np.max(np.abs(p - ep)) < 1e-6
+
+
+def test_fast_exp_is_accurate():
+    x = np.concatenate([np.linspace(-90, 0, 100_003), [-1e30, -88.0, -87.0, 0.0]]).astype(np.float32)
+    out = np.empty_like(x)
+    K.exp_array(out, x, np.float32(0.0))
+    expected = np.exp(x.astype(np.float64))
+    normal = expected > 1e-37  # float32 normal range; below it we flush towards 0
+    assert np.max(np.abs(out[normal] - expected[normal]) / expected[normal]) < 1e-6
+    assert np.all(out[~normal] < 1e-37) and np.all(out >= 0)
+    out2 = np.empty(3, np.float32)
+    K.exp_array(out2, np.array([1.0, 2.0, 3.0], np.float32), np.float32(3.0))  # shifted
+    np.testing.assert_allclose(out2, np.exp([-2.0, -1.0, 0.0]), rtol=1e-6)

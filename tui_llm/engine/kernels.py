@@ -50,6 +50,45 @@ def fast_tanh(x):
     return p / q
 
 
+# exp without a libm call, for the softmaxes (arguments are <= 0 there: x - max). Cephes' expf:
+# x = k*ln2 + r with |r| <= ln2/2, e^r from a degree-7 polynomial, 2^k built from its exponent
+# bits. Relative error about 2e-7 (checked in tests/test_kernels.py). Works on blocks so that
+# both loops vectorise: pbuf gets e^r, ibuf the bits of 2^k.
+EXP_BLOCK = 512
+LOG2E = np.float32(1.44269504088896341)
+
+
+@njit(inline="always", **JIT)
+def exp_block(src, start, count, shift, scale, ibuf, pbuf):
+    """pbuf[j] = exp((src[start + j] - shift) * scale) for j < count <= EXP_BLOCK."""
+    for j in range(count):
+        x = max((src[start + j] - shift) * scale, np.float32(-87.0))
+        k_int = np.int32(x * LOG2E - np.float32(0.5))  # round(x / ln2) for x <= 0
+        k = np.float32(k_int)
+        r = x - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        pbuf[j] = p * r * r + r + np.float32(1.0)
+        ibuf[j] = (k_int + np.int32(127)) << 23
+    two_k = ibuf.view(np.float32)
+    for j in range(count):
+        pbuf[j] *= two_k[j]
+
+
+@njit(**PJIT)
+def exp_array(out, x, shift):
+    """out = exp(x - shift) through exp_block (exposed for the accuracy test)."""
+    ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
+    for start in range(0, x.shape[0], EXP_BLOCK):
+        count = min(EXP_BLOCK, x.shape[0] - start)
+        exp_block(x, start, count, shift, np.float32(1.0), ibuf, pbuf)
+        out[start:start + count] = pbuf[:count]
+
+
 @njit(**PJIT)
 def tanh_array(out, x):
     """Elementwise fast_tanh (exposed for the accuracy test)."""
@@ -222,6 +261,7 @@ def attention_forward(atty, att, qkv, num_heads):
     for bh in prange(B * num_heads):
         b, h = bh // num_heads, bh % num_heads
         q0, k0, v0 = h * hs, C + h * hs, 2 * C + h * hs
+        ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
         for t in range(T):
             q = qkv[b, t, q0:q0 + hs]
             row = att[b, h, t]
@@ -236,10 +276,12 @@ def attention_forward(atty, att, qkv, num_heads):
                 if s > maxval:
                     maxval = s
             total = np.float32(0.0)
-            for t2 in range(t + 1):
-                e = np.float32(math.exp(row[t2] - maxval))
-                row[t2] = e
-                total += e
+            for start in range(0, t + 1, EXP_BLOCK):
+                count = min(EXP_BLOCK, t + 1 - start)
+                exp_block(row, start, count, maxval, np.float32(1.0), ibuf, pbuf)
+                for j in range(count):
+                    total += pbuf[j]
+                row[start:start + count] = pbuf[:count]
             inv = np.float32(1.0) / total
             for t2 in range(t + 1):
                 row[t2] *= inv
@@ -303,28 +345,33 @@ def softmax_crossentropy(logits, losses, targets, vocab_size, dloss, want_grad):
     """Per row r: losses[r] = -log softmax(logits[r, :V])[targets[r]].
 
     With want_grad, logits is overwritten in place by dlogits = (probs - onehot) * dloss for
-    columns < V and 0 for the padded ones: one pass over the big buffer, no extra memory.
+    columns < V and 0 for the padded ones: two passes over the big buffer, no extra memory.
     """
     N, Vp = logits.shape
     for r in prange(N):
+        ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
         row = logits[r]
         maxval = np.float32(-1e30)
         for i in range(vocab_size):
-            if row[i] > maxval:
-                maxval = row[i]
-        total = np.float32(0.0)
-        for i in range(vocab_size):
-            total += np.float32(math.exp(row[i] - maxval))
+            maxval = max(maxval, row[i])
         y = targets[r]
-        # loss from the log-sum-exp (same value as llm.c's -log(prob), without underflow)
-        losses[r] = math.log(total) - (row[y] - maxval)
+        target_logit = row[y]
+        total = np.float32(0.0)
+        for start in range(0, vocab_size, EXP_BLOCK):
+            count = min(EXP_BLOCK, vocab_size - start)
+            exp_block(row, start, count, maxval, np.float32(1.0), ibuf, pbuf)
+            for j in range(count):
+                total += pbuf[j]
+            if want_grad:
+                row[start:start + count] = pbuf[:count]
+        # loss from the log-sum-exp (llm.c's -log(prob), without underflow)
+        losses[r] = math.log(total) - (target_logit - maxval)
         if want_grad:
-            inv = np.float32(1.0) / total
+            scale = dloss / total
             for i in range(vocab_size):
-                row[i] = np.float32(math.exp(row[i] - maxval)) * inv * dloss
+                row[i] *= scale
             row[y] -= dloss
-            for i in range(vocab_size, Vp):
-                row[i] = 0.0
+            row[vocab_size:] = 0.0
 
 
 @njit(**PJIT)
@@ -332,21 +379,22 @@ def softmax_rows(probs, logits, vocab_size, inv_temperature):
     """probs[r, :V] = softmax(logits[r, :V] / temperature); padded columns get 0."""
     N, Vp = logits.shape
     for r in prange(N):
+        ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
         row, p = logits[r], probs[r]
         maxval = np.float32(-1e30)
         for i in range(vocab_size):
-            if row[i] > maxval:
-                maxval = row[i]
+            maxval = max(maxval, row[i])
         total = np.float32(0.0)
-        for i in range(vocab_size):
-            e = np.float32(math.exp((row[i] - maxval) * inv_temperature))
-            p[i] = e
-            total += e
+        for start in range(0, vocab_size, EXP_BLOCK):
+            count = min(EXP_BLOCK, vocab_size - start)
+            exp_block(row, start, count, maxval, inv_temperature, ibuf, pbuf)
+            for j in range(count):
+                total += pbuf[j]
+            p[start:start + count] = pbuf[:count]
         inv = np.float32(1.0) / total
         for i in range(vocab_size):
             p[i] *= inv
-        for i in range(vocab_size, Vp):
-            p[i] = 0.0
+        p[vocab_size:] = 0.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -434,6 +482,7 @@ def attention_cached(atty, qkv, k_cache, v_cache, t0, num_heads):
     for h in prange(num_heads):
         h0 = h * hs
         scores = np.empty(t0 + n, dtype=np.float32)
+        ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
         for i in range(n):
             t = t0 + i
             q = qkv[i, h0:h0 + hs]
@@ -448,10 +497,12 @@ def attention_cached(atty, qkv, k_cache, v_cache, t0, num_heads):
                 if s > maxval:
                     maxval = s
             total = np.float32(0.0)
-            for t2 in range(t + 1):
-                e = np.float32(math.exp(scores[t2] - maxval))
-                scores[t2] = e
-                total += e
+            for start in range(0, t + 1, EXP_BLOCK):
+                count = min(EXP_BLOCK, t + 1 - start)
+                exp_block(scores, start, count, maxval, np.float32(1.0), ibuf, pbuf)
+                for j in range(count):
+                    total += pbuf[j]
+                scores[start:start + count] = pbuf[:count]
             inv = np.float32(1.0) / total
             out = atty[i, h0:h0 + hs]
             out[:] = 0.0
