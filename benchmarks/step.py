@@ -1,0 +1,440 @@
+"""Training-step time against its BLAS floor, with an optional per-kernel profile.
+
+    python benchmarks/step.py                        # d12 B=4 T=64 and d6 B=8 T=256
+    python benchmarks/step.py --config d4:8:128      # or --model d4 --batch 8 --seq 128
+    python benchmarks/step.py --profile --markdown   # + per-kernel breakdown, markdown section
+
+Each step is timed in three phases: forward (with the fused softmax/cross-entropy), backward,
+optimizer (grad_norm + AdamW update), as the trainer runs them. The floor is the same step's
+matrix products alone: every `tui_llm.engine.model.matmul` call of one step is recorded (shapes,
+strides, which operands share memory) and replayed through np.matmul on fresh buffers with the
+same layout (transposed views where the step used them, same page offsets, same aliasing),
+timed the same way. Steps and replays alternate, so load changes hit both alike. step/floor is
+what the non-matmul work (kernels, optimizer, glue) costs on top of the products.
+
+--profile then runs --steps more steps with every kernel and matmul wrapped in a timer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import common  # noqa: F401  (puts the repo root on sys.path)
+import numpy as np
+from common import (Stats, add_markdown_arg, command_line, emit_markdown, fmt_ms, machine_info,
+                    machine_markdown, markdown_table, print_machine, text_table)
+
+import tui_llm.engine.kernels as K
+import tui_llm.engine.model as M
+from tui_llm.engine.config import preset_config
+from tui_llm.engine.optim import AdamW, AdamWConfig
+from tui_llm.engine.threads import set_threads
+
+DEFAULT_RUNS = ["d12:4:64", "d6:8:256"]
+# Optimizer hyper-parameters shared with vs_torch.py (nanoGPT's defaults, clipping on).
+HPARAMS = dict(lr=6e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, grad_clip=1.0)
+PHASES = ("forward", "backward", "optimizer")
+
+
+# ---------------------------------------------------------------------------------------
+# The step
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: str
+    batch: int
+    seq: int
+
+    @classmethod
+    def parse(cls, text: str) -> "RunSpec":
+        try:
+            model, batch, seq = text.split(":")
+            return cls(model, int(batch), int(seq))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected MODEL:BATCH:SEQ (e.g. d4:8:128), got {text!r}") from None
+
+    def __str__(self) -> str:
+        return f"{self.model} B={self.batch} T={self.seq}"
+
+
+class Bench:
+    """A randomly initialised model, its optimizer and one fixed random batch."""
+
+    def __init__(self, spec: RunSpec, seed: int = 1337):
+        self.spec = spec
+        self.config = preset_config(spec.model)
+        self.model = M.GPT.random_init(self.config, seed=seed)
+        self.optimizer = AdamW(self.model, AdamWConfig(**HPARAMS))
+        rng = np.random.default_rng(seed)
+        tokens = rng.integers(0, self.config.vocab_size, size=(spec.batch, spec.seq + 1), dtype=np.int32)
+        self.inputs = np.ascontiguousarray(tokens[:, :-1])
+        self.targets = np.ascontiguousarray(tokens[:, 1:])
+        self.phase = ""  # which phase is running (read by the profiler's matmul wrapper)
+
+    @property
+    def tokens(self) -> int:
+        return self.spec.batch * self.spec.seq
+
+    def step(self) -> tuple[float, float, float]:
+        """One training step; returns (forward, backward, optimizer) seconds."""
+        t0 = time.perf_counter()
+        self.phase = "fwd"
+        self.model.forward(self.inputs, self.targets, training=True)
+        t1 = time.perf_counter()
+        self.phase = "bwd"
+        self.model.backward()
+        t2 = time.perf_counter()
+        self.phase = "opt"
+        norm = self.optimizer.grad_norm()
+        self.optimizer.update(HPARAMS["lr"], norm)
+        t3 = time.perf_counter()
+        self.phase = ""
+        return t1 - t0, t2 - t1, t3 - t2
+
+
+def time_steps(bench: Bench, steps: int, warmup: int) -> dict[str, Stats]:
+    """Per-phase and whole-step Stats over `steps` steps after `warmup` untimed ones."""
+    for _ in range(warmup):
+        bench.step()
+    samples = defaultdict(list)
+    for _ in range(steps):
+        f, b, o = bench.step()
+        for name, s in zip(PHASES + ("step",), (f, b, o, f + b + o)):
+            samples[name].append(s)
+    return {name: Stats(v) for name, v in samples.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Which weight a matmul belongs to
+
+WEIGHT_LABELS = {"qkvw": "qkv", "attprojw": "attproj", "fcw": "fc", "fcprojw": "fcproj", "wte": "lm-head"}
+
+
+def _extent(x: np.ndarray) -> tuple[int, int]:
+    """[lo, hi) byte addresses an array view can touch."""
+    ptr = x.__array_interface__["data"][0]
+    lo = ptr + sum(min(0, (n - 1) * s) for n, s in zip(x.shape, x.strides))
+    hi = ptr + sum(max(0, (n - 1) * s) for n, s in zip(x.shape, x.strides)) + x.itemsize
+    return lo, hi
+
+
+class WeightIndex:
+    """Maps an operand to the weight (or weight gradient) it lies in, by address."""
+
+    def __init__(self, model: M.GPT):
+        self.ranges = []
+        for tensors, is_grad in ((model.params, False), (model.grads, True)):
+            if tensors is None:
+                continue
+            for name, label in WEIGHT_LABELS.items():
+                lo, hi = _extent(tensors.views[name])
+                self.ranges.append((lo, hi, label, is_grad))
+
+    def classify(self, phase: str, a, b, out) -> str:
+        """'qkv fwd', 'fc bwd dW', 'lm-head bwd dX', ... ('other' if no weight is involved)."""
+        label, writes_grad = "other", False
+        for x, is_out in ((a, False), (b, False), (out, True)):
+            lo, hi = _extent(x)
+            for r_lo, r_hi, r_label, is_grad in self.ranges:
+                if r_lo <= lo and hi <= r_hi:
+                    label = r_label
+                    writes_grad = writes_grad or (is_out and is_grad)
+        if phase == "bwd":
+            return f"{label} bwd {'dW' if writes_grad else 'dX'}"
+        return f"{label} {phase}"
+
+
+# ---------------------------------------------------------------------------------------
+# The BLAS floor: record one step's matmuls, replay them on buffers with the same layout
+
+@dataclass
+class Operand:
+    ptr: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dtype: np.dtype
+    extent: tuple[int, int]
+
+
+@dataclass
+class MatmulCall:
+    phase: str
+    label: str
+    a: Operand
+    b: Operand
+    out: Operand
+
+    @property
+    def flops(self) -> int:
+        (m, k), n = self.a.shape, self.b.shape[1]
+        return 2 * m * n * k
+
+    def describe(self) -> str:
+        def lay(o: Operand) -> str:
+            c = o.strides[-1] == o.dtype.itemsize
+            return "x".join(map(str, o.shape)) + ("" if c else "(T)")
+        return f"{lay(self.a)} @ {lay(self.b)} -> {lay(self.out)}"
+
+
+def _operand(x: np.ndarray) -> Operand:
+    return Operand(x.__array_interface__["data"][0], x.shape, x.strides, x.dtype, _extent(x))
+
+
+def record_matmuls(bench: Bench) -> list[MatmulCall]:
+    """Every matmul of one training step, in order, with its phase and weight label."""
+    calls: list[MatmulCall] = []
+    original = M.matmul
+    index = None
+
+    def recording(a, b, out):
+        phase = bench.phase
+        label = index.classify(phase, a, b, out) if index else phase
+        calls.append(MatmulCall(phase, label, _operand(a), _operand(b), _operand(out)))
+        original(a, b, out=out)
+
+    if bench.model.grads is None:
+        bench.step()  # the index needs the gradient buffers
+    index = WeightIndex(bench.model)
+    M.matmul = recording
+    try:
+        bench.step()
+    finally:
+        M.matmul = original
+    return calls
+
+
+class Replay:
+    """The recorded calls on fresh buffers: each group of overlapping operands becomes one buffer,
+    with the same byte offsets between them and the same offset within a 4 KiB page."""
+
+    PAGE = 4096
+
+    def __init__(self, calls: list[MatmulCall], seed: int = 0):
+        self.calls = calls
+        ops = [op for c in calls for op in (c.a, c.b, c.out)]
+        regions = self._merge(sorted(op.extent for op in ops))
+        rng = np.random.default_rng(seed)
+        self.buffers = []
+        region_base = {}
+        for lo, hi in regions:
+            raw = np.empty(hi - lo + self.PAGE, np.uint8)
+            shift = (lo - raw.ctypes.data) % self.PAGE
+            buf = raw[shift:shift + hi - lo]
+            values = buf.view(np.float32)  # float32 operands: extents are whole floats
+            values[:] = rng.random(values.size, dtype=np.float32)
+            values -= 0.5
+            self.buffers.append(raw)
+            region_base[(lo, hi)] = buf
+        self.arrays = []
+        for c in calls:
+            views = []
+            for op in (c.a, c.b, c.out):
+                (lo, hi), buf = next(((r, region_base[r]) for r in regions if r[0] <= op.extent[0] and op.extent[1] <= r[1]))
+                offset = op.ptr - lo
+                views.append(np.ndarray(op.shape, op.dtype, buffer=buf, offset=offset, strides=op.strides))
+            self.arrays.append((c.phase, *views))
+
+    @staticmethod
+    def _merge(extents):
+        merged = []
+        for lo, hi in extents:
+            if merged and lo < merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+            else:
+                merged.append((lo, hi))
+        return merged
+
+    def run(self) -> dict[str, float]:
+        """Replay once; seconds per phase (consecutive calls of a phase timed together)."""
+        seconds = defaultdict(float)
+        i, n = 0, len(self.arrays)
+        while i < n:
+            phase = self.arrays[i][0]
+            t0 = time.perf_counter()
+            while i < n and self.arrays[i][0] == phase:
+                _, a, b, out = self.arrays[i]
+                np.matmul(a, b, out=out)
+                i += 1
+            seconds[phase] += time.perf_counter() - t0
+        return seconds
+
+
+def time_step_and_floor(bench: Bench, replay: Replay, steps: int, warmup: int):
+    """(step Stats by phase, floor Stats by phase): steps and replays alternate, so a change
+    in the machine's load during the run hits both alike."""
+    for _ in range(warmup):
+        bench.step()
+        replay.run()
+    step_samples, floor_samples = defaultdict(list), defaultdict(list)
+    for _ in range(steps):
+        f, b, o = bench.step()
+        for name, s in zip(PHASES + ("step",), (f, b, o, f + b + o)):
+            step_samples[name].append(s)
+        r = replay.run()
+        floor_samples["fwd"].append(r.get("fwd", 0.0))
+        floor_samples["bwd"].append(r.get("bwd", 0.0))
+        floor_samples["all"].append(sum(r.values()))
+    return ({k: Stats(v) for k, v in step_samples.items()}, {k: Stats(v) for k, v in floor_samples.items()})
+
+
+# ---------------------------------------------------------------------------------------
+# Per-kernel profile
+
+KERNEL_GROUPS = {
+    "encoder_forward": "encoder", "encoder_backward": "encoder",
+    "layernorm_forward": "layernorm", "layernorm_backward": "layernorm",
+    "attention_forward": "attention", "attention_backward": "attention",
+    "bias_gelu_forward": "gelu", "gelu_backward_inplace": "gelu",
+    "add_bias": "bias/residual", "residual_bias_forward": "bias/residual", "column_sum": "bias/residual",
+    "softmax_crossentropy": "softmax/xent",
+    "adamw_update": "AdamW", "sum_of_squares": "grad norm",
+}
+
+
+def profile_steps(bench: Bench, steps: int) -> tuple[list[tuple[str, str, float, int]], float]:
+    """Time every kernel and every matmul (grouped by weight and phase) over `steps` steps.
+
+    Returns ([(name, group, seconds per step, calls per step)], step seconds) — the wrappers
+    cost ~1 us per call, which lands in the step time, not in the kernels'.
+    """
+    seconds, calls = defaultdict(float), defaultdict(int)
+    index = WeightIndex(bench.model)
+    originals = {name: getattr(K, name) for name in dir(K) if hasattr(getattr(K, name), "py_func")}
+    original_matmul = M.matmul
+
+    def timed_kernel(name, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            result = fn(*args, **kwargs)
+            seconds[name] += time.perf_counter() - t0
+            calls[name] += 1
+            return result
+        return wrapper
+
+    def timed_matmul(a, b, out):
+        label = "matmul " + index.classify(bench.phase, a, b, out)
+        t0 = time.perf_counter()
+        original_matmul(a, b, out=out)
+        seconds[label] += time.perf_counter() - t0
+        calls[label] += 1
+
+    for name, fn in originals.items():
+        setattr(K, name, timed_kernel(name, fn))
+    M.matmul = timed_matmul
+    try:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            bench.step()
+        total = time.perf_counter() - t0
+    finally:
+        for name, fn in originals.items():
+            setattr(K, name, fn)
+        M.matmul = original_matmul
+    rows = [(name, "matmul" if name.startswith("matmul") else KERNEL_GROUPS.get(name, "?"),
+             s / steps, calls[name] // steps) for name, s in seconds.items()]
+    other = total / steps - sum(r[2] for r in rows)
+    rows.append(("other (python, numpy glue, timer overhead)", "other", other, 0))
+    rows.sort(key=lambda r: -r[2])
+    return rows, total / steps
+
+
+def profile_tables(rows, step_s: float) -> tuple[list[list[str]], list[list[str]]]:
+    """(per kernel rows, per group rows) as strings, sorted by time."""
+    per_kernel = [[name, group, fmt_ms(s), f"{100 * s / step_s:.1f}%", str(n) if n else ""]
+                  for name, group, s, n in rows]
+    groups = defaultdict(float)
+    for _, group, s, _ in rows:
+        groups[group] += s
+    per_group = [[g, fmt_ms(s), f"{100 * s / step_s:.1f}%"] for g, s in sorted(groups.items(), key=lambda kv: -kv[1])]
+    return per_kernel, per_group
+
+
+# ---------------------------------------------------------------------------------------
+# Reporting
+
+def run_one(spec: RunSpec, args) -> str:
+    """Benchmark one configuration, print the tables, return its markdown section."""
+    bench = Bench(spec)
+    cfg = bench.config
+    print(f"== {spec}: {cfg.num_layers} layers, C={cfg.channels}, {bench.model.num_parameters / 1e6:.2f}M params, "
+          f"{bench.tokens} tokens/step, {args.steps} steps after {args.warmup} warm-up, {args.threads_used} threads")
+    calls = record_matmuls(bench)  # (its steps are warm-up too: kernels compiled, buffers allocated)
+    flops = sum(c.flops for c in calls)
+    replay = Replay(calls)
+    step, floor = time_step_and_floor(bench, replay, args.steps, args.warmup)
+    del replay
+
+    rows = [[name, fmt_ms(step[name].median), fmt_ms(step[name].min, False), fmt_ms(step[name].max, False)]
+            for name in PHASES + ("step",)]
+    for key, label in (("fwd", "matmul floor: forward"), ("bwd", "matmul floor: backward"), ("all", "matmul floor: step")):
+        s = floor[key]
+        rows.append([label, fmt_ms(s.median), fmt_ms(s.min, False), fmt_ms(s.max, False)])
+    headers = ["", "median", "min", "max"]
+    ratio = step["step"].median / floor["all"].median
+    fwd_ratio = step["forward"].median / floor["fwd"].median
+    bwd_ratio = step["backward"].median / floor["bwd"].median
+    summary = (f"step/floor {ratio:.2f}x (forward {fwd_ratio:.2f}x, backward {bwd_ratio:.2f}x); "
+               f"{len(calls)} matmuls, {flops / 1e9:.1f} GFLOP/step: {flops / step['step'].median / 1e9:.1f} GFLOP/s "
+               f"in the step, {flops / floor['all'].median / 1e9:.1f} GFLOP/s in the floor; "
+               f"{bench.tokens / step['step'].median:,.0f} tokens/s")
+    print(text_table(headers, rows))
+    print(summary)
+    if args.show_matmuls:
+        print()
+        print(text_table(["matmul", "phase", "shapes", "GFLOP"],
+                         [[c.label, c.phase, c.describe(), f"{c.flops / 1e9:.3f}"] for c in calls]))
+
+    md = [f"### {spec} ({bench.model.num_parameters / 1e6:.1f}M params, {args.threads_used} threads)", "",
+          markdown_table(["ms", "median", "min", "max"], rows), "", summary, ""]
+
+    if args.profile:
+        prows, prof_step = profile_steps(bench, args.steps)
+        per_kernel, per_group = profile_tables(prows, prof_step)
+        print(f"\nprofile over {args.steps} steps (profiled step {fmt_ms(prof_step)}):")
+        print(text_table(["kernel", "group", "ms/step", "% step", "calls"], per_kernel))
+        print()
+        print(text_table(["group", "ms/step", "% step"], per_group))
+        md += [f"Profile (profiled step {fmt_ms(prof_step)}), by group:", "",
+               markdown_table(["group", "ms/step", "% of step"], per_group), "",
+               "<details><summary>per kernel</summary>", "",
+               markdown_table(["kernel", "group", "ms/step", "% of step", "calls"], per_kernel), "", "</details>", ""]
+    print()
+    return "\n".join(md)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", action="append", type=RunSpec.parse, metavar="MODEL:B:T",
+                   help=f"configuration(s) to run (repeatable; default {' and '.join(DEFAULT_RUNS)})")
+    p.add_argument("--model", help="model preset (d2, d4, d6, d12, ...), with --batch and --seq")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--threads", type=int, default=0, help="numba + BLAS threads (default: all cores)")
+    p.add_argument("--profile", action="store_true", help="per-kernel breakdown of the step")
+    p.add_argument("--show-matmuls", action="store_true", help="list every recorded matmul of one step")
+    add_markdown_arg(p)
+    args = p.parse_args(argv)
+    runs = list(args.config or [])
+    if args.model:
+        runs.append(RunSpec(args.model, args.batch, args.seq))
+    args.runs = runs or [RunSpec.parse(s) for s in DEFAULT_RUNS]
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    args.threads_used = set_threads(args.threads)
+    info = print_machine(machine_info())
+    sections = [run_one(spec, args) for spec in args.runs]
+    md = "\n".join([f"## Training step vs BLAS floor ({info['date']})", "", f"`{command_line()}`", "",
+                    machine_markdown(info), ""] + sections)
+    emit_markdown(md, args.markdown)
+
+
+if __name__ == "__main__":
+    main()
