@@ -1,0 +1,368 @@
+"""The Textual UI, driven by a deterministic fake trainer (tests/fake_trainer.py).
+
+The fake only steps when told, so each test controls exactly which events arrive. Waits
+poll a condition with short explicit pauses (see the Pilot idle-wait note in tui-notes.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import pytest
+from tests.fake_trainer import FakeTrainer, fake_loss
+from textual.widgets import RichLog
+from textual.widgets._footer import FooterKey
+
+from tui_llm.app import TrainerApp
+from tui_llm.engine import events as ev
+from tui_llm.screens.dialogs import HelpScreen, PromptScreen, QuitScreen
+from tui_llm.screens.loss_plot import bucket_means
+from tui_llm.screens.metrics_csv import read_rows
+
+
+async def until(pilot, condition, timeout: float = 3.0) -> None:
+    """Let the app run until `condition()` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the UI"
+        await pilot.pause(0.02)
+
+
+def text_of(log: RichLog) -> str:
+    return "\n".join(line.text for line in log.lines)
+
+
+def shown(log: RichLog, text: str) -> bool:
+    """Is `text` in the log, however the log wrapped it?"""
+    return "".join(text.split()) in "".join(text_of(log).split())
+
+
+async def footer_keys(pilot) -> dict[str, FooterKey]:
+    """The footer's keys by description (after the footer caught up with the state)."""
+    await pilot.pause(0.05)
+    return {key.description: key for key in pilot.app.screen.query(FooterKey)}
+
+
+def dimmed(key: FooterKey) -> bool:
+    return key.has_class("-disabled")
+
+
+@pytest.fixture
+def trainer(tmp_path: Path) -> FakeTrainer:
+    return FakeTrainer(tmp_path / "run")
+
+
+def started(pilot):
+    """Wait until the fake trainer's run has started."""
+    return until(pilot, lambda: pilot.app.phase == "running")
+
+
+# -- plot -------------------------------------------------------------------------------
+
+
+async def test_plot_gains_points_as_steps_arrive(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        plot = app.dashboard.loss_plot
+        trainer.advance(7)
+        await until(pilot, lambda: plot.drawn_points == 7)  # drawn by the redraw timer
+        assert plot.steps == list(range(1, 8))
+        assert plot.losses == [fake_loss(s) for s in range(1, 8)]
+        assert plot.val_steps == [5]
+        assert "step 7/1,000" in app.dashboard.status_bar.render().plain
+
+
+async def test_log_scale_and_smoothing_keys_change_the_plot(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        plot = app.dashboard.loss_plot
+        await pilot.press("l")  # before any data
+        assert plot.log_scale
+        plot.redraw()
+        await pilot.pause(0.05)  # renders without crashing
+        trainer.advance(20)
+        await until(pilot, lambda: len(plot.steps) == 20)
+        await pilot.press("l")
+        assert not plot.log_scale
+
+        before, weight = list(plot.smoothed), plot.smoothing
+        await pilot.press("plus")
+        assert plot.smoothing > weight
+        assert plot.smoothed != before
+        await pilot.press("minus", "minus")
+        assert plot.smoothing < weight
+        # the debiased EMA starts at the first loss, whatever the weight
+        assert plot.smoothed[0] == pytest.approx(plot.losses[0])
+
+
+def test_bucket_means_downsamples_long_series():
+    xs = list(range(100_000))
+    x, y = bucket_means(xs, [2.0 * v for v in xs], 200)
+    assert len(x) == len(y) == 200
+    assert x[0] == pytest.approx(249.5)  # mean of the first 500 steps
+    assert y == pytest.approx([2 * v for v in x])
+    assert bucket_means([1, 2], [3.0, 4.0], 200) == ([1, 2], [3.0, 4.0])
+
+
+def train_record(step: int, loss: float) -> dict:
+    return ev.StepDone(step, loss, 1.0, 2.0, 3.0, 6.0, 100.0, 1e-3, 1.0, 0).to_json()
+
+
+async def test_history_repopulates_the_plot_up_to_the_resumed_step(tmp_path):
+    history = [train_record(s, 5.0 - s / 10) for s in range(1, 31)]
+    history += [train_record(s, 1.0) for s in range(11, 16)]  # an earlier resume repeated 11..15
+    history += [ev.Validation(10, 4.2).to_json(), ev.Validation(25, 4.0).to_json(),
+                ev.CheckpointSaved(20, "ckpt_20", 1.0, "periodic").to_json(),
+                ev.Sample(20, "", "old sample").to_json(), {"type": "start"}]
+    trainer = FakeTrainer(tmp_path / "run")
+    trainer.step = 20  # resumes from the checkpoint at step 20
+    app = TrainerApp(trainer, history=history)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        plot = app.dashboard.loss_plot
+        assert plot.steps == list(range(1, 21))  # steps 21..30 will be trained again
+        assert plot.losses[10:15] == [1.0] * 5
+        assert plot.val_steps == [10]
+        assert shown(app.dashboard.event_log, "step 20: saved ckpt_20")
+        assert "old sample" in text_of(app.dashboard.samples)
+        trainer.advance(2)
+        await until(pilot, lambda: plot.steps[-1] == 22)
+
+
+# -- keys -------------------------------------------------------------------------------
+
+
+async def test_pause_stops_steps_until_resume(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        plot = app.dashboard.loss_plot
+        trainer.advance(2)
+        await until(pilot, lambda: len(plot.steps) == 2)
+
+        await pilot.press("p")
+        await until(pilot, lambda: app.state == "paused")
+        assert "Resume" in await footer_keys(pilot)
+        trainer.advance(3)
+        await pilot.pause(0.1)
+        assert len(plot.steps) == 2
+
+        await pilot.press("space")
+        await until(pilot, lambda: len(plot.steps) == 5)
+        assert app.state == "running"
+        assert [type(c) for c in trainer.received] == [ev.Pause, ev.Resume]
+
+
+async def test_sample_key_adds_a_sample(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        await pilot.press("s")
+        samples = app.dashboard.samples
+        await until(pilot, lambda: "the quick brown fox" in text_of(samples))
+        assert "step 0" in text_of(samples)
+        assert trainer.received == [ev.SampleNow("")]
+        assert app.state == "running"
+
+
+async def test_sample_with_markup_renders_as_text(tmp_path):
+    trainer = FakeTrainer(tmp_path / "run", sample_text="KING [/bold] to [aside] [/foo]")
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        await pilot.press("s")
+        await until(pilot, lambda: "[/bold]" in text_of(app.dashboard.samples))
+        assert "KING [/bold] to [aside] [/foo]" in text_of(app.dashboard.samples)
+
+
+async def test_prompt_dialog_samples_from_typed_text(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        await pilot.press("g")
+        assert isinstance(app.screen, PromptScreen)
+        await pilot.press("T", "o", " ", "b", "e", "enter")
+        await until(pilot, lambda: "prompt: 'To be'" in text_of(app.dashboard.samples))
+        assert trainer.received == [ev.SampleNow("To be")]
+
+
+async def test_save_key_logs_the_checkpoint(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        trainer.advance(3)
+        await until(pilot, lambda: app.step == 3)
+        await pilot.press("c")
+        log = app.dashboard.event_log
+        await until(pilot, lambda: shown(log, "step 3: saved"))
+        assert (trainer.run_dir / "ckpt_000003.bin").is_file()
+        assert app.saved_step == 3
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: text_of(log).count("saved") == 2)
+
+
+async def test_export_writes_csv_next_to_metrics(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        trainer.advance(12)
+        await until(pilot, lambda: app.step == 12)
+        await pilot.press("e")
+        csv_path = trainer.run_dir / "metrics.csv"
+        await until(pilot, lambda: shown(app.dashboard.event_log, f"metrics written to {csv_path}"))
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    assert [float(r["loss"]) for r in rows] == pytest.approx([fake_loss(s) for s in range(1, 13)])
+    assert {int(r["step"]): r["val_loss"] for r in rows if r["val_loss"]} == {
+        5: str(fake_loss(5) + 0.1), 10: str(fake_loss(10) + 0.1)}
+
+
+def test_csv_rows_merge_validation_and_prefer_the_latest_record(tmp_path):
+    jsonl = tmp_path / "metrics.jsonl"
+    jsonl.write_text(
+        '{"type": "val", "step": 0, "loss": 9.0}\n'
+        '{"type": "train", "step": 1, "loss": 5.0}\n'
+        '{"type": "train", "step": 1, "loss": 4.0}\n'
+        '{"type": "val", "step": 1, "loss": 4.5}\n'
+        '{"type": "checkpoint", "step": 1}\n'
+        '{"type": "train", "st'
+    )
+    rows = read_rows(jsonl)
+    assert [(r["step"], r.get("loss"), r.get("val_loss")) for r in rows] == [
+        (0, None, 9.0), (1, 4.0, 4.5)]
+
+
+async def test_help_opens_and_closes(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert app.screen is app.dashboard
+
+
+async def test_footer_shows_the_keys_and_dims_what_does_not_apply(tmp_path):
+    trainer = FakeTrainer(tmp_path / "run", hold_compile=True)
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await until(pilot, lambda: app.state == "compiling")
+        assert app.dashboard.has_class("-compiling")
+        keys = await footer_keys(pilot)
+        assert {"Pause", "Sample", "Prompt", "Save", "Log", "Smooth", "CSV", "Help", "Quit"} <= set(keys)
+        assert all(dimmed(keys[k]) for k in ("Sample", "Prompt", "Save", "Pause"))
+        assert not dimmed(keys["Quit"]) and not dimmed(keys["Help"])
+        await pilot.press("s")
+        assert trainer.received == []
+
+        trainer.finish_compiling()
+        await started(pilot)
+        keys = await footer_keys(pilot)
+        assert not dimmed(keys["Sample"]) and not dimmed(keys["Save"])
+        assert not app.dashboard.has_class("-compiling")
+
+
+async def test_command_palette_offers_the_actions(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+        assert {"Pause training", "Sample now", "Sample from a prompt", "Save checkpoint",
+                "Toggle log scale", "Export metrics CSV", "Help", "Quit"} <= titles
+        assert "Resume training" not in titles
+
+
+# -- quitting -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("answer", ["save", "discard", "cancel"])
+async def test_quit_with_unsaved_steps_asks(trainer, answer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        trainer.advance(4)
+        await until(pilot, lambda: app.step == 4)
+        await pilot.press("q")
+        assert isinstance(app.screen, QuitScreen)
+        await pilot.click(f"#{answer}")
+        if answer == "cancel":
+            await pilot.pause(0.1)
+            assert app.screen is app.dashboard and app.return_code is None
+            assert trainer.received == []
+        else:
+            await until(pilot, lambda: app.return_code is not None)
+    if answer != "cancel":
+        assert app.return_code == 0
+        assert trainer.received == [ev.Stop(save=answer == "save")]
+        assert (trainer.run_dir / "ckpt_000004.bin").is_file() == (answer == "save")
+
+
+async def test_quit_without_unsaved_steps_stops_at_once(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        await pilot.press("q")
+        await until(pilot, lambda: app.return_code is not None)
+    assert trainer.received == [ev.Stop(save=False)]
+    assert app.return_code == 0
+
+
+async def test_after_finishing_only_quit_and_viewing_keys_apply(tmp_path):
+    trainer = FakeTrainer(tmp_path / "run", total_steps=3)
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        trainer.advance(3)
+        await until(pilot, lambda: app.state == "finished")
+        keys = await footer_keys(pilot)
+        assert all(dimmed(keys[k]) for k in ("Pause", "Sample", "Prompt", "Save"))
+        assert not dimmed(keys["Quit"]) and not dimmed(keys["CSV"])
+        await pilot.press("q")
+        await until(pilot, lambda: app.return_code is not None)
+    assert app.return_code == 0
+    assert trainer.received == []
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+async def test_error_is_shown_and_pauses_and_quitting_returns_1(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        trainer.advance(2)
+        await until(pilot, lambda: app.step == 2)
+        trainer.fail("loss is nan")
+        await until(pilot, lambda: app.state == "error" and app.phase == "paused")
+        assert shown(app.dashboard.event_log, "ERROR loss is nan")
+        assert "ERROR" in app.dashboard.status_bar.render().plain
+        assert not dimmed((await footer_keys(pilot))["Save"])  # the user can save...
+        await pilot.press("c")
+        await until(pilot, lambda: app.saved_step == 2)
+        assert app.state == "error"
+        await pilot.press("q")  # ...or quit (nothing unsaved: no question)
+        await until(pilot, lambda: app.return_code is not None)
+    assert app.return_code == 1
+
+
+class CrashingTrainer:
+    def run(self, emit):
+        raise RuntimeError("out of memory")
+
+    def send(self, command):
+        pass
+
+
+async def test_trainer_crash_is_shown_and_quit_returns_1():
+    app = TrainerApp(CrashingTrainer())
+    async with app.run_test() as pilot:
+        await until(pilot, lambda: not app.alive)
+        assert app.state == "error"
+        assert shown(app.dashboard.event_log, "RuntimeError('out of memory')")
+        await pilot.press("q")
+        await until(pilot, lambda: app.return_code is not None)
+    assert app.return_code == 1

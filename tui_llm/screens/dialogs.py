@@ -1,0 +1,92 @@
+"""Modal dialogs: help, a prompt to sample from, and the quit question."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static
+
+PANELS = (
+    ("loss", "train loss per step (faint: raw, bright: EMA-smoothed, debiased) and "
+             "validation loss (orange), on one step axis"),
+    ("step time", "forward / backward / optimizer time of the last step, its share of the "
+                  "step, sparklines of recent steps, tokens/s and steps/s"),
+    ("status", "model, parameters, data, step/total, epoch, learning rate, gradient norm, "
+               "elapsed time, ETA and the run state"),
+    ("samples", "generated text with its step and prompt; each token coloured by the "
+                "probability the model gave it (red low, green high)"),
+    ("log", "checkpoints, validation results, warnings and errors"),
+)
+
+
+class HelpScreen(ModalScreen[None]):
+    """The keys and what each panel shows."""
+
+    BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close")]
+
+    def __init__(self, keys: list[tuple[str, str]]) -> None:
+        """`keys` pairs a key as displayed with what it does."""
+        super().__init__()
+        self.keys = keys
+
+    def compose(self) -> ComposeResult:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column()
+        for key, description in self.keys:
+            table.add_row(key, description)
+        table.add_row("", "")
+        for panel, description in PANELS:
+            table.add_row(Text(panel, style="bold cyan"), description)
+        with VerticalScroll(id="help-box"):
+            yield Static(table)
+            yield Label(Text("escape or ? closes", style="dim"))
+
+    def on_mount(self) -> None:
+        self.query_one("#help-box").border_title = "help"
+
+
+class PromptScreen(ModalScreen[str | None]):
+    """Ask for a prompt to sample from; dismisses with the text, or None on escape."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="prompt-box"):
+            yield Label("Sample from this prompt:")
+            yield Input(placeholder="To be, or not to be", id="prompt-input")
+            yield Label(Text("enter samples, escape cancels", style="dim"))
+
+    @on(Input.Submitted)
+    def submit(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value)
+
+
+class QuitScreen(ModalScreen[str | None]):
+    """Unsaved steps: dismisses with "save", "discard", or None to keep training."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, step: int, saved_step: int) -> None:
+        super().__init__()
+        self.step = step
+        self.saved_step = saved_step
+
+    def compose(self) -> ComposeResult:
+        with Grid(id="quit-box"):
+            yield Label(
+                f"Step {self.step:,} is not saved (last checkpoint: step {self.saved_step:,}).",
+                id="quit-question",
+            )
+            yield Button("Save and quit", variant="primary", id="save")
+            yield Button("Quit without saving", variant="error", id="discard")
+            yield Button("Cancel", id="cancel")
+
+    @on(Button.Pressed)
+    def answer(self, event: Button.Pressed) -> None:
+        self.dismiss(None if event.button.id == "cancel" else event.button.id)
