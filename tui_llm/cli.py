@@ -55,6 +55,9 @@ def train_parser() -> Parser:
     g.add_argument("--heads", type=int, help="override the preset's head count")
     g.add_argument("--channels", type=int, help="override the preset's channel count")
     g.add_argument("--max-seq-len", type=int, help="positions of a fresh model (default 1024)")
+    g.add_argument("--init-style", choices=("llmc", "numpy"),
+                   help="fresh weights: llmc = bit-identical to llm.c's train_gpt2.py init (torch's generator; "
+                        "default), numpy = numpy's generator (faster start)")
     g = p.add_argument_group("schedule")
     g.add_argument("-b", "--batch-size", type=int, help="sequences per step (default 4)")
     g.add_argument("-t", "--seq-len", type=int, help="tokens per sequence (default 64)")
@@ -85,7 +88,7 @@ def train_parser() -> Parser:
 
 
 # run options that describe the model or the data: fixed once a run exists
-FIXED_ON_RESUME = {"model", "init_from", "layers", "heads", "channels", "max_seq_len", "batch_size", "seq_len", "shuffle"}
+FIXED_ON_RESUME = {"model", "init_from", "init_style", "layers", "heads", "channels", "max_seq_len", "batch_size", "seq_len", "shuffle"}
 
 
 def build_config(args):
@@ -208,7 +211,7 @@ def cmd_train(argv) -> int:
     trainer = Trainer(config, resume)
     if args.no_ui:
         return run_headless(trainer)
-    if not sys.stdout.isatty():
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):  # Textual draws on stderr, reads stdin
         raise UsageError("the terminal UI needs a terminal; use --no-ui for headless runs")
     from tui_llm.app import run_app
 

@@ -35,6 +35,7 @@ from tui_llm.engine.optim import AdamW, AdamWConfig, learning_rate
 from tui_llm.engine.sampler import Sampler
 from tui_llm.engine.threads import set_threads
 from tui_llm.engine.tokenizer import get_tokenizer
+from tui_llm.engine.torch_init import llmc_random_init
 
 CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d{8})\.safetensors$")
 
@@ -54,6 +55,7 @@ class RunConfig:
     heads: int | None = None
     channels: int | None = None
     max_seq_len: int = 1024
+    init_style: str = "llmc"            # llmc: torch's generator, as train_gpt2.py; numpy: faster
     batch_size: int = 4
     seq_len: int = 64
     steps: int = 1000
@@ -150,7 +152,11 @@ class Trainer:
             self.model = GPT(model_cfg, flat)
             self.model_desc = desc
         else:
-            self.model = GPT.random_init(self._fresh_model_config(), seed=c.seed)
+            model_cfg = self._fresh_model_config()
+            if c.init_style == "llmc":  # bit-identical to llm.c's train_gpt2.py --model dN init
+                self.model = GPT(model_cfg, llmc_random_init(model_cfg, seed=c.seed))
+            else:
+                self.model = GPT.random_init(model_cfg, seed=c.seed)
             self.model_desc = c.model if c.layers is None and c.channels is None and c.heads is None else "custom"
         mc = self.model.config
         if c.seq_len > mc.max_seq_len:
@@ -210,6 +216,8 @@ class Trainer:
             raise ConfigError(f"--lr must be a positive number, got {c.lr}")
         if c.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"--lr-schedule must be constant or cosine, got {c.lr_schedule!r}")
+        if c.init_style not in ("llmc", "numpy"):
+            raise ConfigError(f"--init-style must be llmc or numpy, got {c.init_style!r}")
         if c.temperature < 0:
             raise ConfigError(f"--temperature must not be negative, got {c.temperature}")
 
