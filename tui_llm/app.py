@@ -167,6 +167,7 @@ class TrainerApp(App[int]):
             case ev.Error():
                 self.saving = self.sampling = False
                 self.failed = True
+                self.notify(event.message, title="Training error", severity="error", timeout=10, markup=False)
             case ev.Finished():
                 self.failed = self.failed or event.reason == "error"
                 self.phase = "finished"
@@ -225,6 +226,7 @@ class TrainerApp(App[int]):
     def action_pause(self) -> None:
         """Pause after the current step."""
         self.trainer.send(ev.Pause())
+        self.notify("Pausing after the current step...", timeout=3)
 
     def action_resume(self) -> None:
         """Continue training."""

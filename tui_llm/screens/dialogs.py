@@ -79,8 +79,9 @@ class QuitScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Grid(id="quit-box"):
+            saved = f"step {self.saved_step:,}" if self.saved_step else "none yet"
             yield Label(
-                f"Step {self.step:,} is not saved (last checkpoint: step {self.saved_step:,}).",
+                f"Training is at step {self.step:,}; last checkpoint: {saved}.",
                 id="quit-question",
             )
             yield Button("Save and quit", variant="primary", id="save")

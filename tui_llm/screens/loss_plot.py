@@ -3,7 +3,7 @@
 The full history lives in plain lists on this widget (the UI thread owns it). Drawing is the
 expensive part (plotext rebuilds the whole chart), so new points only mark the chart dirty and a
 timer redraws at most four times a second, from series downsampled to about two points per
-terminal column.
+terminal column (braille markers draw two points per cell).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from textual.app import RenderResult
 from textual.reactive import reactive
 from textual_plotext import PlotextPlot
 
@@ -56,6 +57,8 @@ class LossPlot(PlotextPlot):
         self.drawn_points = 0
         """How many train points the last redraw plotted (after downsampling)."""
         self._ema, self._weight_power = 0.0, 1.0
+        self._series: tuple[list[float], ...] = ([], [], [], [], [])
+        """Downsampled x, raw, smoothed, val x, val y: what render() draws."""
         self._dirty = True
 
     def on_mount(self) -> None:
@@ -124,22 +127,32 @@ class LossPlot(PlotextPlot):
         self._dirty = True
 
     def redraw(self) -> None:
-        """Rebuild the chart's series if anything changed since the last redraw."""
+        """Downsample the series again if anything changed since the last redraw."""
         if not self._dirty or self.size.width == 0:
             return
         self._dirty = False
-        plt = self.plt
-        plt.clear_data()
         buckets = 2 * self.size.width
         x, raw = bucket_means(self.steps, self.losses, buckets)
         _, smooth = bucket_means(self.steps, self.smoothed, buckets)
+        val_x, val_y = bucket_means(self.val_steps, self.val_losses, buckets)
+        self._series = (x, raw, smooth, val_x, val_y)
+        self.drawn_points = len(x)
+        self.refresh()
+
+    def render(self) -> RenderResult:
+        """Draw the series of the last redraw.
+
+        plotext's build() rescales the data it was given in place (log scale), so every
+        render, including repaints without new data, starts again from clean series.
+        """
+        x, raw, smooth, val_x, val_y = self._series
+        plt = self.plt
+        plt.clear_data()
         # plotext cannot draw log axes without data
-        plt.yscale("log" if self.log_scale and (x or self.val_steps) else "linear")
+        plt.yscale("log" if self.log_scale and (x or val_x) else "linear")
         if x:
             plt.plot(x, raw, marker="braille", color="gray")
             plt.plot(x, smooth, marker="braille", color="cyan", label=f"train (EMA {self.smoothing:g})")
-        if self.val_steps:
-            vx, vy = bucket_means(self.val_steps, self.val_losses, buckets)
-            plt.plot(vx, vy, marker="hd", color="orange", label="val")
-        self.drawn_points = len(x)
-        self.refresh()
+        if val_x:
+            plt.plot(val_x, val_y, marker="hd", color="orange", label="val")
+        return super().render()
