@@ -48,6 +48,7 @@ class FakeTrainer:
         sample_text: str = "the quick brown fox",
         step_interval: float | None = None,
         hold_compile: bool = False,
+        start_step: int = 0,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.total_steps = total_steps
@@ -57,7 +58,9 @@ class FakeTrainer:
         self.step_interval = step_interval
         self.received: list[ev.Command] = []
         """Every command sent, in order (list.append is atomic: safe from any thread)."""
-        self.step = 0
+        self.step = start_step
+        """Steps done (start_step > 0: resumed from a checkpoint at that step)."""
+        self._saved_step = start_step
         self._compiled = threading.Event()
         if not hold_compile:
             self._compiled.set()
@@ -150,15 +153,17 @@ class FakeTrainer:
         self._emit(event)
 
     def _train_step(self) -> None:
-        self.step += 1
-        fwd = 10.0 + self.step % 3
+        # Like the real trainer: validation before step k, StepDone.step = k (the finished
+        # step's index), and every other event's step = steps done.
+        k = self.step
+        if k % self.val_every == 0:
+            self._record(ev.Validation(step=k, loss=fake_loss(k) + 0.1))
+        fwd = 10.0 + k % 3
         self._record(ev.StepDone(
-            step=self.step, loss=fake_loss(self.step), fwd_ms=fwd, bwd_ms=20.0, opt_ms=2.0,
-            step_ms=fwd + 23.0, tok_per_s=4096 * 1000 / (fwd + 23.0), lr=3e-4,
-            grad_norm=1.0 / self.step, epoch=self.step // 50,
+            step=k, loss=fake_loss(k), fwd_ms=fwd, bwd_ms=20.0, opt_ms=2.0, step_ms=fwd + 23.0,
+            tok_per_s=4096 * 1000 / (fwd + 23.0), lr=3e-4, grad_norm=1.0 / (k + 1), epoch=k // 50,
         ))
-        if self.step % self.val_every == 0:
-            self._record(ev.Validation(step=self.step, loss=fake_loss(self.step) + 0.1))
+        self.step = k + 1
 
     def _sample(self, prompt: str) -> None:
         pieces = [word + " " for word in self.sample_text.split(" ")]
@@ -169,6 +174,9 @@ class FakeTrainer:
         ))
 
     def _save(self, reason: str) -> None:
+        if self.step == self._saved_step:  # nothing new: no file, no event (as the real one)
+            return
+        self._saved_step = self.step
         started = time.monotonic()
         path = self.run_dir / f"ckpt_{self.step:06d}.bin"
         path.write_bytes(self.step.to_bytes(8, "little"))

@@ -78,10 +78,10 @@ async def test_plot_gains_points_as_steps_arrive(trainer):
         plot = app.dashboard.loss_plot
         trainer.advance(7)
         await until(pilot, lambda: plot.drawn_points == 7)  # drawn by the redraw timer
-        assert plot.steps == list(range(1, 8))
-        assert plot.losses == [fake_loss(s) for s in range(1, 8)]
-        assert plot.val_steps == [5]
-        assert "step 7/1,000" in app.dashboard.status_bar.render().plain
+        assert plot.steps == list(range(7))  # StepDone.step: index of the finished step
+        assert plot.losses == [fake_loss(s) for s in range(7)]
+        assert plot.val_steps == [0, 5]
+        assert "step 7/1,000" in app.dashboard.status_bar.render().plain  # steps done
 
 
 async def test_log_scale_and_smoothing_keys_change_the_plot(trainer):
@@ -125,24 +125,24 @@ def train_record(step: int, loss: float) -> dict:
 
 
 async def test_history_repopulates_the_plot_up_to_the_resumed_step(tmp_path):
-    history = [train_record(s, 5.0 - s / 10) for s in range(1, 31)]
+    history = [train_record(s, 5.0 - s / 10) for s in range(30)]
     history += [train_record(s, 1.0) for s in range(11, 16)]  # an earlier resume repeated 11..15
     history += [ev.Validation(10, 4.2).to_json(), ev.Validation(25, 4.0).to_json(),
                 ev.CheckpointSaved(20, "ckpt_20", 1.0, "periodic").to_json(),
                 ev.Sample(20, "", "old sample").to_json(), {"type": "start"}]
-    trainer = FakeTrainer(tmp_path / "run")
-    trainer.step = 20  # resumes from the checkpoint at step 20
+    trainer = FakeTrainer(tmp_path / "run", start_step=20)  # resumes from the checkpoint
     app = TrainerApp(trainer, history=history)
     async with app.run_test() as pilot:
         await started(pilot)
         plot = app.dashboard.loss_plot
-        assert plot.steps == list(range(1, 21))  # steps 21..30 will be trained again
-        assert plot.losses[10:15] == [1.0] * 5
+        assert plot.steps == list(range(20))  # steps 20..29 will be trained again
+        assert plot.losses[11:16] == [1.0] * 5
         assert plot.val_steps == [10]
         assert shown(app.dashboard.event_log, "step 20: saved ckpt_20")
         assert "old sample" in text_of(app.dashboard.samples)
         trainer.advance(2)
-        await until(pilot, lambda: plot.steps[-1] == 22)
+        await until(pilot, lambda: plot.steps[-2:] == [20, 21])
+        assert "step 22/1,000" in app.dashboard.status_bar.render().plain
 
 
 # -- keys -------------------------------------------------------------------------------
@@ -197,15 +197,19 @@ async def test_save_key_logs_the_checkpoint(trainer):
     app = TrainerApp(trainer)
     async with app.run_test() as pilot:
         await started(pilot)
+        assert keys_shown(app)["Save"] is False  # nothing to save yet
         trainer.advance(3)
-        await until(pilot, lambda: app.step == 3)
+        await until(pilot, lambda: app.steps_done == 3)
         await pilot.press("c")
         log = app.dashboard.event_log
         await until(pilot, lambda: shown(log, "step 3: saved"))
         assert (trainer.run_dir / "ckpt_000003.bin").is_file()
-        assert app.saved_step == 3
+        assert app.saved_steps == 3 and app.state == "running"
+        assert keys_shown(app)["Save"] is False  # saved already
+        trainer.advance(1)
+        await until(pilot, lambda: keys_shown(app)["Save"])
         await pilot.press("ctrl+s")
-        await until(pilot, lambda: text_of(log).count("saved") == 2)
+        await until(pilot, lambda: shown(log, "step 4: saved"))
 
 
 async def test_export_writes_csv_next_to_metrics(trainer):
@@ -213,16 +217,16 @@ async def test_export_writes_csv_next_to_metrics(trainer):
     async with app.run_test() as pilot:
         await started(pilot)
         trainer.advance(12)
-        await until(pilot, lambda: app.step == 12)
+        await until(pilot, lambda: app.steps_done == 12)
         await pilot.press("e")
         csv_path = trainer.run_dir / "metrics.csv"
         await until(pilot, lambda: shown(app.dashboard.event_log, f"metrics written to {csv_path}"))
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == list(range(1, 13))
-    assert [float(r["loss"]) for r in rows] == pytest.approx([fake_loss(s) for s in range(1, 13)])
-    assert {int(r["step"]): r["val_loss"] for r in rows if r["val_loss"]} == {
-        5: str(fake_loss(5) + 0.1), 10: str(fake_loss(10) + 0.1)}
+    assert [int(r["step"]) for r in rows] == list(range(12))
+    assert [float(r["loss"]) for r in rows] == pytest.approx([fake_loss(s) for s in range(12)])
+    assert {int(r["step"]): float(r["val_loss"]) for r in rows if r["val_loss"]} == pytest.approx(
+        {0: fake_loss(0) + 0.1, 5: fake_loss(5) + 0.1, 10: fake_loss(10) + 0.1})
 
 
 def test_csv_rows_merge_validation_and_prefer_the_latest_record(tmp_path):
@@ -255,7 +259,7 @@ async def test_footer_shows_the_keys_and_dims_what_does_not_apply(tmp_path):
     async with app.run_test() as pilot:
         await until(pilot, lambda: app.state == "compiling")
         assert app.dashboard.has_class("-compiling")
-        wanted = {"Pause", "Sample", "Prompt", "Save", "Log", "Smooth", "CSV", "Help", "Quit"}
+        wanted = {"Pause", "Sample", "Prompt", "Save", "Log", "EMA", "CSV", "Help", "Quit"}
         await until(pilot, lambda: wanted <= set(footer_widgets(app)))
         keys = keys_shown(app)
         assert not any(keys[k] for k in ("Sample", "Prompt", "Save", "Pause"))
@@ -267,7 +271,8 @@ async def test_footer_shows_the_keys_and_dims_what_does_not_apply(tmp_path):
         trainer.finish_compiling()
         await started(pilot)
         keys = keys_shown(app)
-        assert keys["Sample"] and keys["Save"] and keys["Pause"]
+        assert keys["Sample"] and keys["Pause"] and keys["CSV"]
+        assert not keys["Save"]  # no step done yet: nothing to save
         await until(pilot, lambda: footer_dims(app, "Sample") is False)
         assert not app.dashboard.has_class("-compiling")
 
@@ -276,6 +281,8 @@ async def test_command_palette_offers_the_actions(trainer):
     app = TrainerApp(trainer)
     async with app.run_test() as pilot:
         await started(pilot)
+        trainer.advance(1)
+        await until(pilot, lambda: app.steps_done == 1)
         titles = {command.title for command in app.get_system_commands(app.screen)}
         assert {"Pause training", "Sample now", "Sample from a prompt", "Save checkpoint",
                 "Toggle log scale", "Export metrics CSV", "Help", "Quit"} <= titles
@@ -291,7 +298,7 @@ async def test_quit_with_unsaved_steps_asks(trainer, answer):
     async with app.run_test() as pilot:
         await started(pilot)
         trainer.advance(4)
-        await until(pilot, lambda: app.step == 4)
+        await until(pilot, lambda: app.steps_done == 4)
         await pilot.press("q")
         assert isinstance(app.screen, QuitScreen)
         await pilot.click(f"#{answer}")
@@ -341,14 +348,15 @@ async def test_error_is_shown_and_pauses_and_quitting_returns_1(trainer):
     async with app.run_test() as pilot:
         await started(pilot)
         trainer.advance(2)
-        await until(pilot, lambda: app.step == 2)
+        await until(pilot, lambda: app.steps_done == 2)
         trainer.fail("loss is nan [/bold]")
         await until(pilot, lambda: app.state == "error" and app.phase == "paused")
         assert shown(app.dashboard.event_log, "ERROR loss is nan [/bold]")
+        assert shown(app.dashboard.event_log, "save (c), resume (p) or quit (q)")
         assert "ERROR" in app.dashboard.status_bar.render().plain
         assert keys_shown(app)["Save"]  # the user can save...
         await pilot.press("c")
-        await until(pilot, lambda: app.saved_step == 2)
+        await until(pilot, lambda: app.saved_steps == 2)
         assert app.state == "error"
         await pilot.press("q")  # ...or quit (nothing unsaved: no question)
         await until(pilot, lambda: app.return_code is not None)

@@ -70,7 +70,7 @@ class TrainerApp(App[int]):
         Binding("g", "prompt", "Prompt", tooltip="Sample from a prompt you type"),
         Binding("c,ctrl+s", "save", "Save", tooltip="Save a checkpoint of the current step"),
         Binding("l", "log_scale", "Log", tooltip="Toggle a log scale on the loss axis"),
-        Binding("plus", "smooth_more", "Smooth", key_display="+-",
+        Binding("plus", "smooth_more", "EMA", key_display="+-",
                 tooltip="More / less smoothing of the train loss"),
         Binding("minus", "smooth_less", "Less smooth", show=False),
         Binding("e", "export", "CSV", tooltip="Export metrics.csv next to metrics.jsonl"),
@@ -105,8 +105,9 @@ class TrainerApp(App[int]):
         self.title = title
         self.dashboard = DashboardScreen(title)
         self.run_dir: Path | None = None
-        self.step = 0
-        self.saved_step = 0
+        self.steps_done = 0
+        self.saved_steps = 0
+        """Steps done when the last checkpoint was written."""
 
     async def on_mount(self) -> None:
         """Show the dashboard with the earlier run's history, then start training."""
@@ -150,15 +151,15 @@ class TrainerApp(App[int]):
                 self.phase = "compiling"
             case ev.RunStarted():
                 self.run_dir = Path(event.run_dir)
-                self.step = self.saved_step = event.start_step
+                self.steps_done = self.saved_steps = event.start_step
                 self.phase = "running"
             case ev.StepDone():
-                self.step = event.step
+                self.steps_done = event.step + 1  # StepDone.step is the finished step's index
             case ev.Sample():
                 self.sampling = False
             case ev.CheckpointSaved():
                 self.saving = False
-                self.saved_step = max(self.saved_step, event.step)
+                self.saved_steps = max(self.saved_steps, event.step)
             case ev.Paused():
                 self.phase = "paused"
             case ev.Resumed():
@@ -172,6 +173,8 @@ class TrainerApp(App[int]):
                 self.failed = self.failed or event.reason == "error"
                 self.phase = "finished"
         self.dashboard.show(event)
+        if isinstance(event, ev.Paused) and self.failed:
+            self.dashboard.event_log.add("the weights are intact: save (c), resume (p) or quit (q)", "warning")
         if isinstance(event, ev.Finished) and self.stopping:
             self.exit_run()
 
@@ -208,8 +211,8 @@ class TrainerApp(App[int]):
             return training and self.phase == "paused"
         if action in ("sample", "prompt"):
             return True if training and not self.sampling else None
-        if action == "save":
-            return True if training and not self.saving else None
+        if action == "save":  # the trainer skips a save when no step was done since the last
+            return True if training and not self.saving and self.steps_done > self.saved_steps else None
         if action == "export":
             return True if self.run_dir is not None else None
         return True
@@ -290,8 +293,8 @@ class TrainerApp(App[int]):
             return
         elif self.stopping:
             self.notify("Stopping after the current step...")
-        elif self.step > self.saved_step:
-            self.push_screen(QuitScreen(self.step, self.saved_step), self._answer_quit)
+        elif self.steps_done > self.saved_steps:
+            self.push_screen(QuitScreen(self.steps_done, self.saved_steps), self._answer_quit)
         else:
             self._stop(save=False)
 

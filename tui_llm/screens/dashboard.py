@@ -115,7 +115,7 @@ class DashboardScreen(Screen):
                 self.query_one(ProgressBar).update(total=total, progress=done)
                 self.status_bar.compile_note = f"{done}/{total} {name}  "
             case ev.RunStarted():
-                self.loss_plot.drop_after(event.start_step)
+                self.loss_plot.drop_from(event.start_step)
                 self.status_bar.show_start(event)
                 resumed = f" (resuming at step {event.start_step:,})" if event.start_step else ""
                 self.event_log.add(f"run started{resumed}: {event.run_dir}")
@@ -143,7 +143,6 @@ class DashboardScreen(Screen):
                 self.event_log.add(text, level)
             case ev.Error(step=step, message=message):
                 self.event_log.add(f"step {step:,}: ERROR {message}", "error")
-                self.event_log.add("training is paused: save (c), resume (p) or quit (q)", "warning")
             case ev.Finished(step=step, reason=reason):
                 self.status_bar.stop_clock()
                 self.event_log.add(f"finished at step {step:,} ({reason}); q quits", "good")

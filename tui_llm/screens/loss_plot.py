@@ -86,10 +86,10 @@ class LossPlot(PlotextPlot):
             self.val_losses.append(loss)
             self._dirty = True
 
-    def drop_after(self, step: int) -> None:
-        """Forget points past `step` (a resumed run trains them again)."""
-        keep = bisect.bisect_right(self.steps, step)
-        keep_val = bisect.bisect_right(self.val_steps, step)
+    def drop_from(self, step: int) -> None:
+        """Forget points at `step` and later (a resumed run computes them again)."""
+        keep = bisect.bisect_left(self.steps, step)
+        keep_val = bisect.bisect_left(self.val_steps, step)
         if keep < len(self.steps) or keep_val < len(self.val_steps):
             del self.steps[keep:], self.losses[keep:]
             del self.val_steps[keep_val:], self.val_losses[keep_val:]

@@ -97,7 +97,7 @@ class StatusBar(Widget):
         if state == "compiling":
             bottom.append(self.compile_note)
         if self.run_info is not None:
-            step = self.last.step if self.last else self.run_info.start_step
+            step = self.last.step + 1 if self.last else self.run_info.start_step  # steps done
             total = self.run_info.total_steps
             bottom.append(f"step {step:,}/{total:,}")
             if self.last is not None:
