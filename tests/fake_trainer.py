@@ -56,6 +56,8 @@ class FakeTrainer:
         self.kernels = kernels
         self.sample_text = sample_text
         self.step_interval = step_interval
+        self.saves_fail = False
+        """Set to make every save emit Error instead of writing a file."""
         self.received: list[ev.Command] = []
         """Every command sent, in order (list.append is atomic: safe from any thread)."""
         self.step = start_step
@@ -175,6 +177,9 @@ class FakeTrainer:
 
     def _save(self, reason: str) -> None:
         if self.step == self._saved_step:  # nothing new: no file, no event (as the real one)
+            return
+        if self.saves_fail:
+            self._record(ev.Error(step=self.step, message="saving failed: disk full"))
             return
         self._saved_step = self.step
         started = time.monotonic()

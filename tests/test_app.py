@@ -363,6 +363,23 @@ async def test_error_is_shown_and_pauses_and_quitting_returns_1(trainer):
     assert app.return_code == 1
 
 
+async def test_a_failed_final_save_keeps_the_app_open(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        trainer.advance(2)
+        await until(pilot, lambda: app.steps_done == 2)
+        trainer.saves_fail = True
+        await pilot.press("q")
+        await pilot.click("#save")
+        await until(pilot, lambda: app.phase == "finished")
+        assert app.state == "error" and app.return_code is None
+        assert shown(app.dashboard.event_log, "ERROR saving failed: disk full")
+        await pilot.press("q")
+        await until(pilot, lambda: app.return_code is not None)
+    assert app.return_code == 1
+
+
 class CrashingTrainer:
     def run(self, emit):
         raise RuntimeError("out of memory")

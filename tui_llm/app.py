@@ -168,6 +168,7 @@ class TrainerApp(App[int]):
             case ev.Error():
                 self.saving = self.sampling = False
                 self.failed = True
+                self.stopping = False  # e.g. the final save failed: stay to show it
                 self.notify(event.message, title="Training error", severity="error", timeout=10, markup=False)
             case ev.Finished():
                 self.failed = self.failed or event.reason == "error"
