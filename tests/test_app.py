@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from tests.fake_trainer import FakeTrainer, fake_loss
 from textual.widgets import RichLog
-from textual.widgets._footer import FooterKey
 
 from tui_llm.app import TrainerApp
 from tui_llm.engine import events as ev
@@ -48,8 +47,9 @@ def keys_shown(app: TrainerApp) -> dict[str, bool]:
     }
 
 
-def footer_widgets(app: TrainerApp) -> dict[str, FooterKey]:
-    return {key.description: key for key in app.screen.query(FooterKey)}
+def footer_widgets(app: TrainerApp) -> dict:
+    """The footer's key widgets by description."""
+    return {key.description: key for key in app.screen.query("FooterKey")}
 
 
 def footer_dims(app: TrainerApp, description: str) -> bool | None:

@@ -175,7 +175,8 @@ class TrainerApp(App[int]):
                 self.phase = "finished"
         self.dashboard.show(event)
         if isinstance(event, ev.Paused) and self.failed:
-            self.dashboard.event_log.add("the weights are intact: save (c), resume (p) or quit (q)", "warning")
+            hint = "the weights are intact: save (c), resume (p) or quit (q)"
+            self.dashboard.event_log.add(hint, "warning")
         if isinstance(event, ev.Finished) and self.stopping:
             self.exit_run()
 
