@@ -52,6 +52,8 @@ class RunStarted(Event):
 
 @dataclass(frozen=True)
 class StepDone(Event):
+    """One optimizer step finished. `step` is its 0-based index (llm.c's "step k");
+    every other event's `step` counts the steps done so far."""
     step: int
     loss: float
     fwd_ms: float

@@ -358,6 +358,8 @@ class Trainer:
 
     def _save(self, reason: str) -> None:
         if self.step == self.last_saved_step:
+            if reason == "request":
+                self._emit(ev.Message(f"checkpoint for step {self.step} already saved"))
             return
         path = self.checkpoint_path(self.step)
         t0 = time.perf_counter()
