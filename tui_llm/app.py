@@ -8,6 +8,7 @@ dashboard. Keys become commands through `trainer.send`. Nothing here reaches int
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -313,6 +314,10 @@ class TrainerApp(App[int]):
 
 def run_app(trainer: Trainer, history: list[dict] | None = None) -> int:
     """Run the UI until the user quits; returns the exit status (1 after a training error)."""
+    # The trainer thread needs the GIL back after every kernel and matmul (~100 per step). While
+    # the UI thread renders, Python hands the GIL over only every switch interval (5 ms by
+    # default): a shorter one keeps the UI's cost to training small.
+    sys.setswitchinterval(0.0005)
     app = TrainerApp(trainer, history)
     app.run()
     return app.return_code or 0
