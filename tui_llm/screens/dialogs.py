@@ -70,7 +70,11 @@ class PromptScreen(ModalScreen[str | None]):
 class QuitScreen(ModalScreen[str | None]):
     """Unsaved steps: dismisses with "save", "discard", or None to keep training."""
 
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+    BINDINGS = [
+        Binding("escape", "dismiss(None)", "Cancel"),
+        Binding("s,y", "dismiss('save')", "Save and quit"),
+        Binding("d,n", "dismiss('discard')", "Quit without saving"),
+    ]
 
     def __init__(self, step: int, saved_step: int) -> None:
         super().__init__()
@@ -84,9 +88,9 @@ class QuitScreen(ModalScreen[str | None]):
                 f"Training is at step {self.step:,}; last checkpoint: {saved}.",
                 id="quit-question",
             )
-            yield Button("Save and quit", variant="primary", id="save")
-            yield Button("Quit without saving", variant="error", id="discard")
-            yield Button("Cancel", id="cancel")
+            yield Button("[u]S[/u]ave and quit", variant="primary", id="save")
+            yield Button("Quit without saving ([u]d[/u])", variant="error", id="discard")
+            yield Button("Cancel (esc)", id="cancel")
 
     @on(Button.Pressed)
     def answer(self, event: Button.Pressed) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from rich.text import Text
 from textual.reactive import reactive
@@ -89,7 +90,7 @@ class StatusBar(Widget):
             run = self.run_info
             top.append(f"  {run.model}", "bold")
             top.append(f" {human_count(run.num_params)} params", "dim")
-            top.append(f"  data {run.train_file}")
+            top.append(f"  data {Path(run.train_file).name}")
             top.append(f" ({human_count(run.train_tokens)} tok)", "dim")
 
         state = self.state
@@ -109,4 +110,7 @@ class StatusBar(Widget):
             if self._step_ms_ema and step < total and self._stopped is None:
                 eta = (total - step) * self._step_ms_ema / 1000.0
                 bottom.append(f"  ETA {human_duration(eta)}")
+        # one line each, whatever the width: the state must never be pushed out of view
+        for line in (top, bottom):
+            line.truncate(max(1, self.size.width), overflow="ellipsis")
         return Text("\n").join([top, bottom])
