@@ -70,6 +70,24 @@ def load_average() -> str:
         return "?"
 
 
+def numba_threading_layer() -> str:
+    """The layer numba's parallel kernels actually use (known only after one has run)."""
+    import numba
+    import numpy as np
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        pass
+
+    @numba.njit(parallel=True)
+    def touch(x):
+        for i in numba.prange(x.shape[0]):
+            x[i] = i
+
+    touch(np.zeros(4))
+    return numba.threading_layer()
+
+
 def machine_info() -> dict[str, str]:
     import numba
     import numpy
@@ -82,7 +100,7 @@ def machine_info() -> dict[str, str]:
         "blas": blas_description(),
         "python": platform.python_version(),
         "numpy": numpy.__version__,
-        "numba": f"{numba.__version__} (threading layer: {numba.config.THREADING_LAYER})",
+        "numba": f"{numba.__version__} (threading layer: {numba_threading_layer()})",
         "load average": load_average(),
     }
 
@@ -96,7 +114,7 @@ def print_machine(info: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def machine_markdown(info: dict[str, str]) -> str:
-    return markdown_table(["", ""], [[f"**{k}**", v] for k, v in info.items()])
+    return markdown_table(["machine", ""], [[k, v] for k, v in info.items()], numbers=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -167,9 +185,10 @@ def text_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
 
 
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+def markdown_table(headers: list[str], rows: list[list[str]], numbers: bool = True) -> str:
+    """First column left-aligned, the others right-aligned when they hold numbers."""
     out = ["| " + " | ".join(headers) + " |",
-           "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
+           "|" + "|".join(["---"] + ["---:" if numbers else "---"] * (len(headers) - 1)) + "|"]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
 

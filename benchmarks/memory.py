@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import common
-from common import (add_markdown_arg, command_line, emit_markdown, fmt_bytes, machine_info,
+from common import (add_markdown_arg, command_line, emit_markdown, fmt_bytes, machine_info, machine_markdown,
                     markdown_table, print_machine, text_table)
 
 TARGET_BYTES = 2.4e9  # d12 B=4 T=64
@@ -130,7 +130,7 @@ def main(argv=None) -> None:
                   if (args.model, args.batch, args.seq) == ("d12", 4, 64) else ""))
     print(sizes)
     print(verdict)
-    md = "\n".join([f"## Peak memory ({info['date']})", "", f"`{command_line()}`", "",
+    md = "\n".join([f"## Peak memory ({info['date']})", "", f"`{command_line()}`", "", machine_markdown(info), "",
                     markdown_table(["after", "RSS", "peak RSS (VmHWM)"], rows), "", sizes, "", verdict, ""])
     emit_markdown(md, args.markdown)
 

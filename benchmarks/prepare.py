@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import common
-from common import (add_markdown_arg, command_line, emit_markdown, machine_info,
+from common import (add_markdown_arg, command_line, emit_markdown, machine_info, machine_markdown,
                     markdown_table, print_machine, text_table)
 
 from tui_llm.engine import prepare as P
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
             ["prepare (read..write)", f"{prep_s:.3f}", f"{n / prep_s / 1e6:.2f}M", f"{len(data) / prep_s / 1e6:.1f}"]]
     print(f"{n:,} tokens")
     print(text_table(headers, rows))
-    md = "\n".join([f"## Corpus preparation ({info['date']})", "", f"`{command_line()}`", "",
+    md = "\n".join([f"## Corpus preparation ({info['date']})", "", f"`{command_line()}`", "", machine_markdown(info), "",
                     f"{args.text.name}: {len(data):,} bytes, {n:,} tokens, {threads} tokenizer threads, best of {args.repeats}.",
                     "", markdown_table(headers, rows), ""])
     emit_markdown(md, args.markdown)

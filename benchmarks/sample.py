@@ -17,7 +17,7 @@ import statistics
 
 import common  # noqa: F401
 import numpy as np
-from common import (add_markdown_arg, command_line, emit_markdown, machine_info,
+from common import (add_markdown_arg, command_line, emit_markdown, machine_info, machine_markdown,
                     markdown_table, print_machine, text_table)
 
 from tui_llm.engine.config import preset_config
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
         print(text_table(headers, rows[-1:]))
     print()
     print(text_table(headers, rows))
-    md = "\n".join([f"## Sampling ({info['date']})", "", f"`{command_line()}`", "",
+    md = "\n".join([f"## Sampling ({info['date']})", "", f"`{command_line()}`", "", machine_markdown(info), "",
                     f"{args.model}, {args.new_tokens} new tokens, temperature 1, {threads} threads; "
                     f"tok/s includes the prompt pass; decode tok/s excludes it.", "", markdown_table(headers, rows), ""])
     emit_markdown(md, args.markdown)

@@ -22,7 +22,7 @@ import tempfile
 import time
 
 import common
-from common import (add_markdown_arg, command_line, emit_markdown, machine_info,
+from common import (add_markdown_arg, command_line, emit_markdown, machine_info, machine_markdown,
                     markdown_table, print_machine, text_table)
 
 CHILD = r"""
@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     summary = (f"start-up to the end of the first step: cold {median_at(cold, first):.1f} s, "
                f"warm {median_at(warm, first):.1f} s")
     print(summary)
-    md = "\n".join([f"## Start-up ({info['date']})", "", f"`{command_line()}`", "",
+    md = "\n".join([f"## Start-up ({info['date']})", "", f"`{command_line()}`", "", machine_markdown(info), "",
                     f"{args.model} B={args.batch} T={args.seq}, a fresh process per run, median of {args.repeats}.", "",
                     markdown_table(headers, rows), "", summary, ""])
     emit_markdown(md, args.markdown)
