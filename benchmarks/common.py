@@ -18,6 +18,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+# Thread-pool settings as the user gave them, before tui_llm adds its defaults.
+THREAD_ENV = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+USER_THREAD_ENV = {k: os.environ.get(k) for k in THREAD_ENV}
+# The package sets its thread-pool environment on import, which must come before numpy's import
+# (OpenBLAS reads it when it loads): benchmark the engine exactly as the product runs it.
+import tui_llm  # noqa: E402,F401
+
 
 # ---------------------------------------------------------------------------------------
 # Machine
@@ -101,6 +108,7 @@ def machine_info() -> dict[str, str]:
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "numba": f"{numba.__version__} (threading layer: {numba_threading_layer()})",
+        "thread env": " ".join(f"{k}={os.environ[k]}" for k in THREAD_ENV if k in os.environ) or "none set",
         "load average": load_average(),
     }
 

@@ -30,6 +30,7 @@ import time, json
 marks = [("launch", {launch})]
 def mark(name): marks.append((name, time.time()))
 mark("interpreter up")
+import tui_llm  # first, as the CLI does: it sets the thread-pool environment before numpy loads
 import numpy as np
 from tui_llm.engine import kernels as K
 from tui_llm.engine.config import preset_config

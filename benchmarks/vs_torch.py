@@ -14,7 +14,9 @@ step too). Attention is F.scaled_dot_product_attention(is_causal=True), as nanoG
 padded vocabulary torch's cross-entropy runs over all 50304 logits (nanoGPT's way); ours over
 the 50257 real ones (the padded logits are exactly 0 in both, so the work is the same).
 
-In each configuration our steps run first, then torch's, in the same process.
+In each configuration our steps run first, then torch's, in the same process. tui_llm sets
+OMP_WAIT_POLICY=PASSIVE for its own thread pools on import; torch gets its default (the variable
+is removed before torch loads its OpenMP runtime) unless you set OMP_WAIT_POLICY yourself.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import gc
 import importlib.util
 import math
+import os
 import sys
 import time
 from collections import defaultdict
@@ -171,6 +174,16 @@ def adamw_impl_name(optimizer) -> str:
     return "torch default (single-tensor for-loop on CPU)" if d.get("foreach") is None else "for-loop"
 
 
+def torch_environment() -> str:
+    """Give torch its own OpenMP defaults: drop the OMP_WAIT_POLICY that tui_llm set for our pools
+    (unless the user set it), before torch loads its OpenMP runtime. Ours has already read it."""
+    import common
+    if common.USER_THREAD_ENV.get("OMP_WAIT_POLICY") is None and "OMP_WAIT_POLICY" in os.environ:
+        del os.environ["OMP_WAIT_POLICY"]
+        return "OMP_WAIT_POLICY unset for torch (its default)"
+    return f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} for torch"
+
+
 # ---------------------------------------------------------------------------------------
 
 def run_one(torch, spec: RunSpec, args) -> str:
@@ -230,10 +243,11 @@ def main(argv=None) -> None:
                  f"then run this script with /tmp/benchvenv/bin/python")
     args.threads_used = set_threads(args.threads)
     info = machine_info()
+    torch_env = torch_environment()
     import torch  # after machine_info, so its BLAS does not show up as ours
     torch.set_num_threads(args.threads_used)
     info["torch"] = f"{torch.__version__} ({torch.get_num_threads()} threads, MKL {torch.backends.mkl.is_available()}, " \
-                    f"mkldnn {torch.backends.mkldnn.is_available()})"
+                    f"mkldnn {torch.backends.mkldnn.is_available()}; {torch_env})"
     print_machine(info)
     sections = []
     for spec in args.runs:
