@@ -403,9 +403,9 @@ def softmax_rows(probs, logits, vocab_size, inv_temperature):
 CHUNK = 1 << 16
 
 
-@njit(nogil=True, cache=True, parallel=True)
+@njit(nogil=True, cache=True, parallel=True, fastmath={"reassoc", "contract"})
 def sum_of_squares(x):
-    """sum(x**2) in float64 (chunked so the parallel reduction stays accurate)."""
+    """sum(x**2) in float64, chunked; reassociation lets the sum vectorise (NaN/inf still propagate)."""
     n = x.shape[0]
     nchunks = (n + CHUNK - 1) // CHUNK
     partial = np.zeros(nchunks, dtype=np.float64)
@@ -420,8 +420,20 @@ def sum_of_squares(x):
     return partial.sum()
 
 
+@njit(inline="always", **JIT)
+def adamw_segment(p, g, m, v, lr, beta1, beta2, eps, wd, inv_b1c, inv_b2c, grad_scale):
+    one = np.float32(1.0)
+    for j in range(p.shape[0]):
+        gj = g[j] * grad_scale
+        mj = beta1 * m[j] + (one - beta1) * gj
+        vj = beta2 * v[j] + (one - beta2) * gj * gj
+        m[j] = mj
+        v[j] = vj
+        p[j] -= lr * ((mj * inv_b1c) / (np.sqrt(vj * inv_b2c) + eps) + wd * p[j])
+
+
 @njit(**PJIT)
-def adamw_update(params, grads, m, v, decay_mask_starts, decay_mask_ends, lr, beta1, beta2, eps,
+def adamw_update(params, grads, m, v, decay_starts, decay_ends, lr, beta1, beta2, eps,
                  weight_decay, step, grad_scale):
     """llm.c's AdamW, bias-corrected, decoupled decay; t = step (1-based).
 
@@ -429,41 +441,30 @@ def adamw_update(params, grads, m, v, decay_mask_starts, decay_mask_ends, lr, be
     [start, end) ranges given (the matrix tensors). grad_scale folds in gradient clipping.
     """
     n = params.shape[0]
-    b1c = np.float32(1.0 - beta1 ** step)
-    b2c = np.float32(1.0 - beta2 ** step)
-    beta1 = np.float32(beta1)
-    beta2 = np.float32(beta2)
-    one = np.float32(1.0)
-    lr = np.float32(lr)
-    eps = np.float32(eps)
-    grad_scale = np.float32(grad_scale)
+    inv_b1c = np.float32(1.0 / (1.0 - beta1 ** step))
+    inv_b2c = np.float32(1.0 / (1.0 - beta2 ** step))
+    beta1, beta2 = np.float32(beta1), np.float32(beta2)
+    lr, eps, grad_scale = np.float32(lr), np.float32(eps), np.float32(grad_scale)
     nchunks = (n + CHUNK - 1) // CHUNK
     for ci in prange(nchunks):
         start = ci * CHUNK
         end = min(start + CHUNK, n)
-        # does this chunk's first element sit in a decayed range? ranges are long, so find
-        # the decay per element range by range inside the chunk
+        # split the chunk where a decayed (matrix) range begins or ends; ranges are sorted
         i = start
         while i < end:
             wd = np.float32(0.0)
             seg_end = end
-            for k in range(decay_mask_starts.shape[0]):
-                s0, s1 = decay_mask_starts[k], decay_mask_ends[k]
+            for k in range(decay_starts.shape[0]):
+                s0, s1 = decay_starts[k], decay_ends[k]
                 if s0 <= i < s1:
                     wd = np.float32(weight_decay)
                     seg_end = min(end, s1)
                     break
                 if s0 > i:
                     seg_end = min(seg_end, s0)
-            for j in range(i, seg_end):
-                g = grads[j] * grad_scale
-                mj = beta1 * m[j] + (one - beta1) * g
-                vj = beta2 * v[j] + (one - beta2) * g * g
-                m[j] = mj
-                v[j] = vj
-                m_hat = mj / b1c
-                v_hat = vj / b2c
-                params[j] -= lr * (m_hat / (np.sqrt(v_hat) + eps) + wd * params[j])
+                    break
+            adamw_segment(params[i:seg_end], grads[i:seg_end], m[i:seg_end], v[i:seg_end], lr, beta1, beta2,
+                          eps, wd, inv_b1c, inv_b2c, grad_scale)
             i = seg_end
 
 
