@@ -249,6 +249,40 @@ def column_sum(out, x):
 # ---------------------------------------------------------------------------------------
 # Causal self-attention, one (batch, head) pair per parallel task.
 
+@njit(inline="always", **JIT)
+def attend(out, probs, q, keys, k0, values, v0, num, scale, ibuf, pbuf):
+    """One query over positions 0..num-1: probs = softmax(q . key * scale), out = sum probs * value.
+
+    keys/values are 2-D (position, columns); this head's vectors start at columns k0 / v0.
+    """
+    hs = q.shape[0]
+    maxval = np.float32(-1e30)
+    for t2 in range(num):
+        k = keys[t2, k0:k0 + hs]
+        s = np.float32(0.0)
+        for i in range(hs):
+            s += q[i] * k[i]
+        s *= scale
+        probs[t2] = s
+        maxval = max(maxval, s)
+    total = np.float32(0.0)
+    for start in range(0, num, EXP_BLOCK):
+        count = min(EXP_BLOCK, num - start)
+        exp_block(probs, start, count, maxval, np.float32(1.0), ibuf, pbuf)
+        for j in range(count):
+            total += pbuf[j]
+        probs[start:start + count] = pbuf[:count]
+    inv = np.float32(1.0) / total
+    for t2 in range(num):
+        probs[t2] *= inv
+    out[:] = 0.0
+    for t2 in range(num):
+        a = probs[t2]
+        v = values[t2, v0:v0 + hs]
+        for i in range(hs):
+            out[i] += a * v[i]
+
+
 @njit(**PJIT)
 def attention_forward(atty, att, qkv, num_heads):
     # qkv (B, T, 3C): [query | key | value], head h at columns h*hs..(h+1)*hs of each block
@@ -263,35 +297,8 @@ def attention_forward(atty, att, qkv, num_heads):
         q0, k0, v0 = h * hs, C + h * hs, 2 * C + h * hs
         ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
         for t in range(T):
-            q = qkv[b, t, q0:q0 + hs]
-            row = att[b, h, t]
-            maxval = np.float32(-1e30)
-            for t2 in range(t + 1):
-                k = qkv[b, t2, k0:k0 + hs]
-                s = np.float32(0.0)
-                for i in range(hs):
-                    s += q[i] * k[i]
-                s *= scale
-                row[t2] = s
-                if s > maxval:
-                    maxval = s
-            total = np.float32(0.0)
-            for start in range(0, t + 1, EXP_BLOCK):
-                count = min(EXP_BLOCK, t + 1 - start)
-                exp_block(row, start, count, maxval, np.float32(1.0), ibuf, pbuf)
-                for j in range(count):
-                    total += pbuf[j]
-                row[start:start + count] = pbuf[:count]
-            inv = np.float32(1.0) / total
-            for t2 in range(t + 1):
-                row[t2] *= inv
-            out = atty[b, t, q0:q0 + hs]
-            out[:] = 0.0
-            for t2 in range(t + 1):
-                a = row[t2]
-                v = qkv[b, t2, v0:v0 + hs]
-                for i in range(hs):
-                    out[i] += a * v[i]
+            attend(atty[b, t, q0:q0 + hs], att[b, h, t], qkv[b, t, q0:q0 + hs], qkv[b], k0, qkv[b], v0, t + 1,
+                   scale, ibuf, pbuf)
 
 
 @njit(**PJIT)
@@ -485,33 +492,8 @@ def attention_cached(atty, qkv, k_cache, v_cache, t0, num_heads):
         scores = np.empty(t0 + n, dtype=np.float32)
         ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
         for i in range(n):
-            t = t0 + i
-            q = qkv[i, h0:h0 + hs]
-            maxval = np.float32(-1e30)
-            for t2 in range(t + 1):
-                k = k_cache[t2, h0:h0 + hs]
-                s = np.float32(0.0)
-                for j in range(hs):
-                    s += q[j] * k[j]
-                s *= scale
-                scores[t2] = s
-                if s > maxval:
-                    maxval = s
-            total = np.float32(0.0)
-            for start in range(0, t + 1, EXP_BLOCK):
-                count = min(EXP_BLOCK, t + 1 - start)
-                exp_block(scores, start, count, maxval, np.float32(1.0), ibuf, pbuf)
-                for j in range(count):
-                    total += pbuf[j]
-                scores[start:start + count] = pbuf[:count]
-            inv = np.float32(1.0) / total
-            out = atty[i, h0:h0 + hs]
-            out[:] = 0.0
-            for t2 in range(t + 1):
-                a = scores[t2] * inv
-                v = v_cache[t2, h0:h0 + hs]
-                for j in range(hs):
-                    out[j] += a * v[j]
+            attend(atty[i, h0:h0 + hs], scores, qkv[i, h0:h0 + hs], k_cache, h0, v_cache, h0, t0 + i + 1,
+                   scale, ibuf, pbuf)
 
 
 # ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +22,12 @@ SMOOTHING_WEIGHTS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 """The EMA weights `+`/`-` step through (0 = no smoothing)."""
 
 REDRAW_SECONDS = 0.25
+"""The shortest time between two redraws."""
+
+CPU_SHARE = 0.015
+"""At most this share of wall time goes into redrawing while training: the UI thread competes with
+the training threads for the same cores (a 200x50 chart costs ~50 ms of CPU per redraw, so it is
+redrawn every ~3 s there, several times a second in a small terminal). Key presses redraw at once."""
 
 
 def bucket_means(
@@ -60,6 +67,8 @@ class LossPlot(PlotextPlot):
         self._series: tuple[list[float], ...] = ([], [], [], [], [])
         """Downsampled x, raw, smoothed, val x, val y: what render() draws."""
         self._dirty = True
+        self._next_redraw = 0.0
+        """monotonic() time before which the timer does not redraw (the CPU budget)."""
 
     def on_mount(self) -> None:
         """Label the axes and start the redraw timer."""
@@ -107,10 +116,12 @@ class LossPlot(PlotextPlot):
 
     def watch_smoothing(self) -> None:
         self._recompute_ema()
+        self.redraw(now=True)
 
     def watch_log_scale(self, log_scale: bool) -> None:
         self.border_subtitle = "log scale" if log_scale else ""
         self._dirty = True
+        self.redraw(now=True)
 
     def _extend_ema(self, loss: float, weight: float) -> None:
         # Debiased as in TensorBoard: the EMA starts at 0, so divide by 1 - weight**n.
@@ -126,9 +137,12 @@ class LossPlot(PlotextPlot):
             self._extend_ema(loss, weight)
         self._dirty = True
 
-    def redraw(self) -> None:
-        """Downsample the series again if anything changed since the last redraw."""
-        if not self._dirty or self.size.width == 0:
+    def redraw(self, now: bool = False) -> None:
+        """Downsample the series again if anything changed since the last redraw.
+
+        The timer calls this; it waits for the CPU budget unless `now` (a key was pressed).
+        """
+        if not self._dirty or self.size.width == 0 or (not now and time.monotonic() < self._next_redraw):
             return
         self._dirty = False
         buckets = 2 * self.size.width
@@ -155,4 +169,8 @@ class LossPlot(PlotextPlot):
             plt.plot(x, smooth, marker="braille", color="cyan", label=f"train (EMA {self.smoothing:g})")
         if val_x:
             plt.plot(val_x, val_y, marker="hd", color="orange", label="val")
-        return super().render()
+        started = time.monotonic()
+        chart = super().render()
+        cost = time.monotonic() - started
+        self._next_redraw = started + cost + max(REDRAW_SECONDS, cost / CPU_SHARE)
+        return chart
