@@ -2,7 +2,7 @@
 
 The full history lives in plain lists on this widget (the UI thread owns it). Drawing is the
 expensive part (plotext rebuilds the whole chart), so new points only mark the chart dirty and a
-timer redraws at most four times a second, from series downsampled to about two points per
+timer redraws at most twice a second, from series downsampled to about two points per
 terminal column (braille markers draw two points per cell).
 """
 
@@ -21,7 +21,7 @@ from textual_plotext import PlotextPlot
 SMOOTHING_WEIGHTS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 """The EMA weights `+`/`-` step through (0 = no smoothing)."""
 
-REDRAW_SECONDS = 0.25
+REDRAW_SECONDS = 0.5
 """The shortest time between two redraws."""
 
 CPU_SHARE = 0.015
