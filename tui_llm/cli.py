@@ -71,7 +71,7 @@ def train_parser() -> Parser:
     g = p.add_argument_group("evaluation, samples, checkpoints")
     g.add_argument("--val-every", type=int, help="validate every N steps, 0 = never (default 25)")
     g.add_argument("--val-batches", type=int, help="batches per validation (default 5)")
-    g.add_argument("--sample-every", type=int, help="sample every N steps, 0 = never (default 100)")
+    g.add_argument("--sample-every", type=int, help="sample every N steps, 0 = never (default 25)")
     g.add_argument("--sample-len", type=int, help="tokens per sample (default 64)")
     g.add_argument("--temperature", type=float, help="sampling temperature, 0 = greedy (default 1.0)")
     g.add_argument("--top-k", type=int, help="sample from the k most likely tokens, 0 = all (default 0)")

@@ -67,7 +67,7 @@ class RunConfig:
     grad_clip: float = 0.0              # 0 = no clipping (the norm is reported either way)
     val_every: int = 25                 # 0 turns validation off
     val_batches: int = 5
-    sample_every: int = 100             # 0 turns periodic samples off
+    sample_every: int = 25              # 0 turns periodic samples off (25: a first sample within a minute)
     sample_len: int = 64
     temperature: float = 1.0
     top_k: int = 0
