@@ -17,7 +17,7 @@ from textual.widgets import RichLog
 from tui_llm.app import TrainerApp
 from tui_llm.engine import events as ev
 from tui_llm.screens.dialogs import HelpScreen, PromptScreen, QuitScreen
-from tui_llm.screens.loss_plot import bucket_means
+from tui_llm.screens.chart import bucket_means
 from tui_llm.screens.metrics_csv import read_rows
 
 
@@ -78,10 +78,16 @@ async def test_plot_gains_points_as_steps_arrive(trainer):
         plot = app.dashboard.loss_plot
         trainer.advance(7)
         await until(pilot, lambda: plot.drawn_points == 7)  # drawn by the redraw timer
-        assert plot.steps == list(range(7))  # StepDone.step: index of the finished step
-        assert plot.losses == [fake_loss(s) for s in range(7)]
-        assert plot.val_steps == [0, 5]
+        assert plot.train.x.tolist() == list(range(7))  # StepDone.step: index of the finished step
+        assert plot.train.y.tolist() == [fake_loss(s) for s in range(7)]
+        assert plot.val.x.tolist() == [0, 5]
+        assert "━━ EMA 0.9" in plot.chart_text() and "└┬" in plot.chart_text()
         assert "step 7/1,000" in app.dashboard.status_bar.render().plain  # steps done
+        timings = app.dashboard.timings.render_lines(app.dashboard.timings.region.reset_offset)
+        timings_text = "\n".join(strip.text for strip in timings)
+        assert "fwd     10.0 ms" in timings_text  # the fake's fwd_ms is 10 + step % 3
+        assert "▁▅█▁▅█▁" in timings_text  # 10, 11, 12, 10, 11, 12, 10 ms
+        assert "tok/s" in timings_text
 
 
 async def test_log_scale_and_smoothing_keys_change_the_plot(trainer):
@@ -95,20 +101,21 @@ async def test_log_scale_and_smoothing_keys_change_the_plot(trainer):
         await pilot.pause(0.05)  # renders without crashing
         trainer.advance(20)
         await until(pilot, lambda: plot.drawn_points == 20)
-        chart = plot.render().plain
-        assert "⢕⢕ train (EMA 0.9)" in chart
-        assert plot.render().plain == chart  # a repaint draws the same log chart
+        log_chart = plot.chart_text()
+        assert "━━ EMA 0.9" in log_chart
         await pilot.press("l")
         assert not plot.log_scale
+        assert plot.chart_text() != log_chart  # drawn again at once, on a linear axis
 
-        before, weight = list(plot.smoothed), plot.smoothing
+        before, weight = plot.smoothed.y.tolist(), plot.smoothing
         await pilot.press("plus")
         assert plot.smoothing > weight
-        assert plot.smoothed != before
+        assert plot.smoothed.y.tolist() != before
+        assert "━━ EMA 0.95" in plot.chart_text()
         await pilot.press("minus", "minus")
         assert plot.smoothing < weight
         # the debiased EMA starts at the first loss, whatever the weight
-        assert plot.smoothed[0] == pytest.approx(plot.losses[0])
+        assert plot.smoothed.y[0] == pytest.approx(plot.train.y[0])
 
 
 def test_bucket_means_downsamples_long_series():
@@ -135,13 +142,13 @@ async def test_history_repopulates_the_plot_up_to_the_resumed_step(tmp_path):
     async with app.run_test() as pilot:
         await started(pilot)
         plot = app.dashboard.loss_plot
-        assert plot.steps == list(range(20))  # steps 20..29 will be trained again
-        assert plot.losses[11:16] == [1.0] * 5
-        assert plot.val_steps == [10]
+        assert plot.train.x.tolist() == list(range(20))  # steps 20..29 will be trained again
+        assert plot.train.y[11:16].tolist() == [1.0] * 5
+        assert plot.val.x.tolist() == [10]
         assert shown(app.dashboard.event_log, "step 20: saved ckpt_20")
         assert "old sample" in text_of(app.dashboard.samples)
         trainer.advance(2)
-        await until(pilot, lambda: plot.steps[-2:] == [20, 21])
+        await until(pilot, lambda: plot.train.x[-2:].tolist() == [20, 21])
         assert "step 22/1,000" in app.dashboard.status_bar.render().plain
 
 
@@ -154,17 +161,17 @@ async def test_pause_stops_steps_until_resume(trainer):
         await started(pilot)
         plot = app.dashboard.loss_plot
         trainer.advance(2)
-        await until(pilot, lambda: len(plot.steps) == 2)
+        await until(pilot, lambda: len(plot.train) == 2)
 
         await pilot.press("p")
         await until(pilot, lambda: app.state == "paused")
         assert "Resume" in keys_shown(app) and "Pause" not in keys_shown(app)
         trainer.advance(3)
         await pilot.pause(0.1)
-        assert len(plot.steps) == 2
+        assert len(plot.train) == 2
 
         await pilot.press("space")
-        await until(pilot, lambda: len(plot.steps) == 5)
+        await until(pilot, lambda: len(plot.train) == 5)
         assert app.state == "running"
         assert [type(c) for c in trainer.received] == [ev.Pause, ev.Resume]
 

@@ -38,8 +38,8 @@ async def test_real_trainer_pause_sample_save_and_quit(tmp_path):
     app = TrainerApp(Trainer(config))
     async with app.run_test(size=(100, 32)) as pilot:
         plot = app.dashboard.loss_plot
-        await until(pilot, lambda: app.phase == "running" and len(plot.steps) >= 3)
-        assert len(plot.steps) >= 3  # the plot gains points as steps arrive
+        await until(pilot, lambda: app.phase == "running" and len(plot.train) >= 3)
+        assert len(plot.train) >= 3  # the plot gains points as steps arrive
 
         await pilot.press("p")
         await until(pilot, lambda: app.phase == "paused")

@@ -91,6 +91,8 @@ class TrainerApp(App[int]):
     """An error happened and training has not resumed since."""
     alive: var[bool] = var(True, bindings=True)
     """The trainer's run() has not returned."""
+    unsaved: var[bool] = var(False, bindings=True)
+    """Steps were done since the last checkpoint (the save key applies)."""
     state: reactive[str] = reactive("starting", init=False)
     """The state shown in the status bar (computed from the above)."""
 
@@ -156,11 +158,13 @@ class TrainerApp(App[int]):
                 self.phase = "running"
             case ev.StepDone():
                 self.steps_done = event.step + 1  # StepDone.step is the finished step's index
+                self.unsaved = True
             case ev.Sample():
                 self.sampling = False
             case ev.CheckpointSaved():
                 self.saving = False
                 self.saved_steps = max(self.saved_steps, event.step)
+                self.unsaved = self.steps_done > self.saved_steps
             case ev.Paused():
                 self.phase = "paused"
             case ev.Resumed():
@@ -215,7 +219,7 @@ class TrainerApp(App[int]):
         if action in ("sample", "prompt"):
             return True if training and not self.sampling else None
         if action == "save":  # the trainer skips a save when no step was done since the last
-            return True if training and not self.saving and self.steps_done > self.saved_steps else None
+            return True if training and not self.saving and self.unsaved else None
         if action == "export":
             return True if self.run_dir is not None else None
         return True
@@ -296,7 +300,7 @@ class TrainerApp(App[int]):
             return
         elif self.stopping:
             self.notify("Stopping after the current step...")
-        elif self.steps_done > self.saved_steps:
+        elif self.unsaved:
             self.push_screen(QuitScreen(self.steps_done, self.saved_steps), self._answer_quit)
         else:
             self._stop(save=False)

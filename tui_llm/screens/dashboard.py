@@ -2,6 +2,11 @@
 
 It only displays. `show(event)` routes one trainer event to the panels that care about it;
 the app decides what the run's state is and what keys do.
+
+Steps can arrive many times a second, and every repaint takes CPU time from the training
+threads on the same cores. So a step only records its numbers; the panels that show steps
+(status bar, timings, loss chart) repaint from one timer, TICK_SECONDS apart. Rare events
+(samples, log lines, state changes, keys) show at once.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from tui_llm.screens.logs import EventLog, SamplesPanel
 from tui_llm.screens.loss_plot import LossPlot
 from tui_llm.screens.status import StatusBar
 from tui_llm.screens.timings import HISTORY, TimingsPanel
+
+TICK_SECONDS = 1.0
+"""Time between two repaints of the step panels."""
 
 REPLAYED = {cls.kind: cls for cls in (ev.StepDone, ev.Sample, ev.CheckpointSaved)}
 """The metrics.jsonl records rebuilt into events when an earlier run's history is shown."""
@@ -64,6 +72,13 @@ class DashboardScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one(LossPlot).border_title = "loss"
+        self.set_interval(TICK_SECONDS, self.tick)
+
+    def tick(self) -> None:
+        """Repaint the step panels whose numbers changed since the last tick."""
+        self.status_bar.tick()
+        self.timings.tick()
+        self.loss_plot.redraw()
 
     @property
     def loss_plot(self) -> LossPlot:
@@ -81,6 +96,10 @@ class DashboardScreen(Screen):
     def status_bar(self) -> StatusBar:
         return self.query_one(StatusBar)
 
+    @property
+    def timings(self) -> TimingsPanel:
+        return self.query_one(TimingsPanel)
+
     def set_state(self, state: str) -> None:
         """Show the run state (computed by the app)."""
         self.status_bar.state = state
@@ -89,14 +108,14 @@ class DashboardScreen(Screen):
     def load_history(self, records: list[dict]) -> None:
         """Replay an earlier run's metrics.jsonl: plot its losses, show its samples and saves."""
         train, val = latest_by_step(records, "train"), latest_by_step(records, "val")
-        plot, timings = self.loss_plot, self.query_one(TimingsPanel)
+        plot = self.loss_plot
         for record in train:  # maybe 100k of them: only the plot needs them all
             plot.add_train(record.get("step", 0), record.get("loss", math.nan))
         for record in val:
             plot.add_val(record.get("step", 0), record.get("loss", math.nan))
         for record in train[-HISTORY:]:
             if (event := event_from_record(record)) is not None:
-                timings.show(event)
+                self.timings.record(event)
         for record in records:
             if record.get("type") in ("sample", "checkpoint"):
                 if (event := event_from_record(record)) is not None:
@@ -105,24 +124,29 @@ class DashboardScreen(Screen):
             self.event_log.add(f"loaded {len(train):,} steps and {len(val):,} validations "
                                "of earlier training")
 
+    def remove_compile_panel(self) -> None:
+        """Compiling is over: the progress bar goes (its timers would go on waking the UI)."""
+        self.query("#compile").remove()
+
     def show(self, event: ev.Event) -> None:
         """Route one trainer event to the panels."""
         match event:
             case ev.Compiling(done=done, total=total, name=name):
-                self.query_one("#compile-label", Label).update(
-                    f"Compiling kernels (cached after the first run): {done}/{total} {name}"
-                )
-                self.query_one(ProgressBar).update(total=total, progress=done)
+                for label in self.query("#compile-label").results(Label):
+                    label.update(f"Compiling kernels (cached after the first run): {done}/{total} {name}")
+                for bar in self.query(ProgressBar):
+                    bar.update(total=total, progress=done)
                 self.status_bar.compile_note = f"{done}/{total} {name}  "
             case ev.RunStarted():
+                self.remove_compile_panel()
                 self.loss_plot.drop_from(event.start_step)
                 self.status_bar.show_start(event)
                 resumed = f" (resuming at step {event.start_step:,})" if event.start_step else ""
                 self.event_log.add(f"run started{resumed}: {event.run_dir}")
             case ev.StepDone():
                 self.loss_plot.add_train(event.step, event.loss)
-                self.query_one(TimingsPanel).show(event)
-                self.status_bar.show_step(event)
+                self.timings.record(event)
+                self.status_bar.record_step(event)
             case ev.Validation(step=step, loss=loss):
                 self.loss_plot.add_val(step, loss)
                 self.event_log.add(f"step {step:,}: val loss {loss:.4f}")
@@ -144,5 +168,6 @@ class DashboardScreen(Screen):
             case ev.Error(step=step, message=message):
                 self.event_log.add(f"step {step:,}: ERROR {message}", "error")
             case ev.Finished(step=step, reason=reason):
+                self.remove_compile_panel()
                 self.status_bar.stop_clock()
                 self.event_log.add(f"finished at step {step:,} ({reason}); q quits", "good")

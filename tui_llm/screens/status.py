@@ -61,9 +61,8 @@ class StatusBar(Widget):
         self._step_ms_ema: float | None = None
         self._started: float | None = None
         self._stopped: float | None = None
-
-    def on_mount(self) -> None:
-        self.set_interval(1.0, self.refresh)  # elapsed time and ETA move on their own
+        self._shown_step: StepDone | None = None
+        self._shown_seconds: int | None = None
 
     def show_start(self, event: RunStarted) -> None:
         """A run began: remember what it trains and start the clock."""
@@ -71,12 +70,19 @@ class StatusBar(Widget):
         self._started = time.monotonic()
         self.refresh()
 
-    def show_step(self, event: StepDone) -> None:
-        """A step finished."""
+    def record_step(self, event: StepDone) -> None:
+        """A step finished (shown at the next `tick`)."""
         self.last = event
         ema = self._step_ms_ema
         self._step_ms_ema = event.step_ms if ema is None else 0.9 * ema + 0.1 * event.step_ms
-        self.refresh()
+
+    def tick(self) -> None:
+        """Repaint if a step arrived or the clock moved on to another second since the last one."""
+        running = self._started is not None and self._stopped is None
+        seconds = int(time.monotonic() - self._started) if running else None
+        if self.last is not self._shown_step or seconds != self._shown_seconds:
+            self._shown_step, self._shown_seconds = self.last, seconds
+            self.refresh()
 
     def stop_clock(self) -> None:
         """The run finished: freeze the elapsed time."""

@@ -1,61 +1,119 @@
-"""Where the time of a training step goes: forward, backward and optimizer phases."""
+"""Where the time of a training step goes: forward, backward and optimizer phases.
+
+One widget draws the whole panel: for each phase its last duration and share of the step over a
+sparkline of recent steps, then step time, steps/s and tokens/s. Steps are recorded as they
+arrive; the panel draws itself again only when the dashboard ticks. (It used to be eleven
+Static and Sparkline widgets; repainting those took more CPU than the rest of the dashboard.)
+"""
 
 from __future__ import annotations
 
 from collections import deque
-from statistics import mean
 
-from rich.text import Text
-from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.widgets import Sparkline, Static
+import numpy as np
+from rich.segment import Segment
+from rich.style import Style
+from textual.strip import Strip
+from textual.widget import Widget
 
 from tui_llm.engine.events import StepDone
+from tui_llm.screens.chart import bucket_means
 
 HISTORY = 120
 """Steps of history behind each sparkline."""
 
+PHASES = ("fwd", "bwd", "opt")
 
-class PhaseRow(Vertical):
-    """One phase: its last duration and share of the step, over a sparkline of recent steps."""
-
-    def __init__(self, phase: str) -> None:
-        super().__init__(classes="phase-row")
-        self.phase = phase
-        self.history: deque[float] = deque(maxlen=HISTORY)
-
-    def compose(self) -> ComposeResult:
-        yield Static(Text(self.phase, style="bold"))
-        yield Sparkline([], summary_function=mean)
-
-    def show(self, ms: float, step_ms: float) -> None:
-        """Add this step's time in the phase."""
-        self.history.append(ms)
-        share = ms / step_ms if step_ms > 0 else 0.0
-        line = Text.assemble((f"{self.phase} ", "bold"), f"{ms:8.1f} ms", (f"  {share:4.0%}", "dim"))
-        self.query_one(Static).update(line)
-        self.query_one(Sparkline).data = list(self.history)
+BARS = " ▁▂▃▄▅▆▇█"
+"""A sparkline cell filled 0/8 to 8/8."""
 
 
-class TimingsPanel(Vertical):
+def sparkline_rows(values: np.ndarray, width: int, rows: int) -> list[str]:
+    """`values` as vertical bars, `rows` cells high, one column per value (or per bucket mean)
+    from the left; the smallest value gets a thin bar, the largest a full one."""
+    if width < 1 or rows < 1:
+        return []
+    if len(values) == 0:
+        return [" " * width] * rows
+    _, values = bucket_means(np.arange(len(values), dtype=np.float64), values, width)
+    low, high = float(values.min()), float(values.max())
+    span = high - low
+    eighths = 1 + np.rint((values - low) / span * (8 * rows - 1) if span > 0 else np.full(len(values), 4 * rows - 1))
+    lines = []
+    for row in range(rows - 1, -1, -1):  # top row first
+        level = np.clip(eighths - 8 * row, 0, 8).astype(np.int64)
+        lines.append("".join(BARS[k] for k in level).ljust(width))
+    return lines
+
+
+class TimingsPanel(Widget):
     """Last step's phase timings, their recent history, and throughput."""
 
-    def compose(self) -> ComposeResult:
-        yield PhaseRow("fwd")
-        yield PhaseRow("bwd")
-        yield PhaseRow("opt")
-        yield Static(id="throughput")
+    COMPONENT_CLASSES = {"timings--label", "timings--dim", "timings--fwd", "timings--bwd", "timings--opt"}
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.history = {phase: deque(maxlen=HISTORY) for phase in PHASES}
+        """Recent milliseconds of each phase."""
+        self.last: StepDone | None = None
+        """The last step recorded."""
+        self._shown: StepDone | None = None
+        self._strips: list[Strip] = []
 
     def on_mount(self) -> None:
         self.border_title = "step time"
 
-    def show(self, event: StepDone) -> None:
-        """Show one finished step."""
-        phases = (event.fwd_ms, event.bwd_ms, event.opt_ms)
-        for row, ms in zip(self.query(PhaseRow), phases):
-            row.show(ms, event.step_ms)
-        steps_per_s = 1000.0 / event.step_ms if event.step_ms > 0 else 0.0
-        self.query_one("#throughput", Static).update(Text.assemble(
-            ("step ", "bold"), f"{event.step_ms:7.1f} ms  ", (f"{steps_per_s:.2f}/s", "dim"), "\n",
-            ("tok/s ", "bold"), f"{event.tok_per_s:,.0f}",
-        ))
+    def record(self, event: StepDone) -> None:
+        """Add one finished step to the history (shown at the next `tick`)."""
+        for phase, ms in zip(PHASES, (event.fwd_ms, event.bwd_ms, event.opt_ms)):
+            self.history[phase].append(ms)
+        self.last = event
+
+    def tick(self) -> None:
+        """Draw the panel again if a step arrived since the last tick."""
+        if self.last is not self._shown:
+            self._shown = self.last
+            self.draw()
+
+    def on_resize(self) -> None:
+        self.draw()
+
+    def notify_style_update(self) -> None:
+        """The theme or CSS changed: draw again with the new colours."""
+        super().notify_style_update()
+        self.call_later(self.draw)
+
+    def draw(self) -> None:
+        """Lay out the panel for its size: two lines of throughput, the rest shared by the phases."""
+        width, height = self.size
+        event = self.last
+        if width == 0 or height == 0:
+            return
+        base = self.rich_style
+        label, dim = (self.get_component_rich_style(f"timings--{name}") for name in ("label", "dim"))
+
+        def line(*parts: tuple[str, Style]) -> Strip:
+            return Strip([Segment(text, style) for text, style in parts], None).crop_extend(0, width, base)
+
+        spark_rows = max(0, (height - 2 - len(PHASES)) // len(PHASES))
+        strips = []
+        for phase, ms in zip(PHASES, (event.fwd_ms, event.bwd_ms, event.opt_ms) if event else (None,) * 3):
+            if ms is None:
+                strips.append(line((phase, label)))
+            else:
+                share = ms / event.step_ms if event.step_ms > 0 else 0.0
+                strips.append(line((f"{phase} ", label), (f"{ms:8.1f} ms", base), (f"  {share:4.0%}", dim)))
+            bars = self.get_component_rich_style(f"timings--{phase}")
+            values = np.fromiter(self.history[phase], dtype=np.float64)
+            strips += [line((text, bars)) for text in sparkline_rows(values, width, spark_rows)]
+        if event is not None:
+            steps_per_s = 1000.0 / event.step_ms if event.step_ms > 0 else 0.0
+            strips.append(line(("step ", label), (f"{event.step_ms:7.1f} ms  ", base), (f"{steps_per_s:.2f}/s", dim)))
+            strips.append(line(("tok/s ", label), (f"{event.tok_per_s:,.0f}", base)))
+        self._strips = strips
+        self.refresh()
+
+    def render_line(self, y: int) -> Strip:
+        if y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(self.size.width, self.rich_style)

@@ -1,0 +1,194 @@
+"""The braille line chart (screens/chart.py), the timing sparklines and the loss plot's buffers.
+
+Charts are read back the way a person would: braille characters are decoded into their dots,
+and axis labels are found by their text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from tui_llm.screens.chart import (
+    Line,
+    braille_cells,
+    draw_chart,
+    linear_ticks,
+    log_ticks,
+    nice_step,
+    tick_label,
+)
+from tui_llm.screens.loss_plot import Points
+from tui_llm.screens.timings import sparkline_rows
+
+# Unicode braille: dots 1-2-3 down the left column, 4-5-6 down the right, 7 and 8 below them.
+DOT_BITS = {(0, 0): 0x01, (0, 1): 0x02, (0, 2): 0x04, (1, 0): 0x08,
+            (1, 1): 0x10, (1, 2): 0x20, (0, 3): 0x40, (1, 3): 0x80}
+"""(column, row) inside a cell -> bit."""
+
+
+def text_rows(rows) -> list[str]:
+    return ["".join(text for text, _ in row) for row in rows]
+
+
+def plot_area(rows: list[str]) -> tuple[list[str], int]:
+    """The rows between the legend and the x axis, and the column where the plot starts."""
+    area = rows[1:-2]
+    start = area[0].index("┤") + 1 if "┤" in area[0] else area[0].index("│") + 1
+    return [row[start:] for row in area], start
+
+
+def dots_of(area: list[str]) -> set[tuple[int, int]]:
+    """Every braille dot drawn, as (dot column, dot row) from the top left."""
+    dots = set()
+    for r, row in enumerate(area):
+        for c, char in enumerate(row):
+            if "\u2800" <= char <= "\u28ff":
+                bits = ord(char) - 0x2800
+                dots |= {(2 * c + dx, 4 * r + dy) for (dx, dy), bit in DOT_BITS.items() if bits & bit}
+    return dots
+
+
+def test_braille_cells_sets_the_unicode_dot_bits():
+    xs = np.array([0, 1, 0, 3, 3])
+    ys = np.array([0, 0, 3, 4, 7])
+    cells = braille_cells(xs, ys, cols=2, rows=2)
+    assert chr(0x2800 + int(cells[0, 0])) == "⡉"  # dots 1, 4 and 7
+    assert cells[0, 1] == 0
+    assert chr(0x2800 + int(cells[1, 1])) == "⢈"  # dots 4 and 8
+
+
+def test_a_diagonal_line_has_one_dot_per_column_on_the_true_line():
+    rows = text_rows(draw_chart(12, 7, [Line(np.array([0.0, 10.0]), np.array([0.0, 10.0]), "a")]))
+    area, _ = plot_area(rows)
+    dot_cols, dot_rows = 2 * len(area[0]), 4 * len(area)
+    dots = dots_of(area)
+    assert sorted(x for x, _ in dots) == list(range(dot_cols))  # continuous, one dot per column
+    for x, y in dots:
+        exact = (dot_rows - 1) * (1 - x / (dot_cols - 1))  # y = x, top row is 0
+        assert abs(y - exact) <= 0.5
+
+
+def test_a_flat_line_is_one_dot_row_through_the_whole_plot():
+    rows = text_rows(draw_chart(30, 10, [Line(np.arange(5.0), np.full(5, 3.0), "a")]))
+    area, _ = plot_area(rows)
+    dots = dots_of(area)
+    assert len({y for _, y in dots}) == 1
+    assert len(dots) == 2 * len(area[0])
+
+
+def test_every_row_is_exactly_the_width_asked_for():
+    t = np.arange(50.0)
+    cases = {
+        "empty": [Line(np.array([]), np.array([]), "a", "train")],
+        "one point": [Line(np.array([3.0]), np.array([2.0]), "a", "train")],
+        "curves": [Line(t, 2 + np.exp(-t / 9), "a", "train"), Line(t[::7], 2.2 + np.exp(-t[::7] / 9), "b", "val")],
+        "nan and zero": [Line(t, np.where(t % 5 == 0, np.nan, t % 3), "a", "x")],
+    }
+    for name, lines in cases.items():
+        for log_y in (False, True):
+            for width in range(1, 70, 6):
+                for height in range(1, 16, 2):
+                    rows = draw_chart(width, height, lines, log_y=log_y, x_name="step")
+                    assert len(rows) == height, (name, width, height)
+                    assert all(len(text) == width for text in text_rows(rows)), (name, log_y, width, height)
+
+
+def test_y_labels_sit_on_the_rows_of_their_values():
+    # y = x from 0 to 12 on 13 rows: each label's row must hold the line's dots at that value
+    x = np.linspace(0, 12, 200)
+    rows = text_rows(draw_chart(60, 17, [Line(x, x, "a")]))
+    area, start = plot_area(rows)
+    labelled = {int(m.group(1)): r for r, row in enumerate(rows[1:-2]) if (m := re.match(r"\s*(\d+)┤", row))}
+    assert len(labelled) >= 3
+    dots = dots_of(area)
+    dot_cols = 2 * len(area[0])
+    for value, row in labelled.items():
+        column = round(value / 12 * (dot_cols - 1))  # where the line has y = value
+        ys = [y for dx, y in dots if dx == column]
+        assert ys and all(y // 4 == row for y in ys), (value, row, ys)
+
+
+def test_x_labels_are_centred_under_their_ticks_and_the_axis_is_named():
+    t = np.arange(0.0, 1001.0)
+    rows = text_rows(draw_chart(80, 12, [Line(t, np.sqrt(t + 1), "a")], x_name="step"))
+    axis, labels = rows[-2], rows[-1]
+    ticks = [i for i, ch in enumerate(axis) if ch == "┬"]
+    found = [(m.start(), m.group()) for m in re.finditer(r"\d+", labels)]
+    assert len(found) >= 3 and labels.rstrip().endswith("step")
+    assert [int(text) for _, text in found] == list(range(0, 1001, int(found[1][1])))
+    for start, text in found[1:-1]:  # the ends may be pushed inside the chart
+        centre = start + len(text) // 2
+        assert any(abs(centre - tick) <= 1 for tick in ticks), (text, start, ticks)
+
+
+def test_log_axis_puts_ten_halfway_between_one_and_a_hundred():
+    x = np.arange(100.0)
+    y = np.geomspace(1, 100, 100)
+    rows = text_rows(draw_chart(40, 23, [Line(x, y, "a")], log_y=True))
+    labelled = {m.group(1): r for r, row in enumerate(rows) if (m := re.match(r"\s*([\d.]+)┤", row))}
+    assert {"1", "10", "100"} <= set(labelled)
+    assert labelled["10"] == pytest.approx((labelled["1"] + labelled["100"]) / 2, abs=1)
+    # on a log axis the geometric series is a straight line: dots fall evenly
+    area, _ = plot_area(rows)
+    dots = dots_of(area)
+    assert sorted({x for x, _ in dots}) == list(range(2 * len(area[0])))
+
+
+def test_later_lines_are_drawn_over_earlier_ones():
+    x = np.arange(10.0)
+    rows = draw_chart(30, 10, [Line(x, x, "under", "u"), Line(x, x, "over", "o")])
+    plot_styles = {style for row in rows[1:-2] for text, style in row if text.strip("│┤ 0123456789.")}
+    assert plot_styles == {"over"}
+    assert text_rows(rows)[0].startswith("━━ u   ━━ o")
+
+
+def test_points_that_cannot_be_drawn_are_left_out():
+    x = np.arange(6.0)
+    y = np.array([1.0, np.nan, 4.0, -1.0, np.inf, 2.0])
+    linear = dots_of(plot_area(text_rows(draw_chart(30, 10, [Line(x, y, "a")])))[0])
+    log = dots_of(plot_area(text_rows(draw_chart(30, 10, [Line(x, y, "a")], log_y=True)))[0])
+    assert linear and log
+    # the log chart has no -1: its lowest value is 1, at the bottom row
+    assert max(y for _, y in log) == 4 * 7 - 1
+
+
+def test_nice_ticks():
+    assert nice_step(10, 5) == 2
+    assert nice_step(7, 5) == 2
+    assert nice_step(0.3, 3) == pytest.approx(0.1)
+    assert nice_step(4500, 4) == 2000
+    assert linear_ticks(2.3, 5.1, 5) == ([3.0, 4.0, 5.0], 1.0)
+    assert log_ticks(2, 11, 5) == [2, 5, 10]
+    assert log_ticks(1, 1000, 4) == [1, 10, 100, 1000]
+    assert log_ticks(2, 5, 5) == [2, 3, 4, 5]  # too narrow for 1-2-5 ticks: linear ones
+    assert tick_label(2.5, 0.5) == "2.5"
+    assert tick_label(3.0, 1.0) == "3"
+    assert tick_label(0.25, 0.05) == "0.25"
+    assert tick_label(2e-5, 1e-5) == "2e-05"
+    assert math.isclose(float(tick_label(1.2000000001, 0.2)), 1.2)
+
+
+def test_sparkline_rows():
+    assert sparkline_rows(np.array([0.0, 1.0]), 2, 1) == ["▁█"]
+    assert sparkline_rows(np.array([0.0, 1.0]), 2, 2) == [" █", "▁█"]
+    assert sparkline_rows(np.array([5.0, 5.0, 5.0]), 4, 1) == ["▄▄▄ "]  # flat: half height
+    assert sparkline_rows(np.array([]), 3, 2) == ["   ", "   "]
+    rising = sparkline_rows(np.arange(240.0), 120, 1)[0]  # two values per column
+    assert len(rising) == 120 and rising[0] == "▁" and rising[-1] == "█"
+    assert list(rising) == sorted(rising, key=" ▁▂▃▄▅▆▇█".index)
+
+
+def test_points_grow_and_drop():
+    points = Points()
+    for step in range(3000):
+        points.append(step, step / 2)
+    assert len(points) == 3000
+    assert points.x[-1] == 2999 and points.y[-1] == 1499.5
+    points.drop_from(1000)
+    assert len(points) == 1000 and points.x[-1] == 999
+    points.append(1000, 7.0)
+    assert points.y[-1] == 7.0 and len(points) == 1001
