@@ -1,8 +1,11 @@
 """What the terminal UI costs the training loop: the same run with and without the UI.
 
 Runs `tui-llm --no-ui` and then `tui-llm` inside a tmux terminal (200x50) on the same data,
-model and seed, and compares the step times each wrote to its metrics.jsonl (median over the
-steps after the first few). Needs tmux.
+model and seed, alternately, and compares the step times each wrote to its metrics.jsonl
+(median over the steps after the first few). Also reads how much CPU the UI's own thread (the
+process's main thread; training runs in a worker thread) used while the steps were timed: on a
+machine whose cores the training threads keep busy, that time is what the UI costs. Needs tmux
+and Linux's /proc.
 
     python benchmarks/ui_cost.py --train data/tiny_shakespeare_train.bin            # d6, B=8, T=64, 50 steps
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -25,6 +29,18 @@ def step_times(run_dir: Path, skip: int) -> list[float]:
     return [r["step_ms"] for r in records if r["type"] == "train"][skip:]
 
 
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process's main thread (its task id is the process id)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train", default="data/tiny_shakespeare_train.bin")
@@ -34,7 +50,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--skip", type=int, default=5, help="first steps left out of the medians")
     p.add_argument("--size", default="200x50", help="terminal size for the UI run")
-    p.add_argument("--repeats", type=int, default=2, help="alternate headless/UI runs this many times")
+    p.add_argument("--repeats", type=int, default=3, help="alternate headless/UI runs this many times")
     args = p.parse_args()
     if shutil.which("tmux") is None:
         print("tmux is needed", file=sys.stderr)
@@ -43,7 +59,7 @@ def main() -> int:
               "--steps", str(args.steps), "--val-every", "0", "--sample-every", "0", "--save-every", "0"]
     width, height = args.size.split("x")
     tmp = Path(tempfile.mkdtemp(prefix="ui_cost_"))
-    headless, ui = [], []
+    headless, ui, ui_cpu_share = [], [], []
     for rep in range(args.repeats):
         run = tmp / f"headless{rep}"
         subprocess.run([sys.executable, "-m", "tui_llm", *common, "--no-ui", "--out-dir", str(run)],
@@ -56,11 +72,17 @@ def main() -> int:
         session = f"ui_cost_{rep}"
         subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", width, "-y", height,
                         f"{cmd}; touch {done}"], check=True)
-        # quit once finished: 'q' after the run reports finished (the app stays open until then)
-        while True:
-            time.sleep(1)
-            lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
-            if lines and json.loads(lines[-1])["type"] == "finished":
+        shell = int(subprocess.run(["tmux", "list-panes", "-t", session, "-F", "#{pane_pid}"],
+                                   capture_output=True, text=True, check=True).stdout.split()[0])
+        start = None  # (wall, UI thread CPU) when the timed steps begin
+        while True:  # quit once finished: the app stays open until 'q'
+            time.sleep(0.2)
+            records = train_records(run)
+            if start is None and sum(r["type"] == "train" for r in records) >= args.skip:
+                pid = int(subprocess.run(["pgrep", "-P", str(shell)], capture_output=True, text=True).stdout.split()[0])
+                start = (time.monotonic(), main_thread_cpu_seconds(pid))
+            if records and records[-1]["type"] == "finished":
+                ui_cpu_share.append((main_thread_cpu_seconds(pid) - start[1]) / (time.monotonic() - start[0]))
                 subprocess.run(["tmux", "send-keys", "-t", session, "q"])
                 break
         while not done.exists():
@@ -72,6 +94,8 @@ def main() -> int:
     print(f"median step  --no-ui {h:.1f} ms   UI {u:.1f} ms   UI cost {100 * (u / h - 1):+.1f}%")
     print(f"mean step    --no-ui {statistics.mean(headless):.1f} ms   UI {statistics.mean(ui):.1f} ms   "
           f"UI cost {100 * (statistics.mean(ui) / statistics.mean(headless) - 1):+.1f}%")
+    print(f"UI thread CPU while training: {100 * statistics.mean(ui_cpu_share):.1f}% of one core "
+          f"(runs: {', '.join(f'{100 * c:.1f}%' for c in ui_cpu_share)})")
     return 0
 
 

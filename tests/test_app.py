@@ -118,6 +118,33 @@ async def test_log_scale_and_smoothing_keys_change_the_plot(trainer):
         assert plot.smoothed.y[0] == pytest.approx(plot.train.y[0])
 
 
+async def test_a_new_step_repaints_only_the_rows_that_changed(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await started(pilot)
+        plot = app.dashboard.loss_plot
+        trainer.advance(300)
+        await until(pilot, lambda: plot.drawn_points == 300)
+        repainted = []
+        plot.refresh = lambda *regions, **kwargs: repainted.append(regions)  # watch, don't paint
+        trainer.advance(1)
+        await until(pilot, lambda: plot.drawn_points == 301)
+        assert repainted and all(len(regions) == 1 and regions[0].height == 1 for regions in repainted)
+        assert len(repainted) < plot.size.height // 2
+
+
+async def test_a_100k_step_history_draws_at_once(tmp_path):
+    history = [train_record(s, 2 + 9 / (1 + s / 100)) for s in range(100_000)]
+    app = TrainerApp(FakeTrainer(tmp_path / "run", start_step=100_000, total_steps=200_000), history=history)
+    async with app.run_test(size=(200, 50)) as pilot:
+        await started(pilot)
+        plot = app.dashboard.loss_plot
+        await until(pilot, lambda: plot.drawn_points == 100_000)
+        chart = plot.chart_text()
+        assert chart.splitlines()[-1].split()[-2:] == ["100000", "step"]  # the x axis reaches the last step
+        assert "2┤" in chart and "7┤" in chart  # the first dot column: the mean of the first ~250 steps
+
+
 def test_bucket_means_downsamples_long_series():
     xs = list(range(100_000))
     x, y = bucket_means(xs, [2.0 * v for v in xs], 200)

@@ -1,10 +1,9 @@
 """The loss chart: raw and smoothed training loss plus validation loss on one step axis.
 
 The full history lives in numpy buffers on this widget (the UI thread owns it). New points only
-mark the chart stale: the dashboard calls `redraw()` a few times a second, which downsamples the
-series to about one point per braille dot column and draws them (screens/chart.py, about a
-millisecond even for a 100k-step run in a large terminal). The widget then hands the drawn rows
-to Textual line by line.
+mark the chart stale: the dashboard calls `redraw()` once a second, which draws the chart again
+(screens/chart.py: about a millisecond, even for a 100k-step run in a large terminal) and asks
+Textual to repaint only the rows that changed, usually a few at the right end of the curves.
 """
 
 from __future__ import annotations
@@ -13,11 +12,12 @@ import math
 
 import numpy as np
 from rich.segment import Segment
+from textual.geometry import Region
 from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tui_llm.screens.chart import AXIS, Line, bucket_means, draw_chart
+from tui_llm.screens.chart import AXIS, Line, Row, draw_chart
 
 SMOOTHING_WEIGHTS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 """The EMA weights `+`/`-` step through (0 = no smoothing)."""
@@ -72,10 +72,18 @@ class LossPlot(Widget):
         self.val = Points()
         """Validation loss by step."""
         self.drawn_points = 0
-        """How many train points the last redraw plotted (after downsampling)."""
+        """How many train points the last redraw drew."""
         self._ema, self._weight_power = 0.0, 1.0
+        self._rows: list[Row] = []
+        """The chart's text and style names, as last drawn."""
         self._strips: list[Strip] = []
+        """The same, ready for Textual."""
+        self._y_range: tuple[float, float] | None = None
+        """The loss range drawn last time, kept while the data fills most of it."""
         self._stale = True
+        """Points arrived (or the view changed) since the last redraw."""
+        self._restyle = True
+        """The whole widget must be repainted (new size or colours), not just changed rows."""
 
     # -- data --------------------------------------------------------------------------
 
@@ -135,37 +143,40 @@ class LossPlot(Widget):
     # -- drawing -----------------------------------------------------------------------
 
     def on_resize(self) -> None:
-        self._stale = True
+        self._stale = self._restyle = True
         self.redraw()
 
     def notify_style_update(self) -> None:
         """The theme or CSS changed: draw again with the new colours."""
         super().notify_style_update()
-        self._stale = True
+        self._stale = self._restyle = True
         self.call_later(self.redraw)
 
     def redraw(self) -> None:
-        """Draw the chart again if anything changed since the last time."""
+        """Draw the chart again if anything changed since the last time; repaint the rows that differ."""
         width, height = self.size
         if not self._stale or width == 0 or height == 0:
             return
         self._stale = False
-        buckets = 2 * width  # about one point per braille dot column
-        x, raw = bucket_means(self.train.x, self.train.y, buckets)
-        _, smooth = bucket_means(self.smoothed.x, self.smoothed.y, buckets)
-        val_x, val_y = bucket_means(self.val.x, self.val.y, buckets)
         lines = [
-            Line(x, raw, "train", "train"),
-            Line(x, smooth, "smoothed", f"EMA {self.smoothing:g}"),
-            Line(val_x, val_y, "val", "val"),
+            Line(self.train.x, self.train.y, "train", "train"),
+            Line(self.smoothed.x, self.smoothed.y, "smoothed", f"EMA {self.smoothing:g}"),
+            Line(self.val.x, self.val.y, "val", "val"),
         ]
-        rows = draw_chart(width, height, lines, log_y=self.log_scale, x_name="step")
+        rows, self._y_range = draw_chart(width, height, lines, log_y=self.log_scale, x_name="step",
+                                         keep_y=self._y_range)
         styles = {name: self.get_component_rich_style(f"loss-plot--{name}")
                   for name in ("train", "smoothed", "val", AXIS)}
         styles[""] = self.rich_style
-        self._strips = [Strip([Segment(text, styles[name]) for text, name in row], width) for row in rows]
-        self.drawn_points = len(x)
-        self.refresh()
+        strips = [Strip([Segment(text, styles[name]) for text, name in row], width) for row in rows]
+        if self._restyle or len(rows) != len(self._rows):
+            self.refresh()
+        else:
+            for y, (old, new) in enumerate(zip(self._rows, rows)):
+                if old != new:
+                    self.refresh(Region(0, y, width, 1))
+        self._rows, self._strips, self._restyle = rows, strips, False
+        self.drawn_points = len(self.train)
 
     def render_line(self, y: int) -> Strip:
         if y < len(self._strips):
