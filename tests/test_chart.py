@@ -158,6 +158,17 @@ def test_axes_move_only_now_and_then_as_a_run_grows():
     assert np.median(changed_rows) <= 3
 
 
+def test_a_kept_range_is_used_while_the_data_fills_it():
+    x = np.arange(50.0)
+    y = 3 + np.sin(x)  # 2 .. 4
+    _, natural = draw_chart(40, 20, [Line(x, y, "a")])
+    assert natural[0] <= 2 and natural[1] >= 4
+    assert draw_chart(40, 20, [Line(x, y, "a")], keep_y=(1.8, 4.2))[1] == (1.8, 4.2)
+    assert draw_chart(40, 20, [Line(x, y, "a")], keep_y=(0.0, 10.0))[1] == natural  # mostly empty
+    assert draw_chart(40, 20, [Line(x, y, "a")], keep_y=(2.5, 3.5))[1] == natural  # data outside
+    assert draw_chart(40, 20, [Line(x, y, "a")], log_y=True, keep_y=(0.0, 5.0))[1][0] > 0  # not on a log axis
+
+
 def test_later_lines_are_drawn_over_earlier_ones():
     x = np.arange(10.0)
     rows, _ = draw_chart(30, 10, [Line(x, x, "under", "u"), Line(x, x, "over", "o")])

@@ -130,8 +130,8 @@ def y_axis(low: float, high: float, plot_rows: int, log_y: bool, keep: tuple[flo
     range drawn last time) while the data fills most of that: an axis that moved with every
     new minimum would jump back and forth as the loss wobbles."""
     scale = math.log10 if log_y else float
-    if keep and keep[0] <= low and high <= keep[1] and keep[1] > keep[0] and (
-            scale(high) - scale(low) >= 0.7 * (scale(keep[1]) - scale(keep[0]))):
+    if (keep and keep[0] <= low and high <= keep[1] and keep[1] > keep[0] and (keep[0] > 0 or not log_y)
+            and scale(high) - scale(low) >= 0.7 * (scale(keep[1]) - scale(keep[0]))):
         low_end, high_end = keep
     elif log_y:
         low_end, high_end = round_out_log(low, high)

@@ -13,9 +13,10 @@ from textual.widgets import Button, Input, Label, Static
 
 PANELS = (
     ("loss", "train loss per step (faint: raw, bright: EMA-smoothed, debiased) and "
-             "validation loss (orange), on one step axis"),
+             "validation loss (orange), on one step axis; each dot column shows the mean of "
+             "its steps; redrawn once a second"),
     ("step time", "forward / backward / optimizer time of the last step, its share of the "
-                  "step, sparklines of recent steps, tokens/s and steps/s"),
+                  "step, sparklines of recent steps, tokens/s and steps/s; once a second"),
     ("status", "model, parameters, data, step/total, epoch, learning rate, gradient norm, "
                "elapsed time, ETA and the run state"),
     ("samples", "generated text with its step and prompt; each token coloured by the "

@@ -123,6 +123,7 @@ class LossPlot(Widget):
 
     def watch_log_scale(self, log_scale: bool) -> None:
         self.border_subtitle = "log scale" if log_scale else ""
+        self._y_range = None  # a range found on the other scale
         self._stale = True
         self.redraw()
 
