@@ -53,16 +53,19 @@ def fast_tanh(x):
 # exp without a libm call, for the softmaxes (arguments are <= 0 there: x - max). Cephes' expf:
 # x = k*ln2 + r with |r| <= ln2/2, e^r from a degree-7 polynomial, 2^k built from its exponent
 # bits. Relative error about 2e-7 (checked in tests/test_kernels.py). Works on blocks so that
-# both loops vectorise: pbuf gets e^r, ibuf the bits of 2^k.
+# both loops vectorise: pbuf gets e^r, ibuf the bits of 2^k. The block comes in as a slice that
+# starts at 0: indexing src[start + j] instead compiled (inside prange loops, where LLVM cannot
+# prove start + j >= 0 and keeps numba's negative-index wraparound) to gather instructions.
 EXP_BLOCK = 512
 LOG2E = np.float32(1.44269504088896341)
 
 
 @njit(inline="always", **JIT)
-def exp_block(src, start, count, shift, scale, ibuf, pbuf):
-    """pbuf[j] = exp((src[start + j] - shift) * scale) for j < count <= EXP_BLOCK."""
+def exp_block(src, shift, scale, ibuf, pbuf):
+    """pbuf[j] = exp((src[j] - shift) * scale) for j < len(src) <= EXP_BLOCK."""
+    count = src.shape[0]
     for j in range(count):
-        x = max((src[start + j] - shift) * scale, np.float32(-87.0))
+        x = max((src[j] - shift) * scale, np.float32(-87.0))
         k_int = np.int32(x * LOG2E - np.float32(0.5))  # round(x / ln2) for x <= 0
         k = np.float32(k_int)
         r = x - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
@@ -85,7 +88,7 @@ def exp_array(out, x, shift):
     ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
     for start in range(0, x.shape[0], EXP_BLOCK):
         count = min(EXP_BLOCK, x.shape[0] - start)
-        exp_block(x, start, count, shift, np.float32(1.0), ibuf, pbuf)
+        exp_block(x[start:start + count], shift, np.float32(1.0), ibuf, pbuf)
         out[start:start + count] = pbuf[:count]
 
 
@@ -268,7 +271,7 @@ def attend(out, probs, q, keys, k0, values, v0, num, scale, ibuf, pbuf):
     total = np.float32(0.0)
     for start in range(0, num, EXP_BLOCK):
         count = min(EXP_BLOCK, num - start)
-        exp_block(probs, start, count, maxval, np.float32(1.0), ibuf, pbuf)
+        exp_block(probs[start:start + count], maxval, np.float32(1.0), ibuf, pbuf)
         for j in range(count):
             total += pbuf[j]
         probs[start:start + count] = pbuf[:count]
@@ -366,7 +369,7 @@ def softmax_crossentropy(logits, losses, targets, vocab_size, dloss, want_grad):
         total = np.float32(0.0)
         for start in range(0, vocab_size, EXP_BLOCK):
             count = min(EXP_BLOCK, vocab_size - start)
-            exp_block(row, start, count, maxval, np.float32(1.0), ibuf, pbuf)
+            exp_block(row[start:start + count], maxval, np.float32(1.0), ibuf, pbuf)
             for j in range(count):
                 total += pbuf[j]
             if want_grad:
@@ -394,7 +397,7 @@ def softmax_rows(probs, logits, vocab_size, inv_temperature):
         total = np.float32(0.0)
         for start in range(0, vocab_size, EXP_BLOCK):
             count = min(EXP_BLOCK, vocab_size - start)
-            exp_block(row, start, count, maxval, inv_temperature, ibuf, pbuf)
+            exp_block(row[start:start + count], maxval, inv_temperature, ibuf, pbuf)
             for j in range(count):
                 total += pbuf[j]
             p[start:start + count] = pbuf[:count]
@@ -412,16 +415,19 @@ CHUNK = 1 << 16
 
 @njit(nogil=True, cache=True, parallel=True, fastmath={"reassoc", "contract"})
 def sum_of_squares(x):
-    """sum(x**2) in float64, chunked; reassociation lets the sum vectorise (NaN/inf still propagate)."""
+    """sum(x**2) in float64, chunked; reassociation lets the sum vectorise (NaN/inf still propagate).
+
+    Each chunk is a slice indexed from 0 (see exp_block: x[ci * CHUNK + i] compiled to gathers,
+    3x slower: 62 against 19 ms for GPT-2 124M's gradients on an AVX-512 machine).
+    """
     n = x.shape[0]
     nchunks = (n + CHUNK - 1) // CHUNK
     partial = np.zeros(nchunks, dtype=np.float64)
     for ci in prange(nchunks):
-        start = ci * CHUNK
-        end = min(start + CHUNK, n)
+        chunk = x[ci * CHUNK:min(ci * CHUNK + CHUNK, n)]
         s = 0.0
-        for i in range(start, end):
-            xi = np.float64(x[i])
+        for i in range(chunk.shape[0]):
+            xi = np.float64(chunk[i])
             s += xi * xi
         partial[ci] = s
     return partial.sum()
