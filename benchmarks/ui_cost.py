@@ -82,7 +82,8 @@ def main() -> int:
                 pid = int(subprocess.run(["pgrep", "-P", str(shell)], capture_output=True, text=True).stdout.split()[0])
                 start = (time.monotonic(), main_thread_cpu_seconds(pid))
             if records and records[-1]["type"] == "finished":
-                ui_cpu_share.append((main_thread_cpu_seconds(pid) - start[1]) / (time.monotonic() - start[0]))
+                if start is not None:
+                    ui_cpu_share.append((main_thread_cpu_seconds(pid) - start[1]) / (time.monotonic() - start[0]))
                 subprocess.run(["tmux", "send-keys", "-t", session, "q"])
                 break
         while not done.exists():
@@ -94,8 +95,9 @@ def main() -> int:
     print(f"median step  --no-ui {h:.1f} ms   UI {u:.1f} ms   UI cost {100 * (u / h - 1):+.1f}%")
     print(f"mean step    --no-ui {statistics.mean(headless):.1f} ms   UI {statistics.mean(ui):.1f} ms   "
           f"UI cost {100 * (statistics.mean(ui) / statistics.mean(headless) - 1):+.1f}%")
-    print(f"UI thread CPU while training: {100 * statistics.mean(ui_cpu_share):.1f}% of one core "
-          f"(runs: {', '.join(f'{100 * c:.1f}%' for c in ui_cpu_share)})")
+    if ui_cpu_share:
+        print(f"UI thread CPU while training: {100 * statistics.mean(ui_cpu_share):.1f}% of one core "
+              f"(runs: {', '.join(f'{100 * c:.1f}%' for c in ui_cpu_share)})")
     return 0
 
 
