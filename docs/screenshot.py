@@ -17,7 +17,7 @@ from tui_llm.engine.trainer import RunConfig, Trainer
 async def shoot(args) -> None:
     config = RunConfig(train_file=args.train, model=args.model, steps=args.steps, val_every=10,
                        sample_every=40, sample_len=48, top_k=40, temperature=0.9, save_every=0,
-                       lr=args.lr, out_dir=args.out_dir, pause_on_error=True)
+                       lr=args.lr, out_dir=args.out_dir)
     app = TrainerApp(Trainer(config))
     async with app.run_test(size=(args.width, args.height)) as pilot:
         while app.phase != "finished":

@@ -91,17 +91,17 @@ class FakeTrainer:
 
     # -- the protocol --------------------------------------------------------------------
 
-    def run(self, emit: Callable[[ev.Event], None]) -> None:
+    def run(self, emit: Callable[[ev.Event], None], on_error: str = "pause") -> None:
         self._emit = emit
         for done in range(1, self.kernels + 1):
             emit(ev.Compiling(done=done, total=self.kernels, name=f"kernel_{done}"))
         self._compiled.wait()  # commands sent meanwhile wait in the inbox
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._record(ev.RunStarted(
-            run_dir=str(self.run_dir), model="fake-tiny", config={}, model_config={},
-            num_params=123_456, param_bytes=4 * 4 * 123_456, train_file="fake.txt",
-            train_tokens=10_000, val_file=None, val_tokens=0, batches_per_epoch=50,
-            start_step=self.step, total_steps=self.total_steps,
+            run_dir=str(self.run_dir), model_name="fake-tiny", run_config={}, model_config={},
+            num_params=123_456, memory_bytes=4 * 4 * 123_456, train_file="fake.txt",
+            train_tokens=10_000, val_file=None, val_tokens=0, batches_per_epoch=50, tokens_per_step=4096,
+            world_size=1, step=self.step, steps=self.total_steps, elapsed_s=0.0,
         ))
         paused, owed = False, 0
         while True:
@@ -119,8 +119,8 @@ class FakeTrainer:
                 owed -= 1
                 self._train_step()
                 if self.step >= self.total_steps:
-                    self._save("final")
-                    self._record(ev.Finished(step=self.step, reason="completed"))
+                    self._save(ev.SaveReason.FINAL)
+                    self._record(ev.Finished(step=self.step, reason=ev.FinishReason.COMPLETED, checkpoint=None))
                     return
                 continue
             match item:
@@ -139,11 +139,11 @@ class FakeTrainer:
                 case ev.SampleNow(prompt=prompt):
                     self._sample(prompt)
                 case ev.SaveNow():
-                    self._save("request")
-                case ev.Stop(save=save):
+                    self._save(ev.SaveReason.REQUEST)
+                case ev.Stop(save=save, reason=reason):
                     if save:
-                        self._save("final")
-                    self._record(ev.Finished(step=self.step, reason="stopped"))
+                        self._save(ev.SaveReason.FINAL)
+                    self._record(ev.Finished(step=self.step, reason=reason, checkpoint=None))
                     return
 
     # -- the fake work -------------------------------------------------------------------
@@ -155,15 +155,16 @@ class FakeTrainer:
         self._emit(event)
 
     def _train_step(self) -> None:
-        # Like the real trainer: validation before step k, StepDone.step = k (the finished
-        # step's index), and every other event's step = steps done.
+        # Like the real trainer: validation before step k (k steps done), then the step,
+        # whose TrainStep.step counts it (k + 1).
         k = self.step
         if k % self.val_every == 0:
             self._record(ev.Validation(step=k, loss=fake_loss(k) + 0.1))
         fwd = 10.0 + k % 3
-        self._record(ev.StepDone(
-            step=k, loss=fake_loss(k), fwd_ms=fwd, bwd_ms=20.0, opt_ms=2.0, step_ms=fwd + 23.0,
+        self._record(ev.TrainStep(
+            step=k + 1, loss=fake_loss(k), fwd_ms=fwd, bwd_ms=20.0, opt_ms=2.0, step_ms=fwd + 23.0,
             tok_per_s=4096 * 1000 / (fwd + 23.0), lr=3e-4, grad_norm=1.0 / (k + 1), epoch=k // 50,
+            tokens=(k + 1) * 4096, elapsed_s=(k + 1) * 0.033,
         ))
         self.step = k + 1
 

@@ -78,7 +78,7 @@ async def test_plot_gains_points_as_steps_arrive(trainer):
         plot = app.dashboard.loss_plot
         trainer.advance(7)
         await until(pilot, lambda: plot.drawn_points == 7)  # drawn by the redraw timer
-        assert plot.train.x.tolist() == list(range(7))  # StepDone.step: index of the finished step
+        assert plot.train.x.tolist() == list(range(1, 8))  # TrainStep.step counts the step (the first is 1)
         assert plot.train.y.tolist() == [fake_loss(s) for s in range(7)]
         assert plot.val.x.tolist() == [0, 5]
         assert "━━ EMA 0.9" in plot.chart_text() and "└┬" in plot.chart_text()
@@ -123,12 +123,12 @@ async def test_a_new_step_repaints_only_the_rows_that_changed(trainer):
     async with app.run_test(size=(120, 40)) as pilot:
         await started(pilot)
         plot = app.dashboard.loss_plot
-        trainer.advance(300)
-        await until(pilot, lambda: plot.drawn_points == 300)
+        trainer.advance(299)
+        await until(pilot, lambda: plot.drawn_points == 299)
         repainted = []
         plot.refresh = lambda *regions, **kwargs: repainted.append(regions)  # watch, don't paint
         trainer.advance(1)
-        await until(pilot, lambda: plot.drawn_points == 301)
+        await until(pilot, lambda: plot.drawn_points == 300)
         assert repainted and all(len(regions) == 1 and regions[0].height == 1 for regions in repainted)
         assert len(repainted) < plot.size.height // 2
 
@@ -155,27 +155,28 @@ def test_bucket_means_downsamples_long_series():
 
 
 def train_record(step: int, loss: float) -> dict:
-    return ev.StepDone(step, loss, 1.0, 2.0, 3.0, 6.0, 100.0, 1e-3, 1.0, 0).to_json()
+    return ev.TrainStep(step=step, loss=loss, fwd_ms=1.0, bwd_ms=2.0, opt_ms=3.0, step_ms=6.0, tok_per_s=100.0,
+                        lr=1e-3, grad_norm=1.0, epoch=0, tokens=step * 600, elapsed_s=step * 0.006).to_json()
 
 
 async def test_history_repopulates_the_plot_up_to_the_resumed_step(tmp_path):
-    history = [train_record(s, 5.0 - s / 10) for s in range(30)]
+    history = [train_record(s, 5.0 - s / 10) for s in range(1, 31)]
     history += [train_record(s, 1.0) for s in range(11, 16)]  # an earlier resume repeated 11..15
-    history += [ev.Validation(10, 4.2).to_json(), ev.Validation(25, 4.0).to_json(),
-                ev.CheckpointSaved(20, "ckpt_20", 1.0, "periodic").to_json(),
-                ev.Sample(20, "", "old sample").to_json(), {"type": "start"}]
+    history += [ev.Validation(step=10, loss=4.2).to_json(), ev.Validation(step=25, loss=4.0).to_json(),
+                ev.CheckpointSaved(step=20, path="ckpt_20", seconds=1.0, reason=ev.SaveReason.PERIODIC).to_json(),
+                ev.Sample(step=20, prompt="", text="old sample").to_json(), {"type": "start"}]
     trainer = FakeTrainer(tmp_path / "run", start_step=20)  # resumes from the checkpoint
     app = TrainerApp(trainer, history=history)
     async with app.run_test() as pilot:
         await started(pilot)
         plot = app.dashboard.loss_plot
-        assert plot.train.x.tolist() == list(range(20))  # steps 20..29 will be trained again
-        assert plot.train.y[11:16].tolist() == [1.0] * 5
+        assert plot.train.x.tolist() == list(range(1, 21))  # steps 21..30 will be trained again
+        assert plot.train.y[10:15].tolist() == [1.0] * 5
         assert plot.val.x.tolist() == [10]
         assert shown(app.dashboard.event_log, "step 20: saved ckpt_20")
         assert "old sample" in text_of(app.dashboard.samples)
         trainer.advance(2)
-        await until(pilot, lambda: plot.train.x[-2:].tolist() == [20, 21])
+        await until(pilot, lambda: plot.train.x[-2:].tolist() == [21, 22])
         assert "step 22/1,000" in app.dashboard.status_bar.render().plain
 
 
@@ -212,7 +213,7 @@ async def test_sample_key_adds_a_sample_and_markup_in_it_is_just_text(tmp_path):
         samples = app.dashboard.samples
         await until(pilot, lambda: "KING [/bold] to [aside] [/foo]" in text_of(samples))
         assert "step 0" in text_of(samples)
-        assert trainer.received == [ev.SampleNow("")]
+        assert trainer.received == [ev.SampleNow(prompt="")]
         assert app.state == "running"
 
 
@@ -224,7 +225,7 @@ async def test_prompt_dialog_samples_from_typed_text(trainer):
         assert isinstance(app.screen, PromptScreen)
         await pilot.press("H", "i", "enter")
         await until(pilot, lambda: "prompt: 'Hi'" in text_of(app.dashboard.samples))
-        assert trainer.received == [ev.SampleNow("Hi")]
+        assert trainer.received == [ev.SampleNow(prompt="Hi")]
 
 
 async def test_save_key_logs_the_checkpoint(trainer):
@@ -257,8 +258,9 @@ async def test_export_writes_csv_next_to_metrics(trainer):
         await until(pilot, lambda: shown(app.dashboard.event_log, f"metrics written to {csv_path}"))
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == list(range(12))
-    assert [float(r["loss"]) for r in rows] == pytest.approx([fake_loss(s) for s in range(12)])
+    assert [int(r["step"]) for r in rows] == list(range(13))  # validation at 0, then steps 1..12
+    assert rows[0]["loss"] == ""
+    assert [float(r["loss"]) for r in rows[1:]] == pytest.approx([fake_loss(s) for s in range(12)])
     assert {int(r["step"]): float(r["val_loss"]) for r in rows if r["val_loss"]} == pytest.approx(
         {0: fake_loss(0) + 0.1, 5: fake_loss(5) + 0.1, 10: fake_loss(10) + 0.1})
 
@@ -415,7 +417,7 @@ async def test_a_failed_final_save_keeps_the_app_open(trainer):
 
 
 class CrashingTrainer:
-    def run(self, emit):
+    def run(self, emit, on_error="pause"):
         raise RuntimeError("out of memory")
 
     def send(self, command):

@@ -34,7 +34,7 @@ async def test_real_trainer_pause_sample_save_and_quit(tmp_path):
     run = tmp_path / "run"
     config = RunConfig(train_file=str(tmp_path / "t_train.bin"), model="d2", max_seq_len=32, batch_size=2,
                        seq_len=16, steps=100_000, val_every=5, sample_every=0, sample_len=6, save_every=0,
-                       threads=1, init_style="numpy", out_dir=str(run), pause_on_error=True)
+                       threads=1, init_style="numpy", out_dir=str(run))
     app = TrainerApp(Trainer(config))
     async with app.run_test(size=(100, 32)) as pilot:
         plot = app.dashboard.loss_plot

@@ -38,7 +38,7 @@ def run_cli(*args, cwd=None):
 
 
 def step_losses(stdout):
-    return {int(m.group(1)) - 1: float(m.group(3)) for m in map(STEP_LINE.match, stdout.splitlines()) if m}
+    return {int(m.group(1)): float(m.group(3)) for m in map(STEP_LINE.match, stdout.splitlines()) if m}
 
 
 def read_metrics(run_dir):
@@ -56,26 +56,28 @@ def test_headless_run_lines_metrics_and_run_directory(data, tmp_path):
     assert re.search(r"^parameters: [\d,]+ ", out, re.M)
     assert re.search(r"^data: train .*tiny_train.bin \(1,800 tokens, 56 batches of 2x16\)", out, re.M)
     printed = step_losses(out)
-    assert sorted(printed) == list(range(8))
+    assert sorted(printed) == list(range(1, 9))
 
     metrics = read_metrics(run)
     train = [m for m in metrics if m["type"] == "train"]
-    assert [m["step"] for m in train] == list(range(8))
+    assert [m["step"] for m in train] == list(range(1, 9))
     for m in train:
         assert f"{m['loss']:.4f}" == f"{printed[m['step']]:.4f}"
         assert {"fwd_ms", "bwd_ms", "opt_ms", "step_ms", "tok_per_s", "lr", "grad_norm"} <= m.keys()
     assert train[-1]["loss"] < train[0]["loss"]  # it learns the repeating sentence
     vals = [m for m in metrics if m["type"] == "val"]
-    assert [v["step"] for v in vals] == [0, 4, 7]  # cadence, plus the last step
+    assert [v["step"] for v in vals] == [0, 4, 8]  # cadence, plus the final weights
     for v in vals:
         assert f"val loss {v['loss']:.4f} (step {v['step']})" in out
     samples = [m for m in metrics if m["type"] == "sample"]
-    assert [s["step"] for s in samples] == [4, 7] and len(samples[0]["token_ids"]) == 6  # and the last step
+    assert [s["step"] for s in samples] == [4, 8] and len(samples[0]["token_ids"]) == 6  # and the final weights
+    assert metrics.index(vals[-1]) > metrics.index(train[-1])  # evaluated after the last update
     ckpts = [m for m in metrics if m["type"] == "checkpoint"]
     assert [c["step"] for c in ckpts] == [4, 8]
     assert sorted(p.name for p in run.glob("ckpt_*")) == ["ckpt_00000004.safetensors", "ckpt_00000008.safetensors"]
     config = json.loads((run / "config.json").read_text())
-    assert config["run"]["batch_size"] == 2 and config["model"]["num_layers"] == 2
+    assert config["run_config"]["batch_size"] == 2 and config["model_config"]["num_layers"] == 2
+    assert config["run_config"]["train_file"] == str(data / "tiny_train.bin")  # absolute: resumable from anywhere
     assert metrics[-1]["type"] == "finished" and metrics[-1]["reason"] == "completed"
 
 
@@ -96,11 +98,11 @@ def test_sigint_saves_and_resume_continues_with_identical_losses(data, tmp_path)
             break
     rest, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
-    assert "checkpoint saved to" in err and "Traceback" not in err
+    assert "last checkpoint: " in err and "continue with: tui-llm --resume" in err and "Traceback" not in err
     stopped = [m for m in read_metrics(run) if m["type"] == "train"]
     assert 3 <= len(stopped) < 14
 
-    resumed = run_cli("--resume", str(run), "--no-ui")
+    resumed = run_cli("--resume", str(run), "--no-ui", cwd=tmp_path)  # from another directory
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming at step {len(stopped)}" in resumed.stdout
     losses = [m["loss"] for m in read_metrics(run) if m["type"] == "train"]
@@ -114,15 +116,15 @@ def test_sample_and_export_commands(data, tmp_path, capsys):
     assert cli.main([str(data / "tiny_train.bin"), "--no-ui", *TINY, "--steps", "2", "--val-every", "0",
                      "--sample-every", "0", "--out-dir", str(run)]) == 0
     capsys.readouterr()
-    assert cli.main(["sample", "--init-from", str(run), "--prompt", "To be", "--len", "5", "--seed", "3"]) == 0
+    assert cli.main(["sample", "--init-from", str(run), "--prompt", "To be", "--sample-len", "5", "--seed", "3"]) == 0
     out = capsys.readouterr().out
     assert "5 tokens" in out and "\nTo be" in out
 
     cfg, flat, _ = load_model_weights(str(next(run.glob("ckpt_*"))))
-    assert cli.main(["export", str(run), str(tmp_path / "model.bin")]) == 0
+    assert cli.main(["export", "--init-from", str(run), str(tmp_path / "model.bin")]) == 0
     cfg2, flat2 = read_llmc(tmp_path / "model.bin")
     assert cfg2 == cfg and np.array_equal(flat2, flat)
-    assert cli.main(["export", str(run), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert cli.main(["export", "--init-from", str(run), str(tmp_path / "hf"), "--to", "hf"]) == 0
     cfg3, flat3, _ = load_model_weights(str(tmp_path / "hf"))
     assert np.array_equal(flat3, flat)
 
@@ -155,6 +157,12 @@ def test_bad_arguments_give_one_line_and_status_2(data, tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     assert "not a directory" in bad(capsys, train, "--no-ui", *TINY, "--out-dir", str(a_file))
+    assert "must be a number" in bad(capsys, train, "--no-ui", *TINY, "--final-lr-fraction", "1e308")
+    assert "--weight-decay" in bad(capsys, train, "--no-ui", *TINY, "--weight-decay", "nan")
+    assert "--grad-clip" in bad(capsys, train, "--no-ui", *TINY, "--grad-clip", "-1")
+    assert "--temperature" in bad(capsys, train, "--no-ui", *TINY, "--temperature", "inf")
+    assert "--seed" in bad(capsys, train, "--no-ui", *TINY, "--seed", "-1")
+    assert "--total-batch-size" in bad(capsys, train, "--no-ui", *TINY, "--total-batch-size", "48")
     assert "--batch-size" in bad(capsys, train, "--no-ui", *TINY[:2], "-b", "0")
     assert "batch" in bad(capsys, train, "--no-ui", "-b", "two")
     assert "no checkpoint" in bad(capsys, "--resume", str(tmp_path), "--no-ui")

@@ -22,23 +22,23 @@ def test_kv_cache_equals_full_forward_token_for_token(sampler):
     for prompt, temperature, top_k in (("", 1.0, 0), ("First Citizen:\n", 0.8, 40), ("Hello", 0.0, 0)):
         cached = sampler.generate(prompt, 20, temperature=temperature, top_k=top_k, seed=5)
         full = sampler.generate(prompt, 20, temperature=temperature, top_k=top_k, seed=5, use_cache=False)
-        assert cached.ids == full.ids
-        np.testing.assert_allclose(cached.probs, full.probs, rtol=1e-4)
-        assert len(cached.ids) == 20 and len(cached.pieces) == 20
-        assert cached.text == "".join(cached.pieces)
+        assert cached.token_ids == full.token_ids
+        np.testing.assert_allclose(cached.token_probs, full.token_probs, rtol=1e-4)
+        assert len(cached.token_ids) == 20 and len(cached.token_texts) == 20
+        assert cached.text == "".join(cached.token_texts)
 
 
 def test_prompt_round_trips_and_seed_repeats(sampler):
     result = sampler.generate("To be, or not to be", 5, seed=1)
     assert result.prompt == "To be, or not to be"
     assert sampler.encoding.decode(result.prompt_ids) == result.prompt
-    assert sampler.generate("To be, or not to be", 5, seed=1).ids == result.ids
+    assert sampler.generate("To be, or not to be", 5, seed=1).token_ids == result.token_ids
 
 
 def test_context_is_capped_at_the_model_length(sampler):
     long_prompt = list(range(100, 200))  # longer than max_seq_len 48
     result = sampler.generate(long_prompt, 100, seed=0)
-    assert len(result.ids) == CFG.max_seq_len - 1
+    assert len(result.token_ids) == CFG.max_seq_len - 1
 
 
 def test_choose_token_top_k_and_greedy():

@@ -1,4 +1,13 @@
-"""tui-llm: train GPT-2-class language models on the CPU from a terminal."""
+"""tui-llm: train GPT-2-class language models on the CPU from a terminal, or from Python.
+
+    import tui_llm
+    trainer = tui_llm.Trainer(tui_llm.RunConfig(train_file="data/tiny_shakespeare_train.bin",
+                                                steps=100, out_dir="runs/mine"))
+    trainer.run(print)                                   # every event, as it happens
+    trainer = tui_llm.Trainer.resume("runs/mine", steps=200)
+    model = tui_llm.load_model("runs/mine")              # run dir, checkpoint, llm.c .bin, HF dir/name
+    print(tui_llm.generate(model, "ROMEO:", sample_len=40).text)
+"""
 
 import os
 
@@ -10,4 +19,26 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # 2**4 cycles of spinning, OpenBLAS's minimum
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+_API = {
+    "RunConfig": "tui_llm.engine.run_config", "ConfigError": "tui_llm.engine.run_config",
+    "Trainer": "tui_llm.engine.trainer", "TrainingError": "tui_llm.engine.trainer",
+    "load_model": "tui_llm.engine.api", "generate": "tui_llm.engine.api",
+    "Sampler": "tui_llm.engine.sampler", "SampleResult": "tui_llm.engine.sampler",
+    "RunDir": "tui_llm.engine.run_dir",
+    **{name: "tui_llm.engine.events" for name in (
+        "Event", "Compiling", "RunStarted", "TrainStep", "Validation", "Sample", "CheckpointSaved", "Paused",
+        "Resumed", "Notice", "Error", "Finished", "Command", "Pause", "Resume", "SampleNow", "SaveNow", "Stop",
+        "FinishReason", "SaveReason", "RunState", "Level")},
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    """The public API, imported on first use (so `tui-llm --help` does not compile kernels)."""
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'tui_llm' has no attribute {name!r}")

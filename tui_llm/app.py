@@ -32,7 +32,7 @@ from tui_llm.screens.metrics_csv import export_csv
 class Trainer(Protocol):
     """All the app needs from a trainer."""
 
-    def run(self, emit: Callable[[ev.Event], None]) -> None: ...
+    def run(self, emit: Callable[[ev.Event], None], on_error: str = "stop") -> object: ...
 
     def send(self, command: ev.Command) -> None: ...
 
@@ -121,12 +121,12 @@ class TrainerApp(App[int]):
     @work(thread=True, exit_on_error=False, name="trainer")
     def run_trainer(self) -> None:
         """The training loop (blocking, in a thread)."""
-        self.trainer.run(lambda event: self.post_message(TrainerEvent(event)))
+        self.trainer.run(lambda event: self.post_message(TrainerEvent(event)), on_error="pause")
 
     def on_unmount(self) -> None:
         """If the app closes while the trainer still runs, let it save and stop."""
         if self.alive and not self.stopping:
-            self.trainer.send(ev.Stop(save=True, reason="interrupt"))
+            self.trainer.send(ev.Stop(save=True, reason=ev.FinishReason.INTERRUPTED))
 
     # -- state -------------------------------------------------------------------------
 
@@ -154,10 +154,10 @@ class TrainerApp(App[int]):
                 self.phase = "compiling"
             case ev.RunStarted():
                 self.run_dir = Path(event.run_dir)
-                self.steps_done = self.saved_steps = event.start_step
+                self.steps_done = self.saved_steps = event.step
                 self.phase = "running"
-            case ev.StepDone():
-                self.steps_done = event.step + 1  # StepDone.step is the finished step's index
+            case ev.TrainStep():
+                self.steps_done = event.step
                 self.unsaved = True
             case ev.Sample():
                 self.sampling = False
@@ -245,7 +245,7 @@ class TrainerApp(App[int]):
     def action_sample(self, prompt: str = "") -> None:
         """Ask for a sample from the current weights."""
         self.sampling = True
-        self.trainer.send(ev.SampleNow(prompt))
+        self.trainer.send(ev.SampleNow(prompt=prompt))
 
     def action_prompt(self) -> None:
         """Ask for a prompt, then sample from it."""
@@ -311,7 +311,7 @@ class TrainerApp(App[int]):
 
     def _stop(self, save: bool) -> None:
         self.stopping = True
-        self.trainer.send(ev.Stop(save=save))
+        self.trainer.send(ev.Stop(save=save, reason=ev.FinishReason.STOPPED))
         saving = ", saving" if save else ", without saving"
         self.dashboard.event_log.add(f"stopping after the current step{saving}...", "warning")
 

@@ -1,29 +1,70 @@
 """The small, typed interface between the training loop and whoever watches it.
 
-The trainer emits *events* (plain frozen dataclasses) to a callback; the headless printer
-and the Textual UI are two consumers of the same stream. Other threads steer the trainer by
-sending *commands*, which it reads between steps. Nothing here knows about Textual.
+The trainer emits *events* (frozen dataclasses, built with keywords) to a callback; the headless
+printer, the Textual UI and `metrics.jsonl` are consumers of the same stream. Other threads steer
+the trainer by sending *commands*, which it reads between steps. Nothing here knows about Textual.
+
+Every event's `step` counts the optimizer steps done when it happened: a `TrainStep` with
+step 1 is the first step (its loss was measured on the weights before the update); a
+`Validation` at step 0 evaluates the initial weights. The names are the glossary's
+(docs/glossary.md): the same word in CLI flags, config fields, event fields, metrics.jsonl keys
+and checkpoint metadata.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+
+class FinishReason(StrEnum):
+    """Why a run's loop returned."""
+    COMPLETED = "completed"      # all --steps done
+    STOPPED = "stopped"          # the user quit (UI, watcher, Stop command)
+    INTERRUPTED = "interrupted"  # a signal: SIGINT, SIGTERM, SIGHUP
+    ERROR = "error"              # non-finite loss, failed final save, a crash
+
+
+class SaveReason(StrEnum):
+    """Why a checkpoint was written."""
+    PERIODIC = "periodic"  # every --save-every steps
+    REQUEST = "request"    # SaveNow (a key, a watcher)
+    FINAL = "final"        # the run ended (completed, stopped or interrupted)
+
+
+class Level(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+
+
+class RunState(StrEnum):
+    """What a run is doing, as the status bar and `watch` show it."""
+    STARTING = "starting"
+    COMPILING = "compiling"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SAVING = "saving"
+    SAMPLING = "sampling"
+    STOPPING = "stopping"
+    FINISHED = "finished"
+    ERROR = "error"
+    STALE = "stale"          # watch: a running run that has sent nothing for a while
 
 
 # ---------------------------------------------------------------------------------------
 # Events: trainer -> consumers
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Event:
+    kind = "event"  # the record's "type" in metrics.jsonl
+
     def to_json(self) -> dict:
         """The metrics.jsonl record for this event (type first)."""
         return {"type": self.kind, **asdict(self)}
 
-    kind = "event"
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Compiling(Event):
     """Kernels are being compiled (or loaded from numba's cache) before the first step."""
     done: int
@@ -32,30 +73,32 @@ class Compiling(Event):
     kind = "compiling"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunStarted(Event):
     run_dir: str
-    model: str            # preset name or source file
-    config: dict          # resolved run configuration (what config.json holds)
-    model_config: dict    # GPTConfig as a dict
+    model_name: str       # preset name, source file or Hugging Face name
+    run_config: dict      # the resolved RunConfig (what config.json holds)
+    model_config: dict    # the model's architecture (GPTConfig.to_dict())
     num_params: int
-    param_bytes: int      # params + grads + AdamW m/v
+    memory_bytes: int     # params + grads + AdamW m and v
     train_file: str
     train_tokens: int
     val_file: str | None
     val_tokens: int
     batches_per_epoch: int
-    start_step: int       # > 0 when resuming
-    total_steps: int
+    tokens_per_step: int  # batch_size * seq_len * grad_accum * world_size
+    world_size: int       # MPI ranks (1 without MPI)
+    step: int             # steps already done (> 0 when resuming)
+    steps: int            # the run's total steps
+    elapsed_s: float      # training time already spent (continues across --resume)
     kind = "start"
 
 
-@dataclass(frozen=True)
-class StepDone(Event):
-    """One optimizer step finished. `step` is its 0-based index (llm.c's "step k");
-    every other event's `step` counts the steps done so far."""
+@dataclass(frozen=True, kw_only=True)
+class TrainStep(Event):
+    """One optimizer step finished; `step` counts it (the first step is 1)."""
     step: int
-    loss: float
+    loss: float           # mean over the step's whole batch, measured before the update
     fwd_ms: float
     bwd_ms: float
     opt_ms: float
@@ -64,103 +107,125 @@ class StepDone(Event):
     lr: float
     grad_norm: float
     epoch: int
+    tokens: int           # tokens trained on so far
+    elapsed_s: float      # training time so far (continues across --resume)
     kind = "train"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Validation(Event):
     step: int
     loss: float
     kind = "val"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Sample(Event):
     step: int
     prompt: str
     text: str
     token_ids: list = field(default_factory=list)
-    token_texts: list = field(default_factory=list)   # decoded piece per generated token
-    token_probs: list = field(default_factory=list)   # probability of each generated token
+    token_texts: list = field(default_factory=list)   # decoded text of each generated token
+    token_probs: list = field(default_factory=list)   # probability each token was drawn with
     tok_per_s: float = 0.0
     kind = "sample"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckpointSaved(Event):
     step: int
     path: str
     seconds: float
-    reason: str  # "periodic", "request", "final", "interrupt"
+    reason: SaveReason
     kind = "checkpoint"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Paused(Event):
     step: int
     kind = "paused"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Resumed(Event):
     step: int
     kind = "resumed"
 
 
-@dataclass(frozen=True)
-class Message(Event):
-    """A line for the log: warnings, notes."""
+@dataclass(frozen=True, kw_only=True)
+class Notice(Event):
+    """A line for the log: notes and warnings."""
+    step: int
     text: str
-    level: str = "info"  # "info" | "warning"
-    kind = "log"
+    level: Level = Level.INFO
+    kind = "notice"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Error(Event):
-    """Training cannot continue (non-finite loss, failed save). The last good checkpoint stays."""
+    """Something failed (non-finite loss, failed save). The weights and last checkpoint are intact."""
     step: int
     message: str
     kind = "error"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Finished(Event):
     step: int
-    reason: str  # "completed", "stopped", "error"
+    reason: FinishReason
+    checkpoint: str | None   # the newest checkpoint of the run (None: nothing saved)
+    lost_steps: int = 0      # steps done after that checkpoint (lost unless saved later)
     kind = "finished"
+
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in (
+    Compiling, RunStarted, TrainStep, Validation, Sample, CheckpointSaved, Paused, Resumed, Notice, Error,
+    Finished)}
+"""metrics.jsonl "type" -> event class."""
+
+
+def event_from_json(record: dict) -> Event | None:
+    """The event a metrics.jsonl record was written from (None for an unknown or malformed record)."""
+    cls = EVENT_TYPES.get(record.get("type")) if isinstance(record, dict) else None
+    if cls is None:
+        return None
+    try:
+        return cls(**{k: v for k, v in record.items() if k != "type"})
+    except TypeError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------
 # Commands: any thread -> trainer (read between steps)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Command:
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Pause(Command):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Resume(Command):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SampleNow(Command):
     prompt: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SaveNow(Command):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stop(Command):
     """Finish the current step, save a checkpoint (unless save=False) and return."""
     save: bool = True
-    reason: str = "stopped"
+    reason: FinishReason = FinishReason.STOPPED

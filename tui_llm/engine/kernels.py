@@ -433,6 +433,18 @@ def sum_of_squares(x):
     return partial.sum()
 
 
+@njit(**PJIT)
+def accumulate(acc, x):
+    """acc += x over flat float32 buffers (gradient accumulation across micro-batches)."""
+    n = acc.shape[0]
+    nchunks = (n + CHUNK - 1) // CHUNK
+    for ci in prange(nchunks):
+        a = acc[ci * CHUNK:min(ci * CHUNK + CHUNK, n)]
+        b = x[ci * CHUNK:min(ci * CHUNK + CHUNK, n)]
+        for i in range(a.shape[0]):
+            a[i] += b[i]
+
+
 @njit(inline="always", **JIT)
 def adamw_segment(p, g, m, v, lr, beta1, beta2, eps, wd, inv_b1c, inv_b2c, grad_scale):
     one = np.float32(1.0)
@@ -525,7 +537,7 @@ def compile_kernels(progress=None) -> None:
         ("softmax / cross-entropy", lambda: (
             softmax_crossentropy(a2, np.zeros(2, f32), np.zeros(2, np.int32), 5, f32(0.5), True),
             softmax_rows(a2, a2, 5, f32(1.0)))),
-        ("adamw", lambda: (sum_of_squares(a1), adamw_update(a1, a1, a1.copy(), a1.copy(), ranges, ranges,
+        ("adamw", lambda: (sum_of_squares(a1), accumulate(a1.copy(), a1), adamw_update(a1, a1, a1.copy(), a1.copy(), ranges, ranges,
                                                              1e-4, 0.9, 0.999, 1e-8, 0.0, 1, 1.0))),
     ]
     for i, (name, call) in enumerate(calls):

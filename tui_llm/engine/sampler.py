@@ -24,15 +24,15 @@ from tui_llm.engine.tokenizer import token_pieces
 class SampleResult:
     prompt: str
     prompt_ids: list[int]
-    ids: list[int]                       # generated tokens only
+    token_ids: list[int]                 # generated tokens only
     text: str                            # decoded generated text
-    pieces: list[str] = field(default_factory=list)   # text of each token ("" mid-character), joins to text
-    probs: list[float] = field(default_factory=list)  # probability each token was drawn with
+    token_texts: list[str] = field(default_factory=list)   # text of each token ("" mid-character), joins to text
+    token_probs: list[float] = field(default_factory=list)  # probability each token was drawn with
     seconds: float = 0.0
 
     @property
-    def tokens_per_second(self) -> float:
-        return len(self.ids) / self.seconds if self.seconds > 0 else 0.0
+    def tok_per_s(self) -> float:
+        return len(self.token_ids) / self.seconds if self.seconds > 0 else 0.0
 
 
 def choose_token(logits_row: np.ndarray, vocab_size: int, temperature: float, top_k: int,

@@ -1,24 +1,23 @@
-"""The training loop, shared by the headless command and the Textual UI.
+"""The training loop, shared by the headless command, the Textual UI and notebooks.
 
-    trainer = Trainer(RunConfig(...))      # loads data and weights; raises on bad input
+    trainer = Trainer(RunConfig(train_file=..., steps=100))   # loads data and weights; raises on bad input
     trainer.run(emit)                      # blocking; emit(event) for every event in events.py
-    trainer.send(Pause())                  # from any thread; read between steps
+    trainer.send(Pause())                  # from any thread; applied between steps
+    trainer = Trainer.resume("runs/x", steps=200)             # continue a saved run exactly
 
-Inside step k, in llm.c's train_gpt2.c order: validation if due, a sample if due (k > 0),
-then the training step on the next batch. Everything a run needs to continue exactly where it
-stopped (weights, AdamW moments, step, loader position, sampling RNG, config, metrics) goes
-into its checkpoints, each written to a temporary file and renamed into place.
+Step k (0-based; k steps are done) runs in llm.c's train_gpt2.c order: validation if due,
+a sample if due (k > 0), then the training step. After the last step a final validation and
+sample evaluate the final weights (train_gpt2.cu's order). A step may accumulate gradients over
+several micro-batches (`total_batch_size`). Everything a run needs to continue exactly (weights,
+AdamW moments, step, loader position, sampling RNG, where the history stood) goes into its
+checkpoints; the history itself is the run directory's metrics.jsonl.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import queue
-import re
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -26,146 +25,70 @@ import numpy as np
 
 from tui_llm.engine import events as ev
 from tui_llm.engine import kernels
-from tui_llm.engine.checkpoint import (CheckpointError, atomic_write, load_model_weights,
-                                       load_training_checkpoint, save_training_checkpoint)
+from tui_llm.engine.checkpoint import (CheckpointError, load_model_weights, load_training_checkpoint,
+                                       save_training_checkpoint)
 from tui_llm.engine.config import GPTConfig, preset_config
+from tui_llm.engine.control import Control
 from tui_llm.engine.data import DataError, TrainLoader, ValLoader, open_tokens
 from tui_llm.engine.model import GPT
 from tui_llm.engine.optim import AdamW, AdamWConfig, learning_rate
+from tui_llm.engine.run_config import ConfigError, RunConfig, default_val_file
+from tui_llm.engine.run_dir import RunDir, is_run_dir, resolve_checkpoint
 from tui_llm.engine.sampler import Sampler
 from tui_llm.engine.threads import set_threads
 from tui_llm.engine.tokenizer import get_tokenizer
 from tui_llm.engine.torch_init import llmc_random_init
 
-CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d{8})\.safetensors$")
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot work (one line for the user)."""
-
-
-@dataclass
-class RunConfig:
-    train_file: str = "data/tiny_shakespeare_train.bin"
-    val_file: str | None = None        # None: the sibling *_val.bin of a *_train.bin, if present
-    data_format: str = "auto"           # auto | llmc | int32 | uint16
-    model: str = "d6"                   # preset for a fresh model
-    init_from: str | None = None        # llm.c .bin, Hugging Face dir/name, or our checkpoint
-    layers: int | None = None           # explicit sizes override the preset's
-    heads: int | None = None
-    channels: int | None = None
-    max_seq_len: int = 1024
-    init_style: str = "llmc"            # llmc: torch's generator, as train_gpt2.py; numpy: faster
-    batch_size: int = 4
-    seq_len: int = 64
-    steps: int = 1000
-    lr: float = 1e-4
-    warmup: int = 0
-    lr_schedule: str = "constant"       # constant | cosine
-    final_lr_fraction: float = 0.1      # cosine decays to lr * this
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0              # 0 = no clipping (the norm is reported either way)
-    val_every: int = 25                 # 0 turns validation off
-    val_batches: int = 5
-    sample_every: int = 25              # 0 turns periodic samples off (25: a first sample within a minute)
-    sample_len: int = 64
-    temperature: float = 1.0
-    top_k: int = 0
-    prompt: str = ""
-    save_every: int = 250               # 0 = only on request and at the end
-    keep_checkpoints: int = 2           # older periodic checkpoints are deleted
-    out_dir: str | None = None          # None: runs/<date>-<model>
-    seed: int = 42                      # model init and sampling; the loader uses llm.c's 42
-    threads: int = 0                    # 0 = all cores
-    shuffle: bool = True
-    pause_on_error: bool = False        # the UI pauses on an error; headless runs stop
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+__all__ = ["Trainer", "RunConfig", "ConfigError", "TrainingError"]
 
 
 class TrainingError(RuntimeError):
-    pass
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)))
-    return found[-1][1] if found else None
-
-
-def resolve_resume(path: str) -> Path:
-    """A run directory (its newest checkpoint) or a checkpoint file."""
-    p = Path(path)
-    if p.is_dir():
-        ckpt = latest_checkpoint(p)
-        if ckpt is None:
-            raise CheckpointError(p, "no checkpoint (ckpt_*.safetensors) in this run directory")
-        return ckpt
-    if not p.exists():
-        raise CheckpointError(p, "no such file or directory")
-    return p
-
-
-def load_resume_state(path: str) -> tuple[RunConfig, dict, dict]:
-    """(saved run config, arrays, meta) of a training checkpoint."""
-    ckpt = resolve_resume(path)
-    arrays, meta = load_training_checkpoint(ckpt)
-    for key in ("params", "adam_m", "adam_v"):
-        if key not in arrays:
-            raise CheckpointError(ckpt, f"not a resumable training checkpoint (no {key})")
-    for key in ("step", "run_config", "model_config", "loader"):
-        if key not in meta:
-            raise CheckpointError(ckpt, f"not a resumable training checkpoint (no {key} in its metadata)")
-    meta["path"] = str(ckpt)
-    return RunConfig.from_dict(meta["run_config"]), arrays, meta
-
-
-def default_val_file(train_file: str) -> str | None:
-    p = Path(train_file)
-    if p.name.endswith("_train.bin"):
-        sibling = p.with_name(p.name[: -len("_train.bin")] + "_val.bin")
-        if sibling.is_file():
-            return str(sibling)
-    return None
+    """The step cannot go on (non-finite loss or gradient); the weights were not updated."""
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, resume: tuple[dict, dict] | None = None):
-        """Load the model and data now, so bad input fails before any UI starts.
-
-        resume: (arrays, meta) from load_resume_state, to continue a saved run.
-        """
-        self.config = c = config
-        self.commands: queue.Queue[ev.Command] = queue.Queue()
-        self._check_numbers()
+    def __init__(self, config: RunConfig, *, _resume: tuple[dict, dict] | None = None):
+        """Load the model and data and claim the run directory now, so bad input fails before
+        anything starts. The caller's config is not modified (see `self.config`)."""
+        config.validate()
+        c = self.config = replace(config)
+        self.control = Control()
 
         # model
-        if resume is not None:
-            arrays, meta = resume
-            model_cfg = GPTConfig(**meta["model_config"])
-            self.model = GPT(model_cfg, arrays["params"])
-            self.model_desc = meta.get("model_desc", "checkpoint")
+        if _resume is not None:
+            arrays, meta = _resume
+            self.model = GPT(_model_config(meta), arrays["params"])
+            self.model_name = str(meta.get("model_name", "checkpoint"))
         elif c.init_from:
-            model_cfg, flat, desc = load_model_weights(c.init_from)
+            source = c.init_from
+            if Path(source).is_dir() and is_run_dir(Path(source)):
+                source = str(resolve_checkpoint(source))
+            model_cfg, flat, self.model_name = load_model_weights(source)
             self.model = GPT(model_cfg, flat)
-            self.model_desc = desc
         else:
             model_cfg = self._fresh_model_config()
             if c.init_style == "llmc":  # bit-identical to llm.c's train_gpt2.py --model dN init
                 self.model = GPT(model_cfg, llmc_random_init(model_cfg, seed=c.seed))
             else:
                 self.model = GPT.random_init(model_cfg, seed=c.seed)
-            self.model_desc = c.model if c.layers is None and c.channels is None and c.heads is None else "custom"
+            self.model_name = c.model if c.layers is None and c.channels is None and c.heads is None else "custom"
         mc = self.model.config
         if c.seq_len > mc.max_seq_len:
-            raise ConfigError(f"--seq-len {c.seq_len} is larger than the model's maximum sequence length {mc.max_seq_len}")
+            raise ConfigError("seq_len", f"{c.seq_len} is larger than the model's maximum sequence length {mc.max_seq_len}")
 
-        # data
+        # data (paths made absolute, so a resume works from any directory)
+        c.train_file = str(Path(c.train_file).absolute())
         if not Path(c.train_file).exists():
             raise DataError(f"{c.train_file}: no such file")
+        c.val_file = c.val_file and str(Path(c.val_file).absolute())
         self.train_tokens = open_tokens(c.train_file, c.data_format, vocab_size=mc.vocab_size)
+        tokens_per_micro = c.batch_size * c.seq_len
+        total = c.total_batch_size or tokens_per_micro
+        if total % tokens_per_micro:
+            raise ConfigError("total_batch_size", f"{total} is not a multiple of batch_size * seq_len = "
+                                                  f"{c.batch_size} * {c.seq_len} = {tokens_per_micro}")
+        self.grad_accum = total // tokens_per_micro
+        self.tokens_per_step = total
         self.loader = TrainLoader(self.train_tokens, c.batch_size, c.seq_len, shuffle=c.shuffle, seed=42)
         val_file = c.val_file or default_val_file(c.train_file)
         self.val_tokens = self.val_loader = None
@@ -176,50 +99,77 @@ class Trainer:
 
         # optimizer, sampling RNG, run state
         self.optimizer = AdamW(self.model, AdamWConfig(lr=c.lr, weight_decay=c.weight_decay, grad_clip=c.grad_clip))
+        self.grad_sum = np.zeros(self.model.num_parameters, np.float32) if self.grad_accum > 1 else None
         self.sample_rng = np.random.default_rng(c.seed)
         self.step = 0
-        self.metrics: list[dict] = []
+        self.elapsed_s = 0.0        # training time, continued across resumes
+        self.tokens = 0             # tokens trained on
         self.last_saved_step = -1
-        if resume is not None:
-            arrays, meta = resume
-            self.optimizer.m[:] = arrays["adam_m"]
-            self.optimizer.v[:] = arrays["adam_v"]
-            self.step = self.optimizer.step = int(meta["step"])
-            self.loader.load_state_dict(meta["loader"])
-            if "sample_rng" in meta:
-                self.sample_rng.bit_generator.state = meta["sample_rng"]
-            self.metrics = list(meta.get("metrics", []))
-            self.last_saved_step = self.step
-        if c.steps < self.step:
-            raise ConfigError(f"--steps {c.steps} is less than the {self.step} steps this run has already done")
+        self.last_checkpoint: Path | None = None
+        self.history_bytes = 0      # how much of metrics.jsonl to keep when opening it
+        if _resume is not None:
+            self._restore(*_resume)
+        if c.steps <= self.step and _resume is not None:
+            raise ConfigError("steps", f"{c.steps}: this run has already done {self.step} steps; "
+                                       f"give a larger total to continue it")
 
-        self.run_dir = Path(c.out_dir) if c.out_dir else Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{self.model_desc_short()}"
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise ConfigError(f"--out-dir {self.run_dir}: exists and is not a directory")
-        c.out_dir = str(self.run_dir)
+        # run directory: a fresh run needs a new or empty one; a resume continues its checkpoint's
+        if _resume is None:
+            c.out_dir = str(Path(c.out_dir).absolute()) if c.out_dir else \
+                str(Path("runs").absolute() / f"{datetime.now():%Y%m%d-%H%M%S}-{self._short_name()}")
+        self.run_dir = RunDir(c.out_dir)
+        if _resume is None:
+            self.run_dir.create()
+        self.run_dir.lock()
         self.encoding = get_tokenizer()
         self.sampler: Sampler | None = None
-        self.paused = False
-        self._stop: ev.Stop | None = None
         self._emit = None
-        self._metrics_file = None
+        self._history_error: OSError | None = None
+        self._history_opened = False
 
-    def _check_numbers(self):
-        c = self.config
-        for name in ("batch_size", "seq_len", "val_batches", "max_seq_len"):
-            if getattr(c, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(c, name)}")
-        for name in ("steps", "val_every", "sample_every", "save_every", "warmup", "sample_len", "top_k", "threads"):
-            if getattr(c, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(c, name)}")
-        if c.lr <= 0 or not math.isfinite(c.lr):
-            raise ConfigError(f"--lr must be a positive number, got {c.lr}")
-        if c.lr_schedule not in ("constant", "cosine"):
-            raise ConfigError(f"--lr-schedule must be constant or cosine, got {c.lr_schedule!r}")
-        if c.init_style not in ("llmc", "numpy"):
-            raise ConfigError(f"--init-style must be llmc or numpy, got {c.init_style!r}")
-        if c.temperature < 0:
-            raise ConfigError(f"--temperature must not be negative, got {c.temperature}")
+    @classmethod
+    def resume(cls, path, **overrides) -> "Trainer":
+        """Continue the run saved at `path` (a run directory: its newest checkpoint; or a checkpoint
+        file). `overrides` may change run settings (steps, lr, cadences, ...) but not the model or
+        the data (ConfigError names the field)."""
+        checkpoint = resolve_checkpoint(path)
+        arrays, meta = load_training_checkpoint(checkpoint)
+        for key in ("params", "adam_m", "adam_v"):
+            if key not in arrays:
+                raise CheckpointError(checkpoint, f"not a resumable training checkpoint (no {key})")
+        if not isinstance(meta.get("run_config"), dict):
+            raise CheckpointError(checkpoint, "not a resumable training checkpoint (no run_config in its metadata)")
+        try:
+            saved = RunConfig.from_dict(meta["run_config"])
+        except ConfigError as e:
+            raise CheckpointError(checkpoint, str(e)) from None
+        saved.out_dir = str(checkpoint.parent.absolute())
+        meta["path"] = str(checkpoint.absolute())
+        return cls(saved.resumed_with(overrides), _resume=(arrays, meta))
+
+    def _restore(self, arrays: dict, meta: dict) -> None:
+        """Optimizer, step, loader, RNG and history position from a checkpoint (each value checked)."""
+        path = meta["path"]
+        n = self.model.num_parameters
+        for key in ("adam_m", "adam_v"):
+            if arrays[key].dtype != np.float32 or arrays[key].shape != (n,):
+                raise CheckpointError(path, f"{key} is {arrays[key].dtype} {arrays[key].shape}, expected float32 ({n},)")
+        step = _meta_int(meta, "step", path)
+        self.optimizer.m[:] = arrays["adam_m"]
+        self.optimizer.v[:] = arrays["adam_v"]
+        self.step = self.optimizer.step = self.last_saved_step = step
+        try:
+            self.loader.load_state_dict(meta["loader"])
+        except (DataError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(path, f"bad loader state: {e}") from None
+        try:
+            self.sample_rng.bit_generator.state = meta["sample_rng"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(path, f"bad sample_rng state: {e}") from None
+        self.elapsed_s = float(meta.get("elapsed_s", 0.0)) if isinstance(meta.get("elapsed_s", 0.0), (int, float)) else 0.0
+        self.tokens = int(meta["tokens"]) if isinstance(meta.get("tokens"), int) else step * self.tokens_per_step
+        self.history_bytes = _meta_int(meta, "history_bytes", path) if "history_bytes" in meta else None
+        self.last_checkpoint = Path(path)
 
     def _fresh_model_config(self) -> GPTConfig:
         c = self.config
@@ -229,117 +179,145 @@ class Trainer:
                              num_layers=c.layers or base.num_layers, num_heads=c.heads or base.num_heads,
                              channels=c.channels or base.channels)
         except ValueError as e:
-            raise ConfigError(str(e)) from None
+            raise ConfigError("model", str(e)) from None
 
-    def model_desc_short(self) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.model_desc).name)[:40] or "model"
+    def _short_name(self) -> str:
+        import re
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.model_name).name)[:40] or "model"
 
     # -------------------------------------------------------------------------------------
     # commands (any thread)
 
     def send(self, command: ev.Command) -> None:
-        self.commands.put(command)
+        self.control.send(command)
 
-    def _handle_commands(self, block: bool = False) -> None:
-        """Apply queued commands. While paused, wait here (still serving sample/save/stop)."""
-        while True:
-            try:
-                cmd = self.commands.get(timeout=0.1) if (block or self.paused) else self.commands.get_nowait()
-            except queue.Empty:
-                if self.paused and self._stop is None:
-                    continue
-                return
-            if isinstance(cmd, ev.Pause) and not self.paused:
-                self.paused = True
-                self._emit(ev.Paused(self.step))
-            elif isinstance(cmd, ev.Resume) and self.paused:
-                self.paused = False
-                self._emit(ev.Resumed(self.step))
-            elif isinstance(cmd, ev.SampleNow):
-                self._sample(cmd.prompt or self.config.prompt)
-            elif isinstance(cmd, ev.SaveNow):
-                self._save("request")
-            elif isinstance(cmd, ev.Stop):
-                self._stop = cmd
-                self.paused = False
-                return
+    def _serve_commands(self) -> None:
+        self.control.serve(self._on_command, lambda: self.step, self._emit)
+
+    def _on_command(self, cmd: ev.Command) -> None:
+        if isinstance(cmd, ev.SampleNow):
+            self._sample(cmd.prompt or self.config.prompt)
+        elif isinstance(cmd, ev.SaveNow):
+            self._save(ev.SaveReason.REQUEST)
 
     # -------------------------------------------------------------------------------------
     # the loop
 
-    def run(self, emit) -> str:
-        """Train until done or stopped. Returns the finish reason: completed, stopped, error."""
-        self._open_metrics()
+    def run(self, emit, on_error: str = "stop") -> ev.FinishReason:
+        """Train until done or stopped; returns why it finished.
+
+        on_error: "stop" ends the run on a non-finite loss or a failed save (headless);
+        "pause" pauses it so a person can decide (the UI).
+        """
+        if on_error not in ("stop", "pause"):
+            raise ValueError(f"on_error must be 'stop' or 'pause', got {on_error!r}")
+        self._on_error = on_error
         self._emit = lambda event: self._record(event, emit)
         c = self.config
+        reason = ev.FinishReason.ERROR
         try:
             set_threads(c.threads)
-            kernels.compile_kernels(lambda done, total, name: emit(ev.Compiling(done, total, name)))
+            kernels.compile_kernels(lambda done, total, name: emit(ev.Compiling(done=done, total=total, name=name)))
+            self._open_history()
+            self.run_dir.write_config({"run_config": c.to_dict(), "model_config": self.model.config.to_dict(),
+                                       "model_name": self.model_name, "num_params": self.model.num_parameters})
             self._emit(self._run_started())
-            self._write_config()
             reason = self._loop()
         except Exception as e:  # anything unexpected still reaches the consumer as one event
-            self._emit(ev.Error(self.step, f"{type(e).__name__}: {e}"))
-            reason = "error"
-        self._emit(ev.Finished(self.step, reason))
-        if self._metrics_file:
-            self._metrics_file.close()
+            self._emit(ev.Error(step=self.step, message=f"{type(e).__name__}: {e}"))
+            reason = ev.FinishReason.ERROR
+        lost = self.step - max(self.last_saved_step, 0) if self.step > 0 else 0
+        self._emit(ev.Finished(step=self.step, reason=reason, lost_steps=lost,
+                               checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None))
+        if self.step == 0 and self.last_checkpoint is None:
+            self.run_dir.discard()  # quit before the first step: leave nothing behind
+        self.run_dir.close()
         return reason
 
-    def _loop(self) -> str:
+    def _loop(self) -> ev.FinishReason:
         c = self.config
         while self.step < c.steps:
-            self._handle_commands()
-            if self._stop is not None:
+            self._serve_commands()
+            if self.control.stop is not None:
                 break
             k = self.step
-            if self.val_loader and c.val_every and (k % c.val_every == 0 or k == c.steps - 1):
+            if self.val_loader and c.val_every and k % c.val_every == 0:
                 self._validate()
-            if c.sample_every and k > 0 and (k % c.sample_every == 0 or k == c.steps - 1):
+            if c.sample_every and k > 0 and k % c.sample_every == 0:
                 self._sample(c.prompt)
             try:
                 self._train_step()
             except TrainingError as e:
-                self._emit(ev.Error(self.step, str(e)))
-                if not c.pause_on_error:
-                    return "error"
-                self.paused = True
-                self._emit(ev.Paused(self.step))
+                self._emit(ev.Error(step=self.step, message=str(e)))
+                if self._on_error == "stop":
+                    return self._finish(ev.FinishReason.ERROR)
+                self.control.pause(self.step, self._emit)
                 continue
+            if self._history_error is not None:
+                self._emit(ev.Error(step=self.step, message=f"cannot write {self.run_dir.metrics_path}: "
+                                                            f"{self._history_error.strerror or self._history_error}"))
+                return self._finish(ev.FinishReason.ERROR)
             if c.save_every and self.step % c.save_every == 0 and self.step < c.steps:
-                self._save("periodic")
-        stop = self._stop
-        if stop is None or stop.save:
-            self._save("final" if stop is None else stop.reason)
-        return "completed" if stop is None else stop.reason
+                self._save(ev.SaveReason.PERIODIC)
+        stop = self.control.stop
+        if stop is None:  # completed: evaluate the final weights
+            if self.val_loader and c.val_every:
+                self._validate()
+            if c.sample_every:
+                self._sample(c.prompt)
+            return self._finish(ev.FinishReason.COMPLETED)
+        if not stop.save:
+            return ev.FinishReason(stop.reason)
+        return self._finish(ev.FinishReason(stop.reason))
+
+    def _finish(self, reason: ev.FinishReason) -> ev.FinishReason:
+        """The final save; a run that could not save its final state finished in error."""
+        if self._save(ev.SaveReason.FINAL) is False:
+            return ev.FinishReason.ERROR
+        return reason
 
     def _train_step(self) -> None:
         c, model, opt = self.config, self.model, self.optimizer
         t0 = time.perf_counter()
-        x, y = self.loader.next_batch()
-        t1 = time.perf_counter()
-        loss = model.forward(x, y, training=True)
-        t2 = time.perf_counter()
-        if not math.isfinite(loss):
-            raise TrainingError(f"non-finite loss ({loss}) at step {self.step}: weights not updated")
-        model.backward()
+        fwd_s = bwd_s = 0.0
+        loss_sum = 0.0
+        for micro in range(self.grad_accum):
+            x, y = self.loader.next_batch()
+            t1 = time.perf_counter()
+            loss = model.forward(x, y, training=True)
+            t2 = time.perf_counter()
+            if not math.isfinite(loss):
+                raise TrainingError(f"non-finite loss ({loss}) at step {self.step + 1}: weights not updated")
+            model.backward()
+            if self.grad_sum is not None:
+                if micro == 0:
+                    self.grad_sum[:] = model.grads.flat
+                else:
+                    kernels.accumulate(self.grad_sum, model.grads.flat)
+            t3 = time.perf_counter()
+            fwd_s, bwd_s, loss_sum = fwd_s + t2 - t1, bwd_s + t3 - t2, loss_sum + loss
         t3 = time.perf_counter()
+        if self.grad_sum is not None:  # the mean gradient of the whole batch
+            np.multiply(self.grad_sum, np.float32(1.0 / self.grad_accum), out=model.grads.flat)
+        loss = loss_sum / self.grad_accum
         grad_norm = opt.grad_norm()
         if not math.isfinite(grad_norm):
-            raise TrainingError(f"non-finite gradient norm ({grad_norm}) at step {self.step}: weights not updated")
+            raise TrainingError(f"non-finite gradient norm ({grad_norm}) at step {self.step + 1}: weights not updated")
         lr = learning_rate(self.step, c.lr, c.steps, c.lr_schedule, c.warmup, c.final_lr_fraction)
         opt.update(lr, grad_norm)
         t4 = time.perf_counter()
         step_s = t4 - t0
         self.step += 1
-        self._emit(ev.StepDone(
-            step=self.step - 1, loss=loss, fwd_ms=(t2 - t1) * 1e3, bwd_ms=(t3 - t2) * 1e3, opt_ms=(t4 - t3) * 1e3,
-            step_ms=step_s * 1e3, tok_per_s=c.batch_size * c.seq_len / step_s, lr=lr, grad_norm=grad_norm,
-            epoch=self.loader.epoch))
+        self.elapsed_s += step_s
+        self.tokens += self.tokens_per_step
+        self._emit(ev.TrainStep(
+            step=self.step, loss=loss, fwd_ms=fwd_s * 1e3, bwd_ms=bwd_s * 1e3, opt_ms=(t4 - t3) * 1e3,
+            step_ms=step_s * 1e3, tok_per_s=self.tokens_per_step / step_s, lr=lr, grad_norm=grad_norm,
+            epoch=self.loader.epoch, tokens=self.tokens, elapsed_s=round(self.elapsed_s, 3)))
 
     def _validate(self) -> None:
         losses = [self.model.forward(x, y) for x, y in self.val_loader.batches(self.config.val_batches)]
-        self._emit(ev.Validation(self.step, float(np.mean(losses))))
+        self._emit(ev.Validation(step=self.step, loss=float(np.mean(losses))))
 
     def _sample(self, prompt: str) -> None:
         c = self.config
@@ -347,86 +325,138 @@ class Trainer:
             self.sampler = Sampler(self.model, self.encoding)
         result = self.sampler.generate(prompt, c.sample_len, temperature=c.temperature, top_k=c.top_k,
                                        rng=self.sample_rng)
-        self._emit(ev.Sample(self.step, prompt, result.text, result.ids, result.pieces,
-                             [round(p, 5) for p in result.probs], result.tokens_per_second))
+        self._emit(ev.Sample(step=self.step, prompt=prompt, text=result.text, token_ids=result.token_ids,
+                             token_texts=result.token_texts, token_probs=[round(p, 5) for p in result.token_probs],
+                             tok_per_s=result.tok_per_s))
+
+    def sample(self, prompt: str = "", **settings) -> ev.Sample:
+        """Sample from the current weights (the model stays loaded after a run finishes)."""
+        events = []
+        emit, self._emit = self._emit, events.append
+        try:
+            self._sample(prompt)
+        finally:
+            self._emit = emit
+        return events[0]
 
     # -------------------------------------------------------------------------------------
-    # checkpoints, config.json, metrics.jsonl
+    # checkpoints and history
 
-    def checkpoint_path(self, step: int) -> Path:
-        return self.run_dir / f"ckpt_{step:08d}.safetensors"
-
-    def _save(self, reason: str) -> None:
+    def _save(self, reason: ev.SaveReason) -> bool | None:
+        """Write a checkpoint of the current step. False: it failed (the previous one is intact);
+        None: nothing new to save."""
         if self.step == self.last_saved_step:
-            if reason == "request":
-                self._emit(ev.Message(f"checkpoint for step {self.step} already saved"))
-            return
-        path = self.checkpoint_path(self.step)
+            if reason == ev.SaveReason.REQUEST:
+                self._emit(ev.Notice(step=self.step, text=f"checkpoint for step {self.step} already saved"))
+            return None
+        path = self.run_dir.checkpoint_path(self.step)
         t0 = time.perf_counter()
-        meta = {
-            "step": self.step,
-            "run_config": asdict(self.config),
-            "model_config": self.model.config.to_dict(),
-            "model_desc": self.model_desc,
-            "loader": self.loader.state_dict(),
-            "sample_rng": self.sample_rng.bit_generator.state,
-            "metrics": [m for m in self.metrics if m["type"] in ("train", "val")],
-        }
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for name, buf in (("weights", self.model.params.flat), ("AdamW m", self.optimizer.m),
+                              ("AdamW v", self.optimizer.v)):
+                if not math.isfinite(kernels.sum_of_squares(buf)):
+                    raise TrainingError(f"not saving step {self.step}: the {name} are not finite")
+            self.run_dir.sync_metrics()
+            meta = {
+                "step": self.step,
+                "run_config": self.config.to_dict(),
+                "model_config": self.model.config.to_dict(),
+                "model_name": self.model_name,
+                "loader": self.loader.state_dict(),
+                "sample_rng": self.sample_rng.bit_generator.state,
+                "history_bytes": self.run_dir.metrics_size(),
+                "elapsed_s": self.elapsed_s,
+                "tokens": self.tokens,
+            }
             save_training_checkpoint(path, {"params": self.model.params.flat, "adam_m": self.optimizer.m,
                                             "adam_v": self.optimizer.v}, meta)
-        except (OSError, CheckpointError) as e:
-            self._emit(ev.Error(self.step, f"saving {path} failed: {e}; the previous checkpoint is intact"))
-            if self.config.pause_on_error and self._stop is None:
-                self.paused = True
-                self._emit(ev.Paused(self.step))
-            return
+        except (OSError, CheckpointError, TrainingError) as e:
+            msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            self._emit(ev.Error(step=self.step, message=f"saving {path} failed: {msg}; the previous checkpoint is intact"))
+            if self._on_error == "pause" and self.control.stop is None and reason != ev.SaveReason.FINAL:
+                self.control.pause(self.step, self._emit)
+            return False
         self.last_saved_step = self.step
-        self._emit(ev.CheckpointSaved(self.step, str(path), time.perf_counter() - t0, reason))
-        self._prune_checkpoints(keep_also=path)
+        self.last_checkpoint = path
+        self._emit(ev.CheckpointSaved(step=self.step, path=str(path), seconds=time.perf_counter() - t0, reason=reason))
+        self.run_dir.prune(self.config.keep_checkpoints, protect=path)
+        return True
 
-    def _prune_checkpoints(self, keep_also: Path) -> None:
-        keep = self.config.keep_checkpoints
-        if keep <= 0:
-            return
-        found = sorted(p for p in self.run_dir.iterdir() if CHECKPOINT_PATTERN.match(p.name))
-        for old in found[:-keep]:
-            if old != keep_also:
-                old.unlink(missing_ok=True)
+    def _history_keep(self) -> int:
+        """How many bytes of metrics.jsonl belong to this run's past: on resume, up to where the
+        checkpoint's history stood (plus that checkpoint's own record); a fresh run has none."""
+        if self.step == 0:
+            return 0
+        if self.history_bytes is None:  # a checkpoint from before history offsets: keep the records up to its step
+            return _bytes_up_to_step(self.run_dir.metrics_path, self.step)
+        return self.run_dir.history_end(self.history_bytes, self.last_checkpoint)
 
-    def _write_config(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.run_dir / "config.json", "w") as f:
-            json.dump({"run": asdict(self.config), "model": self.model.config.to_dict(),
-                       "model_desc": self.model_desc, "num_parameters": self.model.num_parameters},
-                      f, indent=2)
+    def _open_history(self) -> None:
+        """metrics.jsonl: cut back to this run's past, then appended to."""
+        self.run_dir.open_metrics(self._history_keep())
+        self._history_opened = True
 
-    def _open_metrics(self) -> None:
-        """metrics.jsonl: on resume, rewritten from the checkpoint's metrics, then appended to."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / "metrics.jsonl"
-        if self.step > 0:
-            with atomic_write(path, "w") as f:
-                for m in self.metrics:
-                    f.write(json.dumps(m) + "\n")
-        elif path.exists():
-            path.unlink()
-        self._metrics_file = open(path, "a", buffering=1)
+    def history(self) -> list[dict]:
+        """The run's records so far: before run() what a resume continues from (the UI shows it)."""
+        if not self._history_opened:
+            return self.run_dir.read_metrics(self._history_keep())
+        return self.run_dir.read_metrics()
 
     def _record(self, event: ev.Event, emit) -> None:
-        record = event.to_json()
-        if event.kind in ("train", "val"):
-            self.metrics.append(record)
-        if self._metrics_file is not None and event.kind != "compiling":
-            self._metrics_file.write(json.dumps(record) + "\n")
+        if event.kind != "compiling" and self.run_dir._metrics_fd is not None and self._history_error is None:
+            try:
+                self.run_dir.append(event.to_json())
+            except OSError as e:
+                self._history_error = e
         emit(event)
 
     def _run_started(self) -> ev.RunStarted:
         c, m = self.config, self.model
         return ev.RunStarted(
-            run_dir=str(self.run_dir), model=self.model_desc, config=asdict(c), model_config=m.config.to_dict(),
-            num_params=m.num_parameters, param_bytes=4 * 4 * m.num_parameters,
+            run_dir=str(self.run_dir.path), model_name=self.model_name, run_config=c.to_dict(),
+            model_config=m.config.to_dict(), num_params=m.num_parameters, memory_bytes=4 * 4 * m.num_parameters,
             train_file=str(c.train_file), train_tokens=self.train_tokens.num_tokens,
             val_file=self.val_file, val_tokens=self.val_tokens.num_tokens if self.val_tokens else 0,
-            batches_per_epoch=self.loader.num_samples, start_step=self.step, total_steps=c.steps)
+            batches_per_epoch=self.loader.num_samples, tokens_per_step=self.tokens_per_step, world_size=1,
+            step=self.step, steps=c.steps, elapsed_s=self.elapsed_s)
+
+
+def _model_config(meta: dict) -> GPTConfig:
+    path = meta["path"]
+    mc = meta.get("model_config")
+    if not isinstance(mc, dict):
+        raise CheckpointError(path, "not a resumable training checkpoint (no model_config in its metadata)")
+    try:
+        return GPTConfig(**mc)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(path, f"bad model_config: {e}") from None
+
+
+def _meta_int(meta: dict, key: str, path) -> int:
+    v = meta.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**62:
+        raise CheckpointError(path, f"bad {key} in the checkpoint's metadata: {v!r}")
+    return v
+
+
+def _bytes_up_to_step(metrics_path: Path, step: int) -> int:
+    """Byte length of the records of an old run's metrics.jsonl up to `step` (old train records
+    count from 0, so one with step >= `step` was done after the checkpoint)."""
+    import json
+    end = 0
+    try:
+        with open(metrics_path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    break
+                s = record.get("step") if isinstance(record, dict) else None
+                if isinstance(s, int) and (s > step or (record.get("type") == "train" and s >= step)):
+                    break
+                end += len(line)
+    except OSError:
+        return 0
+    return end

@@ -28,7 +28,7 @@ from tui_llm.screens.timings import HISTORY, TimingsPanel
 TICK_SECONDS = 1.0
 """Time between two repaints of the step panels."""
 
-REPLAYED = {cls.kind: cls for cls in (ev.StepDone, ev.Sample, ev.CheckpointSaved)}
+REPLAYED = {cls.kind: cls for cls in (ev.TrainStep, ev.Sample, ev.CheckpointSaved, ev.Validation, ev.Notice, ev.Error)}
 """The metrics.jsonl records rebuilt into events when an earlier run's history is shown."""
 FIELDS = {kind: {f.name for f in dataclasses.fields(cls)} for kind, cls in REPLAYED.items()}
 
@@ -139,11 +139,11 @@ class DashboardScreen(Screen):
                 self.status_bar.compile_note = f"{done}/{total} {name}  "
             case ev.RunStarted():
                 self.remove_compile_panel()
-                self.loss_plot.drop_from(event.start_step)
+                self.loss_plot.drop_from(event.step)
                 self.status_bar.show_start(event)
-                resumed = f" (resuming at step {event.start_step:,})" if event.start_step else ""
+                resumed = f" (resuming at step {event.step:,})" if event.step else ""
                 self.event_log.add(f"run started{resumed}: {event.run_dir}")
-            case ev.StepDone():
+            case ev.TrainStep():
                 self.loss_plot.add_train(event.step, event.loss)
                 self.timings.record(event)
                 self.status_bar.record_step(event)
@@ -163,7 +163,7 @@ class DashboardScreen(Screen):
                 self.event_log.add(f"paused at step {step:,}")
             case ev.Resumed(step=step):
                 self.event_log.add(f"resumed at step {step:,}")
-            case ev.Message(text=text, level=level):
+            case ev.Notice(text=text, level=level):
                 self.event_log.add(text, level)
             case ev.Error(step=step, message=message):
                 self.event_log.add(f"step {step:,}: ERROR {message}", "error")

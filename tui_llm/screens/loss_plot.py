@@ -102,8 +102,9 @@ class LossPlot(Widget):
             self._stale = True
 
     def drop_from(self, step: int) -> None:
-        """Forget points at `step` and later (a resumed run computes them again)."""
-        self.train.drop_from(step)
+        """A run resumes with `step` steps done: forget the train losses of later steps and the
+        validations from `step` on (the resumed run computes them again)."""
+        self.train.drop_from(step + 1)
         self.val.drop_from(step)
         self._recompute_ema()
 

@@ -9,7 +9,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from tui_llm.engine.events import RunStarted, StepDone
+from tui_llm.engine.events import RunStarted, TrainStep
 
 STATE_STYLES = {
     "starting": "bold",
@@ -57,11 +57,11 @@ class StatusBar(Widget):
         super().__init__(id=id)
         self.app_title = title
         self.run_info: RunStarted | None = None
-        self.last: StepDone | None = None
+        self.last: TrainStep | None = None
         self._step_ms_ema: float | None = None
         self._started: float | None = None
         self._stopped: float | None = None
-        self._shown_step: StepDone | None = None
+        self._shown_step: TrainStep | None = None
         self._shown_seconds: int | None = None
 
     def show_start(self, event: RunStarted) -> None:
@@ -70,7 +70,7 @@ class StatusBar(Widget):
         self._started = time.monotonic()
         self.refresh()
 
-    def record_step(self, event: StepDone) -> None:
+    def record_step(self, event: TrainStep) -> None:
         """A step finished (shown at the next `tick`)."""
         self.last = event
         ema = self._step_ms_ema
@@ -94,7 +94,7 @@ class StatusBar(Widget):
         top = Text.assemble((self.app_title, "bold"))
         if self.run_info is not None:
             run = self.run_info
-            top.append(f"  {run.model}", "bold")
+            top.append(f"  {run.model_name}", "bold")
             top.append(f" {human_count(run.num_params)} params", "dim")
             top.append(f"  data {Path(run.train_file).name}")
             top.append(f" ({human_count(run.train_tokens)} tok)", "dim")
@@ -104,12 +104,12 @@ class StatusBar(Widget):
         if state == "compiling":
             bottom.append(self.compile_note)
         if self.run_info is not None:
-            step = self.last.step + 1 if self.last else self.run_info.start_step  # steps done
-            total = self.run_info.total_steps
+            step = self.last.step if self.last else self.run_info.step  # steps done
+            total = self.run_info.steps
             bottom.append(f"step {step:,}/{total:,}")
             if self.last is not None:
                 last = self.last
-                bottom.append(f"  ep {last.epoch}  lr {last.lr:.2e}  gnorm {last.grad_norm:.2f}")
+                bottom.append(f"  ep {last.epoch}  lr {last.lr:.2e}  grad_norm {last.grad_norm:.2f}")
             if self._started is not None:
                 now = self._stopped or time.monotonic()
                 bottom.append(f"  {human_duration(now - self._started)}", "dim")

@@ -16,7 +16,7 @@ from rich.style import Style
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tui_llm.engine.events import StepDone
+from tui_llm.engine.events import TrainStep
 from tui_llm.screens.chart import bucket_means
 
 HISTORY = 120
@@ -55,15 +55,15 @@ class TimingsPanel(Widget):
         super().__init__(id=id)
         self.history = {phase: deque(maxlen=HISTORY) for phase in PHASES}
         """Recent milliseconds of each phase."""
-        self.last: StepDone | None = None
+        self.last: TrainStep | None = None
         """The last step recorded."""
-        self._shown: StepDone | None = None
+        self._shown: TrainStep | None = None
         self._strips: list[Strip] = []
 
     def on_mount(self) -> None:
         self.border_title = "step time"
 
-    def record(self, event: StepDone) -> None:
+    def record(self, event: TrainStep) -> None:
         """Add one finished step to the history (shown at the next `tick`)."""
         for phase, ms in zip(PHASES, (event.fwd_ms, event.bwd_ms, event.opt_ms)):
             self.history[phase].append(ms)

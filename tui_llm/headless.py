@@ -1,0 +1,83 @@
+"""What a headless run prints: one line per step, validation, sample and checkpoint.
+
+    step 12/40 | loss 7.1234 | fwd 210 ms | bwd 430 ms | opt 40 ms | 3,900 tok/s | lr 1.00e-04 | grad_norm 1.234
+
+Text that comes from files or users (model names, prompts, samples) is printed with control
+characters escaped, so a crafted checkpoint cannot drive the terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from tui_llm.engine import events as ev
+
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0))}
+_ESCAPES_KEEP_NEWLINES = {k: v for k, v in _ESCAPES.items() if chr(k) not in "\n\t"}
+
+
+def safe_text(text: str, keep_newlines: bool = False) -> str:
+    """`text` with control characters (ESC, CR, BEL, C1, ...) shown as \\xNN."""
+    return str(text).translate(_ESCAPES_KEEP_NEWLINES if keep_newlines else _ESCAPES)
+
+
+class HeadlessPrinter:
+    """Turns trainer events into the headless command's lines."""
+
+    def __init__(self, out=None):
+        self.out = out  # None: whatever sys.stdout is when a line is printed
+        self.steps = 0
+        self.compiling_shown = False
+
+    def line(self, text: str) -> None:
+        print(text, file=self.out or sys.stdout, flush=True)
+
+    def __call__(self, event: ev.Event) -> None:
+        match event:
+            case ev.Compiling():
+                if not self.compiling_shown:
+                    self.line("compiling kernels (cached after the first run) ...")
+                    self.compiling_shown = True
+            case ev.RunStarted():
+                self.started(event)
+            case ev.TrainStep():
+                self.line(f"step {event.step}/{self.steps} | loss {event.loss:.4f} | fwd {event.fwd_ms:,.0f} ms | "
+                          f"bwd {event.bwd_ms:,.0f} ms | opt {event.opt_ms:,.0f} ms | {event.tok_per_s:,.0f} tok/s | "
+                          f"lr {event.lr:.2e} | grad_norm {event.grad_norm:.3f}")
+            case ev.Validation():
+                self.line(f"val loss {event.loss:.4f} (step {event.step})")
+            case ev.Sample():
+                head = f"sample at step {event.step}" + (f", prompt {safe_text(repr(event.prompt))}" if event.prompt else "")
+                text = safe_text(event.prompt + event.text, keep_newlines=True)
+                self.line(f"{head} ({event.tok_per_s:,.0f} tok/s):\n---\n{text}\n---")
+            case ev.CheckpointSaved():
+                self.line(f"saved checkpoint {event.path} (step {event.step}, {event.seconds:.1f} s)")
+            case ev.Notice():
+                self.line(("warning: " if event.level == ev.Level.WARNING else "") + safe_text(event.text))
+            case ev.Error():
+                print(f"error: {safe_text(event.message)}", file=sys.stderr, flush=True)
+            case ev.Paused():
+                self.line(f"paused at step {event.step}")
+            case ev.Resumed():
+                self.line(f"resumed at step {event.step}")
+            case ev.Finished():
+                lost = f"; steps since the last checkpoint are lost ({event.lost_steps})" \
+                    if event.reason == ev.FinishReason.ERROR and event.lost_steps else ""
+                self.line(f"finished at step {event.step} ({event.reason}){lost}")
+
+    def started(self, event: ev.RunStarted) -> None:
+        self.steps = event.steps
+        mc, c = event.model_config, event.run_config
+        self.line(f"model: {safe_text(event.model_name)} | {mc['num_layers']} layers, {mc['num_heads']} heads, "
+                  f"{mc['channels']} channels, max {mc['max_seq_len']} positions, vocab {mc['vocab_size']} "
+                  f"(padded {mc['padded_vocab_size']})")
+        self.line(f"parameters: {event.num_params:,} ({event.num_params * 4 / 2**20:,.1f} MiB; with grads "
+                  f"and AdamW state {event.memory_bytes / 2**20:,.1f} MiB)")
+        val = f"{event.val_file} ({event.val_tokens:,} tokens)" if event.val_file else "none"
+        self.line(f"data: train {event.train_file} ({event.train_tokens:,} tokens, {event.batches_per_epoch:,} "
+                  f"batches of {c['batch_size']}x{c['seq_len']}) | val {val}")
+        accum = event.tokens_per_step // (c["batch_size"] * c["seq_len"] * event.world_size)
+        batch = f"{event.tokens_per_step:,} tokens per step" + (f" ({accum} micro-batches)" if accum > 1 else "") \
+            + (f" over {event.world_size} processes" if event.world_size > 1 else "")
+        start = f", resuming at step {event.step}" if event.step else ""
+        self.line(f"run: {event.run_dir} | {event.steps} steps, {batch}, lr {c['lr']:g}{start}")
