@@ -167,3 +167,110 @@ def test_bad_arguments_give_one_line_and_status_2(data, tmp_path, capsys):
     assert "batch" in bad(capsys, train, "--no-ui", "-b", "two")
     assert "no checkpoint" in bad(capsys, "--resume", str(tmp_path), "--no-ui")
     assert bad(capsys, "sample", "--init-from", str(tmp_path / "nope"))
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("tui-llm ")
+
+
+def test_a_fresh_run_into_an_existing_run_directory_is_refused(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [str(data / "tiny_train.bin"), "--no-ui", *TINY, "--steps", "2", "--val-every", "0", "--sample-every", "0",
+            "--out-dir", str(run)]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert "--resume" in bad(capsys, *args)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing deleted
+
+
+def test_data_paths_a_new_user_types(data, tmp_path, capsys):
+    line = bad(capsys, str(tmp_path / "data" / "tiny_shakespeare_train.bin"), "--no-ui")
+    assert "tui-llm prepare tinyshakespeare --from input.txt" in line and "huggingface" not in line.lower()
+    text = tmp_path / "my_corpus.txt"
+    text.write_text("To be, or not to be.\n")
+    assert "tui-llm prepare" in bad(capsys, str(text), "--no-ui")
+    # bad arguments are refused before the default data is prepared
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    r = run_cli("--no-ui", "-b", "0", cwd=empty)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--batch-size" in r.stderr
+    assert list(empty.iterdir()) == []
+
+
+def test_resume_keeps_every_kind_of_record(data, tmp_path):
+    run = tmp_path / "run"
+    common = ["--no-ui", *TINY, "--val-every", "2", "--sample-every", "2", "--sample-len", "4", "--save-every", "3"]
+    assert run_cli(str(data / "tiny_train.bin"), *common, "--steps", "4", "--out-dir", str(run)).returncode == 0
+    first = read_metrics(run)
+    kinds = {m["type"] for m in first}
+    assert {"start", "train", "val", "sample", "checkpoint", "finished"} <= kinds
+    r = run_cli("--resume", str(run), "--no-ui", "--steps", "6")
+    assert r.returncode == 0, r.stderr
+    after = read_metrics(run)
+    cut = max(i for i, m in enumerate(first) if m["type"] == "checkpoint") + 1
+    assert after[:cut] == first[:cut]  # the history up to the resumed checkpoint is kept as it was
+    assert after[cut]["type"] == "start" and after[cut]["step"] == 4
+    assert [m["step"] for m in after if m["type"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_kill_9_never_corrupts_a_checkpoint(data, tmp_path):
+    """kill -9 at random moments with --save-every 1: every checkpoint left loads, no temp files
+    stay after the next open, and --resume continues from the newest (benchmarks/reliability.py
+    runs the full campaign)."""
+    import random
+    import time
+    from tui_llm.engine.checkpoint import load_training_checkpoint
+
+    rng = random.Random(7)
+    run = tmp_path / "run"
+    common = ["--no-ui", *TINY, "--val-every", "0", "--sample-every", "0", "--save-every", "1", "--steps", "40"]
+    args = [str(data / "tiny_train.bin"), *common, "--out-dir", str(run)]
+    for attempt in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "tui_llm", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        for line in proc.stdout:
+            if line.startswith("saved checkpoint"):
+                break
+        time.sleep(rng.uniform(0.0, 0.5))
+        proc.kill()
+        proc.wait(30)
+        for ckpt in run.glob("ckpt_*.safetensors"):
+            load_training_checkpoint(ckpt)
+        args = ["--resume", str(run), *common[:1], "--steps", "40"]
+    proc = subprocess.run([sys.executable, "-m", "tui_llm", "--resume", str(run), "--no-ui", "--steps", "40"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not list(run.glob(".*.tmp"))
+    steps = [m["step"] for m in read_metrics(run) if m["type"] == "train"]
+    assert steps == list(range(1, 41))  # one record per step, no duplicates, no torn line
+
+
+def _tmpfs(path, size):
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+
+
+def test_disk_full_keeps_the_previous_checkpoint_and_exits_non_zero(data, tmp_path):
+    disk = tmp_path / "disk"
+    _tmpfs(disk, "60m")  # room for one d2 checkpoint (~39 MB) but not for a second beside it
+    try:
+        run = disk / "run"
+        r = run_cli(str(data / "tiny_train.bin"), "--no-ui", *TINY, "--steps", "4", "--val-every", "0",
+                    "--sample-every", "0", "--save-every", "2", "--keep-checkpoints", "1", "--out-dir", str(run))
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr and "No space left" in r.stderr
+        assert "steps 3..4 were not saved" in r.stderr
+        assert sorted(p.name for p in run.iterdir() if p.name.startswith("ckpt")) == ["ckpt_00000002.safetensors"]
+        from tui_llm.engine.checkpoint import load_training_checkpoint
+        _, meta = load_training_checkpoint(run / "ckpt_00000002.safetensors")
+        assert meta["step"] == 2
+        assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+        records = read_metrics(run)  # every line whole
+        assert records[-1]["type"] == "finished" and records[-1]["reason"] == "error"
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

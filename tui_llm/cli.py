@@ -234,7 +234,7 @@ def load_model_arg(source: str):
     return load_model_weights(str(path) if path.exists() else source)
 
 
-def cmd_sample(argv) -> int:
+def sample_parser() -> Parser:
     p = Parser(prog="tui-llm sample", description="Generate text from a model (KV-cache sampler).")
     p.add_argument("--init-from", required=True, metavar="MODEL",
                    help="our run directory or checkpoint, llm.c .bin, Hugging Face dir or cached name")
@@ -245,7 +245,11 @@ def cmd_sample(argv) -> int:
     p.add_argument("--seed", type=int, default=SEED, help=f"random seed (default {SEED})")
     p.add_argument("--num-samples", type=int, default=1, help="how many samples (default 1)")
     p.add_argument("--threads", type=int, default=0, help="threads (default 0 = all cores)")
-    args = p.parse_args(argv)
+    return p
+
+
+def cmd_sample(argv) -> int:
+    args = sample_parser().parse_args(argv)
     from tui_llm.engine.run_config import RunConfig
 
     RunConfig(sample_len=args.sample_len, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
@@ -269,7 +273,7 @@ def cmd_sample(argv) -> int:
     return EXIT_OK
 
 
-def cmd_export(argv) -> int:
+def export_parser() -> Parser:
     p = Parser(prog="tui-llm export", description="Write a model as an llm.c .bin file or a Hugging Face directory.")
     p.add_argument("--init-from", required=True, metavar="MODEL",
                    help="our run directory or checkpoint, llm.c .bin, or Hugging Face dir/name")
@@ -278,7 +282,11 @@ def cmd_export(argv) -> int:
                    help="llmc: version 3 fp32 (llm.c's train_gpt2.c); llmc-bf16: version 5; llmc-v1: unpadded "
                         "fp32 (llm.rust); hf: model.safetensors + config.json for transformers (default llmc)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
-    args = p.parse_args(argv)
+    return p
+
+
+def cmd_export(argv) -> int:
+    args = export_parser().parse_args(argv)
     from tui_llm.engine import checkpoint as formats
 
     cfg, flat, name = load_model_arg(args.init_from)
