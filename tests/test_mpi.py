@@ -1,0 +1,129 @@
+"""engine/distributed.py: real two-rank jobs under mpiexec (mpi4py + mpich come with the test extra).
+
+Each MPI test starts `mpiexec -n 2 python script.py` with a timeout, so a collective that hangs
+fails the test instead of hanging the suite.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tui_llm.engine import distributed
+from tui_llm.engine.distributed import DistributedError, World
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 60
+
+
+def _plain_env() -> dict:
+    """This environment without any MPI launcher variables, with our tree first on the path."""
+    env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCHER_ENV_VARS
+           and not k.startswith(("PMI", "OMPI_", "MPI_LOCAL", "HYDRA"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def _mpiexec() -> str:
+    exe = shutil.which("mpiexec") or str(Path(sys.executable).parent / "mpiexec")
+    assert Path(exe).exists(), "mpiexec not found: install the test extra (mpi4py, mpich)"
+    return exe
+
+
+def run_ranks(tmp_path, body: str, n: int = 2) -> subprocess.CompletedProcess:
+    script = tmp_path / "job.py"
+    script.write_text("import numpy as np\nfrom tui_llm.engine.distributed import World\n"
+                      "world = World.detect()\n" + textwrap.dedent(body))
+    return subprocess.run([_mpiexec(), "-n", str(n), sys.executable, str(script)], env=_plain_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+def test_allreduce_mean_and_sum(tmp_path):
+    done = run_ranks(tmp_path, """
+        assert (world.size, world.is_root) == (2, world.rank == 0) and world.is_distributed
+        grads = np.arange(6, dtype=np.float32).reshape(2, 3) * (world.rank + 1)   # rank 0: g, rank 1: 2g
+        same = world.allreduce_mean_(grads)
+        assert same is grads
+        assert np.array_equal(grads, np.arange(6, dtype=np.float32).reshape(2, 3) * 1.5), grads
+        stats = world.allreduce_sum_(np.array([world.rank + 1.0, 10.0]))
+        assert stats.tolist() == [3.0, 20.0], stats
+        print("ok", world.rank, world.local_size, world.threads_per_rank(cores=8), flush=True)
+    """)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.split("\n")[:2]) == ["ok 0 2 4", "ok 1 2 4"]  # 8 cores shared by 2 local ranks
+
+
+def test_bcast_makes_every_rank_hold_roots_values(tmp_path):
+    done = run_ranks(tmp_path, """
+        params = np.full(5, world.rank, dtype=np.float32)
+        world.bcast_(params)
+        assert params.tolist() == [0.0] * 5, params
+        cfg = world.bcast_obj({"lr": 3e-4} if world.is_root else None)
+        assert cfg == {"lr": 3e-4}
+        assert world.allgather_obj(world.rank * 10) == [0, 10]
+        commands = world.agree(["pause", "save"] if world.rank == 0 else ["ignored"])
+        assert commands == ["pause", "save"], commands
+        world.barrier()
+        print("ok", flush=True)
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("ok") == 2
+
+
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_a_rank_that_raises_ends_the_whole_job(tmp_path, where):
+    done = run_ranks(tmp_path, f"""
+        import threading
+        world.install_excepthook()
+        def fail():
+            raise ValueError("bad shard on rank 1\\nsecond line")
+        if world.rank == 1:
+            if "{where}" == "thread":
+                threading.Thread(target=fail).start()
+            else:
+                fail()
+        world.barrier()  # rank 0 waits here forever unless the job is aborted
+        print("rank 0 passed the barrier", flush=True)
+    """)
+    assert done.returncode != 0
+    assert "passed the barrier" not in done.stdout
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert lines == ["error (rank 1 of 2): ValueError: bad shard on rank 1"]
+    assert "Traceback" not in done.stderr
+
+
+def test_detect_outside_mpiexec_is_single_and_imports_no_mpi():
+    code = ("import sys\nfrom tui_llm.engine.distributed import World\nw = World.detect()\n"
+            "print(w.rank, w.size, w.is_root, w.is_distributed, 'mpi4py' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], env=_plain_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "1", "True", "False", "False"]
+
+
+def test_single_process_world_methods_are_identities():
+    world = World.single()
+    g = np.ones(3, dtype=np.float32)
+    assert world.allreduce_mean_(g) is g and g.tolist() == [1, 1, 1]
+    assert world.allreduce_sum_(np.array([2.0])).tolist() == [2.0]
+    assert world.bcast_obj("x") == "x" and world.allgather_obj(7) == [7] and world.agree(["stop"]) == ["stop"]
+    world.barrier()
+    assert world.threads_per_rank(cores=3) == 3
+    assert World(local_size=4).threads_per_rank(cores=2) == 1  # never 0 threads
+    with pytest.raises(TypeError, match="expected float32, got float64"):
+        world.allreduce_mean_(np.ones(3))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        world.allreduce_sum_(np.ones((3, 2))[:, 0])
+
+
+def test_launcher_without_mpi4py_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("PMI_RANK", "0")
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # as if the extra were not installed
+    with pytest.raises(DistributedError, match=r'PMI_RANK is set.*pip install "tui-llm\[mpi\]"'):
+        World.detect()
