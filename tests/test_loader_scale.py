@@ -320,3 +320,171 @@ def test_val_shares_add_up_to_the_single_process_batches(num):
         value = lambda x: float(x.sum())  # noqa: E731 (stands in for a batch loss)
         total = np.sum([[sum(map(value, s)), len(s)] for s in shares], axis=0)
         assert total[0] / total[1] == pytest.approx(np.mean([value(x) for x in single]))
+
+
+# ----------------------------------------------------------------------------------------------------
+# prepare --shard-size: streaming shards, all appearing together
+
+from tui_llm import cli, prepare_cli  # noqa: E402
+from tui_llm.engine import dataset_writer, prepare, prepare_shards  # noqa: E402
+from tui_llm.engine.tokenizer import decode  # noqa: E402
+
+EOT = 50256
+TEXTS = {
+    "a.txt": "\ufeffFirst Citizen:\r\nBefore we proceed, hear me speak.\r\n\r\nAll:\r\nSpeak, speak.\r\n" * 30,
+    "b.txt": "Ünïcödé 日本語 🤖 text\n\nwith blank\n\n\n\nlines and a long line " + "word " * 400 + "\n",
+    "c.txt": "  \n\t\n",  # whitespace only: no document
+    "d.txt": "x\ny\n" * 300 + "tail without newline",
+}
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name, text in TEXTS.items():
+        (folder / name).write_bytes(text.encode("utf-8"))
+    monkeypatch.setattr(prepare_shards, "READ_BYTES", 7)  # blocks split characters, "\r\n" pairs and sections
+    return folder
+
+
+def read_split(out, pattern):
+    files = open_dataset(str(out / pattern)).files
+    return [f.tokens.tolist() for f in files]
+
+
+@pytest.mark.parametrize("split_on_blank_lines", [False, True])
+def test_shards_hold_the_same_tokens_as_the_in_memory_prepare(corpus, tmp_path, split_on_blank_lines):
+    quiet = lambda *_: None  # noqa: E731
+    prepare.prepare_corpus([corpus], out_dir=tmp_path / "whole", name="c", val_fraction=0.1,
+                           split_on_blank_lines=split_on_blank_lines, log=quiet)
+    whole = open_tokens(tmp_path / "whole/c_val.bin").tokens.tolist() + open_tokens(tmp_path / "whole/c_train.bin").tokens.tolist()
+    result = prepare_shards.prepare_corpus_shards([corpus], out_dir=tmp_path / "sh", name="c", shard_size=300,
+                                                  val_tokens=250, split_on_blank_lines=split_on_blank_lines, log=quiet)
+    val, train = read_split(tmp_path / "sh", "c_val_*.bin"), read_split(tmp_path / "sh", "c_train_*.bin")
+    assert [len(v) for v in val] == [250]
+    assert all(len(t) == 300 for t in train[:-1]) and 150 < len(train[-1]) <= 450
+    streamed = sum(val, []) + sum(train, [])
+    assert streamed == whole
+    assert (result.val_tokens, result.train_tokens) == (250, len(whole) - 250)
+    assert result.train_path == tmp_path / "sh" / "c_train_*.bin"
+    text = decode(streamed).replace("<|endoftext|>", "")
+    assert text == "".join(t.removeprefix("\ufeff").replace("\r\n", "\n") for t in TEXTS.values() if t.strip())
+
+
+def test_long_documents_are_streamed_in_pieces(tmp_path, monkeypatch):
+    text = "".join(f"line {i} of a long document\n" for i in range(3000))
+    (tmp_path / "long.txt").write_text(text)
+    monkeypatch.setattr(prepare_shards, "READ_BYTES", 1000)
+    pieces = list(prepare_shards.stream_pieces([tmp_path / "long.txt"], False, "strict", print, piece_chars=500))
+    assert len(pieces) > 50 and max(len(p) for _, p in pieces) < 2000  # never the whole text at once
+    assert [s for s, _ in pieces] == [True] + [False] * (len(pieces) - 1) and "".join(p for _, p in pieces) == text
+    out = tmp_path / "out"
+    assert prepare_cli.main([str(tmp_path / "long.txt"), "--out-dir", str(out), "--shard-size", "2k",
+                             "--val-tokens", "1000"]) == 0
+    tokens = sum(read_split(out, "long_val_*.bin") + read_split(out, "long_train_*.bin"), [])
+    assert tokens == [EOT] + prepare.get_tokenizer().encode_ordinary(text)
+
+
+def test_prepared_shards_train_end_to_end(corpus, tmp_path, capsys):
+    out = tmp_path / "data"
+    assert prepare_cli.main([str(corpus), "--out-dir", str(out), "--name", "web", "--shard-size", "400",
+                             "--val-tokens", "100"]) == 0
+    printed = capsys.readouterr().out
+    assert f"writing 100 tokens to {out / 'web_val_000000.bin'}" in printed and "in 6 shards, val 100 tokens in 1 shard" in printed
+    train = open_dataset(str(out / "web_train_*.bin"))
+    loader = TrainLoader(train, B=2, T=8, grad_accum=2)
+    seen = set()
+    for _ in range(loader.num_samples):  # one epoch: every total batch of every shard once
+        x0, x1 = loader.next_batch()[0], loader.next_batch()[0]
+        shard, k = loader.shard_order[loader.shard], int(loader.order[loader.sample - 1])
+        assert np.array_equal(np.concatenate([x0, x1]).ravel(), train.files[shard].tokens[k * 32:(k + 1) * 32])
+        seen.add((shard, k))
+    assert seen == {(s, k) for s, n in enumerate(loader.shard_samples) for k in range(n)}
+    val = ValLoader(open_dataset(str(out / "web_val_*.bin")), B=2, T=8)
+    assert val.num_samples == (100 - 1) // 16
+
+
+def test_a_failed_prepare_leaves_the_previous_dataset_intact(corpus, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "data"
+    args = [str(corpus), "--out-dir", str(out), "--name", "web", "--shard-size", "300", "--val-tokens", "100"]
+    assert prepare_cli.main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before) >= 4
+    real_write, calls = dataset_writer.write_tokens, []
+
+    def disk_full_on_third_shard(path, tokens, fmt):
+        calls.append(path.name)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device", str(path) + ".1a2b3c4d.tmp")
+        return real_write(path, tokens, fmt)
+
+    monkeypatch.setattr(dataset_writer, "write_tokens", disk_full_on_third_shard)
+    (corpus / "e.txt").write_text("more text " * 500)  # the new dataset would differ
+    assert prepare_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write ") and err.count("\n") == 1
+    assert "web_train_000001.bin: No space left on device" in err  # named by its final name
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing replaced, nothing left over
+
+
+def test_two_file_prepare_failure_keeps_the_old_val_file(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text("Hello world\n" * 20)
+    out = tmp_path / "out"
+    assert prepare_cli.main([str(tmp_path / "a.txt"), "--out-dir", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_write = dataset_writer.write_tokens
+
+    def disk_full_for_train(path, tokens, fmt):
+        if path.name.endswith("_train.bin"):
+            raise OSError(28, "No space left on device", str(path))
+        return real_write(path, tokens, fmt)
+
+    monkeypatch.setattr(dataset_writer, "write_tokens", disk_full_for_train)
+    (tmp_path / "a.txt").write_text("Other text\n" * 30)
+    assert prepare_cli.main([str(tmp_path / "a.txt"), "--out-dir", str(out)]) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the val file was not replaced or deleted
+
+
+def test_a_smaller_dataset_replaces_all_old_shards(corpus, tmp_path):
+    out = tmp_path / "data"
+    assert prepare_cli.main([str(corpus), "--out-dir", str(out), "--name", "web", "--shard-size", "200",
+                             "--val-tokens", "100"]) == 0
+    many = len(list(out.glob("web_train_*.bin")))
+    assert prepare_cli.main([str(corpus / "a.txt"), "--out-dir", str(out), "--name", "web", "--shard-size", "200",
+                             "--val-tokens", "100"]) == 0
+    few = sorted(p.name for p in out.glob("web_train_*.bin"))
+    assert len(few) < many and few == [f"web_train_{i:06d}.bin" for i in range(len(few))]
+    assert sum(read_split(out, "web_val_*.bin") + read_split(out, "web_train_*.bin"), []) == \
+        [EOT] + prepare.get_tokenizer().encode_ordinary(TEXTS["a.txt"][1:].replace("\r\n", "\n"))
+
+
+def test_bad_utf8_is_found_across_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_shards, "READ_BYTES", 5)
+    (tmp_path / "bad.txt").write_bytes("ab日本cdefgh".encode() + b"\xff" + b"tail")
+    with pytest.raises(prepare.PrepareError, match=r"bad\.txt: not valid UTF-8 at byte 14 \(b'\\xfftai'\)"):
+        list(prepare_shards.stream_pieces([tmp_path / "bad.txt"], False, "strict", print))
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "the following arguments are required: INPUT"),
+    (["{f}", "--format", "x"], "argument --format: invalid choice: 'x'"),
+    (["{f}", "--bogus"], "unrecognized arguments: --bogus"),
+    (["{f}", "--shard-size", "abc"], "argument --shard-size: 'abc' is not a whole number of tokens"),
+    (["{f}", "--shard-size", "0"], "--shard-size must be a number of tokens in 1..2,147,483,647, got 0"),
+    (["{f}", "--shard-size", "1M", "--val-fraction", "0.2"], "--val-fraction needs the whole corpus in memory"),
+    (["{f}", "--val-tokens", "5"], "--val-tokens only applies with --shard-size"),
+    (["{f}", "--shard-size", "100", "--val-tokens", "1e9"], "the split leaves the training set empty"),
+    (["tinyshakespeare", "--shard-size", "5"], "--shard-size: only for your own text files"),
+    (["{d}/nothing"], "nothing: no such file or directory"),
+])
+@pytest.mark.parametrize("entry", ["prepare_cli", "tui-llm"])
+def test_prepare_argument_errors_are_one_line(tmp_path, capsys, args, message, entry):
+    (tmp_path / "t.txt").write_text("Hello world\n" * 10)
+    args = [a.format(f=tmp_path / "t.txt", d=tmp_path) for a in args] + (["--out-dir", str(tmp_path / "out")] if args else [])
+    status = prepare_cli.main(args) if entry == "prepare_cli" else cli.main(["prepare", *args])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "usage" not in err
+    assert message in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
