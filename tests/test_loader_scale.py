@@ -121,6 +121,18 @@ def test_mid_step_state_continues_only_where_the_rows_line_up():
         TrainLoader(tokens, B=4, T=T).load_state_dict(state)
 
 
+def test_crafted_legacy_states_are_data_errors():
+    loader = TrainLoader(token_data("array"), B=4, T=T)
+    s = loader.state_dict()
+    legacy = {"B": 4, "T": T, "num_samples": 5, "shuffle": True, "seed": 42, "epoch": 0, "position": 0,
+              "epoch_rng": s["shard_rng"]}
+    for key, value, message in [("position", 6, "sample 6 is outside 0..5"), ("position", -1, "outside"),
+                                ("epoch_rng", {"key": s["shard_rng"]["key"], "pos": 10**6}, "pos 1000000 is outside"),
+                                ("epoch", None, "epoch must be an integer")]:
+        with pytest.raises(DataError, match=re.escape(message)):
+            loader.load_state_dict({**legacy, key: value})
+
+
 def test_legacy_state_still_loads():
     tokens = token_data("array")
     original = TrainLoader(tokens, B=4, T=T)

@@ -7,11 +7,15 @@ File formats (all little-endian):
   * "uint16" nanoGPT's train.bin: headerless uint16 tokens. Never guessed (any even-sized file would
              match), only read when the caller asks for it.
 
-Files are memory-mapped, so a corpus larger than RAM costs nothing until batches are read.
+Files are memory-mapped, so a corpus larger than RAM costs nothing until batches are read. A dataset
+that outgrows one file is a glob of shards ("data/fineweb_train_*.bin", open_dataset).
 
 Batching follows llm.c's DataLoader (llmc/dataloader.h) exactly, so losses can be compared with it:
-a "sample" is one whole batch, B*T+1 consecutive tokens starting at k*B*T; the train loader visits the
-samples in an order shuffled by MT19937 seeded with 42 (the same generator as torch.manual_seed(42)).
+a "sample" is one whole total batch, R*T+1 consecutive tokens starting at k*R*T (R = B rows for one
+process without accumulation); the train loader visits the samples in an order shuffled by MT19937
+seeded with 42 (the same generator as torch.manual_seed(42)). With gradient accumulation and several
+ranks, each micro-batch is a fixed slice of the total batch's rows (TrainLoader), so the rows of every
+optimizer step, and their order, do not depend on how the total batch is split.
 """
 
 from __future__ import annotations
@@ -374,13 +378,13 @@ class TrainLoader:
         from .loader_state import check_loader_state  # here: loader_state imports DataError from this module
 
         s = check_loader_state(state, self)
-        rng = np.random.MT19937()
+        before = self._rng.state
         try:
-            rng.state = {"bit_generator": "MT19937",
-                         "state": {"key": np.array(s["shard_rng"]["key"], dtype=np.uint32), "pos": s["shard_rng"]["pos"]}}
+            self._rng.state = {"bit_generator": "MT19937",
+                               "state": {"key": np.array(s["shard_rng"]["key"], dtype=np.uint32), "pos": s["shard_rng"]["pos"]}}
         except (ValueError, TypeError, OverflowError) as e:
+            self._rng.state = before
             raise DataError(f"loader state: bad shard_rng ({e})") from None
-        self._rng = rng
         self.seed, self.epoch = s["seed"], s["epoch"]
         self.shard_order, self.shard = list(s["shard_order"]), s["shard"]
         self._load_shard()  # redraws the same order and leaves the RNG where the original's is
