@@ -38,7 +38,8 @@ def _mpiexec() -> str:
 def run_ranks(tmp_path, body: str, n: int = 2) -> subprocess.CompletedProcess:
     script = tmp_path / "job.py"
     script.write_text("import numpy as np\nfrom tui_llm.engine.distributed import World\n"
-                      "world = World.detect()\n" + textwrap.dedent(body))
+                      "world = World.detect()\nworld.install_excepthook()  # a failed assert ends the job at once\n"
+                      + textwrap.dedent(body))
     return subprocess.run([_mpiexec(), "-n", str(n), sys.executable, str(script)], env=_plain_env(),
                           capture_output=True, text=True, timeout=TIMEOUT_S)
 
@@ -80,7 +81,6 @@ def test_bcast_makes_every_rank_hold_roots_values(tmp_path):
 def test_a_rank_that_raises_ends_the_whole_job(tmp_path, where):
     done = run_ranks(tmp_path, f"""
         import threading, time
-        world.install_excepthook()
         def fail():
             raise ValueError("bad shard on rank 1\\nsecond line")
         if world.rank == 1:
@@ -131,3 +131,23 @@ def test_launcher_without_mpi4py_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # as if the extra were not installed
     with pytest.raises(DistributedError, match=r'PMI_RANK is set.*pip install "tui-llm\[mpi\]"'):
         World.detect()
+
+
+def test_loaders_under_mpi_split_the_single_process_batches(tmp_path):
+    done = run_ranks(tmp_path, """
+        from tui_llm.engine.data import TrainLoader, ValLoader
+        tokens = np.random.default_rng(0).integers(0, 50257, size=7 * 8 * 4 + 1).astype(np.uint16)
+        single = TrainLoader(tokens, B=8, T=4)
+        mine = TrainLoader(tokens, B=2, T=4, grad_accum=2, rank=world.rank, world_size=world.size)
+        for step in range(10):
+            parts = world.allgather_obj([mine.next_batch()[0] for _ in range(2)])  # [rank][micro]
+            total = np.concatenate([parts[r][m] for m in range(2) for r in range(2)])  # rows (m*N + r)*B
+            assert np.array_equal(total, single.next_batch()[0]), step
+        assert world.allgather_obj(mine.state_dict()) == [single.state_dict()] * 2
+        val = ValLoader(tokens, B=8, T=4, rank=world.rank, world_size=world.size)
+        stats = np.array([sum(float(x.mean()) for x, _ in val.batches(5)), val.share(5)])
+        world.allreduce_sum_(stats)
+        expected = np.mean([float(x.mean()) for x, _ in ValLoader(tokens, B=8, T=4).batches(5)])
+        assert abs(stats[0] / stats[1] - expected) < 1e-9 and stats[1] == 5
+    """)
+    assert done.returncode == 0, done.stderr
