@@ -194,7 +194,7 @@ def open_dataset(spec, format: str = "auto", vocab_size: int = GPT2_VOCAB_SIZE, 
     (and so the same token dtype); mixing llm.c and headerless files is an error, not a guess.
     """
     pattern = os.fspath(spec)
-    if not glob.has_magic(pattern):
+    if not glob.has_magic(pattern) or os.path.isfile(pattern):  # a file may be called "data[1].bin"
         return TokenShards([open_tokens(pattern, format, vocab_size, check_ids)], pattern)
     paths = sorted(glob.glob(pattern))
     if not paths:

@@ -49,11 +49,12 @@ def launched_by_mpi(environ=None) -> str | None:
     return next((name for name in LAUNCHER_ENV_VARS if name in environ), None)
 
 
-def _available_cores() -> int:
+def _affinity() -> set[int]:
+    """The cores this process may run on."""
     try:
-        return len(os.sched_getaffinity(0))
+        return os.sched_getaffinity(0)
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
 
 
 class World:
@@ -68,6 +69,7 @@ class World:
         self.local_rank, self.local_size = local_rank, local_size
         self.comm = comm  # mpi4py's COMM_WORLD, or None for a single process
         self._mpi = mpi   # the mpi4py.MPI module, or None
+        self.cores_are_shared = True  # False when the launcher bound each local rank to its own cores
 
     @classmethod
     def single(cls) -> "World":
@@ -88,8 +90,13 @@ class World:
         comm = MPI.COMM_WORLD
         node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks that share this machine's memory
         local_rank, local_size = node.Get_rank(), node.Get_size()
+        # Did the launcher bind each rank to its own cores (mpiexec -bind-to core)? Then the cores a
+        # rank may use are already its share; otherwise the ranks of this machine divide them.
+        affinities = node.allgather(sorted(_affinity()))
         node.Free()
-        return cls(comm.Get_rank(), comm.Get_size(), local_rank, local_size, comm, MPI)
+        world = cls(comm.Get_rank(), comm.Get_size(), local_rank, local_size, comm, MPI)
+        world.cores_are_shared = all(a == affinities[0] for a in affinities)
+        return world
 
     @property
     def is_root(self) -> bool:
@@ -103,8 +110,15 @@ class World:
         return f"World(rank={self.rank}, size={self.size}, local_rank={self.local_rank}, local_size={self.local_size})"
 
     def threads_per_rank(self, cores: int | None = None) -> int:
-        """This machine's cores divided among the ranks running on it (at least 1 each)."""
-        cores = _available_cores() if cores is None else cores
+        """Threads for this rank: the machine's cores divided among the ranks running on it (at least 1).
+
+        cores: the cores to divide (default: those this process may use). When the launcher bound every
+        rank to cores of its own, those cores are already this rank's share and are not divided again.
+        """
+        if cores is None:
+            cores = len(_affinity())
+            if not self.cores_are_shared:
+                return max(1, cores)
         return max(1, cores // max(1, self.local_size))
 
     # ------------------------------------------------------------------------------------------
@@ -162,6 +176,7 @@ class World:
     def abort(self, message: str, code: int = 1) -> None:
         """Print one line on stderr and end the whole job (every rank) with exit status `code`. Never returns."""
         where = f" (rank {self.rank} of {self.size})" if self.size > 1 else ""
+        message = " ".join(str(message).splitlines())
         try:
             sys.stderr.write(f"error{where}: {message}\n")
             sys.stderr.flush()
