@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,7 @@ def test_bcast_makes_every_rank_hold_roots_values(tmp_path):
 
 @pytest.mark.parametrize("where", ["main", "thread"])
 def test_a_rank_that_raises_ends_the_whole_job(tmp_path, where):
+    start = time.monotonic()
     done = run_ranks(tmp_path, f"""
         import threading, time
         def fail():
@@ -96,6 +98,7 @@ def test_a_rank_that_raises_ends_the_whole_job(tmp_path, where):
         world.barrier()  # rank 0 waits here forever unless the job is aborted
         print(f"rank {{world.rank}} passed the barrier", flush=True)
     """)
+    assert time.monotonic() - start < 20  # ended by the abort, not by the test's timeout
     assert done.returncode != 0
     assert "passed the barrier" not in done.stdout
     lines = [line for line in done.stderr.splitlines() if line.startswith("error")]
