@@ -29,7 +29,7 @@ import numpy as np
 
 from .config import EOT_TOKEN
 from .dataset_writer import DatasetWriter
-from .prepare import (PIECE_CHARS, PrepareError, PreparedDataset, _SAFE_CUT, _plural, _real_name,
+from .prepare import (PIECE_CHARS, PrepareError, PreparedDataset, _SAFE_CUT, _pieces, _plural, _real_name,
                       collect_text_files)
 from .tokenizer import get_tokenizer
 
@@ -86,6 +86,10 @@ def stream_pieces(files, split_on_blank_lines: bool, errors: str, log, piece_cha
     (each but the file's last keeping its "\\n\\n"), exactly prepare.split_sections on the whole text.
     A file that is only whitespace is no document (as prepare_corpus).
     """
+    def pieces_of(text: str, starts_document: bool):  # pieces of piece_chars for the tokenizing threads
+        for k, piece in enumerate(_pieces(text, piece_chars)):
+            yield starts_document and k == 0, piece
+
     for path in files:
         buf, has_text, in_doc = "", False, False  # in_doc: the current document's EOT was already given
         for block in _text_blocks(path, errors, log):
@@ -96,15 +100,15 @@ def stream_pieces(files, split_on_blank_lines: bool, errors: str, log, piece_cha
             if split_on_blank_lines:
                 *sections, buf = buf.split("\n\n")  # left-to-right, like str.split on the whole text
                 for section in sections:
-                    yield not in_doc, section + "\n\n"
+                    yield from pieces_of(section + "\n\n", not in_doc)
                     in_doc = False
             if len(buf) > piece_chars:  # a long document: give its safe prefix now (cuts are looked for
                 cut = _last_safe_cut(buf, max(0, len(buf) - len(block) - 2))  # in the new text only)
                 if cut is not None:
-                    yield not in_doc, buf[:cut]
+                    yield from pieces_of(buf[:cut], not in_doc)
                     buf, in_doc = buf[cut:], True
         if has_text:
-            yield not in_doc, buf
+            yield from pieces_of(buf, not in_doc)
 
 
 def _units(pieces, piece_chars: int):
