@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tui_llm import prepare_cli
-from tui_llm.engine import prepare
+from tui_llm.engine import dataset_writer, prepare
 from tui_llm.engine.data import open_tokens
 from tui_llm.engine.prepare import DownloadError, PrepareError
 from tui_llm.engine.tokenizer import encode
@@ -175,14 +175,14 @@ def test_errors_replace_goes_on(tmp_path, capsys):
 
 
 def test_failed_second_write_leaves_nothing(tmp_path, monkeypatch, capsys):
-    real_write = prepare.write_tokens
+    real_write = dataset_writer.write_tokens
 
     def disk_full_for_train(path, tokens, fmt):
         if path.name.endswith("_train.bin"):
             raise OSError(28, "No space left on device", str(path))
         return real_write(path, tokens, fmt)
 
-    monkeypatch.setattr(prepare, "write_tokens", disk_full_for_train)
+    monkeypatch.setattr(dataset_writer, "write_tokens", disk_full_for_train)
     assert prepare_cli.main(_write_tiny(tmp_path) + ["--out-dir", str(tmp_path / "out"), "--val-fraction", "0.5"]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert list((tmp_path / "out").iterdir()) == []

@@ -3,22 +3,55 @@
     tui-llm prepare tinyshakespeare [--from FILE] [--out-dir DIR]
     tui-llm prepare my_corpus.txt [more.txt | a_folder ...] [--split-on-blank-lines] [--val-fraction 0.1]
                     [--out-dir DIR] [--name NAME] [--format llmc|int32|uint16] [--errors strict|replace]
+    tui-llm prepare big_corpus/ --shard-size 100000000 [--val-tokens N] ...   # streaming, llm.c shards
 
 The main CLI calls add_prepare_parser() and run_prepare(); `python -m tui_llm.prepare_cli ...` runs the
-same command on its own. Bad input is one "error: ..." line on stderr and exit status 2.
+same command on its own. Bad input, bad arguments included, is one "error: ..." line on stderr and
+exit status 2 (PrepareParser), never a usage block.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from .engine.data import FORMATS, DataError
 from .engine.prepare import PrepareError, prepare_corpus, prepare_shakespeare, prepare_tinyshakespeare
+from .engine.prepare_shards import prepare_corpus_shards
 from .engine.tokenizer import TokenizerError
 
 TINY_SHAKESPEARE = "tinyshakespeare"
 EXIT_BAD_INPUT = 2
+DEFAULT_VAL_FRACTION = 0.1
+
+
+class PrepareParser(argparse.ArgumentParser):
+    """argparse whose usage errors (missing inputs, bad values, unknown options) are one PrepareError line."""
+
+    def error(self, message):
+        raise PrepareError(message)
+
+    def parse_known_args(self, args=None, namespace=None):
+        # As a subcommand, leftover arguments would go back to the main parser, which prints a usage
+        # block: refuse them here instead.
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
+def _tokens(text: str) -> int:
+    """A token count: 100000000, 100_000_000, 1e8, 100M or 64k."""
+    scale = {"k": 10**3, "m": 10**6, "g": 10**9}.get(text[-1:].lower(), 1)
+    number = text[:-1] if scale > 1 else text
+    try:
+        value = float(number.replace("_", "")) * scale
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of tokens (e.g. 100000000, 1e8, 100M)")
+    return int(value)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +68,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-on-blank-lines", action="store_true",
                         help="every blank-line-separated section is a document (gets its own EOT), as llm.c "
                              "does for Tiny Shakespeare; default: one document per file")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="fraction of the tokens, taken from the start, that becomes validation (default 0.1)")
+    parser.add_argument("--val-fraction", type=float, default=None,
+                        help=f"fraction of the tokens, taken from the start, that becomes validation "
+                             f"(default {DEFAULT_VAL_FRACTION}; not with --shard-size)")
+    parser.add_argument("--shard-size", type=_tokens, metavar="TOKENS",
+                        help="stream the corpus into llm.c shards of this many tokens: <NAME>_val_000000.bin, ..., "
+                             "<NAME>_train_000000.bin, ... (train with 'data/<NAME>_train_*.bin')")
+    parser.add_argument("--val-tokens", type=_tokens, metavar="TOKENS",
+                        help="with --shard-size: the first this many tokens become validation (default: one shard)")
     parser.add_argument("--errors", choices=("strict", "replace"), default="strict",
                         help="invalid UTF-8: stop with an error (strict, default) or substitute U+FFFD (replace)")
 
@@ -47,6 +86,8 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
         "prepare", help="make token files (.bin) from Tiny Shakespeare or your own text",
         description="Tokenize text with GPT-2's tokenizer into llm.c token files <name>_train.bin / <name>_val.bin.",
     )
+    # argparse makes a subcommand's parser of the main parser's class; ours reports errors in one line.
+    parser.__class__ = PrepareParser
     _add_arguments(parser)
     parser.set_defaults(func=run_prepare)
     return parser
@@ -55,7 +96,9 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
 def _run(args) -> None:
     if args.inputs == [TINY_SHAKESPEARE]:
         used = [flag for flag, value in (("--name", args.name), ("--split-on-blank-lines", args.split_on_blank_lines),
-                                         ("--val-fraction", args.val_fraction != 0.1), ("--errors", args.errors != "strict"))
+                                         ("--val-fraction", args.val_fraction is not None),
+                                         ("--errors", args.errors != "strict"), ("--shard-size", args.shard_size),
+                                         ("--val-tokens", args.val_tokens))
                 if value]
         if used:
             raise PrepareError(f"{' and '.join(used)}: only for your own text files, not for {TINY_SHAKESPEARE}")
@@ -66,8 +109,18 @@ def _run(args) -> None:
         return
     if args.source is not None:
         raise PrepareError(f"--from only applies to '{TINY_SHAKESPEARE}'; give your files as inputs instead")
+    if args.shard_size is not None:
+        if args.val_fraction is not None:
+            raise PrepareError("--val-fraction needs the whole corpus in memory; with --shard-size give --val-tokens")
+        prepare_corpus_shards(args.inputs, out_dir=args.out_dir, name=args.name, shard_size=args.shard_size,
+                              val_tokens=args.val_tokens, split_on_blank_lines=args.split_on_blank_lines,
+                              fmt=args.format, errors=args.errors)
+        return
+    if args.val_tokens is not None:
+        raise PrepareError("--val-tokens only applies with --shard-size (otherwise use --val-fraction)")
+    val_fraction = DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction
     prepare_corpus(args.inputs, out_dir=args.out_dir, name=args.name, split_on_blank_lines=args.split_on_blank_lines,
-                   val_fraction=args.val_fraction, fmt=args.format, errors=args.errors)
+                   val_fraction=val_fraction, fmt=args.format, errors=args.errors)
 
 
 def run_prepare(args) -> int:
@@ -84,9 +137,14 @@ def run_prepare(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tui_llm.prepare_cli", description=__doc__.split("\n")[0])
+    parser = PrepareParser(prog="python -m tui_llm.prepare_cli", description=__doc__.split("\n")[0])
     _add_arguments(parser)
-    return run_prepare(parser.parse_args(argv))
+    try:
+        args = parser.parse_args(argv)
+    except PrepareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return run_prepare(args)
 
 
 if __name__ == "__main__":

@@ -7,21 +7,26 @@ File formats (all little-endian):
   * "uint16" nanoGPT's train.bin: headerless uint16 tokens. Never guessed (any even-sized file would
              match), only read when the caller asks for it.
 
-Files are memory-mapped, so a corpus larger than RAM costs nothing until batches are read.
+Files are memory-mapped, so a corpus larger than RAM costs nothing until batches are read. A dataset
+that outgrows one file is a glob of shards ("data/fineweb_train_*.bin", open_dataset).
 
 Batching follows llm.c's DataLoader (llmc/dataloader.h) exactly, so losses can be compared with it:
-a "sample" is one whole batch, B*T+1 consecutive tokens starting at k*B*T; the train loader visits the
-samples in an order shuffled by MT19937 seeded with 42 (the same generator as torch.manual_seed(42)).
+a "sample" is one whole total batch, R*T+1 consecutive tokens starting at k*R*T (R = B rows for one
+process without accumulation); the train loader visits the samples in an order shuffled by MT19937
+seeded with 42 (the same generator as torch.manual_seed(42)). With gradient accumulation and several
+ranks, each micro-batch is a fixed slice of the total batch's rows (TrainLoader), so the rows of every
+optimizer step, and their order, do not depend on how the total batch is split.
 """
 
 from __future__ import annotations
 
+import glob
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import atomic_write  # moving to .formats.atomic; the lead fixes the import at merge
 from .config import GPT2_VOCAB_SIZE
 
 LLMC_MAGIC = 20240520
@@ -29,6 +34,7 @@ LLMC_VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 FORMATS = ("llmc", "int32", "uint16")
+LOADER_STATE_VERSION = 2  # TrainLoader.state_dict(); version 1 (one file, no accumulation) still loads
 
 
 class DataError(Exception):
@@ -130,7 +136,7 @@ def open_tokens(path, format: str = "auto", vocab_size: int = GPT2_VOCAB_SIZE, c
 
 
 def write_tokens(path, tokens, format: str = "llmc") -> int:
-    """Write tokens atomically (temp file in the same directory, fsync, rename). Returns bytes written.
+    """Write tokens atomically (atomic_write: temp file in the same directory, fsync, rename). Returns bytes written.
 
     A reader never sees a half-written file, and a crash leaves the previous file (if any) intact.
     """
@@ -146,134 +152,278 @@ def write_tokens(path, tokens, format: str = "llmc") -> int:
         raise DataError(f"{path}: {tokens.size:,} tokens do not fit llm.c's int32 count; split into shards")
 
     dtype = "<i4" if format == "int32" else "<u2"
-    # A hidden temp name next to the target: os.replace is atomic only within one file system.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            if format == "llmc":
-                header = np.zeros(HEADER_INTS, dtype="<i4")
-                header[:3] = (LLMC_MAGIC, LLMC_VERSION, tokens.size)
-                f.write(header.tobytes())
-            chunk = 1 << 22  # convert and write 4M tokens at a time: bounded memory for huge inputs
-            for start in range(0, tokens.size, chunk):
-                f.write(tokens[start:start + chunk].astype(dtype).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        if format == "llmc":
+            header = np.zeros(HEADER_INTS, dtype="<i4")
+            header[:3] = (LLMC_MAGIC, LLMC_VERSION, tokens.size)
+            f.write(header.tobytes())
+        chunk = 1 << 22  # convert and write 4M tokens at a time: bounded memory for huge inputs
+        for start in range(0, tokens.size, chunk):
+            f.write(tokens[start:start + chunk].astype(dtype).tobytes())
     return (HEADER_BYTES if format == "llmc" else 0) + tokens.size * np.dtype(dtype).itemsize
 
 
-def _as_token_array(tokens) -> np.ndarray:
-    return tokens.tokens if isinstance(tokens, TokenFile) else np.asarray(tokens)
+# ----------------------------------------------------------------------------------------------------
+# datasets that outgrow one file: llm.c shards
+
+class TokenShards:
+    """A dataset of one or more token files (llm.c "shards"), in sorted path order, all of one format."""
+
+    def __init__(self, files: list[TokenFile], pattern: str):
+        self.files, self.pattern = files, pattern
+
+    @property
+    def format(self) -> str:
+        return self.files[0].format
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(f.num_tokens for f in self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __repr__(self) -> str:
+        return f"TokenShards({self.pattern!r}, {len(self.files)} files, format={self.format!r}, num_tokens={self.num_tokens:,})"
 
 
-def _count_samples(tokens: np.ndarray, B: int, T: int, what: str) -> int:
-    if B <= 0 or T <= 0:
-        raise DataError(f"{what}: batch size B={B} and sequence length T={T} must be positive")
-    n = (tokens.shape[0] - 1) // (B * T)
+def open_dataset(spec, format: str = "auto", vocab_size: int = GPT2_VOCAB_SIZE, check_ids: bool = True) -> TokenShards:
+    """One token file, or a glob pattern of shards ("data/fineweb_train_*.bin"), each opened by open_tokens.
+
+    Shards are taken in sorted path order (llm.c: glob() sorts). They must all have the same format
+    (and so the same token dtype); mixing llm.c and headerless files is an error, not a guess.
+    """
+    pattern = os.fspath(spec)
+    if not glob.has_magic(pattern) or os.path.isfile(pattern):  # a file may be called "data[1].bin"
+        return TokenShards([open_tokens(pattern, format, vocab_size, check_ids)], pattern)
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise DataError(f"{pattern}: no files match this pattern")
+    files = [open_tokens(p, format, vocab_size, check_ids) for p in paths]
+    formats = {f.format for f in files}
+    if len(formats) > 1:
+        first = files[0]
+        other = next(f for f in files if f.format != first.format)
+        raise DataError(f"{pattern}: the shards mix token formats ({first.path.name} is {first.format}, "
+                        f"{other.path.name} is {other.format}); all shards must have one format")
+    return TokenShards(files, pattern)
+
+
+def _as_shards(tokens) -> list[tuple[str, np.ndarray]]:
+    """(name, 1-D token array) for each shard of an array, a TokenFile, a TokenShards or a list of them."""
+    if isinstance(tokens, TokenShards):
+        tokens = tokens.files
+    if not isinstance(tokens, (list, tuple)):
+        tokens = [tokens]
+    if not tokens:
+        raise DataError("no token data given")
+    shards = []
+    for t in tokens:
+        if isinstance(t, TokenFile):
+            shards.append((t.path.name, t.tokens))
+        else:
+            shards.append(("", np.asarray(t)))
+    if len({a.dtype for _, a in shards}) > 1:
+        raise DataError(f"the shards mix token dtypes ({', '.join(sorted({str(a.dtype) for _, a in shards}))})")
+    return shards
+
+
+def _describe(name: str, index: int, count: int) -> str:
+    return (name or "tokens") + (f" (shard {index} of {count})" if count > 1 else "")
+
+
+def _count_samples(tokens: np.ndarray, rows: int, T: int, what: str, unit: str = "one batch of B*T+1") -> int:
+    n = (tokens.shape[0] - 1) // (rows * T)
     if n < 1:
         raise DataError(
-            f"{what}: {tokens.shape[0]:,} tokens are too few for one batch of B*T+1 = {B * T + 1:,} tokens "
+            f"{what}: {tokens.shape[0]:,} tokens are too few for {unit} = {rows * T + 1:,} tokens "
             "(use a smaller batch or sequence length, or more text)"
         )
     return n
 
 
-def _batch(tokens: np.ndarray, sample: int, B: int, T: int) -> tuple[np.ndarray, np.ndarray]:
-    start = sample * B * T
+def _window(tokens: np.ndarray, start: int, B: int, T: int) -> tuple[np.ndarray, np.ndarray]:
     window = np.asarray(tokens[start:start + B * T + 1], dtype=np.int32)
     return window[:-1].reshape(B, T), window[1:].reshape(B, T)
 
 
-def _describe(tokens) -> str:
-    return str(tokens.path) if isinstance(tokens, TokenFile) else "tokens"
+def _check_positive(**values) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise DataError(f"{name}={v!r} must be a positive integer")
 
+
+def _fisher_yates(items: list, rng: np.random.MT19937) -> list:
+    """llm.c's random_permutation, in place: for i = n-1 down to 1, j = randint32 % (i+1), swap."""
+    n = len(items)
+    if n > 1:
+        draws = rng.random_raw(n - 1)  # one raw uint32 per swap
+        js = (draws % np.arange(n, 1, -1, dtype=np.uint64)).tolist()
+        for i, j in zip(range(n - 1, 0, -1), js):  # plain lists: a sequential swap loop is fastest there
+            items[i], items[j] = items[j], items[i]
+    return items
+
+
+# ----------------------------------------------------------------------------------------------------
+# loaders
 
 class TrainLoader:
-    """Training batches in llm.c's order; resumable through state_dict()/load_state_dict().
+    """Training batches in llm.c's order, split over gradient accumulation and ranks; resumable.
 
-    Every epoch visits each of the (ntok-1)//(B*T) samples once. With shuffle=True the order is a
-    Fisher-Yates permutation drawn from one MT19937 stream that is never reseeded, exactly as
-    llm.c's DataLoader with a single shard (a single shard needs no draws for the shard order).
+    The unit that is shuffled is the *total batch* of one optimizer step: R = B * grad_accum *
+    world_size rows of T tokens, i.e. R*T+1 consecutive tokens starting at k*R*T of a shard ("sample" k;
+    samples per shard = (ntok-1) // (R*T), as llm.c). Every optimizer step consumes exactly the rows a
+    single process with B_total = R would, in the same order, whatever the split.
+
+    Row rule: micro-batch m (0..grad_accum-1) of rank r is rows [(m*N + r)*B, (m*N + r + 1)*B) of the
+    step's total batch (N = world_size): within one micro-step the ranks read adjacent slices, as in
+    llm.c's multi-process loader. next_batch() serves this rank's micro-batches m = 0, 1, ..., K-1 in
+    turn; after the K-th the loader moves to the next total batch.
+
+    Order (llm.c's dataloader.h): shards in sorted order. With shuffle, at every epoch the shard order
+    is Fisher-Yates-permuted in place (continuing from the previous epoch's order; no draws for one
+    shard), then each shard, when it is reached, gets a fresh Fisher-Yates permutation of its samples.
+    All draws come from one MT19937 stream seeded with `seed` (42: llm.c's and torch.manual_seed's
+    stream) and never reseeded. Every rank seeds the same stream (llm.c seeds 42 + rank), so all ranks
+    agree on the global order. With one shard and grad_accum = world_size = 1 this is exactly llm.c's
+    train_gpt2.c order.
     """
 
-    def __init__(self, tokens, B: int, T: int, shuffle: bool = True, seed: int = 42):
-        self.tokens = _as_token_array(tokens)
+    def __init__(self, tokens, B: int, T: int, shuffle: bool = True, seed: int = 42,
+                 grad_accum: int = 1, rank: int = 0, world_size: int = 1):
+        _check_positive(B=B, T=T, grad_accum=grad_accum, world_size=world_size)
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
+            raise DataError(f"rank={rank!r} must be an integer in 0..{world_size - 1}")
         self.B, self.T, self.shuffle, self.seed = B, T, shuffle, seed
-        self.num_samples = _count_samples(self.tokens, B, T, _describe(tokens))
+        self.grad_accum, self.rank, self.world_size = grad_accum, rank, world_size
+        self.rows = B * grad_accum * world_size  # rows of one total batch (one optimizer step)
+        self.shards = _as_shards(tokens)
+        self.names = [name for name, _ in self.shards]
+        unit = "one batch of B*T+1" if self.rows == B else "one total batch of B*grad_accum*world_size*T+1"
+        self.shard_samples = [_count_samples(t, self.rows, T, _describe(name, i, len(self.shards)), unit)
+                              for i, (name, t) in enumerate(self.shards)]
+        self.num_samples = sum(self.shard_samples)  # total batches (optimizer steps) per epoch
         self._rng = np.random.MT19937()
         self._rng._legacy_seeding(seed)  # init_genrand(seed): the stream of llm.c's and torch's mt19937
         self.epoch = 0
+        self.shard_order = list(range(len(self.shards)))  # permuted in place at every epoch, as llm.c
         self._start_epoch()
 
+    # the position: epoch, shard (index into shard_order), sample (index into order), micro (of this step)
+
     def _start_epoch(self) -> None:
-        """Draw this epoch's order; the RNG state before the draws is kept so a resume can redraw it."""
-        self._epoch_rng_state = self._rng.state
-        self.position = 0  # index into the order of the next sample to serve
-        self.order = np.arange(self.num_samples, dtype=np.int64)
-        if self.shuffle and self.num_samples > 1:
-            n = self.num_samples
-            draws = self._rng.random_raw(n - 1)  # one raw uint32 per swap, for i = n-1 down to 1
-            js = (draws % np.arange(n, 1, -1, dtype=np.uint64)).tolist()
-            order = self.order.tolist()  # plain lists: a sequential swap loop is fastest there
-            for i, j in zip(range(n - 1, 0, -1), js):
-                order[i], order[j] = order[j], order[i]
-            self.order = np.array(order, dtype=np.int64)
+        """llm.c's dataloader_reset: permute the shard order, then load the first shard."""
+        if self.shuffle:
+            _fisher_yates(self.shard_order, self._rng)
+        self.shard = 0
+        self._load_shard()
+
+    def _load_shard(self) -> None:
+        """Draw the current shard's sample order; the RNG state before the draws is kept to redraw it on resume."""
+        self._shard_rng_state = self._rng.state
+        n = self.shard_samples[self.shard_order[self.shard]]
+        order = list(range(n))
+        self.order = np.array(_fisher_yates(order, self._rng) if self.shuffle else order, dtype=np.int64)
+        self.sample = 0  # index into self.order of the total batch being served
+        self.micro = 0   # micro-batches of that total batch this loader has served
+
+    @property
+    def position(self) -> int:
+        """Index into the current shard's order of the next total batch (llm.c's current_sample_idx)."""
+        return self.sample
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs, targets), int32 arrays of shape (B, T); a new epoch begins when all samples were served."""
-        if self.position >= self.num_samples:
-            self.epoch += 1
-            self._start_epoch()
-        sample = int(self.order[self.position])
-        self.position += 1
-        return _batch(self.tokens, sample, self.B, self.T)
+        """This rank's next micro-batch (inputs, targets), int32 arrays of shape (B, T)."""
+        if self.sample >= len(self.order):  # shard exhausted: next shard, or a new epoch after the last
+            if self.shard + 1 < len(self.shards):
+                self.shard += 1
+                self._load_shard()
+            else:
+                self.epoch += 1
+                self._start_epoch()
+        tokens = self.shards[self.shard_order[self.shard]][1]
+        row = (self.micro * self.world_size + self.rank) * self.B
+        start = (int(self.order[self.sample]) * self.rows + row) * self.T
+        self.micro += 1
+        if self.micro == self.grad_accum:
+            self.sample, self.micro = self.sample + 1, 0
+        return _window(tokens, start, self.B, self.T)
 
     def __iter__(self):
         while True:
             yield self.next_batch()
 
     def state_dict(self) -> dict:
-        """JSON-serialisable: where we are, plus the RNG state that redraws this epoch's order."""
-        state = self._epoch_rng_state["state"]
+        """JSON-serialisable; the same for every rank and for every split of the same total batch.
+
+        "row" counts the rows of the current total batch already consumed by all ranks together
+        (micro * world_size * B): 0 at every optimizer-step boundary, where checkpoints are taken.
+        """
+        state = self._shard_rng_state["state"]
         return {
-            "B": self.B, "T": self.T, "num_samples": self.num_samples,
+            "version": LOADER_STATE_VERSION, "T": self.T, "total_rows": self.rows,
             "shuffle": self.shuffle, "seed": self.seed,
-            "epoch": self.epoch, "position": self.position,
-            "epoch_rng": {"key": [int(k) for k in state["key"]], "pos": int(state["pos"])},
+            "num_shards": len(self.shards), "num_samples": self.num_samples,
+            "epoch": self.epoch, "shard_order": list(self.shard_order),
+            "shard": self.shard, "shard_file": self.names[self.shard_order[self.shard]],
+            "shard_samples": len(self.order), "sample": self.sample, "row": self.micro * self.world_size * self.B,
+            "shard_rng": {"key": [int(k) for k in state["key"]], "pos": int(state["pos"])},
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where the loader that produced `state` stopped."""
-        mine = {"B": self.B, "T": self.T, "num_samples": self.num_samples, "shuffle": self.shuffle}
-        theirs = {k: state.get(k) for k in mine}
-        if mine != theirs:
-            raise DataError(f"loader state is for {theirs}, but this loader has {mine} (different data or batch shape)")
-        if not 0 <= state["position"] <= self.num_samples:
-            raise DataError(f"loader state position {state['position']} is outside 0..{self.num_samples}")
-        self.seed = state["seed"]
-        self._rng.state = {
-            "bit_generator": "MT19937",
-            "state": {"key": np.array(state["epoch_rng"]["key"], dtype=np.uint32), "pos": state["epoch_rng"]["pos"]},
-        }
-        self.epoch = state["epoch"]
-        self._start_epoch()  # redraws the same order and leaves the RNG where the original's is
-        self.position = state["position"]
+        """Continue exactly where the loader that produced `state` stopped (any split of the same total batch).
+
+        Every field is checked (types and ranges) before anything changes: a bad state is a DataError.
+        """
+        from .loader_state import check_loader_state  # here: loader_state imports DataError from this module
+
+        s = check_loader_state(state, self)
+        before = self._rng.state
+        try:
+            self._rng.state = {"bit_generator": "MT19937",
+                               "state": {"key": np.array(s["shard_rng"]["key"], dtype=np.uint32), "pos": s["shard_rng"]["pos"]}}
+        except (ValueError, TypeError, OverflowError) as e:
+            self._rng.state = before
+            raise DataError(f"loader state: bad shard_rng ({e})") from None
+        self.seed, self.epoch = s["seed"], s["epoch"]
+        self.shard_order, self.shard = list(s["shard_order"]), s["shard"]
+        self._load_shard()  # redraws the same order and leaves the RNG where the original's is
+        self.sample, self.micro = s["sample"], s["row"] // (self.world_size * self.B)
 
 
 class ValLoader:
-    """Validation batches: samples 0, 1, 2, ... in order, from the start on every evaluation (as llm.c)."""
+    """Validation batches: B*T+1-token samples 0, 1, 2, ... in order over the shards, from the start on
+    every evaluation (as llm.c), whatever the number of ranks.
 
-    def __init__(self, tokens, B: int, T: int):
-        self.tokens = _as_token_array(tokens)
-        self.B, self.T = B, T
-        self.num_samples = _count_samples(self.tokens, B, T, _describe(tokens))
+    With world_size N, global batch g goes to rank g % N (round robin). Shares are ragged when the
+    number of batches is not a multiple of N (some ranks get one batch fewer, possibly none), so ranks
+    must not average their means: each rank sums its batch losses, then allreduce_sum_ of
+    [loss_sum, count] gives sum/count, exactly the single-process mean over the same batches.
+    """
+
+    def __init__(self, tokens, B: int, T: int, rank: int = 0, world_size: int = 1):
+        _check_positive(B=B, T=T, world_size=world_size)
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
+            raise DataError(f"rank={rank!r} must be an integer in 0..{world_size - 1}")
+        self.B, self.T, self.rank, self.world_size = B, T, rank, world_size
+        self.shards = _as_shards(tokens)
+        self.shard_samples = [_count_samples(t, B, T, _describe(name, i, len(self.shards)))
+                              for i, (name, t) in enumerate(self.shards)]
+        self.num_samples = sum(self.shard_samples)  # batches over all ranks together
+
+    def count(self, num: int | None = None) -> int:
+        """Batches one evaluation uses over all ranks: `num` (all if None), capped at the number available."""
+        return self.num_samples if num is None else max(0, min(num, self.num_samples))
+
+    def share(self, num: int | None = None) -> int:
+        """How many of those batches this rank gets."""
+        return len(range(self.rank, self.count(num), self.world_size))
 
     def batches(self, num: int | None = None):
-        """Yield up to `num` batches (all of them if None), capped at the number available."""
-        count = self.num_samples if num is None else min(num, self.num_samples)
-        for sample in range(count):
-            yield _batch(self.tokens, sample, self.B, self.T)
+        """Yield this rank's share of the first `num` batches (all of them if None)."""
+        for g in range(self.rank, self.count(num), self.world_size):
+            for i, n in enumerate(self.shard_samples):  # few shards for validation: a linear walk is fine
+                if g < n:
+                    break
+                g -= n
+            yield _window(self.shards[i][1], g * self.B * self.T, self.B, self.T)

@@ -4,7 +4,8 @@ fallback, and any UTF-8 corpus of the user's.
 Tokenization follows llm.c's dev/data/tinyshakespeare.py: every document is preceded by one
 <|endoftext|> token (EOT) and encoded with `encode_ordinary`, so text that happens to contain
 "<|endoftext|>" stays plain text. Validation is the *first* part of the token stream, as in llm.c.
-Both output files are written atomically; a failed run leaves neither behind.
+All output files appear together (dataset_writer.py): a failed run leaves none of them behind and
+leaves an existing dataset of the same name as it was.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import EOT_TOKEN
-from .data import write_tokens
+from .dataset_writer import DatasetWriter
 from .tokenizer import get_tokenizer
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -165,18 +166,24 @@ def write_split(tokens: np.ndarray, num_val: int, out_dir: Path, name: str, fmt:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise PrepareError(f"cannot create output directory {out_dir}: {e.strerror}") from None
-    val_path, train_path = out_dir / f"{name}_val.bin", out_dir / f"{name}_train.bin"
-    written = []
     try:
-        for path, part in ((val_path, tokens[:num_val]), (train_path, tokens[num_val:])):
-            nbytes = write_tokens(path, part, fmt)
-            written.append(path)
-            log(f"writing {len(part):,} tokens to {path} ({nbytes:,} bytes)")
+        with DatasetWriter(out_dir, fmt) as writer:  # both files appear together, or neither
+            for split, part in (("val", tokens[:num_val]), ("train", tokens[num_val:])):
+                path, nbytes = writer.write(f"{name}_{split}.bin", part)
+                log(f"writing {len(part):,} tokens to {path} ({nbytes:,} bytes)")
+            val_path, train_path = writer.commit()
     except OSError as e:
-        for path in written:  # never leave half a dataset behind
-            path.unlink(missing_ok=True)
-        raise PrepareError(f"cannot write {e.filename or out_dir}: {e.strerror}") from None
+        raise PrepareError(f"cannot write {_real_name(e.filename) or out_dir}: {e.strerror}") from None
     return train_path, val_path
+
+
+def _real_name(filename):
+    """The file a user knows for an OSError's filename (a temporary or staging name shows as its final name)."""
+    if not filename:
+        return filename
+    path = Path(filename)
+    name = re.sub(r"^\.(.*)\.[0-9a-f]+\.tmp$", r"\1", path.name)  # atomic_write's temporary file
+    return str(path.with_name(re.sub(r"^\.staged-[0-9a-f]+-", "", name)))  # DatasetWriter's staging name
 
 
 # ----------------------------------------------------------------------------------------------------
