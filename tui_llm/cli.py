@@ -14,6 +14,7 @@ printing where it is and the command that continues it.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -142,18 +143,26 @@ def cmd_train(argv) -> int:
             settings["train_file"] = default_dataset()
         else:
             check_train_file(args.train_file)
+    from tui_llm.engine.distributed import World, launched_by_mpi
+
+    if not args.no_ui and launched_by_mpi():
+        raise UsageError("the terminal UI cannot run under mpiexec; add --no-ui (and watch the run from a terminal)")
     if not args.no_ui and not (sys.stdin.isatty() and sys.stderr.isatty()):  # Textual draws on stderr, reads stdin
         raise UsageError("the terminal UI needs a terminal; use --no-ui for headless runs")
     from tui_llm.engine.trainer import Trainer
 
-    trainer = Trainer.resume(args.resume, **settings) if args.resume else Trainer(RunConfig(**settings))
+    world = World.detect()
+    world.install_excepthook()
+    trainer = Trainer.resume(args.resume, world=world, **settings) if args.resume \
+        else Trainer(RunConfig(**settings), world=world)
     if args.no_ui:
         code = run_headless(trainer)
     else:
         from tui_llm.app import run_app
 
         code = run_app(trainer, trainer.history())
-    print_where(trainer)
+    if world.is_root:
+        print_where(trainer)
     return code
 
 
@@ -324,13 +333,18 @@ def main(argv=None) -> int:
     from tui_llm.engine.run_dir import RunDirError
     from tui_llm.engine.tokenizer import TokenizerError
 
+    from tui_llm.engine.distributed import DistributedError
+
+    root = os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")) == "0"  # MPI: one line, not N
     try:
         return command(argv)
     except ConfigError as e:
-        print(f"error: {safe_text(e.flag_message())}", file=sys.stderr)
+        if root:
+            print(f"error: {safe_text(e.flag_message())}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (UsageError, CheckpointError, DataError, PrepareError, TokenizerError, RunDirError) as e:
-        print(f"error: {safe_text(str(e))}", file=sys.stderr)
+    except (UsageError, CheckpointError, DataError, PrepareError, TokenizerError, RunDirError, DistributedError) as e:
+        if root:
+            print(f"error: {safe_text(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

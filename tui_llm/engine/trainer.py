@@ -29,11 +29,12 @@ from tui_llm.engine.checkpoint import (CheckpointError, load_model_weights, load
                                        save_training_checkpoint)
 from tui_llm.engine.config import GPTConfig, preset_config
 from tui_llm.engine.control import Control
-from tui_llm.engine.data import DataError, TrainLoader, ValLoader, open_tokens
+from tui_llm.engine.data import DataError, TrainLoader, ValLoader, open_dataset
+from tui_llm.engine.distributed import World
 from tui_llm.engine.model import GPT
 from tui_llm.engine.optim import AdamW, AdamWConfig, learning_rate
 from tui_llm.engine.run_config import ConfigError, RunConfig, default_val_file
-from tui_llm.engine.run_dir import RunDir, is_run_dir, resolve_checkpoint
+from tui_llm.engine.run_dir import RunDir, RunDirError, is_run_dir, resolve_checkpoint
 from tui_llm.engine.sampler import Sampler
 from tui_llm.engine.threads import set_threads
 from tui_llm.engine.tokenizer import get_tokenizer
@@ -47,11 +48,16 @@ class TrainingError(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, *, _resume: tuple[dict, dict] | None = None):
+    def __init__(self, config: RunConfig, *, world: World | None = None, _resume: tuple[dict, dict] | None = None):
         """Load the model and data and claim the run directory now, so bad input fails before
-        anything starts. The caller's config is not modified (see `self.config`)."""
+        anything starts. The caller's config is not modified (see `self.config`).
+
+        world: the processes of a data-parallel MPI run (World.detect()); default one process.
+        Every rank builds the same Trainer; rank 0 alone writes the run directory and emits events.
+        """
         config.validate()
         c = self.config = replace(config)
+        self.world = world = world or World.single()
         self.control = Control()
 
         # model
@@ -78,28 +84,31 @@ class Trainer:
 
         # data (paths made absolute, so a resume works from any directory)
         c.train_file = str(Path(c.train_file).absolute())
-        if not Path(c.train_file).exists():
-            raise DataError(f"{c.train_file}: no such file")
         c.val_file = c.val_file and str(Path(c.val_file).absolute())
-        self.train_tokens = open_tokens(c.train_file, c.data_format, vocab_size=mc.vocab_size)
-        tokens_per_micro = c.batch_size * c.seq_len
+        self.train_tokens = open_dataset(c.train_file, c.data_format, vocab_size=mc.vocab_size)
+        tokens_per_micro = c.batch_size * c.seq_len * world.size
         total = c.total_batch_size or tokens_per_micro
         if total % tokens_per_micro:
-            raise ConfigError("total_batch_size", f"{total} is not a multiple of batch_size * seq_len = "
-                                                  f"{c.batch_size} * {c.seq_len} = {tokens_per_micro}")
+            processes = f" * {world.size} processes" if world.size > 1 else ""
+            raise ConfigError("total_batch_size", f"{total} is not a multiple of batch_size * seq_len{processes} = "
+                                                  f"{c.batch_size} * {c.seq_len}{processes.replace(' processes', '')}"
+                                                  f" = {tokens_per_micro}")
         self.grad_accum = total // tokens_per_micro
         self.tokens_per_step = total
-        self.loader = TrainLoader(self.train_tokens, c.batch_size, c.seq_len, shuffle=c.shuffle, seed=42)
+        self.loader = TrainLoader(self.train_tokens, c.batch_size, c.seq_len, shuffle=c.shuffle, seed=42,
+                                  grad_accum=self.grad_accum, rank=world.rank, world_size=world.size)
         val_file = c.val_file or default_val_file(c.train_file)
         self.val_tokens = self.val_loader = None
         if val_file:
-            self.val_tokens = open_tokens(val_file, c.data_format, vocab_size=mc.vocab_size)
-            self.val_loader = ValLoader(self.val_tokens, c.batch_size, c.seq_len)
+            self.val_tokens = open_dataset(val_file, c.data_format, vocab_size=mc.vocab_size)
+            # whole total batches, as one process with the whole batch would see them (split below)
+            self.val_loader = ValLoader(self.val_tokens, self.loader.rows, c.seq_len)
         self.val_file = val_file
 
         # optimizer, sampling RNG, run state
         self.optimizer = AdamW(self.model, AdamWConfig(lr=c.lr, weight_decay=c.weight_decay, grad_clip=c.grad_clip))
         self.grad_sum = np.zeros(self.model.num_parameters, np.float32) if self.grad_accum > 1 else None
+        world.bcast_(self.model.params.flat)  # rank 0's weights are the run's
         self.sample_rng = np.random.default_rng(c.seed)
         self.step = 0
         self.elapsed_s = 0.0        # training time, continued across resumes
@@ -117,10 +126,18 @@ class Trainer:
         if _resume is None:
             c.out_dir = str(Path(c.out_dir).absolute()) if c.out_dir else \
                 str(Path("runs").absolute() / f"{datetime.now():%Y%m%d-%H%M%S}-{self._short_name()}")
-        self.run_dir = RunDir(c.out_dir)
-        if _resume is None:
-            self.run_dir.create()
-        self.run_dir.lock()
+        self.run_dir = RunDir(world.bcast_obj(c.out_dir))
+        problem = None
+        if world.is_root:  # rank 0 alone writes the run directory
+            try:
+                if _resume is None:
+                    self.run_dir.create()
+                self.run_dir.lock()
+            except RunDirError as e:
+                problem = e
+        problem = world.bcast_obj(str(problem) if problem else None)
+        if problem:
+            raise RunDirError(problem)
         self.encoding = get_tokenizer()
         self.sampler: Sampler | None = None
         self._emit = None
@@ -128,7 +145,7 @@ class Trainer:
         self._history_opened = False
 
     @classmethod
-    def resume(cls, path, **overrides) -> "Trainer":
+    def resume(cls, path, *, world: World | None = None, **overrides) -> "Trainer":
         """Continue the run saved at `path` (a run directory: its newest checkpoint; or a checkpoint
         file). `overrides` may change run settings (steps, lr, cadences, ...) but not the model or
         the data (ConfigError names the field)."""
@@ -145,7 +162,7 @@ class Trainer:
             raise CheckpointError(checkpoint, str(e)) from None
         saved.out_dir = str(checkpoint.parent.absolute())
         meta["path"] = str(checkpoint.absolute())
-        return cls(saved.resumed_with(overrides), _resume=(arrays, meta))
+        return cls(saved.resumed_with(overrides), world=world, _resume=(arrays, meta))
 
     def _restore(self, arrays: dict, meta: dict) -> None:
         """Optimizer, step, loader, RNG and history position from a checkpoint (each value checked)."""
@@ -192,7 +209,11 @@ class Trainer:
         self.control.send(command)
 
     def _serve_commands(self) -> None:
-        self.control.serve(self._on_command, lambda: self.step, self._emit)
+        """Apply the commands sent since the last step; under MPI rank 0's, on every rank at once."""
+        poll = None
+        if self.world.is_distributed:
+            poll = lambda waiting: self.world.agree(self.control._poll(waiting) if self.world.is_root else None)  # noqa: E731
+        self.control.serve(self._on_command, lambda: self.step, self._emit, poll=poll)
 
     def _on_command(self, cmd: ev.Command) -> None:
         if isinstance(cmd, ev.SampleNow):
@@ -212,18 +233,21 @@ class Trainer:
         if on_error not in ("stop", "pause"):
             raise ValueError(f"on_error must be 'stop' or 'pause', got {on_error!r}")
         self._on_error = on_error
-        self._emit = lambda event: self._record(event, emit)
+        self._emit = (lambda event: self._record(event, emit)) if self.world.is_root else (lambda event: None)
         c = self.config
         reason = ev.FinishReason.ERROR
         try:
-            set_threads(c.threads)
+            set_threads(c.threads or self.world.threads_per_rank())
             kernels.compile_kernels(lambda done, total, name: emit(ev.Compiling(done=done, total=total, name=name)))
-            self._open_history()
-            self.run_dir.write_config({"run_config": c.to_dict(), "model_config": self.model.config.to_dict(),
-                                       "model_name": self.model_name, "num_params": self.model.num_parameters})
+            if self.world.is_root:
+                self._open_history()
+                self.run_dir.write_config({"run_config": c.to_dict(), "model_config": self.model.config.to_dict(),
+                                           "model_name": self.model_name, "num_params": self.model.num_parameters})
             self._emit(self._run_started())
             reason = self._loop()
         except Exception as e:  # anything unexpected still reaches the consumer as one event
+            if self.world.is_distributed:  # the other ranks wait in a collective: end the whole job
+                self.world.abort(f"{type(e).__name__}: {e}")
             self._emit(ev.Error(step=self.step, message=f"{type(e).__name__}: {e}"))
             reason = ev.FinishReason.ERROR
         lost = self.step - max(self.last_saved_step, 0) if self.step > 0 else 0
@@ -253,10 +277,10 @@ class Trainer:
                     return self._finish(ev.FinishReason.ERROR)
                 self.control.pause(self.step, self._emit)
                 continue
-            if self._history_error is not None:
+            if self._history_error is not None and self.control.stop is None:  # stop at the next boundary
                 self._emit(ev.Error(step=self.step, message=f"cannot write {self.run_dir.metrics_path}: "
                                                             f"{self._history_error.strerror or self._history_error}"))
-                return self._finish(ev.FinishReason.ERROR)
+                self.control.send(ev.Stop(save=True, reason=ev.FinishReason.ERROR))
             if c.save_every and self.step % c.save_every == 0 and self.step < c.steps:
                 self._save(ev.SaveReason.PERIODIC)
         stop = self.control.stop
@@ -277,7 +301,9 @@ class Trainer:
         return reason
 
     def _train_step(self) -> None:
-        c, model, opt = self.config, self.model, self.optimizer
+        """One optimizer step: grad_accum micro-batches on every rank, their mean gradient
+        averaged over the ranks (one all-reduce), then the same AdamW update everywhere."""
+        c, model, opt, world = self.config, self.model, self.optimizer, self.world
         t0 = time.perf_counter()
         fwd_s = bwd_s = 0.0
         loss_sum = 0.0
@@ -286,20 +312,25 @@ class Trainer:
             t1 = time.perf_counter()
             loss = model.forward(x, y, training=True)
             t2 = time.perf_counter()
-            if not math.isfinite(loss):
-                raise TrainingError(f"non-finite loss ({loss}) at step {self.step + 1}: weights not updated")
+            loss_sum += loss
+            if not math.isfinite(loss) and not world.is_distributed:
+                break  # under MPI every rank goes on to the all-reduce, which carries the NaN to all
             model.backward()
             if self.grad_sum is not None:
                 if micro == 0:
                     self.grad_sum[:] = model.grads.flat
                 else:
                     kernels.accumulate(self.grad_sum, model.grads.flat)
-            t3 = time.perf_counter()
-            fwd_s, bwd_s, loss_sum = fwd_s + t2 - t1, bwd_s + t3 - t2, loss_sum + loss
+            fwd_s, bwd_s = fwd_s + t2 - t1, bwd_s + time.perf_counter() - t2
         t3 = time.perf_counter()
-        if self.grad_sum is not None:  # the mean gradient of the whole batch
-            np.multiply(self.grad_sum, np.float32(1.0 / self.grad_accum), out=model.grads.flat)
         loss = loss_sum / self.grad_accum
+        if world.is_distributed:  # the mean loss over all ranks (float64), NaN if any rank's is
+            loss = float(world.allreduce_sum_(np.array([loss], np.float64))[0]) / world.size
+        if not math.isfinite(loss):
+            raise TrainingError(f"non-finite loss ({loss}) at step {self.step + 1}: weights not updated")
+        if self.grad_sum is not None:  # the mean gradient of this rank's micro-batches
+            np.multiply(self.grad_sum, np.float32(1.0 / self.grad_accum), out=model.grads.flat)
+        world.allreduce_mean_(model.grads.flat)  # and of every rank's: the whole batch's mean gradient
         grad_norm = opt.grad_norm()
         if not math.isfinite(grad_norm):
             raise TrainingError(f"non-finite gradient norm ({grad_norm}) at step {self.step + 1}: weights not updated")
@@ -316,10 +347,20 @@ class Trainer:
             epoch=self.loader.epoch, tokens=self.tokens, elapsed_s=round(self.elapsed_s, 3)))
 
     def _validate(self) -> None:
-        losses = [self.model.forward(x, y) for x, y in self.val_loader.batches(self.config.val_batches)]
-        self._emit(ev.Validation(step=self.step, loss=float(np.mean(losses))))
+        """The mean loss of the first val_batches total batches: each is cut into micro-batches of
+        batch_size rows, dealt out to the ranks in turn, so any split gives the same mean."""
+        B, world = self.config.batch_size, self.world
+        loss_sum, count = 0.0, 0
+        for x, y in self.val_loader.batches(self.config.val_batches):  # (rows, T) each
+            for j in range(world.rank, x.shape[0] // B, world.size):
+                loss_sum += self.model.forward(x[j * B:(j + 1) * B], y[j * B:(j + 1) * B])
+                count += 1
+        total = world.allreduce_sum_(np.array([loss_sum, count], np.float64))
+        self._emit(ev.Validation(step=self.step, loss=float(total[0] / total[1])))
 
     def _sample(self, prompt: str) -> None:
+        if not self.world.is_root:
+            return
         c = self.config
         if self.sampler is None:
             self.sampler = Sampler(self.model, self.encoding)
@@ -345,6 +386,8 @@ class Trainer:
     def _save(self, reason: ev.SaveReason) -> bool | None:
         """Write a checkpoint of the current step. False: it failed (the previous one is intact);
         None: nothing new to save."""
+        if not self.world.is_root:
+            return None
         if self.step == self.last_saved_step:
             if reason == ev.SaveReason.REQUEST:
                 self._emit(ev.Notice(step=self.step, text=f"checkpoint for step {self.step} already saved"))
@@ -417,7 +460,8 @@ class Trainer:
             model_config=m.config.to_dict(), num_params=m.num_parameters, memory_bytes=4 * 4 * m.num_parameters,
             train_file=str(c.train_file), train_tokens=self.train_tokens.num_tokens,
             val_file=self.val_file, val_tokens=self.val_tokens.num_tokens if self.val_tokens else 0,
-            batches_per_epoch=self.loader.num_samples, tokens_per_step=self.tokens_per_step, world_size=1,
+            batches_per_epoch=self.loader.num_samples, tokens_per_step=self.tokens_per_step,
+            world_size=self.world.size,
             step=self.step, steps=c.steps, elapsed_s=self.elapsed_s)
 
 

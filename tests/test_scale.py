@@ -1,0 +1,124 @@
+"""Gradient accumulation and data-parallel MPI training are the single-process run.
+
+Every MPI case runs `mpiexec -n 2` in a subprocess with a timeout (mpi4py and mpich come with the
+`test` extra, so these run in CI).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tui_llm.engine.data import write_tokens
+
+TINY = ["--no-ui", "--model", "d2", "-t", "16", "--max-seq-len", "32", "--threads", "1", "--init-style", "numpy",
+        "--lr", "3e-3", "--val-every", "4", "--val-batches", "3", "--sample-every", "0", "--save-every", "0"]
+MPIEXEC = shutil.which("mpiexec")
+ENV = dict(os.environ, PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scale_data")
+    tokens = np.tile(np.random.default_rng(5).integers(0, 50257, 41), 80)
+    write_tokens(d / "s_train.bin", tokens[:2800])
+    write_tokens(d / "s_val.bin", tokens[2800:])
+    return d
+
+
+def cli(*args, ranks=1, timeout=300, cwd=None):
+    cmd = [sys.executable, "-m", "tui_llm", *args]
+    if ranks > 1:
+        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=cwd)
+
+
+def records(run, kind):
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["type"] == kind]
+
+
+def losses(run):
+    return [r["loss"] for r in records(run, "train")], [r["loss"] for r in records(run, "val")]
+
+
+def test_accumulation_equals_the_whole_batch(data, tmp_path):
+    whole = cli(str(data / "s_train.bin"), *TINY, "-b", "4", "--steps", "10", "--out-dir", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    accum = cli(str(data / "s_train.bin"), *TINY, "-b", "1", "--total-batch-size", str(4 * 16), "--steps", "10",
+                "--out-dir", str(tmp_path / "accum"))
+    assert accum.returncode == 0, accum.stderr
+    assert "64 tokens per step (4 micro-batches)" in accum.stdout
+    (train1, val1), (train2, val2) = losses(tmp_path / "whole"), losses(tmp_path / "accum")
+    assert len(train1) == 10 and len(val1) == 4  # 0, 4, 8 and the final weights
+    np.testing.assert_allclose(train2, train1, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(val2, val1, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
+def test_two_ranks_equal_one_process_and_resume_on_any_world_size(data, tmp_path):
+    one = cli(str(data / "s_train.bin"), *TINY, "-b", "4", "--steps", "12", "--out-dir", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    two = cli(str(data / "s_train.bin"), *TINY, "-b", "2", "--steps", "12", "--out-dir", str(tmp_path / "two"), ranks=2)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("model: d2") == 1  # rank 0 alone prints
+    assert "over 2 processes" in two.stdout
+    (t1, v1), (t2, v2) = losses(tmp_path / "one"), losses(tmp_path / "two")
+    np.testing.assert_allclose(t2, t1, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(v2, v1, rtol=0, atol=1e-5)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "one").iterdir())  # one run directory, written once
+
+    # 2 ranks x B=1 x 2 micro-batches, then resumed on 1 process x B=4 (same total batch)
+    part = cli(str(data / "s_train.bin"), *TINY, "-b", "1", "-d", "64", "--steps", "6", "--out-dir",
+               str(tmp_path / "mixed"), ranks=2)
+    assert part.returncode == 0, part.stderr
+    rest = cli("--resume", str(tmp_path / "mixed"), "--no-ui", "-b", "4", "-d", "0", "--steps", "12")
+    assert rest.returncode == 2 and "--batch-size" in rest.stderr  # the micro-batch is fixed on resume
+    rest = cli("--resume", str(tmp_path / "mixed"), "--no-ui", "--steps", "12")  # 1 process x 4 micro-batches
+    assert rest.returncode == 0, rest.stderr
+    t3, _ = losses(tmp_path / "mixed")
+    np.testing.assert_allclose(t3, t1, rtol=0, atol=1e-5)
+    val_one = {r["step"]: r["loss"] for r in records(tmp_path / "one", "val")}
+    val_mixed = {r["step"]: r["loss"] for r in records(tmp_path / "mixed", "val")}  # + the final one at 6
+    assert set(val_one) <= set(val_mixed)
+    np.testing.assert_allclose([val_mixed[k] for k in val_one], list(val_one.values()), rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
+def test_sigint_to_mpiexec_saves_and_resumes_with_identical_losses(data, tmp_path):
+    common = [str(data / "s_train.bin"), *TINY, "-b", "2", "--steps", "30"]
+    straight = cli(*common, "--out-dir", str(tmp_path / "straight"), ranks=2)
+    assert straight.returncode == 0, straight.stderr
+    run = tmp_path / "run"
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "tui_llm", *common, "--out-dir", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    for line in proc.stdout:
+        if line.startswith("step 4/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    saved = records(run, "checkpoint")
+    assert saved and saved[-1]["step"] >= 4
+    resumed = cli("--resume", str(run), "--no-ui", ranks=2)
+    assert resumed.returncode == 0, resumed.stderr
+    (t1, v1), (t2, v2) = losses(tmp_path / "straight"), losses(run)
+    assert t2 == t1 and v2 == v1  # the same ranks, the same sums: bit-identical
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
+def test_bad_splits_under_mpi_are_one_line(data, tmp_path):
+    r = cli(str(data / "s_train.bin"), *TINY, "-b", "2", "-d", "48", "--steps", "2", "--out-dir", str(tmp_path / "x"),
+            ranks=2, timeout=120)
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--total-batch-size" in lines[0] and "2 processes" in lines[0]
+    r = cli(str(data / "s_train.bin"), "--model", "d2", ranks=2, timeout=120)  # the UI under mpiexec
+    assert r.returncode == 2 and "mpiexec" in r.stderr
