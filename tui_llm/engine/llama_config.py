@@ -148,7 +148,7 @@ def check_rope_scaling(scaling: dict) -> dict:
     out = {"rope_type": kind}
     for key in keys:
         try:
-            out[key] = float(scaling[key])
+            out[key] = float(scaling[key]) if key != "original_max_position_embeddings" else int(scaling[key])
         except (KeyError, TypeError, ValueError):
             raise LlamaConfigError(f"{kind} RoPE scaling needs a number for {key!r}") from None
         if not out[key] > 0:
