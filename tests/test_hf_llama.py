@@ -161,6 +161,8 @@ def make_tied(d):
     (dict(attention_bias=True), "attention_bias"),
     (dict(mlp_bias=True), "mlp_bias"),
     (dict(partial_rotary_factor=0.5), "partial_rotary_factor"),
+    (dict(rope_parameters={"rope_theta": 1e4, "rope_type": "default", "partial_rotary_factor": 0.25}),
+     "partial_rotary_factor 0.25"),
     (dict(hidden_size=None), "'hidden_size'"),
     (dict(num_key_value_heads=3), "multiple of key/value heads"),
 ])
@@ -227,4 +229,19 @@ def test_missing_files_are_refused(tmp_path):
         read_hf_llama(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"\x05\x00")
     with pytest.raises(CheckpointError, match="not a safetensors file"):
+        read_hf_llama(tmp_path)
+
+
+def test_tied_head_copy_unprefixed_names_and_inv_freq_are_accepted(tmp_path):
+    P, rcfg = make_hf_dir(tmp_path, hf_config())
+    tensors = {n.removeprefix("model."): ("F32", v.astype(np.float32)) for n, v in P.items()}
+    tensors["lm_head.weight"] = tensors["embed_tokens.weight"]          # a tied head stored anyway
+    tensors["layers.0.self_attn.rotary_emb.inv_freq"] = ("F32", np.ones(2, np.float32))
+    write_safetensors(tmp_path / "model.safetensors", tensors)
+    cfg, flat = read_hf_llama(tmp_path)
+    x = np.arange(16, dtype=np.int32).reshape(2, 8)
+    assert abs(Llama(cfg, flat).forward(x, x) - ref.forward_backward(P, rcfg, x, x)[1]) < 1e-4
+    tensors["lm_head.weight"] = ("F32", tensors["embed_tokens.weight"][1] * 2)
+    write_safetensors(tmp_path / "model.safetensors", tensors)
+    with pytest.raises(CheckpointError, match="lm_head.weight differs from embed_tokens"):
         read_hf_llama(tmp_path)

@@ -146,6 +146,8 @@ def test_smollm2_shape_counts():
                       channels=576, ffn_channels=1536)
     assert cfg.padded_vocab_size == 49152 and cfg.head_dim == 64
     assert num_parameters(cfg) == 134_515_008  # SmolLM2-135M's published count
+    assert cfg.summary() == ("llama | 30 layers, 9 heads / 3 KV, 576 channels, SwiGLU 1536, max 2048 positions, "
+                             "vocab 49152 (padded 49152), tied head")
 
 
 def test_config_round_trip_and_errors():
@@ -172,3 +174,25 @@ def test_config_round_trip_and_errors():
         LlamaConfig.from_dict({**d, "arch": "gpt2"})
     with pytest.raises(ValueError, match="exceeds"):
         Llama(cfg).forward(np.zeros((1, 17), np.int32))
+
+
+def test_activation_size_is_known_before_allocating():
+    from tui_llm.engine.llama import Activations
+    for cfg in CONFIGS.values():
+        assert Activations(cfg, 3, 5).nbytes() == Activations.nbytes_for(cfg, 3, 5)
+
+
+def test_arch_dispatch_rebuilds_either_model():
+    from tui_llm.engine.arch import build_model, config_from_dict
+    from tui_llm.engine.config import GPTConfig
+    from tui_llm.engine.model import GPT
+    cfg = CONFIGS["gqa-untied"]
+    model = random_model(cfg)
+    again = build_model(config_from_dict(cfg.to_dict()), model.params.flat.copy())
+    assert isinstance(again, Llama) and again.config == cfg
+    x, y = make_batch()
+    assert again.forward(x, y) == model.forward(x, y)
+    gpt_cfg = GPTConfig(max_seq_len=16, vocab_size=97, num_layers=1, num_heads=2, channels=16)
+    assert isinstance(build_model(config_from_dict(gpt_cfg.to_dict())), GPT)
+    with pytest.raises(ValueError, match="unknown model architecture 'mamba'"):
+        config_from_dict({"arch": "mamba"})

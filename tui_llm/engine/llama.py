@@ -79,7 +79,7 @@ class Activations:
     @staticmethod
     def nbytes_for(cfg: LlamaConfig, B: int, T: int) -> int:
         L, C, H, F, N = cfg.num_layers, cfg.channels, cfg.num_heads, cfg.ffn_channels, B * T
-        per_layer = N * (5 * C + 2 + cfg.qkv_dim + cfg.q_dim + 3 * F) + B * H * T * T
+        per_layer = N * (4 * C + 2 + cfg.qkv_dim + cfg.q_dim + 3 * F) + B * H * T * T
         rest = N * (C * 5 + 2 + cfg.padded_vocab_size + cfg.q_dim + cfg.qkv_dim + 3 * F)
         return 4 * (L * per_layer + rest)
 

@@ -117,6 +117,15 @@ class LlamaConfig:
     def qkv_dim(self) -> int:     # (H + 2 KV) * hd
         return self.q_dim + 2 * self.kv_dim
 
+    def summary(self) -> str:
+        """One line for the run header, like the trainer's GPT-2 line."""
+        kv = f" / {self.num_kv_heads} KV" if self.num_kv_heads != self.num_heads else ""
+        rope = f", RoPE {self.rope_scaling['rope_type']}" if self.rope_scaling else ""
+        return (f"llama | {self.num_layers} layers, {self.num_heads} heads{kv}, {self.channels} channels, "
+                f"SwiGLU {self.ffn_channels}, max {self.max_seq_len} positions{rope}, vocab {self.vocab_size} "
+                f"(padded {self.padded_vocab_size}), {'tied' if self.tied_embeddings else 'untied'} head"
+                f"{', q/k/v bias' if self.qkv_bias else ''}")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["rope_scaling"] = dict(self.rope_scaling) if self.rope_scaling else None

@@ -55,8 +55,9 @@ def _rope(hf: dict, path) -> tuple[float, dict | None]:
         theta, scaling = params.get("rope_theta", hf.get("rope_theta", 10000.0)), params
     else:                                    # transformers 4.x
         theta, scaling = hf.get("rope_theta", 10000.0), hf.get("rope_scaling")
-    if float(hf.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise CheckpointError(path, f"partial_rotary_factor {hf['partial_rotary_factor']} is not supported")
+    partial = (params if isinstance(params, dict) else {}).get("partial_rotary_factor", hf.get("partial_rotary_factor"))
+    if partial not in (None, 1, 1.0):
+        raise CheckpointError(path, f"partial_rotary_factor {partial} is not supported (RoPE over the whole head only)")
     try:
         return float(theta), check_rope_scaling(scaling) if scaling is not None else None
     except LlamaConfigError as e:
@@ -206,8 +207,8 @@ def _read_header(path: Path) -> dict[str, tuple[str, tuple, int, int]]:
     return entries
 
 
-def _weight_files(directory: Path) -> dict[str, Path]:
-    """tensor name -> the file holding it, from model.safetensors or the shard index."""
+def _weight_files(directory: Path) -> tuple[dict[str, Path], dict[Path, dict]]:
+    """({tensor name: the file holding it}, {file: its header}) from model.safetensors or the shard index."""
     if (directory / WEIGHTS).is_file():
         files = [directory / WEIGHTS]
     elif (directory / INDEX).is_file():
@@ -223,21 +224,13 @@ def _weight_files(directory: Path) -> dict[str, Path]:
         other = sorted(q.name for q in directory.glob("*.bin")) + sorted(q.name for q in directory.glob("*.pth"))
         hint = f" (found {', '.join(other)}: only safetensors weights are supported)" if other else ""
         raise CheckpointError(directory, f"no {WEIGHTS} or {INDEX}{hint}")
-    return {name: f for f in files for name in _read_header_cached(f)}
+    headers = {f: _read_header(f) for f in files}
+    return {name: f for f in files for name in headers[f]}, headers
 
 
-_headers: dict[Path, dict] = {}
-
-
-def _read_header_cached(path: Path) -> dict:
-    if path not in _headers:
-        _headers[path] = _read_header(path)
-    return _headers[path]
-
-
-def _read_tensor(path: Path, name: str, dest: np.ndarray) -> None:
+def _read_tensor(path: Path, header: dict, name: str, dest: np.ndarray) -> None:
     """Fill the contiguous view dest with the named tensor, converted to float32 chunk by chunk."""
-    code, shape, start, _ = _read_header_cached(path)[name]
+    code, shape, start, _ = header[name]
     if shape != dest.shape:
         raise CheckpointError(path, f"{name} has shape {shape}, config.json implies {dest.shape}")
     if code not in DTYPES:
@@ -272,30 +265,30 @@ def read_hf_llama(path, max_seq_len: int | None = None) -> tuple[LlamaConfig, np
     except ValueError as e:
         raise CheckpointError(config_path, f"bad JSON: {e}") from None
     cfg = config_from_hf(hf, config_path, max_seq_len)
-    _headers.clear()
-    try:
-        files = _weight_files(directory)
-        # a bare LlamaModel (no LM head wrapper) saves its tensors without the "model." prefix
-        names = {(n if n.startswith(("model.", "lm_head.")) else "model." + n): n for n in files}
-        p = LlamaParams(cfg)  # zero-filled: the padded vocabulary rows stay zero
-        wanted = dict(hf_tensor_map(p))
-        missing = [n for n in wanted if n not in names]
-        if missing:
-            why = " (tie_word_embeddings is false)" if missing == ["lm_head.weight"] else ""
-            raise CheckpointError(directory, f"{len(missing)} tensors missing{why}, e.g. {', '.join(missing[:3])}")
-        unknown = [n for n in names if n not in wanted and n != "lm_head.weight" and not n.endswith(IGNORED_SUFFIXES)]
-        if unknown:
-            raise CheckpointError(directory, f"unexpected tensors for {hf['model_type']}, e.g. {', '.join(unknown[:3])}")
-        for name, dest in wanted.items():
-            _read_tensor(files[names[name]], names[name], dest)
-        if cfg.tied_embeddings and "lm_head.weight" in names:
-            head = np.empty((cfg.vocab_size, cfg.channels), np.float32)
-            _read_tensor(files[names["lm_head.weight"]], names["lm_head.weight"], head)
-            if not np.array_equal(head, p.wte[:cfg.vocab_size]):
-                raise CheckpointError(directory, "lm_head.weight differs from embed_tokens but tie_word_embeddings "
-                                                 "is true")
-    finally:
-        _headers.clear()
+    files, headers = _weight_files(directory)
+    # a bare LlamaModel (no LM head wrapper) saves its tensors without the "model." prefix
+    names = {(n if n.startswith(("model.", "lm_head.")) else "model." + n): n for n in files}
+    p = LlamaParams(cfg)  # zero-filled: the padded vocabulary rows stay zero
+    wanted = dict(hf_tensor_map(p))
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        why = " (tie_word_embeddings is false)" if missing == ["lm_head.weight"] else ""
+        raise CheckpointError(directory, f"{len(missing)} tensors missing{why}, e.g. {', '.join(missing[:3])}")
+    unknown = [n for n in names if n not in wanted and n != "lm_head.weight" and not n.endswith(IGNORED_SUFFIXES)]
+    if unknown:
+        raise CheckpointError(directory, f"unexpected tensors for {hf['model_type']}, e.g. {', '.join(unknown[:3])}")
+
+    def read(name, dest):
+        path = files[names[name]]
+        _read_tensor(path, headers[path], names[name], dest)
+
+    for name, dest in wanted.items():
+        read(name, dest)
+    if cfg.tied_embeddings and "lm_head.weight" in names:
+        head = np.empty((cfg.vocab_size, cfg.channels), np.float32)
+        read("lm_head.weight", head)
+        if not np.array_equal(head, p.wte[:cfg.vocab_size]):
+            raise CheckpointError(directory, "lm_head.weight differs from embed_tokens but tie_word_embeddings is true")
     return cfg, p.flat
 
 
