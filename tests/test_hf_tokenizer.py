@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from tui_llm.engine.hf_tokenizer import HFTokenizer
 from tui_llm.engine.tokenizer import TokenizerError
@@ -105,3 +105,27 @@ def test_errors_are_one_line(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text("{oops")
     with pytest.raises(TokenizerError, match="bad JSON"):
         HFTokenizer.from_dir(tmp_path)
+
+
+def test_sentencepiece_style_byte_fallback_streams_too(tmp_path):
+    """Llama 2 / TinyLlama / Mistral tokenizers: '▁' for spaces, <0xNN> byte tokens, a stripped leading space."""
+    tok = Tokenizer(models.BPE(byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"] + byte_tokens,
+                                  show_progress=False)
+    tok.train_from_iterator([CORPUS[:3000]], trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    t = HFTokenizer.from_dir(tmp_path)
+    text = "Hello Zürich 😀 日本 fox"
+    ids = t.encode_ordinary(text)
+    assert any(t.tokenizer.id_to_token(i) == "<0xF0>" for i in ids)  # the emoji is spelled in bytes
+    pieces = t.token_pieces(ids)
+    assert t.decode(ids) == text and "".join(pieces) == text
+    assert "😀" in pieces and not any("\ufffd" in p for p in pieces)
+    assert (t.bos_token_id, t.eos_token_id, t.adds_bos) == (1, 2, True)
+    assert t.encode_document("fox") == [1] + t.encode_ordinary("fox") + [2]

@@ -109,7 +109,7 @@ def test_adamw_steps_reduce_the_loss():
     assert losses[-1] < losses[0] - 0.5, losses
 
 
-@pytest.mark.parametrize("name", ["gqa-bias", "gqa-untied", "llama3-rope"])
+@pytest.mark.parametrize("name", ["mha-tied", "gqa-bias", "gqa-untied", "llama3-rope"])
 def test_kv_cache_extend_matches_full_forward(name):
     cfg = CONFIGS[name]
     model = random_model(cfg)

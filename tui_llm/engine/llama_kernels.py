@@ -8,6 +8,9 @@ hands them to BLAS through numpy.
 Letters: B batch, T time, N = B*T rows, C channels, H query heads, KV key/value heads
 (H % KV == 0; query head h reads key/value head h // (H / KV)), hd head dim, F SwiGLU width.
 The fused q/k/v buffer of one row is [H*hd query | KV*hd key | KV*hd value], heads side by side.
+
+numba's on-disk cache keys these kernels on this file only: after editing `exp_block` or
+`attend` in kernels.py, touch this file (or delete its __pycache__ *.nbi/*.nbc) so they recompile.
 """
 
 from __future__ import annotations
