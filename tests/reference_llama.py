@@ -126,7 +126,8 @@ def forward_backward(P: dict, cfg: dict, tokens, targets):
     np.put_along_axis(dlogits, targets[..., None], np.take_along_axis(dlogits, targets[..., None], -1) - 1, -1)
     dlogits /= B * T
     C = E.shape[1]
-    G["model.embed_tokens.weight" if cfg["tied"] else "lm_head.weight"] += dlogits.reshape(-1, W_head.shape[0]).T @ hf.reshape(-1, C)
+    head_name = "model.embed_tokens.weight" if cfg["tied"] else "lm_head.weight"
+    G[head_name] += dlogits.reshape(-1, W_head.shape[0]).T @ hf.reshape(-1, C)
     dx, G["model.norm.weight"] = rmsnorm_back(dlogits @ W_head, cf, P["model.norm.weight"])
 
     def wgrad(d, a):  # sum over rows of d^T a
