@@ -178,8 +178,15 @@ def test_config_round_trip_and_errors():
 
 def test_activation_size_is_known_before_allocating():
     from tui_llm.engine.llama import Activations
+    from tui_llm.engine.llama import training_memory_bytes
     for cfg in CONFIGS.values():
         assert Activations(cfg, 3, 5).nbytes() == Activations.nbytes_for(cfg, 3, 5)
+    model = Llama.random_init(CONFIGS["gqa-untied"])
+    model.forward(*make_batch(), training=True)
+    model.backward()
+    opt = AdamW(model)
+    used = model.params.flat.nbytes + model.grads.flat.nbytes + opt.m.nbytes + opt.v.nbytes + model.acts.nbytes()
+    assert training_memory_bytes(model.config, 2, 8) == used
 
 
 def test_arch_dispatch_rebuilds_either_model():

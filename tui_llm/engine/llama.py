@@ -29,7 +29,7 @@ from tui_llm.engine.llama_config import (MATRIX_PARAMS, LlamaConfig, LlamaConfig
                                          check_fits_memory, num_parameters, rope_tables)
 from tui_llm.engine.model import matmul
 
-__all__ = ["Llama", "LlamaConfig", "LlamaConfigError", "KVCache"]
+__all__ = ["Llama", "LlamaConfig", "LlamaConfigError", "KVCache", "training_memory_bytes"]
 
 
 class BlockBuffers:
@@ -90,6 +90,12 @@ class Activations:
 
     def nbytes(self) -> int:
         return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+
+
+def training_memory_bytes(cfg: LlamaConfig, B: int, T: int) -> int:
+    """What training at (B, T) allocates: weights, gradients, AdamW m and v (4 x 4 bytes per
+    parameter) and the activations. check_fits_memory(training_memory_bytes(...), ...) refuses early."""
+    return 16 * num_parameters(cfg) + Activations.nbytes_for(cfg, B, T)
 
 
 class KVCache:
