@@ -192,6 +192,8 @@ def _read_header(path: Path) -> dict[str, tuple[str, tuple, int, int]]:
         raise CheckpointError(path, f"cannot read ({e.strerror})") from None
     except ValueError as e:
         raise CheckpointError(path, f"bad safetensors header JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(path, "bad safetensors header: not a JSON object")
     header.pop("__metadata__", None)
     entries = {}
     for name, info in header.items():
@@ -236,17 +238,21 @@ def _read_tensor(path: Path, header: dict, name: str, dest: np.ndarray) -> None:
     if code not in DTYPES:
         raise CheckpointError(path, f"{name} has dtype {code}; only F32, F16 and BF16 are supported")
     stored, convert = DTYPES[code]
+    assert dest.flags.c_contiguous  # so that reshape(-1) below is a view, not a copy
     out = dest.reshape(-1)
-    with open(path, "rb") as f:
-        for i in range(0, out.size, CHUNK):
-            count = min(CHUNK, out.size - i)
-            f.seek(start + i * stored.itemsize)
-            chunk = convert(np.fromfile(f, dtype=stored, count=count))
-            if chunk.size != count:
-                raise CheckpointError(path, f"{name}: truncated")
-            if not np.isfinite(chunk).all():
-                raise CheckpointError(path, f"{name} has NaN or infinite values")
-            out[i:i + count] = chunk
+    try:
+        with open(path, "rb") as f:
+            for i in range(0, out.size, CHUNK):
+                count = min(CHUNK, out.size - i)
+                f.seek(start + i * stored.itemsize)
+                chunk = convert(np.fromfile(f, dtype=stored, count=count))
+                if chunk.size != count:
+                    raise CheckpointError(path, f"{name}: truncated")
+                if not np.isfinite(chunk).all():
+                    raise CheckpointError(path, f"{name} has NaN or infinite values")
+                out[i:i + count] = chunk
+    except OSError as e:
+        raise CheckpointError(path, f"cannot read ({e.strerror})") from None
 
 
 def read_hf_llama(path, max_seq_len: int | None = None) -> tuple[LlamaConfig, np.ndarray]:
