@@ -165,6 +165,10 @@ def make_tied(d):
      "partial_rotary_factor 0.25"),
     (dict(hidden_size=None), "'hidden_size'"),
     (dict(num_key_value_heads=3), "multiple of key/value heads"),
+    (dict(num_key_value_heads="2"), "num_kv_heads must be a positive integer"),
+    (dict(rms_norm_eps="tiny"), "rms_norm_eps must be a number"),
+    (dict(rope_theta="big"), "bad RoPE settings"),
+    (dict(rope_scaling=["linear"]), "rope_scaling must be a dict"),
 ])
 def test_unsupported_configs_are_refused_in_one_line(tmp_path, change, message):
     make_hf_dir(tmp_path, hf_config())

@@ -72,10 +72,22 @@ class LlamaConfig:
     def __post_init__(self):
         def err(msg):
             raise LlamaConfigError(msg)
+        def is_int(value):
+            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
         for name in ("vocab_size", "max_seq_len", "num_layers", "num_heads", "channels", "ffn_channels"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+            if not is_int(value) or value <= 0:
                 err(f"{name} must be a positive integer, got {value!r}")
+        for name in ("num_kv_heads", "head_dim", "padded_vocab_size"):  # 0 = derived
+            value = getattr(self, name)
+            if not is_int(value) or value < 0:
+                err(f"{name} must be a positive integer (or 0 for the default), got {value!r}")
+        for name in ("rms_norm_eps", "rope_theta"):
+            if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
+                err(f"{name} must be a number, got {getattr(self, name)!r}")
+        for name in ("bos_token_id", "eos_token_id"):
+            if getattr(self, name) is not None and not is_int(getattr(self, name)):
+                err(f"{name} must be an integer or None, got {getattr(self, name)!r}")
         if self.num_kv_heads == 0:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         if self.head_dim == 0:
@@ -84,8 +96,6 @@ class LlamaConfig:
             object.__setattr__(self, "head_dim", self.channels // self.num_heads)
         if self.padded_vocab_size == 0:
             object.__setattr__(self, "padded_vocab_size", pad_vocab(self.vocab_size))
-        if self.num_kv_heads < 0 or self.head_dim < 0:
-            err(f"num_kv_heads and head_dim must be positive, got {self.num_kv_heads} and {self.head_dim}")
         if self.num_heads % self.num_kv_heads:
             err(f"heads ({self.num_heads}) must be a multiple of key/value heads ({self.num_kv_heads})")
         if self.head_dim % 2:

@@ -60,8 +60,8 @@ def _rope(hf: dict, path) -> tuple[float, dict | None]:
         raise CheckpointError(path, f"partial_rotary_factor {partial} is not supported (RoPE over the whole head only)")
     try:
         return float(theta), check_rope_scaling(scaling) if scaling is not None else None
-    except LlamaConfigError as e:
-        raise CheckpointError(path, str(e)) from None
+    except (LlamaConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(path, f"bad RoPE settings: {e}") from None
 
 
 def config_from_hf(hf: dict, path=CONFIG, max_seq_len: int | None = None) -> LlamaConfig:
@@ -110,7 +110,7 @@ def config_from_hf(hf: dict, path=CONFIG, max_seq_len: int | None = None) -> Lla
             vocab_size=hf["vocab_size"], max_seq_len=T, num_layers=hf["num_hidden_layers"], num_heads=H,
             num_kv_heads=hf.get("num_key_value_heads") or H, channels=hf["hidden_size"],
             ffn_channels=hf["intermediate_size"], head_dim=hf.get("head_dim") or 0,
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=scaling,
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=scaling,
             tied_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=model_type == "qwen2",
             bos_token_id=token("bos_token_id"), eos_token_id=token("eos_token_id"))
     except LlamaConfigError as e:
