@@ -9,7 +9,7 @@ from safetensors.numpy import load_file
 
 from tests import reference_llama as ref
 from tui_llm.engine.checkpoint import CheckpointError
-from tui_llm.engine.formats.hf_llama import config_from_hf, read_hf_llama, write_hf_llama
+from tui_llm.engine.formats.hf_llama import config_from_hf, hf_model_type, read_hf_llama, write_hf_llama
 from tui_llm.engine.llama import Llama
 
 V, C, L, F, MAX_POS = 50, 16, 2, 24, 16
@@ -220,12 +220,15 @@ def test_bad_tensors_are_refused_in_one_line(tmp_path, how, message):
 
 
 def test_missing_files_are_refused(tmp_path):
+    assert hf_model_type(tmp_path) is None
     with pytest.raises(CheckpointError, match="no such directory"):
         read_hf_llama(tmp_path / "nope")
     with pytest.raises(CheckpointError, match="no config.json"):
         read_hf_llama(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(hf_config()))
+    assert hf_model_type(tmp_path) == "llama"
     (tmp_path / "pytorch_model.bin").write_bytes(b"x")
+    assert hf_model_type(tmp_path / "pytorch_model.bin") == "llama"
     with pytest.raises(CheckpointError, match="found pytorch_model.bin: only safetensors"):
         read_hf_llama(tmp_path)
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-1.safetensors"}}))

@@ -255,6 +255,18 @@ def _read_tensor(path: Path, header: dict, name: str, dest: np.ndarray) -> None:
         raise CheckpointError(path, f"cannot read ({e.strerror})") from None
 
 
+def hf_model_type(path) -> str | None:
+    """model_type of the config.json in an HF model directory (or next to a file in it), None when
+    there is none or it cannot be read: lets --init-from choose between read_hf and read_hf_llama."""
+    directory = Path(path).expanduser()
+    directory = directory.parent if directory.is_file() else directory
+    try:
+        model_type = json.loads((directory / CONFIG).read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model_type if isinstance(model_type, str) else None
+
+
 def read_hf_llama(path, max_seq_len: int | None = None) -> tuple[LlamaConfig, np.ndarray]:
     """(LlamaConfig, flat float32 parameters) from an HF model directory (or a file inside it)."""
     directory = Path(path).expanduser()
