@@ -1,0 +1,28 @@
+"""Which architecture a saved model config describes, and the model class that runs it.
+
+GPTConfig.to_dict() has no "arch" key (checkpoints written before Llama support neither);
+LlamaConfig.to_dict() says "arch": "llama". Both model classes share one API (model.GPT).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tui_llm.engine.config import GPTConfig
+from tui_llm.engine.llama import Llama, LlamaConfig
+from tui_llm.engine.model import GPT
+
+
+def config_from_dict(d: dict) -> GPTConfig | LlamaConfig:
+    """The inverse of cfg.to_dict() for either architecture (ValueError, one line, otherwise)."""
+    arch = d.get("arch", "gpt2")
+    if arch == "llama":
+        return LlamaConfig.from_dict(d)
+    if arch == "gpt2":
+        return GPTConfig(**{k: v for k, v in d.items() if k != "arch"})
+    raise ValueError(f"unknown model architecture {arch!r} (gpt2 or llama)")
+
+
+def build_model(config: GPTConfig | LlamaConfig, params: np.ndarray | None = None) -> GPT | Llama:
+    """A model over the given flat parameters (zeros if None)."""
+    return (Llama if isinstance(config, LlamaConfig) else GPT)(config, params)

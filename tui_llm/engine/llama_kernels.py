@@ -1,0 +1,271 @@
+"""Numba kernels for the Llama block: RMSNorm, RoPE, SwiGLU, grouped-query attention, embedding.
+
+Same conventions as kernels.py (float32, `nogil` so the UI thread keeps running, `cache` so the
+compile happens once, `prange` over rows or heads); the softmax exponentials reuse its
+`exp_block` and one query's attention reuses its `attend`. Matrix products are not here: llama.py
+hands them to BLAS through numpy.
+
+Letters: B batch, T time, N = B*T rows, C channels, H query heads, KV key/value heads
+(H % KV == 0; query head h reads key/value head h // (H / KV)), hd head dim, F SwiGLU width.
+The fused q/k/v buffer of one row is [H*hd query | KV*hd key | KV*hd value], heads side by side.
+
+numba's on-disk cache keys these kernels on this file only: after editing `exp_block` or
+`attend` in kernels.py, touch this file (or delete its __pycache__ *.nbi/*.nbc) so they recompile.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from tui_llm.engine.kernels import EXP_BLOCK, JIT, PJIT, attend, exp_block
+
+
+# ---------------------------------------------------------------------------------------
+# Embedding (no position table: positions enter through RoPE)
+
+@njit(**JIT)
+def embedding_backward(dwte, dout, tokens):
+    """dwte[tokens[r]] += dout[r]. Serial: tokens repeat, parallel rows would race."""
+    N, C = dout.shape
+    for r in range(N):
+        row, d = dwte[tokens[r]], dout[r]
+        for c in range(C):
+            row[c] += d[c]
+
+
+# ---------------------------------------------------------------------------------------
+# RMSNorm: out = weight * x / sqrt(mean(x^2) + eps); no mean subtraction, no bias.
+
+@njit(**PJIT)
+def rmsnorm_forward(out, rstd, x, weight, eps):
+    # out, x (N, C); rstd (N,) keeps 1/sqrt(mean(x^2) + eps) for the backward
+    N, C = x.shape
+    eps = np.float32(eps)
+    for r in prange(N):
+        row, o = x[r], out[r]
+        ss = np.float32(0.0)
+        for c in range(C):
+            ss += row[c] * row[c]
+        s = np.float32(1.0) / np.sqrt(ss / C + eps)
+        for c in range(C):
+            o[c] = row[c] * s * weight[c]
+        rstd[r] = s
+
+
+@njit(**PJIT)
+def rmsnorm_backward(dx, dweight, dout, x, rstd, weight):
+    """dx += d(out)/dx . dout (rows in parallel); dweight is overwritten.
+
+    With g = weight * dout and xhat = x * s: dx = s * (g - xhat * mean(g * xhat)).
+    """
+    N, C = x.shape
+    for r in prange(N):
+        s = rstd[r]
+        row, drow, dxr = x[r], dout[r], dx[r]
+        gx = np.float32(0.0)
+        for c in range(C):
+            gx += weight[c] * drow[c] * row[c]
+        gx = gx * s * s / C
+        for c in range(C):
+            dxr[c] += s * (weight[c] * drow[c] - row[c] * gx)
+    dweight[:] = 0.0
+    for r in range(N):
+        s = rstd[r]
+        for c in range(C):
+            dweight[c] += dout[r, c] * x[r, c] * s
+
+
+# ---------------------------------------------------------------------------------------
+# RoPE, half-split as transformers applies it: the pair (x[j], x[j + hd/2]) of each head is
+# rotated by the angle pos * inv_freq[j]. sign=-1 rotates back, which is the backward pass.
+
+@njit(**PJIT)
+def rope_rotate(qkv, cos, sin, num_heads, t0, sign):
+    # qkv (B, T, W): the first num_heads * hd columns of each row are rotated in place (q and k heads)
+    # cos, sin (P, hd/2): tables for positions 0..P-1; row t is at position t0 + t
+    B, T, W = qkv.shape
+    half = cos.shape[1]
+    hd = 2 * half
+    sign = np.float32(sign)
+    for bt in prange(B * T):
+        b, t = bt // T, bt % T
+        cs, sn = cos[t0 + t], sin[t0 + t]
+        row = qkv[b, t]
+        for h in range(num_heads):
+            x1 = row[h * hd:h * hd + half]
+            x2 = row[h * hd + half:h * hd + hd]
+            for j in range(half):
+                a, b2 = x1[j], x2[j]
+                c, s = cs[j], sn[j] * sign
+                x1[j] = a * c - b2 * s
+                x2[j] = b2 * c + a * s
+
+
+# ---------------------------------------------------------------------------------------
+# SwiGLU: fch (N, 2F) = [gate | up] (one matmul), out (N, F) = silu(gate) * up.
+
+@njit(inline="always", **JIT)
+def sigmoid_block(g, sig, tmp, ibuf, pbuf):
+    """sig[j] = 1 / (1 + exp(-g[j])) with exp of -|g| only (no overflow), len(g) <= EXP_BLOCK."""
+    count = g.shape[0]
+    for j in range(count):
+        tmp[j] = -abs(g[j])
+    exp_block(tmp[:count], np.float32(0.0), np.float32(1.0), ibuf, pbuf)
+    one = np.float32(1.0)
+    for j in range(count):
+        e = pbuf[j]
+        sig[j] = one / (one + e) if g[j] >= 0 else e / (one + e)
+
+
+@njit(**PJIT)
+def swiglu_forward(out, fch):
+    N, F = out.shape
+    for r in prange(N):
+        ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
+        tmp, sig = np.empty(EXP_BLOCK, np.float32), np.empty(EXP_BLOCK, np.float32)
+        gate, up, o = fch[r, :F], fch[r, F:], out[r]
+        for start in range(0, F, EXP_BLOCK):
+            count = min(EXP_BLOCK, F - start)
+            g, u, ob = gate[start:start + count], up[start:start + count], o[start:start + count]
+            sigmoid_block(g, sig, tmp, ibuf, pbuf)
+            for j in range(count):
+                ob[j] = g[j] * sig[j] * u[j]
+
+
+@njit(**PJIT)
+def swiglu_backward(dfch, dout, fch):
+    """dfch (N, 2F) = [d gate | d up] from dout (N, F); overwritten."""
+    N, F = dout.shape
+    one = np.float32(1.0)
+    for r in prange(N):
+        ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
+        tmp, sig = np.empty(EXP_BLOCK, np.float32), np.empty(EXP_BLOCK, np.float32)
+        gate, up, d = fch[r, :F], fch[r, F:], dout[r]
+        dgate, dup = dfch[r, :F], dfch[r, F:]
+        for start in range(0, F, EXP_BLOCK):
+            count = min(EXP_BLOCK, F - start)
+            g, u, db = gate[start:start + count], up[start:start + count], d[start:start + count]
+            dg, du = dgate[start:start + count], dup[start:start + count]
+            sigmoid_block(g, sig, tmp, ibuf, pbuf)
+            for j in range(count):
+                s = sig[j]
+                # silu(g) = g * s, silu'(g) = s * (1 + g * (1 - s))
+                du[j] = db[j] * g[j] * s
+                dg[j] = db[j] * u[j] * s * (one + g[j] * (one - s))
+
+
+# ---------------------------------------------------------------------------------------
+# Causal grouped-query attention. Keys and values are read in place from the fused q/k/v
+# buffer (or the cache): a key/value head is never copied for the query heads sharing it.
+
+@njit(**PJIT)
+def attention_forward(atty, att, qkv, num_heads, num_kv_heads):
+    # qkv (B, T, (H + 2KV) hd), q and k already rotated; att (B, H, T, T) softmax probabilities
+    # (entries t2 > t never read or written); atty (B, T, H hd)
+    B, T, W = qkv.shape
+    hd = W // (num_heads + 2 * num_kv_heads)
+    group = num_heads // num_kv_heads
+    scale = np.float32(1.0 / math.sqrt(hd))
+    for bh in prange(B * num_heads):
+        b, h = bh // num_heads, bh % num_heads
+        kvh = h // group
+        q0, k0, v0 = h * hd, (num_heads + kvh) * hd, (num_heads + num_kv_heads + kvh) * hd
+        ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
+        for t in range(T):
+            attend(atty[b, t, q0:q0 + hd], att[b, h, t], qkv[b, t, q0:q0 + hd], qkv[b], k0, qkv[b], v0, t + 1,
+                   scale, ibuf, pbuf)
+
+
+@njit(**PJIT)
+def attention_backward(dqkv, datty, att, qkv, num_heads, num_kv_heads):
+    """dqkv (B, T, W) is overwritten from datty (B, T, H hd) through the forward's attention.
+
+    One parallel task per (batch, key/value head): the query heads of a group all add into the
+    same dk/dv columns, so they run inside one task instead of racing across tasks.
+    """
+    B, T, W = qkv.shape
+    hd = W // (num_heads + 2 * num_kv_heads)
+    group = num_heads // num_kv_heads
+    scale = np.float32(1.0 / math.sqrt(hd))
+    for bk in prange(B * num_kv_heads):
+        b, kvh = bk // num_kv_heads, bk % num_kv_heads
+        k0, v0 = (num_heads + kvh) * hd, (num_heads + num_kv_heads + kvh) * hd
+        for t in range(T):
+            dqkv[b, t, kvh * group * hd:(kvh + 1) * group * hd] = 0.0
+            dqkv[b, t, k0:k0 + hd] = 0.0
+            dqkv[b, t, v0:v0 + hd] = 0.0
+        datt = np.empty(T, dtype=np.float32)
+        for h in range(kvh * group, (kvh + 1) * group):
+            q0 = h * hd
+            for t in range(T):
+                row = att[b, h, t]
+                dy = datty[b, t, q0:q0 + hd]
+                # through out = sum_t2 att[t2] * v[t2]
+                for t2 in range(t + 1):
+                    v = qkv[b, t2, v0:v0 + hd]
+                    dv = dqkv[b, t2, v0:v0 + hd]
+                    a = row[t2]
+                    s = np.float32(0.0)
+                    for i in range(hd):
+                        s += dy[i] * v[i]
+                        dv[i] += a * dy[i]
+                    datt[t2] = s
+                # through the softmax: dpre = att * (datt - sum(att * datt))
+                dot = np.float32(0.0)
+                for t2 in range(t + 1):
+                    dot += row[t2] * datt[t2]
+                q = qkv[b, t, q0:q0 + hd]
+                dq = dqkv[b, t, q0:q0 + hd]
+                for t2 in range(t + 1):
+                    dpre = row[t2] * (datt[t2] - dot) * scale
+                    k = qkv[b, t2, k0:k0 + hd]
+                    dk = dqkv[b, t2, k0:k0 + hd]
+                    for i in range(hd):
+                        dq[i] += dpre * k[i]
+                        dk[i] += dpre * q[i]
+
+
+@njit(**PJIT)
+def attention_cached(atty, qkv, k_cache, v_cache, t0, num_heads, num_kv_heads):
+    # n new rows at positions t0..t0+n-1: atty (n, H hd), qkv (n, W) (rotated);
+    # k_cache, v_cache (P, KV hd) already holding positions 0..t0+n-1
+    n = qkv.shape[0]
+    hd = k_cache.shape[1] // num_kv_heads
+    group = num_heads // num_kv_heads
+    scale = np.float32(1.0 / math.sqrt(hd))
+    for h in prange(num_heads):
+        q0, kv0 = h * hd, (h // group) * hd
+        scores = np.empty(t0 + n, dtype=np.float32)
+        ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
+        for i in range(n):
+            attend(atty[i, q0:q0 + hd], scores, qkv[i, q0:q0 + hd], k_cache, kv0, v_cache, kv0, t0 + i + 1,
+                   scale, ibuf, pbuf)
+
+
+# ---------------------------------------------------------------------------------------
+
+def compile_llama_kernels(progress=None) -> None:
+    """Compile (or load from numba's cache) every kernel with the model's argument types."""
+    f32 = np.float32
+    a2, a1, r1 = np.zeros((2, 4), f32), np.zeros(4, f32), np.zeros(2, f32)
+    qkv3, att4, y3 = np.zeros((1, 2, 16), f32), np.zeros((1, 2, 2, 2), f32), np.zeros((1, 2, 8), f32)
+    cs = np.ones((4, 2), f32)
+    calls = [
+        ("embedding", lambda: embedding_backward(a2, a2, np.zeros(2, np.int32))),
+        ("rmsnorm", lambda: (rmsnorm_forward(a2, r1, a2, a1, 1e-5), rmsnorm_backward(a2, a1, a2, a2, r1, a1))),
+        ("rope", lambda: rope_rotate(qkv3, cs, cs, 3, 0, 1.0)),
+        ("swiglu", lambda: (swiglu_forward(a2[:, :2], a2), swiglu_backward(a2, a2[:, :2].copy(), a2.copy()))),
+        ("attention", lambda: (attention_forward(y3, att4, qkv3, 2, 1),
+                               attention_backward(qkv3, y3, att4, qkv3.copy(), 2, 1))),
+        ("attention (cached)", lambda: attention_cached(y3[0], qkv3[0], np.zeros((4, 4), f32),
+                                                        np.zeros((4, 4), f32), 0, 2, 1)),
+    ]
+    for i, (name, call) in enumerate(calls):
+        if progress is not None:
+            progress(i, len(calls), name)
+        call()
+    if progress is not None:
+        progress(len(calls), len(calls), "done")
