@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tui_llm import cli
-from tui_llm.engine.checkpoint import load_model_weights, read_llmc
+from tui_llm.engine.formats import load_model_weights, read_llmc
 from tui_llm.engine.data import write_tokens
 
 TINY = ["--model", "d2", "-b", "2", "-t", "16", "--max-seq-len", "32", "--threads", "1"]

@@ -244,7 +244,7 @@ def cmd_sample(argv) -> int:
     args = p.parse_args(argv)
     if args.length <= 0 or args.num_samples <= 0 or args.temperature < 0 or args.top_k < 0:
         raise UsageError("--len and --num-samples must be positive; --temperature and --top-k not negative")
-    from tui_llm.engine.checkpoint import load_model_weights
+    from tui_llm.engine.formats import load_model_weights
     from tui_llm.engine.model import GPT
     from tui_llm.engine.sampler import Sampler
     from tui_llm.engine.threads import set_threads
@@ -275,7 +275,7 @@ def cmd_export(argv) -> int:
                    help="llmc: version 3 fp32 (llm.c's train_gpt2.c); llmc-bf16: version 5; llmc-v1: unpadded "
                         "fp32 (llm.rust); hf: model.safetensors + config.json for transformers (default llmc)")
     args = p.parse_args(argv)
-    from tui_llm.engine.checkpoint import load_model_weights, write_hf, write_llmc
+    from tui_llm.engine.formats import load_model_weights, write_hf, write_llmc
     from tui_llm.engine.trainer import latest_checkpoint
 
     source = Path(args.source)
@@ -306,7 +306,7 @@ def main(argv=None) -> int:
     command = commands.get(argv[0], cmd_train) if argv else cmd_train
     if command is not cmd_train:
         argv = argv[1:]
-    from tui_llm.engine.checkpoint import CheckpointError
+    from tui_llm.engine.formats import CheckpointError
     from tui_llm.engine.data import DataError
     from tui_llm.engine.prepare import PrepareError
     from tui_llm.engine.tokenizer import TokenizerError

@@ -26,10 +26,10 @@ import numpy as np
 
 from tui_llm.engine import events as ev
 from tui_llm.engine import kernels
-from tui_llm.engine.checkpoint import (CheckpointError, atomic_write, load_model_weights,
-                                       load_training_checkpoint, save_training_checkpoint)
 from tui_llm.engine.config import GPTConfig, preset_config
 from tui_llm.engine.data import DataError, TrainLoader, ValLoader, open_tokens
+from tui_llm.engine.formats import (CheckpointError, atomic_write, load_model_weights, load_training_checkpoint,
+                                    save_training_checkpoint)
 from tui_llm.engine.model import GPT
 from tui_llm.engine.optim import AdamW, AdamWConfig, learning_rate
 from tui_llm.engine.sampler import Sampler
