@@ -37,7 +37,7 @@ def run_generate(sampler: Sampler, ids: list[int], new_tokens: int, use_cache: b
     for _ in range(repeats):
         result = sampler.generate(list(ids), new_tokens, temperature=1.0, seed=seed, use_cache=use_cache)
         times.append(result.seconds)
-    return statistics.median(times), result.ids
+    return statistics.median(times), result.token_ids
 
 
 def parse_args(argv=None):

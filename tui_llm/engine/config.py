@@ -115,6 +115,34 @@ def param_ranges(cfg: GPTConfig) -> list[tuple[str, tuple[int, ...], int, int]]:
     return ranges
 
 
+def init_draws(cfg: GPTConfig, p: "ParamTensors"):
+    """GPT-2's init recipe, as (view, std) normal draws in the order train_gpt2.py's
+    `GPT._init_weights` makes them (module order): wte (only the V real rows), wpe, then per layer
+    c_attn.weight, attn.c_proj.weight, mlp.c_fc.weight, mlp.c_proj.weight. Residual projections
+    use 0.02 / sqrt(2 L); lm_head is tied to wte and not drawn. Everything else is set by
+    init_params: LayerNorm weights 1, biases and padded wte rows 0."""
+    residual_std = 0.02 / math.sqrt(2 * cfg.num_layers)
+    yield p.wte[:cfg.vocab_size], 0.02
+    yield p.wpe, 0.02
+    for layer in range(cfg.num_layers):
+        yield p.qkvw[layer], 0.02
+        yield p.attprojw[layer], residual_std
+        yield p.fcw[layer], 0.02
+        yield p.fcprojw[layer], residual_std
+
+
+def init_params(cfg: GPTConfig, normal) -> np.ndarray:
+    """A fresh flat buffer initialised by the recipe above; normal(view, std) fills one contiguous
+    view with N(0, std) draws from whichever generator the caller uses."""
+    p = ParamTensors(cfg)  # zeros: biases and padded wte rows stay 0
+    for view, std in init_draws(cfg, p):
+        normal(view, std)
+    p.ln1w[:] = 1.0
+    p.ln2w[:] = 1.0
+    p.lnfw[:] = 1.0
+    return p.flat
+
+
 def num_parameters(cfg: GPTConfig) -> int:
     return param_ranges(cfg)[-1][3]
 

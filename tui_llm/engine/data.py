@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import GPT2_VOCAB_SIZE
+from .mt19937 import mt19937
 
 LLMC_MAGIC = 20240520
 LLMC_VERSION = 1
@@ -204,8 +205,7 @@ class TrainLoader:
         self.tokens = _as_token_array(tokens)
         self.B, self.T, self.shuffle, self.seed = B, T, shuffle, seed
         self.num_samples = _count_samples(self.tokens, B, T, _describe(tokens))
-        self._rng = np.random.MT19937()
-        self._rng._legacy_seeding(seed)  # init_genrand(seed): the stream of llm.c's and torch's mt19937
+        self._rng = mt19937(seed)  # init_genrand(seed): the stream of llm.c's and torch's mt19937
         self.epoch = 0
         self._start_epoch()
 
