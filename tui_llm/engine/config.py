@@ -16,6 +16,7 @@ import numpy as np
 GPT2_VOCAB_SIZE = 50257
 EOT_TOKEN = 50256
 MAX_VOCAB = 2**31 - 1  # token ids are int32
+MAX_DIM = 2**31 - 1    # any size field (llm.c stores them as int32)
 
 # llm.c's file order. Linear weights are (out_features, in_features): y = x @ W.T + b.
 PARAM_NAMES = (
@@ -46,7 +47,9 @@ class GPTConfig:
             value = getattr(self, name)
             # JSON and file headers give ints; numpy ints are fine too. bool, float and str are not.
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
+                raise ValueError(f"{name} must be an integer, got {str(value)[:40]!r}")
+            if not -MAX_DIM <= value <= MAX_DIM:  # llm.c headers are int32; also keeps the arithmetic below sane
+                raise ValueError(f"{name} must be at most {MAX_DIM:,}")
             object.__setattr__(self, name, int(value))
         if self.padded_vocab_size == 0:
             object.__setattr__(self, "padded_vocab_size", pad_vocab(self.vocab_size))

@@ -125,12 +125,12 @@ def parse_hf_config(hf) -> GPTConfig:
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"activation_function {str(hf['activation_function'])[:40]!r} is not supported")
     eps = hf.get("layer_norm_epsilon", 1e-5)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or abs(eps - 1e-5) > 1e-12:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not abs(eps - 1e-5) <= 1e-12:  # NaN too
         raise ValueError(f"layer_norm_epsilon {str(eps)[:40]} is not supported (this engine uses 1e-05)")
     for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
-        if hf.get(key, False) is not False:
+        if hf.get(key) not in (None, False):
             raise ValueError(f"{key}={str(hf[key])[:20]} changes the attention math; not supported")
-    if hf.get("scale_attn_weights", True) is not True:
+    if hf.get("scale_attn_weights", True) not in (True,):
         raise ValueError("scale_attn_weights must be true")
     positions_key = "n_positions" if "n_positions" in hf else "n_ctx"
     C = _positive_int(hf, "n_embd")
