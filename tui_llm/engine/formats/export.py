@@ -39,7 +39,7 @@ def check_export_destination(source, dest, kind: str, force: bool = False) -> Pa
     dest = Path(dest)
     try:
         st = os.stat(dest)  # follows symlinks: a link to /dev/null is a device
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a missing parent is checked below
         st = None
     except OSError as e:
         raise CheckpointError(dest, f"cannot use as export destination: {e.strerror or e}") from None
