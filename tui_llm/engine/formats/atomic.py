@@ -45,7 +45,8 @@ def atomic_write(path, mode: str = "wb"):
     # os.open with 0o666 lets the umask decide permissions, as a plain open() would (mkstemp forces 0600).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        # Text: UTF-8, and "\n" written as is (newline=""), which is also what the csv module needs.
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -69,6 +70,8 @@ def atomic_files(directory) -> Iterator[Path]:
             with atomic_write(tmp / "config.json", "w") as f: ...
     """
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(20, "exists and is not a directory", str(directory))
     tmp = temp_name(directory)
     tmp.mkdir()
     try:
