@@ -98,6 +98,15 @@ def test_unwritable_destinations_are_one_line_errors(tmp_path):
         assert "\n" not in str(info.value)
 
 
+def test_writers_never_replace_a_device_or_pipe(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for target in (fifo, tmp_path):
+        with pytest.raises(CheckpointError, match="not a regular file"):
+            ck.write_llmc(target, CFG, flat_params())
+    assert os.listdir(tmp_path) == ["pipe"]
+
+
 def test_write_hf_is_all_or_nothing(tmp_path, monkeypatch):
     out = tmp_path / "hf"
     ck.write_hf(out, CFG, flat_params(1))

@@ -16,10 +16,12 @@ parked as `.<name>.<8 hex digits>.tui-llm-old` for the moment between two rename
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
 import shutil
+import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -41,6 +43,7 @@ def atomic_write(path, mode: str = "wb"):
             json.dump(cfg, f)
     """
     path = Path(path)
+    _refuse_special(path)
     tmp = temp_name(path)
     # os.open with 0o666 lets the umask decide permissions, as a plain open() would (mkstemp forces 0600).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -93,6 +96,16 @@ def atomic_files(directory) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(directory.parent)
+
+
+def _refuse_special(path: Path) -> None:
+    """Never rename over a directory, device node, FIFO or socket (as root, /dev/null is replaceable)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EEXIST, "exists and is not a regular file", str(path))
 
 
 def _carry_over(old: Path, new: Path) -> None:

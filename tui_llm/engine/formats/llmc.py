@@ -8,6 +8,8 @@ Version 3 = fp32 with the padded vocab (what train_gpt2.c loads), 5 = bf16 padde
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..config import GPTConfig, ParamTensors, num_parameters
@@ -122,6 +124,7 @@ def write_llmc(path, cfg: GPTConfig, flat: np.ndarray, version: int = 3) -> None
                   cfg.num_heads, cfg.channels]
     header[7] = 0 if version == 1 else cfg.padded_vocab_size  # exactly what llm.c writes
     try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as f:
             write_array(f, header)
             if version == 3:
