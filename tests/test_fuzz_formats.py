@@ -75,6 +75,9 @@ def byte_damage(header_bytes: int, file_bytes: int):
     poke = st.tuples(st.integers(0, header_bytes) | st.integers(0, file_bytes),
                      st.one_of(HOSTILE_INTS.map(lambda v: (v % 2**32).to_bytes(4, "little")),
                                st.binary(min_size=1, max_size=8)))
+    non_finite = st.tuples(st.integers(0, file_bytes // 4 - 1).map(lambda i: 4 * i),  # an aligned NaN/inf weight
+                           st.sampled_from([np.float32(x).tobytes() for x in (np.nan, np.inf, -np.inf)]))
+    poke = poke | non_finite
     return st.tuples(st.lists(poke, max_size=2), st.just(0) | st.integers(-64, -1), st.just(b"") | st.binary(min_size=1, max_size=8))
 
 
@@ -100,8 +103,11 @@ def test_fuzz_llmc_model_files(tmp_path, version):
     target = f"llmc v{version}"
 
     @FUZZ
-    @given(slots=slots, change=byte_damage(1024, len(data)))
-    def run(slots, change):
+    @given(slots=slots, change=byte_damage(1024, len(data)),
+           kinds=st.lists(st.sampled_from(["slots", "bytes", "none"]), min_size=1, max_size=2))
+    def run(slots, change, kinds):
+        slots = slots if "slots" in kinds else []
+        change = change if "bytes" in kinds else ([], 0, b"")
         raw = bytearray(data)
         header = np.frombuffer(raw[:1024], dtype="<i4").copy()
         for slot, value in slots:
@@ -112,9 +118,11 @@ def test_fuzz_llmc_model_files(tmp_path, version):
         if outcome(target, path, read_llmc, CheckpointError) == "accepted":
             cfg, flat = read_llmc(path)
             assert flat.dtype == np.float32 and flat.size == num_parameters(cfg) and np.isfinite(flat).all()
+        outcome(f"load_model_weights (llmc v{version})", path, load_model_weights, CheckpointError)
 
     run()
     report(target)
+    report(f"load_model_weights (llmc v{version})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -148,11 +156,22 @@ def test_fuzz_training_checkpoint_headers(tmp_path):
            meta_change=st.none() | meta_changes,
            config_change=st.none() | st.tuples(st.sampled_from(sorted(CFG.to_dict())), JSON_VALUES),
            length=st.none() | HOSTILE_INTS,
-           change=byte_damage(0, len(data)))
-    def run(entry_changes, meta_change, config_change, length, change):
+           change=byte_damage(0, len(data)),
+           nan=st.tuples(st.sampled_from(["params", "adam_m", "adam_v"]), st.integers(0, num_parameters(CFG) - 1),
+                         st.sampled_from([np.nan, np.inf, -np.inf])),
+           kinds=st.lists(st.sampled_from(["entry", "meta", "config", "length", "bytes", "nan", "none"]),
+                          min_size=1, max_size=2))
+    def run(entry_changes, meta_change, config_change, length, change, nan, kinds):
+        # One or two kinds of damage per case ("none" alone: the file must load), each drawn above.
+        OUTCOMES.setdefault("training damage kinds", Counter()).update(set(kinds))
+        entry_changes = entry_changes if "entry" in kinds else []
+        meta_change = meta_change if "meta" in kinds else None
+        config_change = config_change if "config" in kinds else None
+        length = length if "length" in kinds else None
+        change = change if "bytes" in kinds else ([], 0, b"")
         h = json.loads(json.dumps(header))
         for name, action, field, value in entry_changes:
-            if name not in h:
+            if not isinstance(h.get(name), dict):  # dropped or replaced by an earlier change
                 continue
             if action == "set":
                 h[name][field] = value
@@ -171,13 +190,19 @@ def test_fuzz_training_checkpoint_headers(tmp_path):
         raw = json.dumps(h).encode()
         prefix = (len(raw) if length is None else length % 2**64).to_bytes(8, "little")
         path = tmp_path / "t.safetensors"
-        path.write_bytes(damage(prefix + raw + data[8 + n:], change))  # pokes may also hit the tensors
+        tensors = bytearray(data[8 + n:])
+        if "nan" in kinds:  # one weight or AdamW moment made non-finite
+            name, index, value = nan
+            at = header[name]["data_offsets"][0] + 4 * index
+            tensors[at:at + 4] = np.float32(value).tobytes()
+        path.write_bytes(damage(prefix + raw + bytes(tensors), change))  # pokes may also hit the tensors
         if outcome(target, path, load_training_checkpoint, CheckpointError) == "accepted":
             arrays, _ = load_training_checkpoint(path)
             assert all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f")
         outcome("load_model_weights (training)", path, load_model_weights, CheckpointError)
 
     run()
+    print("\ntraining damage kinds:", dict(OUTCOMES["training damage kinds"]))
     report(target)
     report("load_model_weights (training)")
 

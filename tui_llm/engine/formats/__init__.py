@@ -23,12 +23,12 @@ from .export import check_export_destination
 from .hf_gpt2 import find_hf_cached, hf_cache_dir, hf_config_dict, parse_hf_config, read_hf, write_hf
 from .llmc import LLMC_MAGIC, LLMC_VERSIONS, fp32_to_bf16_bits, llmc_file_nbytes, read_llmc, write_llmc
 from .training import (TRAINING_FORMAT, TRAINING_MODEL_CONFIG_KEY, TRAINING_PARAMS_KEY, load_training_checkpoint,
-                       require, save_training_checkpoint)
+                       load_training_params, require, save_training_checkpoint, training_model_config)
 
 __all__ = [
     "CheckpointError", "atomic_files", "atomic_write", "check_export_destination", "detect_checkpoint_kind",
     "find_hf_cached", "fp32_to_bf16_bits", "hf_cache_dir", "hf_config_dict", "llmc_file_nbytes",
-    "load_model_weights", "load_training_checkpoint", "parse_hf_config", "read_hf", "read_llmc",
-    "remove_stale_temp_files", "require", "save_training_checkpoint", "write_hf", "write_llmc",
+    "load_model_weights", "load_training_checkpoint", "load_training_params", "parse_hf_config", "read_hf", "read_llmc",
+    "remove_stale_temp_files", "require", "save_training_checkpoint", "training_model_config", "write_hf", "write_llmc",
     "LLMC_MAGIC", "LLMC_VERSIONS", "TRAINING_FORMAT", "TRAINING_MODEL_CONFIG_KEY", "TRAINING_PARAMS_KEY",
 ]

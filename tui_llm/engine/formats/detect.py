@@ -1,5 +1,8 @@
 """One entry point for "give me a model, whatever this is": llm.c file, HF directory/file/name,
-or our training checkpoint, told apart by their magic bytes or directory contents."""
+or our training checkpoint, told apart by their magic bytes or directory contents.
+
+A new format (e.g. hf_llama.py) adds its kind to detect_checkpoint_kind (for HF directories:
+by config.json's model_type) and its reader to load_model_weights; nothing else changes."""
 
 from __future__ import annotations
 
