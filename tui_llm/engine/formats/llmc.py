@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import GPTConfig, ParamTensors, num_parameters
+from ..config import GPTConfig, ParamTensors, num_parameters, param_ranges
 from .atomic import atomic_write
 from .common import CHUNK, CheckpointError, check_finite, file_size, read_exact, write_array
 
@@ -86,11 +86,11 @@ def read_llmc(path) -> tuple[GPTConfig, np.ndarray]:
                 out <<= 16  # a bf16 value is the top half of the fp32 bit pattern
         else:
             flat = np.empty(n, dtype="<f4")
-            wte_real, wte_padded = V * C, cfg.padded_vocab_size * C
             if version == 1:
-                read_exact(f, flat[:wte_real], path)
-                flat[wte_real:wte_padded] = 0  # padded rows are zero, as train_gpt2.py exports them
-                read_exact(f, flat[wte_padded:], path)
+                _, _, _, wte_end = param_ranges(cfg)[0]  # wte comes first
+                read_exact(f, flat[:V * C], path)
+                flat[V * C:wte_end] = 0  # padded rows are zero, as train_gpt2.py exports them
+                read_exact(f, flat[wte_end:], path)
             else:
                 read_exact(f, flat, path)
             flat = flat.astype(np.float32, copy=False)  # no-op on little-endian hosts
@@ -117,7 +117,7 @@ def write_llmc(path, cfg: GPTConfig, flat: np.ndarray, version: int = 3) -> None
     """
     if version not in LLMC_VERSIONS:
         raise ValueError(f"llm.c model version must be 1, 3 or 5, got {version}")
-    ParamTensors(cfg, flat)  # validates dtype, size and contiguity
+    p = ParamTensors(cfg, flat)  # validates dtype, size and contiguity
     check_finite(path, flat, cfg)
     header = np.zeros(LLMC_HEADER_INTS, dtype="<i4")
     header[:7] = [LLMC_MAGIC, version, cfg.max_seq_len, cfg.vocab_size, cfg.num_layers,
@@ -130,8 +130,8 @@ def write_llmc(path, cfg: GPTConfig, flat: np.ndarray, version: int = 3) -> None
             if version == 3:
                 write_array(f, flat)
             elif version == 1:
-                write_array(f, flat[:cfg.vocab_size * cfg.channels])   # only the V real rows of wte
-                write_array(f, flat[cfg.padded_vocab_size * cfg.channels:])
+                write_array(f, p.wte[:cfg.vocab_size])                 # only the V real rows of wte
+                write_array(f, flat[p.offsets["wte"][1]:])
             else:
                 for start in range(0, flat.size, CHUNK):
                     bits = fp32_to_bf16_bits(flat[start:start + CHUNK])
