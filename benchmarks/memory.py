@@ -48,7 +48,7 @@ def child(args) -> None:
     import numpy as np
 
     from tui_llm.engine import kernels as K
-    from tui_llm.engine.checkpoint import save_training_checkpoint
+    from tui_llm.engine.formats import save_training_checkpoint
     from tui_llm.engine.config import preset_config
     from tui_llm.engine.model import GPT
     from tui_llm.engine.optim import AdamW, AdamWConfig

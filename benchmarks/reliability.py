@@ -25,7 +25,7 @@ from common import print_machine  # (importing common puts the repo on sys.path)
 
 import numpy as np
 
-from tui_llm.engine.checkpoint import CheckpointError, load_training_checkpoint
+from tui_llm.engine.formats import CheckpointError, load_training_checkpoint
 from tui_llm.engine.data import write_tokens
 
 STEPS = 60
@@ -80,7 +80,7 @@ def main() -> int:
             if "error:" in err and "resuming" not in first + out:
                 counts["resume_failures"] += 1
                 print("resume failed:", err.strip().splitlines()[-1])
-        counts["temp_files_seen"] += len(list(run.glob(".*.tmp")))
+        counts["temp_files_seen"] += len(list(run.glob(".*.tui-llm-tmp")))
         for ckpt in run.glob("ckpt_*.safetensors"):
             counts["checkpoints_checked"] += 1
             try:
@@ -95,7 +95,7 @@ def main() -> int:
     records = train_records(run)
     steps_ok = [r["step"] for r in records] == list(range(1, STEPS + 1))
     losses_ok = [r["loss"] for r in records] == expected
-    left_tmp = len(list(run.glob(".*.tmp")))
+    left_tmp = len(list(run.glob(".*.tui-llm-tmp")))
     print(json.dumps(counts))
     print(f"final resume exit {final.returncode}; one record per step: {steps_ok}; losses identical to an "
           f"uninterrupted run: {losses_ok}; temp files left: {left_tmp}; {time.perf_counter() - started:.0f} s")

@@ -6,7 +6,7 @@
 
 Each step is timed in three phases: forward (with the fused softmax/cross-entropy), backward,
 optimizer (grad_norm + AdamW update), as the trainer runs them. The floor is the same step's
-matrix products alone: every `tui_llm.engine.model.matmul` call of one step is recorded (shapes,
+matrix products alone: every np.matmul call model.py makes in one step is recorded (shapes,
 strides, which operands share memory) and replayed through np.matmul on fresh buffers with the
 same layout (transposed views where the step used them, same page offsets, same aliasing),
 timed the same way. Steps and replays alternate, so load changes hit both alike. step/floor is
@@ -18,6 +18,7 @@ what the non-matmul work (kernels, optimizer, glue) costs on top of the products
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -108,6 +109,30 @@ def time_steps(bench: Bench, steps: int, warmup: int) -> dict[str, Stats]:
 
 
 # ---------------------------------------------------------------------------------------
+# Seeing the model's matrix products. model.py calls np.matmul(a, b, out=out) directly; while a
+# step is recorded or profiled, the `np` name in that module is a stand-in whose matmul is ours.
+
+class _NumpyWithMatmul:
+    """numpy, except that matmul is `fn`."""
+
+    def __init__(self, fn):
+        self.matmul = fn
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@contextlib.contextmanager
+def matmuls_through(fn):
+    """Route every np.matmul(a, b, out=out) of tui_llm.engine.model through fn(a, b, out=out)."""
+    M.np = _NumpyWithMatmul(fn)
+    try:
+        yield
+    finally:
+        M.np = np
+
+
+# ---------------------------------------------------------------------------------------
 # Which weight a matmul belongs to
 
 WEIGHT_LABELS = {"qkvw": "qkv", "attprojw": "attproj", "fcw": "fc", "fcprojw": "fcproj", "wte": "lm-head"}
@@ -186,23 +211,17 @@ def _operand(x: np.ndarray) -> Operand:
 def record_matmuls(bench: Bench) -> list[MatmulCall]:
     """Every matmul of one training step, in order, with its phase and weight label."""
     calls: list[MatmulCall] = []
-    original = M.matmul
-    index = None
 
     def recording(a, b, out):
         phase = bench.phase
-        label = index.classify(phase, a, b, out) if index else phase
-        calls.append(MatmulCall(phase, label, _operand(a), _operand(b), _operand(out)))
-        original(a, b, out=out)
+        calls.append(MatmulCall(phase, index.classify(phase, a, b, out), _operand(a), _operand(b), _operand(out)))
+        np.matmul(a, b, out=out)
 
     if bench.model.grads is None:
         bench.step()  # the index needs the gradient buffers
     index = WeightIndex(bench.model)
-    M.matmul = recording
-    try:
+    with matmuls_through(recording):
         bench.step()
-    finally:
-        M.matmul = original
     return calls
 
 
@@ -303,7 +322,6 @@ def profile_steps(bench: Bench, steps: int) -> tuple[list[tuple[str, str, float,
     seconds, calls = defaultdict(float), defaultdict(int)
     index = WeightIndex(bench.model)
     originals = {name: getattr(K, name) for name in dir(K) if hasattr(getattr(K, name), "py_func")}
-    original_matmul = M.matmul
 
     def timed_kernel(name, fn):
         def wrapper(*args, **kwargs):
@@ -317,22 +335,21 @@ def profile_steps(bench: Bench, steps: int) -> tuple[list[tuple[str, str, float,
     def timed_matmul(a, b, out):
         label = "matmul " + index.classify(bench.phase, a, b, out)
         t0 = time.perf_counter()
-        original_matmul(a, b, out=out)
+        np.matmul(a, b, out=out)
         seconds[label] += time.perf_counter() - t0
         calls[label] += 1
 
     for name, fn in originals.items():
         setattr(K, name, timed_kernel(name, fn))
-    M.matmul = timed_matmul
     try:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            bench.step()
-        total = time.perf_counter() - t0
+        with matmuls_through(timed_matmul):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                bench.step()
+            total = time.perf_counter() - t0
     finally:
         for name, fn in originals.items():
             setattr(K, name, fn)
-        M.matmul = original_matmul
     rows = [(name, "matmul" if name.startswith("matmul") else KERNEL_GROUPS.get(name, "?"),
              s / steps, calls[name] // steps) for name, s in seconds.items()]
     other = total / steps - sum(r[2] for r in rows)

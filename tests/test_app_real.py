@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from tui_llm.app import TrainerApp
-from tui_llm.engine.checkpoint import load_training_checkpoint
+from tui_llm.engine.formats import load_training_checkpoint
 from tui_llm.engine.data import write_tokens
 from tui_llm.engine.trainer import RunConfig, Trainer
 from tui_llm.screens.dialogs import QuitScreen

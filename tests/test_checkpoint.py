@@ -8,8 +8,8 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from tui_llm.engine import checkpoint as ck
-from tui_llm.engine.checkpoint import CheckpointError
+from tui_llm.engine import formats as ck
+from tui_llm.engine.formats import CheckpointError
 from tui_llm.engine.config import GPTConfig, ParamTensors, num_parameters, preset_config
 
 CFG = GPTConfig(max_seq_len=16, vocab_size=97, num_layers=2, num_heads=2, channels=32)  # Vp = 128
@@ -124,7 +124,7 @@ def test_v5_bf16_round_trip(tmp_path):
 
 
 def test_v5_write_in_several_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(ck, "CHUNK", 1000)  # the buffer holds ~30k values: exercise chunk edges
+    monkeypatch.setattr(ck.llmc, "CHUNK", 1000)  # the buffer holds ~30k values: exercise chunk edges
     flat = random_flat()
     ck.write_llmc(tmp_path / "m.bin", CFG, flat, version=5)
     _, loaded = ck.read_llmc(tmp_path / "m.bin")
@@ -361,22 +361,22 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     ck.save_training_checkpoint(path, arrays, meta)
     before = path.read_bytes()
 
-    real_write, calls = ck._write_array, []
+    real_write, calls = ck.safetensors.write_array, []
     def failing_write(f, arr):  # write a couple of arrays, then "run out of disk"
         calls.append(arr.shape)
         if len(calls) == 3:
             real_write(f, arr[: arr.size // 2])
             raise OSError(28, "No space left on device")
         real_write(f, arr)
-    monkeypatch.setattr(ck, "_write_array", failing_write)
+    monkeypatch.setattr(ck.safetensors, "write_array", failing_write)
     newer = {k: v + 1 if v.dtype.kind == "f" else v for k, v in arrays.items()}
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(CheckpointError, match="No space"):
         ck.save_training_checkpoint(path, newer, {**meta, "step": 42})
     assert len(calls) == 3
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["ckpt.safetensors"]  # no temp file left behind
 
-    monkeypatch.setattr(ck, "_write_array", real_write)
+    monkeypatch.setattr(ck.safetensors, "write_array", real_write)
     with pytest.raises(TypeError):  # meta that is not JSON-able fails before any file is touched
         ck.save_training_checkpoint(path, arrays, {"step": object()})
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["ckpt.safetensors"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tui_llm import cli
-from tui_llm.engine.checkpoint import load_model_weights, read_llmc
+from tui_llm.engine.formats import load_model_weights, read_llmc
 from tui_llm.engine.data import write_tokens
 
 TINY = ["--model", "d2", "-b", "2", "-t", "16", "--max-seq-len", "32", "--threads", "1"]
@@ -222,7 +222,7 @@ def test_kill_9_never_corrupts_a_checkpoint(data, tmp_path):
     runs the full campaign)."""
     import random
     import time
-    from tui_llm.engine.checkpoint import load_training_checkpoint
+    from tui_llm.engine.formats import load_training_checkpoint
 
     rng = random.Random(7)
     run = tmp_path / "run"
@@ -243,7 +243,7 @@ def test_kill_9_never_corrupts_a_checkpoint(data, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tui_llm", "--resume", str(run), "--no-ui", "--steps", "40"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert not list(run.glob(".*.tmp"))
+    assert not list(run.glob(".*.tui-llm-tmp"))
     steps = [m["step"] for m in read_metrics(run) if m["type"] == "train"]
     assert steps == list(range(1, 41))  # one record per step, no duplicates, no torn line
 
@@ -266,10 +266,10 @@ def test_disk_full_keeps_the_previous_checkpoint_and_exits_non_zero(data, tmp_pa
         assert "Traceback" not in r.stderr and "No space left" in r.stderr
         assert "steps 3..4 were not saved" in r.stderr
         assert sorted(p.name for p in run.iterdir() if p.name.startswith("ckpt")) == ["ckpt_00000002.safetensors"]
-        from tui_llm.engine.checkpoint import load_training_checkpoint
+        from tui_llm.engine.formats import load_training_checkpoint
         _, meta = load_training_checkpoint(run / "ckpt_00000002.safetensors")
         assert meta["step"] == 2
-        assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+        assert not [p for p in run.iterdir() if p.name.endswith(".tui-llm-tmp")]
         records = read_metrics(run)  # every line whole
         assert records[-1]["type"] == "finished" and records[-1]["reason"] == "error"
     finally:

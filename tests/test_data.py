@@ -10,6 +10,7 @@ import pytest
 
 from tui_llm.engine import data
 from tui_llm.engine.data import DataError, TrainLoader, ValLoader, open_tokens, write_tokens
+from tui_llm.engine.mt19937 import mt19937
 
 SHARED_TEXT = Path(os.environ.get("TUI_LLM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data")) \
     / "tinyshakespeare.txt"
@@ -148,9 +149,7 @@ def test_sequential_batches_by_hand():
 
 
 def test_shuffled_order_by_hand():
-    rng = np.random.MT19937()
-    rng._legacy_seeding(42)
-    draws = rng.random_raw(3).tolist()
+    draws = mt19937(42).random_raw(3).tolist()
     assert draws == [1608637542, 3421126067, 4083286876]  # torch.manual_seed(42) / llm.c mt19937 stream
     # Fisher-Yates over [0, 1, 2, 3] from the top: i=3: j = 1608637542 % 4 = 2 -> [0, 1, 3, 2];
     # i=2: j = 3421126067 % 3 = 2 (no swap); i=1: j = 4083286876 % 2 = 0 -> [1, 0, 3, 2]

@@ -8,7 +8,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from tests import reference_llama as ref
-from tui_llm.engine.checkpoint import CheckpointError
+from tui_llm.engine.formats import CheckpointError
 from tui_llm.engine.formats.hf_llama import config_from_hf, hf_model_type, read_hf_llama, write_hf_llama
 from tui_llm.engine.llama import Llama
 

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from tui_llm.engine.checkpoint import save_training_checkpoint
+from tui_llm.engine.formats import save_training_checkpoint
 from tui_llm.engine.run_dir import RunDir, RunDirError, checkpoint_name, read_records
 
 
@@ -36,11 +36,11 @@ def test_pruning_goes_by_step_number_and_never_removes_the_newest_or_kept(tmp_pa
 
 
 def test_lock_refuses_a_second_trainer_and_temp_files_are_cleaned(tmp_path):
-    (tmp_path / ".ckpt_00000004.safetensors.0a1b2c3d.tmp").write_bytes(b"half a save")
+    (tmp_path / ".ckpt_00000004.safetensors.0a1b2c3d.tui-llm-tmp").write_bytes(b"half a save")
     (tmp_path / "notes.tmp").write_bytes(b"not ours")
     first = RunDir(tmp_path)
     first.lock()
-    assert not (tmp_path / ".ckpt_00000004.safetensors.0a1b2c3d.tmp").exists()
+    assert not (tmp_path / ".ckpt_00000004.safetensors.0a1b2c3d.tui-llm-tmp").exists()
     assert (tmp_path / "notes.tmp").exists()
     assert first.is_locked()
     with pytest.raises(RunDirError, match="another process"):

@@ -51,3 +51,41 @@ def test_choose_token_top_k_and_greedy():
     assert token < 5
     e = np.exp(logits[:5] - 5.0)
     assert choose_token(logits, 5, 1.0, 0, 0.0, buf)[1] == pytest.approx(e[0] / e.sum(), rel=1e-5)
+
+
+def test_extend_equals_the_training_forward():
+    """The cached path (prompt at once, then one position at a time) gives forward()'s logits."""
+    model = GPT.random_init(CFG, seed=4)
+    ids = np.random.default_rng(0).integers(0, CFG.vocab_size, 12).astype(np.int32)
+    model.forward(ids[None, :])
+    full = model.acts.logits  # (12, Vp), float32
+    cache = model.new_kv_cache()
+    np.testing.assert_allclose(model.extend(cache, ids[:5], 0), full[4], rtol=1e-4, atol=1e-5)
+    for t in range(5, 12):
+        np.testing.assert_allclose(model.extend(cache, ids[t:t + 1], t), full[t], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError):
+        model.extend(cache, ids, CFG.max_seq_len - 3)  # past the last position
+    with pytest.raises(ValueError):
+        model.extend(cache, np.array([CFG.vocab_size], np.int32), 0)
+
+
+def test_sampler_takes_eot_and_text_from_the_tokenizer():
+    class Digits:  # a toy tokenizer: token i is the character str(i % 10), token 3 ends a text
+        eot_token = 3
+
+        def encode_ordinary(self, text):
+            return [int(c) for c in text]
+
+        def decode(self, ids):
+            return "".join(str(i % 10) for i in ids)
+
+        def decode_single_token_bytes(self, i):
+            return str(i % 10).encode()
+
+    model = GPT.random_init(GPTConfig(max_seq_len=16, vocab_size=10, num_layers=1, num_heads=1, channels=8), seed=1)
+    sampler = Sampler(model, Digits())
+    result = sampler.generate("12", 10, seed=3, stop_at_eot=True)
+    assert result.prompt_ids == [1, 2]
+    assert result.text == "".join(result.token_texts) == "".join(str(t) for t in result.token_ids)
+    assert 3 not in result.token_ids[:-1] and (len(result.token_ids) == 10 or result.token_ids[-1] == 3)
+    assert result.tok_per_s > 0

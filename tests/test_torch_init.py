@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from tui_llm.engine.config import GPTConfig, ParamTensors
-from tui_llm.engine.torch_init import TorchGenerator, llmc_init_draws, llmc_random_init, torch_kernel, torch_normal
+from tui_llm.engine.config import init_draws
+from tui_llm.engine.mt19937 import init_genrand_key, mt19937
+from tui_llm.engine.torch_init import TorchGenerator, llmc_random_init, torch_kernel, torch_normal
 
 KERNELS = ("avx2", "scalar")
 
@@ -35,12 +37,32 @@ def test_mt19937_first_outputs_seed_42():
 def test_mt19937_matches_torch_random_and_numpy_stream():
     raw = TorchGenerator(42).random_raw(5)
     assert (raw & 0x7FFFFFFF).tolist() == [1608637542, 1273642419, 1935803228, 787846414, 996406378]
-    # long stream (several twists, odd chunk sizes) against numpy's MT19937 with init_genrand seeding
+    # long stream (several twists, odd chunk sizes) against mt19937ar.c's genrand_int32, written out here
     g = TorchGenerator(1234)
     ours = np.concatenate([g.random_raw(n) for n in (1, 623, 1, 5000, 20011)])
-    ref = np.random.MT19937()
-    ref._legacy_seeding(1234)
-    assert np.array_equal(ours, ref.random_raw(ours.size).astype(np.uint32))
+    assert ours.tolist() == reference_mt19937(1234, ours.size)
+    assert mt19937(2**32 + 1234).random_raw(3).tolist() == reference_mt19937(1234, 3)  # low 32 bits of the seed
+
+
+def reference_mt19937(seed, n):
+    """Matsumoto and Nishimura's mt19937ar.c (init_genrand + genrand_int32), in plain Python."""
+    mt = [int(k) for k in init_genrand_key(seed)]
+    assert mt[1] == (1812433253 * (seed ^ (seed >> 30)) + 1) & 0xFFFFFFFF
+    out, i = [], 624
+    for _ in range(n):
+        if i == 624:
+            for k in range(624):
+                y = (mt[k] & 0x80000000) | (mt[(k + 1) % 624] & 0x7FFFFFFF)
+                mt[k] = mt[(k + 397) % 624] ^ (y >> 1) ^ (0x9908B0DF if y & 1 else 0)
+            i = 0
+        y = mt[i]
+        i += 1
+        y ^= y >> 11
+        y ^= (y << 7) & 0x9D2C5680
+        y ^= (y << 15) & 0xEFC60000
+        y ^= y >> 18
+        out.append(y)
+    return out
 
 
 def test_uniform_float_matches_torch_rand():
@@ -138,7 +160,7 @@ def test_llmc_init_draw_order(kernel):
         assert np.all(getattr(p, name) == 1.0)
     for name in ("ln1b", "ln2b", "lnfb", "qkvb", "attprojb", "fcb", "fcprojb"):
         assert not getattr(p, name).any()
-    drawn = [view.size for view, _ in llmc_init_draws(cfg, ParamTensors(cfg))]
+    drawn = [view.size for view, _ in init_draws(cfg, ParamTensors(cfg))]
     assert drawn == [606, 42] + [108, 36, 144, 144] * 2
 
 

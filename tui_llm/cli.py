@@ -234,7 +234,7 @@ def default_dataset() -> str:
 def load_model_arg(source: str):
     """(GPTConfig, flat weights, name) from --init-from: a run directory, a checkpoint, an llm.c
     .bin, a Hugging Face directory or a cached name."""
-    from tui_llm.engine.checkpoint import load_model_weights
+    from tui_llm.engine.formats import load_model_weights
     from tui_llm.engine.run_dir import is_run_dir, resolve_checkpoint
 
     path = Path(source)
@@ -296,12 +296,10 @@ def export_parser() -> Parser:
 
 def cmd_export(argv) -> int:
     args = export_parser().parse_args(argv)
-    from tui_llm.engine import checkpoint as formats
+    from tui_llm.engine import formats
 
     cfg, flat, name = load_model_arg(args.init_from)
-    check = getattr(formats, "check_export_destination", None)
-    if check is not None:
-        check(args.init_from, args.out, args.to, force=args.force)
+    formats.check_export_destination(args.init_from, args.out, "hf" if args.to == "hf" else "llmc", force=args.force)
     if args.to == "hf":
         formats.write_hf(args.out, cfg, flat)
     else:
@@ -326,7 +324,7 @@ def main(argv=None) -> int:
     command = commands.get(argv[0], cmd_train) if argv else cmd_train
     if command is not cmd_train:
         argv = argv[1:]
-    from tui_llm.engine.checkpoint import CheckpointError
+    from tui_llm.engine.formats import CheckpointError
     from tui_llm.engine.data import DataError
     from tui_llm.engine.prepare import PrepareError
     from tui_llm.engine.run_config import ConfigError

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tui_llm.engine.checkpoint import load_model_weights
+from tui_llm.engine.formats import load_model_weights
 from tui_llm.engine.model import GPT
 from tui_llm.engine.run_dir import is_run_dir, resolve_checkpoint
 from tui_llm.engine.sampler import SampleResult, Sampler

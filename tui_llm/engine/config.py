@@ -7,12 +7,16 @@ moments use exactly the same layout, so one flat loop updates everything.
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 GPT2_VOCAB_SIZE = 50257
 EOT_TOKEN = 50256
+MAX_VOCAB = 2**31 - 1  # token ids are int32
+MAX_DIM = 2**31 - 1    # any size field (llm.c stores them as int32)
 
 # llm.c's file order. Linear weights are (out_features, in_features): y = x @ W.T + b.
 PARAM_NAMES = (
@@ -38,15 +42,30 @@ class GPTConfig:
     padded_vocab_size: int = 0  # Vp: rows of wte; 0 means pad_vocab(V)
 
     def __post_init__(self):
+        """Refuse anything a model cannot be built from, before any buffer is allocated (ValueError)."""
+        for name in ("max_seq_len", "vocab_size", "num_layers", "num_heads", "channels", "padded_vocab_size"):
+            value = getattr(self, name)
+            # JSON and file headers give ints; numpy ints are fine too. bool, float and str are not.
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {str(value)[:40]!r}")
+            if not -MAX_DIM <= value <= MAX_DIM:  # llm.c headers are int32; also keeps the arithmetic below sane
+                raise ValueError(f"{name} must be at most {MAX_DIM:,}")
+            object.__setattr__(self, name, int(value))
         if self.padded_vocab_size == 0:
             object.__setattr__(self, "padded_vocab_size", pad_vocab(self.vocab_size))
         for name in ("max_seq_len", "vocab_size", "num_layers", "num_heads", "channels"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.vocab_size > MAX_VOCAB:
+            raise ValueError(f"vocab_size {self.vocab_size} does not fit int32 token ids")
         if self.channels % self.num_heads:
             raise ValueError(f"channels ({self.channels}) must be divisible by heads ({self.num_heads})")
         if self.padded_vocab_size < self.vocab_size:
             raise ValueError(f"padded vocab {self.padded_vocab_size} < vocab {self.vocab_size}")
+        need, have = training_bytes(self), physical_memory_bytes()
+        if have and need > have:
+            raise ValueError(f"{num_parameters(self):,} parameters need {need / 1e9:,.1f} GB for weights, gradients "
+                             f"and AdamW state; this machine has {have / 1e9:,.1f} GB")
 
     @property
     def head_size(self) -> int:
@@ -89,8 +108,59 @@ def param_shapes(cfg: GPTConfig) -> list[tuple[str, tuple[int, ...]]]:
     ]
 
 
+def param_ranges(cfg: GPTConfig) -> list[tuple[str, tuple[int, ...], int, int]]:
+    """(name, shape, start, end) of each tensor in the flat buffer. Python ints: no overflow, ever."""
+    ranges, offset = [], 0
+    for name, shape in param_shapes(cfg):
+        size = math.prod(shape)
+        ranges.append((name, shape, offset, offset + size))
+        offset += size
+    return ranges
+
+
+def init_draws(cfg: GPTConfig, p: "ParamTensors"):
+    """GPT-2's init recipe, as (view, std) normal draws in the order train_gpt2.py's
+    `GPT._init_weights` makes them (module order): wte (only the V real rows), wpe, then per layer
+    c_attn.weight, attn.c_proj.weight, mlp.c_fc.weight, mlp.c_proj.weight. Residual projections
+    use 0.02 / sqrt(2 L); lm_head is tied to wte and not drawn. Everything else is set by
+    init_params: LayerNorm weights 1, biases and padded wte rows 0."""
+    residual_std = 0.02 / math.sqrt(2 * cfg.num_layers)
+    yield p.wte[:cfg.vocab_size], 0.02
+    yield p.wpe, 0.02
+    for layer in range(cfg.num_layers):
+        yield p.qkvw[layer], 0.02
+        yield p.attprojw[layer], residual_std
+        yield p.fcw[layer], 0.02
+        yield p.fcprojw[layer], residual_std
+
+
+def init_params(cfg: GPTConfig, normal) -> np.ndarray:
+    """A fresh flat buffer initialised by the recipe above; normal(view, std) fills one contiguous
+    view with N(0, std) draws from whichever generator the caller uses."""
+    p = ParamTensors(cfg)  # zeros: biases and padded wte rows stay 0
+    for view, std in init_draws(cfg, p):
+        normal(view, std)
+    p.ln1w[:] = 1.0
+    p.ln2w[:] = 1.0
+    p.lnfw[:] = 1.0
+    return p.flat
+
+
 def num_parameters(cfg: GPTConfig) -> int:
-    return sum(int(np.prod(shape)) for _, shape in param_shapes(cfg))
+    return param_ranges(cfg)[-1][3]
+
+
+def training_bytes(cfg: GPTConfig) -> int:
+    """float32 params + grads + AdamW m and v: the least memory training this model takes."""
+    return 4 * 4 * num_parameters(cfg)
+
+
+def physical_memory_bytes() -> int:
+    """Physical memory of this machine (0 when the OS does not say: then nothing is refused)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # Windows has no sysconf
+        return 0
 
 
 class ParamTensors:
@@ -106,12 +176,9 @@ class ParamTensors:
         self.flat = flat
         self.views: dict[str, np.ndarray] = {}
         self.offsets: dict[str, tuple[int, int]] = {}
-        offset = 0
-        for name, shape in param_shapes(cfg):
-            size = int(np.prod(shape))
-            self.views[name] = flat[offset:offset + size].reshape(shape)
-            self.offsets[name] = (offset, offset + size)
-            offset += size
+        for name, shape, start, end in param_ranges(cfg):
+            self.views[name] = flat[start:end].reshape(shape)
+            self.offsets[name] = (start, end)
 
     def __getattr__(self, name: str) -> np.ndarray:
         views = self.__dict__.get("views")

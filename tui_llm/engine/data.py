@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write  # moving to .formats.atomic; the lead fixes the import at merge
+from .formats.atomic import atomic_write
 from .config import GPT2_VOCAB_SIZE
+from .mt19937 import mt19937
 
 LLMC_MAGIC = 20240520
 LLMC_VERSION = 1
@@ -303,8 +304,7 @@ class TrainLoader:
         self.shard_samples = [_count_samples(t, self.rows, T, _describe(name, i, len(self.shards)), unit)
                               for i, (name, t) in enumerate(self.shards)]
         self.num_samples = sum(self.shard_samples)  # total batches (optimizer steps) per epoch
-        self._rng = np.random.MT19937()
-        self._rng._legacy_seeding(seed)  # init_genrand(seed): the stream of llm.c's and torch's mt19937
+        self._rng = mt19937(seed)  # init_genrand(seed): the stream of llm.c's and torch's mt19937
         self.epoch = 0
         self.shard_order = list(range(len(self.shards)))  # permuted in place at every epoch, as llm.c
         self._start_epoch()

@@ -27,7 +27,7 @@ from tui_llm.engine import kernels as K
 from tui_llm.engine import llama_kernels as LK
 from tui_llm.engine.llama_config import (MATRIX_PARAMS, LlamaConfig, LlamaConfigError, LlamaParams,
                                          check_fits_memory, num_parameters, rope_tables)
-from tui_llm.engine.model import matmul
+
 
 __all__ = ["Llama", "LlamaConfig", "LlamaConfigError", "KVCache", "training_memory_bytes"]
 
@@ -194,7 +194,7 @@ class Llama:
         H, KV, QD, KVD = cfg.num_heads, cfg.num_kv_heads, cfg.q_dim, cfg.kv_dim
         # attention: residual2 = residual + attproj(attention(rope(qkv(rmsnorm(residual)))))
         LK.rmsnorm_forward(b.ln1, b.ln1_rstd, residual, p.ln1w[l], self.eps)
-        matmul(b.ln1, p.qkvw[l].T, out=b.qkv)                                  # (N, (H+2KV) hd)
+        np.matmul(b.ln1, p.qkvw[l].T, out=b.qkv)                                  # (N, (H+2KV) hd)
         if cfg.qkv_bias:
             K.add_bias(b.qkv, p.qkvb[l])
         LK.rope_rotate(b.qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, t0, 1.0)
@@ -204,13 +204,13 @@ class Llama:
             cache.k[l, t0:t0 + T] = b.qkv[:, QD:QD + KVD]
             cache.v[l, t0:t0 + T] = b.qkv[:, QD + KVD:]
             LK.attention_cached(b.atty, b.qkv, cache.k[l], cache.v[l], t0, H, KV)
-        matmul(b.atty, p.attprojw[l].T, out=b.proj)                             # (N, C)
+        np.matmul(b.atty, p.attprojw[l].T, out=b.proj)                             # (N, C)
         np.add(residual, b.proj, out=b.residual2)
         # MLP: residual3 = residual2 + fcproj(silu(gate) * up), [gate | up] = fc(rmsnorm(residual2))
         LK.rmsnorm_forward(b.ln2, b.ln2_rstd, b.residual2, p.ln2w[l], self.eps)
-        matmul(b.ln2, p.fcw[l].T, out=b.fch)                                    # (N, 2F)
+        np.matmul(b.ln2, p.fcw[l].T, out=b.fch)                                    # (N, 2F)
         LK.swiglu_forward(b.fch_act, b.fch)                                     # (N, F)
-        matmul(b.fch_act, p.fcprojw[l].T, out=b.proj)                           # (N, C)
+        np.matmul(b.fch_act, p.fcprojw[l].T, out=b.proj)                           # (N, C)
         np.add(b.residual2, b.proj, out=b.residual3)
 
     def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False):
@@ -232,7 +232,7 @@ class Llama:
             self._block(l, residual, a.layer(l), B, T, 0, None)
             residual = a.residual3[l]
         LK.rmsnorm_forward(a.lnf, a.lnf_rstd, residual, p.lnfw, self.eps)
-        matmul(a.lnf, self.head().T, out=a.logits)                              # (N, Vp)
+        np.matmul(a.lnf, self.head().T, out=a.logits)                              # (N, Vp)
 
         self.trained_forward = False
         if targets is None:
@@ -264,11 +264,11 @@ class Llama:
 
         # output head and final RMSNorm
         if cfg.tied_embeddings:
-            matmul(dlogits.T, a.lnf, out=g.wte)  # (Vp, C); the embedding adds its part below
+            np.matmul(dlogits.T, a.lnf, out=g.wte)  # (Vp, C); the embedding adds its part below
         else:
-            matmul(dlogits.T, a.lnf, out=g.lm_head)
+            np.matmul(dlogits.T, a.lnf, out=g.lm_head)
             g.wte[:] = 0.0
-        matmul(dlogits, self.head(), out=a.d_c)  # d lnf
+        np.matmul(dlogits, self.head(), out=a.d_c)  # d lnf
         dres[:] = 0.0
         last = a.residual3[L - 1] if L > 0 else a.encoded
         LK.rmsnorm_backward(dres, g.lnfw, a.d_c, last, a.lnf_rstd, p.lnfw)
@@ -276,22 +276,22 @@ class Llama:
         for l in reversed(range(L)):
             residual = a.encoded if l == 0 else a.residual3[l - 1]
             # MLP block
-            matmul(dres.T, a.fch_act[l], out=g.fcprojw[l])     # (C, F)
-            matmul(dres, p.fcprojw[l], out=a.d_f)              # d swiglu output (N, F)
+            np.matmul(dres.T, a.fch_act[l], out=g.fcprojw[l])     # (C, F)
+            np.matmul(dres, p.fcprojw[l], out=a.d_f)              # d swiglu output (N, F)
             LK.swiglu_backward(a.d_2f, a.d_f, a.fch[l])        # d [gate | up] (N, 2F)
-            matmul(a.d_2f.T, a.ln2[l], out=g.fcw[l])           # (2F, C)
-            matmul(a.d_2f, p.fcw[l], out=a.d_c)                # d ln2 output
+            np.matmul(a.d_2f.T, a.ln2[l], out=g.fcw[l])           # (2F, C)
+            np.matmul(a.d_2f, p.fcw[l], out=a.d_c)                # d ln2 output
             LK.rmsnorm_backward(dres, g.ln2w[l], a.d_c, a.residual2[l], a.ln2_rstd[l], p.ln2w[l])
             # attention block
-            matmul(dres.T, a.atty[l], out=g.attprojw[l])       # (C, H hd)
-            matmul(dres, p.attprojw[l], out=a.d_q)             # d attention output (N, H hd)
+            np.matmul(dres.T, a.atty[l], out=g.attprojw[l])       # (C, H hd)
+            np.matmul(dres, p.attprojw[l], out=a.d_q)             # d attention output (N, H hd)
             LK.attention_backward(a.d_qkv.reshape(B, T, -1), a.d_q.reshape(B, T, -1), a.att[l],
                                   a.qkv[l].reshape(B, T, -1), H, KV)
             LK.rope_rotate(a.d_qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, 0, -1.0)
             if cfg.qkv_bias:
                 K.column_sum(g.qkvb[l], a.d_qkv)
-            matmul(a.d_qkv.T, a.ln1[l], out=g.qkvw[l])         # ((H+2KV) hd, C)
-            matmul(a.d_qkv, p.qkvw[l], out=a.d_c)              # d ln1 output
+            np.matmul(a.d_qkv.T, a.ln1[l], out=g.qkvw[l])         # ((H+2KV) hd, C)
+            np.matmul(a.d_qkv, p.qkvw[l], out=a.d_c)              # d ln1 output
             LK.rmsnorm_backward(dres, g.ln1w[l], a.d_c, residual, a.ln1_rstd[l], p.ln1w[l])
 
         LK.embedding_backward(g.wte, dres, self.inputs.reshape(-1))
@@ -319,5 +319,5 @@ class Llama:
         for l in range(cfg.num_layers):
             self._block(l, x, b, 1, n, t0, cache)
         LK.rmsnorm_forward(b.ln1[n - 1:n], b.ln1_rstd[:1], x[n - 1:n], p.lnfw, self.eps)
-        matmul(b.ln1[n - 1:n], self.head().T, out=cache.logits)
+        np.matmul(b.ln1[n - 1:n], self.head().T, out=cache.logits)
         return cache.logits[0]

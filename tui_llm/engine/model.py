@@ -6,10 +6,14 @@
     logits = ln_f(x) @ wte.T          (tied lm-head, all Vp columns)
     loss = mean cross-entropy over the real vocabulary V
 
-Matrix products go through numpy's BLAS (`matmul` below, always with a preallocated `out=`;
+Matrix products go through numpy's BLAS (np.matmul, always with a preallocated `out=`;
 transposes are views, which numpy hands to BLAS as flags, not copies). Everything else is a
 numba kernel from kernels.py. All activation buffers are allocated once per (B, T) and reused,
 so a training step allocates nothing large.
+
+The two halves of a layer (_attention_block, _mlp_block) are written once and used by both the
+training forward (all T positions, causal attention over them) and extend() (new positions
+attending to a key/value cache of the earlier ones), which is what the sampler runs.
 """
 
 from __future__ import annotations
@@ -17,12 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from tui_llm.engine import kernels as K
-from tui_llm.engine.config import MATRIX_PARAMS, GPTConfig, ParamTensors, num_parameters
-
-
-def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """out = a @ b through BLAS. One indirection so benchmarks/step.py can time every product."""
-    np.matmul(a, b, out=out)
+from tui_llm.engine.config import MATRIX_PARAMS, GPTConfig, ParamTensors, init_params, num_parameters
 
 
 class Activations:
@@ -80,30 +79,16 @@ class GPT:
     # -----------------------------------------------------------------------------------
     @classmethod
     def random_init(cls, config: GPTConfig, seed: int = 42) -> "GPT":
-        """GPT-2 init: N(0, 0.02) weights, residual projections 0.02/sqrt(2L), biases 0, LN 1/0.
-
-        Only the V real rows of wte are drawn; padded rows stay exactly zero.
-        """
-        model = cls(config)
-        p = model.params
+        """GPT-2's init (config.init_params: N(0, 0.02) weights, residual projections
+        0.02/sqrt(2L), biases 0, LN 1/0, padded wte rows 0) from numpy's default generator.
+        torch_init.llmc_random_init is the same recipe drawn as PyTorch draws it."""
         rng = np.random.default_rng(seed)
-        residual_std = 0.02 / np.sqrt(2 * config.num_layers)
 
         def normal(view, std):
             rng.standard_normal(out=view, dtype=np.float32)
             view *= np.float32(std)
 
-        normal(p.wte[:config.vocab_size], 0.02)
-        normal(p.wpe, 0.02)
-        for layer in range(config.num_layers):
-            normal(p.qkvw[layer], 0.02)
-            normal(p.attprojw[layer], residual_std)
-            normal(p.fcw[layer], 0.02)
-            normal(p.fcprojw[layer], residual_std)
-        p.ln1w[:] = 1.0
-        p.ln2w[:] = 1.0
-        p.lnfw[:] = 1.0
-        return model
+        return cls(config, init_params(config, normal))
 
     def decay_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         """[start, end) offsets of the matrix tensors in the flat buffer (weight-decayed ones)."""
@@ -138,22 +123,18 @@ class GPT:
         K.encoder_forward(a.encoded.reshape(B, T, C), inputs, p.wte, p.wpe)
         residual = a.encoded
         for l in range(L):
-            # attention block: residual2 = residual + attproj(attention(ln1(residual)))
-            K.layernorm_forward(a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l], residual, p.ln1w[l], p.ln1b[l])
-            matmul(a.ln1[l], p.qkvw[l].T, out=a.qkv[l])
-            K.add_bias(a.qkv[l], p.qkvb[l])
-            K.attention_forward(a.atty[l].reshape(B, T, C), a.att[l], a.qkv[l].reshape(B, T, 3 * C), NH)
-            matmul(a.atty[l], p.attprojw[l].T, out=a.proj_out)
-            K.residual_bias_forward(a.residual2[l], residual, a.proj_out, p.attprojb[l])
-            # MLP block: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
-            K.layernorm_forward(a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l], a.residual2[l], p.ln2w[l], p.ln2b[l])
-            matmul(a.ln2[l], p.fcw[l].T, out=a.fch[l])
-            K.bias_gelu_forward(a.fch_gelu[l], a.fch[l], p.fcb[l])
-            matmul(a.fch_gelu[l], p.fcprojw[l].T, out=a.proj_out)
-            K.residual_bias_forward(a.residual3[l], a.residual2[l], a.proj_out, p.fcprojb[l])
+            att = a.att[l]  # (B, NH, T, T) probabilities, kept for the backward pass
+
+            def attend(out, qkv):  # causal attention over the T positions of each sequence
+                K.attention_forward(out.reshape(B, T, C), att, qkv.reshape(B, T, 3 * C), NH)
+
+            self._attention_block(l, a.residual2[l], residual, a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l],
+                                  a.qkv[l], a.atty[l], a.proj_out, attend)
+            self._mlp_block(l, a.residual3[l], a.residual2[l], a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l],
+                            a.fch[l], a.fch_gelu[l], a.proj_out)
             residual = a.residual3[l]
         K.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb)
-        matmul(a.lnf, p.wte.T, out=a.logits)  # (N, Vp)
+        np.matmul(a.lnf, p.wte.T, out=a.logits)  # (N, Vp)
 
         self.trained_forward = False
         if targets is None:
@@ -164,6 +145,66 @@ class GPT:
         K.softmax_crossentropy(a.logits, a.losses, targets.reshape(N), V, np.float32(1.0 / N), training)
         self.trained_forward = training
         return float(a.losses.sum(dtype=np.float32) / N)
+
+    # -----------------------------------------------------------------------------------
+    # One layer, in two residual halves. Rows are positions (N of them); `attend(atty, qkv)`
+    # writes the attention output (N, C) from the (N, 3C) queries, keys and values.
+
+    def _attention_block(self, l, out, x, ln, mean, rstd, qkv, atty, proj, attend) -> None:
+        """out = x + attproj(attend(qkv(ln1(x)))). x, out, ln, atty, proj: (N, C); qkv: (N, 3C); mean, rstd: (N,)."""
+        p = self.params
+        K.layernorm_forward(ln, mean, rstd, x, p.ln1w[l], p.ln1b[l])
+        np.matmul(ln, p.qkvw[l].T, out=qkv)
+        K.add_bias(qkv, p.qkvb[l])
+        attend(atty, qkv)
+        np.matmul(atty, p.attprojw[l].T, out=proj)
+        K.residual_bias_forward(out, x, proj, p.attprojb[l])
+
+    def _mlp_block(self, l, out, x, ln, mean, rstd, fch, fch_gelu, proj) -> None:
+        """out = x + fcproj(gelu(fc(ln2(x)))). x, out, ln, proj: (N, C); fch, fch_gelu: (N, 4C)."""
+        p = self.params
+        K.layernorm_forward(ln, mean, rstd, x, p.ln2w[l], p.ln2b[l])
+        np.matmul(ln, p.fcw[l].T, out=fch)          # pre-activation, bias added by the next kernel
+        K.bias_gelu_forward(fch_gelu, fch, p.fcb[l])
+        np.matmul(fch_gelu, p.fcprojw[l].T, out=proj)
+        K.residual_bias_forward(out, x, proj, p.fcprojb[l])
+
+    # -----------------------------------------------------------------------------------
+    # Generation: positions t0.. appended to a key/value cache
+
+    def new_kv_cache(self) -> "KVCache":
+        return KVCache(self.config)
+
+    def extend(self, cache: "KVCache", tokens: np.ndarray, t0: int) -> np.ndarray:
+        """Run tokens (n,) at positions t0..t0+n-1, storing their keys and values in `cache`
+        (positions before t0 must already be there); return the last position's logits (Vp,).
+
+        The returned array is the cache's buffer: the next extend() overwrites it.
+        """
+        cfg, p = self.config, self.params
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+        n, C, NH = tokens.size, cfg.channels, cfg.num_heads
+        if n == 0 or t0 < 0 or t0 + n > cfg.max_seq_len:
+            raise ValueError(f"positions {t0}..{t0 + n - 1} are outside the model's 0..{cfg.max_seq_len - 1}")
+        if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+            raise ValueError(f"token ids must be in 0..{cfg.vocab_size - 1}")
+        b = cache.scratch(n)
+        x = b["x"]                                    # (n, C): the residual stream, updated in place
+        np.add(p.wte[tokens], p.wpe[t0:t0 + n], out=x)
+        for l in range(cfg.num_layers):
+            keys, values = cache.k[l], cache.v[l]    # (maxT, C)
+
+            def attend(out, qkv):  # the new queries attend to every cached position up to their own
+                keys[t0:t0 + n] = qkv[:, C:2 * C]
+                values[t0:t0 + n] = qkv[:, 2 * C:]
+                K.attention_cached(out, qkv, keys, values, t0, NH)
+
+            self._attention_block(l, x, x, b["ln"], b["mean"], b["rstd"], b["qkv"], b["atty"], b["proj"], attend)
+            self._mlp_block(l, x, x, b["ln"], b["mean"], b["rstd"], b["fch"], b["fch_gelu"], b["proj"])
+        last = slice(n - 1, n)
+        K.layernorm_forward(b["ln"][last], b["mean"][last], b["rstd"][last], x[last], p.lnfw, p.lnfb)
+        np.matmul(b["ln"][last], p.wte.T, out=cache.logits)
+        return cache.logits[0]
 
     # -----------------------------------------------------------------------------------
     def allocate_grads(self) -> ParamTensors:
@@ -189,8 +230,8 @@ class GPT:
         dres = a.dresidual
 
         # lm-head (tied with wte) and final LayerNorm
-        matmul(dlogits.T, a.lnf, out=g.wte)     # (Vp, C); the encoder adds its part below
-        matmul(dlogits, p.wte, out=a.d_c)       # d lnf
+        np.matmul(dlogits.T, a.lnf, out=g.wte)     # (Vp, C); the encoder adds its part below
+        np.matmul(dlogits, p.wte, out=a.d_c)       # d lnf
         dres[:] = 0.0
         last = a.residual3[L - 1] if L > 0 else a.encoded
         K.layernorm_backward(dres, g.lnfw, g.lnfb, a.d_c, last, a.lnf_mean, a.lnf_rstd, p.lnfw)
@@ -198,27 +239,51 @@ class GPT:
         for l in reversed(range(L)):
             residual = a.encoded if l == 0 else a.residual3[l - 1]
             # MLP block
-            matmul(dres.T, a.fch_gelu[l], out=g.fcprojw[l])
+            np.matmul(dres.T, a.fch_gelu[l], out=g.fcprojw[l])
             K.column_sum(g.fcprojb[l], dres)
-            matmul(dres, p.fcprojw[l], out=a.d_4c)          # d gelu output
+            np.matmul(dres, p.fcprojw[l], out=a.d_4c)          # d gelu output
             K.gelu_backward_inplace(a.d_4c, a.fch[l])       # d fc output
-            matmul(a.d_4c.T, a.ln2[l], out=g.fcw[l])
+            np.matmul(a.d_4c.T, a.ln2[l], out=g.fcw[l])
             K.column_sum(g.fcb[l], a.d_4c)
-            matmul(a.d_4c, p.fcw[l], out=a.d_c)             # d ln2 output
+            np.matmul(a.d_4c, p.fcw[l], out=a.d_c)             # d ln2 output
             K.layernorm_backward(dres, g.ln2w[l], g.ln2b[l], a.d_c, a.residual2[l],
                                  a.ln2_mean[l], a.ln2_rstd[l], p.ln2w[l])
             # attention block
-            matmul(dres.T, a.atty[l], out=g.attprojw[l])
+            np.matmul(dres.T, a.atty[l], out=g.attprojw[l])
             K.column_sum(g.attprojb[l], dres)
-            matmul(dres, p.attprojw[l], out=a.d_c)          # d attention output
+            np.matmul(dres, p.attprojw[l], out=a.d_c)          # d attention output
             K.attention_backward(a.d_3c.reshape(B, T, 3 * C), a.d_c.reshape(B, T, C), a.att[l],
                                  a.qkv[l].reshape(B, T, 3 * C), NH)
-            matmul(a.d_3c.T, a.ln1[l], out=g.qkvw[l])
+            np.matmul(a.d_3c.T, a.ln1[l], out=g.qkvw[l])
             K.column_sum(g.qkvb[l], a.d_3c)
-            matmul(a.d_3c, p.qkvw[l], out=a.d_c)            # d ln1 output
+            np.matmul(a.d_3c, p.qkvw[l], out=a.d_c)            # d ln1 output
             K.layernorm_backward(dres, g.ln1w[l], g.ln1b[l], a.d_c, residual,
                                  a.ln1_mean[l], a.ln1_rstd[l], p.ln1w[l])
 
         g.wpe[:] = 0.0
         K.encoder_backward(g.wte, g.wpe, dres.reshape(B, T, C), self.inputs)
         self.trained_forward = False
+
+
+class KVCache:
+    """Keys and values of every position seen so far (per layer), plus extend()'s scratch rows."""
+
+    def __init__(self, cfg: GPTConfig):
+        L, C, maxT = cfg.num_layers, cfg.channels, cfg.max_seq_len
+        self.config = cfg
+        self.k = np.zeros((L, maxT, C), np.float32)
+        self.v = np.zeros((L, maxT, C), np.float32)
+        self.logits = np.empty((1, cfg.padded_vocab_size), np.float32)
+        self._rows = 0
+        self._scratch: dict[str, np.ndarray] = {}
+
+    def scratch(self, n: int) -> dict[str, np.ndarray]:
+        """Buffers for n rows (grown when a longer extend comes; shorter ones use the first rows)."""
+        if n > self._rows:
+            C = self.config.channels
+            widths = {"x": C, "ln": C, "qkv": 3 * C, "atty": C, "proj": C, "fch": 4 * C, "fch_gelu": 4 * C}
+            self._scratch = {name: np.empty((n, w), np.float32) for name, w in widths.items()}
+            self._scratch["mean"] = np.empty(n, np.float32)
+            self._scratch["rstd"] = np.empty(n, np.float32)
+            self._rows = n
+        return {name: buf[:n] for name, buf in self._scratch.items()}

@@ -25,7 +25,7 @@ import re
 import shutil
 from pathlib import Path
 
-from tui_llm.engine.checkpoint import atomic_write
+from tui_llm.engine.formats.atomic import atomic_write, remove_stale_temp_files
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -34,7 +34,6 @@ KEEP = "keep.json"
 LOCK = ".lock"
 CHECKPOINT_GLOB = "ckpt_*.safetensors"
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d{8,})\.safetensors$")
-TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # atomic_write's temporary files
 
 CSV_COLUMNS = ("step", "loss", "val_loss", "lr", "grad_norm", "fwd_ms", "bwd_ms", "opt_ms", "step_ms",
                "tok_per_s", "tokens", "elapsed_s", "epoch")
@@ -141,13 +140,7 @@ class RunDir:
 
     def remove_temp_files(self) -> list[Path]:
         """Leftovers of saves that were interrupted (kill -9, power cut)."""
-        removed = []
-        for p in self.path.iterdir():
-            if TEMP_RE.match(p.name) and p.is_file():
-                with contextlib.suppress(OSError):
-                    p.unlink()
-                    removed.append(p)
-        return removed
+        return remove_stale_temp_files(self.path)
 
     # -- checkpoints -------------------------------------------------------------------------
 

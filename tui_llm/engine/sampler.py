@@ -1,10 +1,18 @@
-"""Text generation with a key/value cache.
+"""Text generation with a key/value cache, for any model that offers it.
 
 The prompt goes through the model once (all its positions together); after that each new
 token costs one position's forward pass: its query attends to the cached keys and values of
-every earlier position. llm.c's CPU sampler instead re-runs the whole (B, T) forward for every
-token. `generate(..., use_cache=False)` does that too (one full forward per token), as the
-reference the cached path is tested against.
+every earlier position. llm.c's CPU sampler instead re-runs the whole forward for every token.
+`generate(..., use_cache=False)` does that too (the whole sequence from position 0 for every
+token), as the reference the cached path is tested against.
+
+What the sampler needs from a model (GPT here; a Llama model offers the same):
+    model.config: vocab_size, padded_vocab_size, max_seq_len
+    model.new_kv_cache() -> cache
+    model.extend(cache, tokens (n,) int32, t0) -> logits (padded_vocab_size,) float32 of the last
+        position, after storing positions t0..t0+n-1 in the cache
+and from a tokenizer (tiktoken's Encoding for GPT-2): encode_ordinary(text), decode(ids),
+decode_single_token_bytes(id), eot_token. Without one, ids are shown as numbers.
 """
 
 from __future__ import annotations
@@ -15,8 +23,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tui_llm.engine import kernels as K
-from tui_llm.engine.config import EOT_TOKEN
-from tui_llm.engine.model import GPT, matmul
 from tui_llm.engine.tokenizer import token_pieces
 
 
@@ -62,77 +68,26 @@ def choose_token(logits_row: np.ndarray, vocab_size: int, temperature: float, to
 class Sampler:
     """Generates from a model's current weights. Owns its cache; never touches training buffers."""
 
-    def __init__(self, model: GPT, encoding=None):
+    def __init__(self, model, encoding=None):
         self.model = model
         self.encoding = encoding
         cfg = model.config
-        L, C, maxT = cfg.num_layers, cfg.channels, cfg.max_seq_len
-        self.k_cache = np.zeros((L, maxT, C), np.float32)
-        self.v_cache = np.zeros((L, maxT, C), np.float32)
+        self.cache = model.new_kv_cache()
         self.probs = np.empty(cfg.padded_vocab_size, np.float32)
-        self.logits = np.empty((1, cfg.padded_vocab_size), np.float32)
-        self._bufs_n = 0
-
-    def _buffers(self, n: int):
-        if n > self._bufs_n:
-            C = self.model.config.channels
-            f32 = np.float32
-            self.x = np.empty((n, C), f32)
-            self.ln = np.empty((n, C), f32)
-            self.qkv = np.empty((n, 3 * C), f32)
-            self.atty = np.empty((n, C), f32)
-            self.proj = np.empty((n, C), f32)
-            self.fch = np.empty((n, 4 * C), f32)
-            self.fch_gelu = np.empty((n, 4 * C), f32)
-            self.mean = np.empty(n, f32)
-            self.rstd = np.empty(n, f32)
-            self._bufs_n = n
-        return n
-
-    def _extend(self, tokens: np.ndarray, t0: int) -> np.ndarray:
-        """Run tokens at positions t0.. through the model, filling the cache; return last logits (Vp,)."""
-        cfg, p = self.model.config, self.model.params
-        n = len(tokens)
-        C, NH = cfg.channels, cfg.num_heads
-        self._buffers(n)
-        x, ln, qkv, atty, proj = self.x[:n], self.ln[:n], self.qkv[:n], self.atty[:n], self.proj[:n]
-        fch, fch_gelu, mean, rstd = self.fch[:n], self.fch_gelu[:n], self.mean[:n], self.rstd[:n]
-        np.add(p.wte[tokens], p.wpe[t0:t0 + n], out=x)
-        for l in range(cfg.num_layers):
-            K.layernorm_forward(ln, mean, rstd, x, p.ln1w[l], p.ln1b[l])
-            matmul(ln, p.qkvw[l].T, out=qkv)
-            K.add_bias(qkv, p.qkvb[l])
-            self.k_cache[l, t0:t0 + n] = qkv[:, C:2 * C]
-            self.v_cache[l, t0:t0 + n] = qkv[:, 2 * C:]
-            K.attention_cached(atty, qkv, self.k_cache[l], self.v_cache[l], t0, NH)
-            matmul(atty, p.attprojw[l].T, out=proj)
-            K.residual_bias_forward(x, x, proj, p.attprojb[l])
-            K.layernorm_forward(ln, mean, rstd, x, p.ln2w[l], p.ln2b[l])
-            matmul(ln, p.fcw[l].T, out=fch)
-            K.bias_gelu_forward(fch_gelu, fch, p.fcb[l])
-            matmul(fch_gelu, p.fcprojw[l].T, out=proj)
-            K.residual_bias_forward(x, x, proj, p.fcprojb[l])
-        K.layernorm_forward(ln[n - 1:n], mean[:1], rstd[:1], x[n - 1:n], p.lnfw, p.lnfb)
-        matmul(ln[n - 1:n], p.wte.T, out=self.logits)
-        return self.logits[0]
-
-    def _full_forward_logits(self, ids: list[int]) -> np.ndarray:
-        """Reference path: the whole sequence through GPT.forward (what llm.c does per token)."""
-        model = self.model
-        model.forward(np.asarray(ids, np.int32)[None, :])
-        return model.acts.logits[len(ids) - 1]
+        eot = getattr(encoding, "eot_token", None)
+        self.eot = eot if eot is not None and 0 <= eot < cfg.vocab_size else None  # a small custom vocab has none
 
     def generate(self, prompt: str | list[int] = "", max_new_tokens: int = 64, temperature: float = 1.0,
                  top_k: int = 0, seed: int | None = None, rng: np.random.Generator | None = None,
                  use_cache: bool = True, stop_at_eot: bool = False) -> SampleResult:
-        cfg = self.model.config
+        model, cfg = self.model, self.model.config
         if isinstance(prompt, str):
             prompt_text = prompt
             prompt_ids = self.encoding.encode_ordinary(prompt) if prompt else []
         else:
             prompt_ids = [int(t) for t in prompt]
             prompt_text = self.encoding.decode(prompt_ids) if self.encoding else ""
-        ids = [EOT_TOKEN if cfg.vocab_size > EOT_TOKEN else 0] + prompt_ids if not prompt_ids else list(prompt_ids)
+        ids = list(prompt_ids) if prompt_ids else [self.eot if self.eot is not None else 0]
         if any(not 0 <= t < cfg.vocab_size for t in ids):
             raise ValueError(f"prompt has token ids outside the model's vocabulary of {cfg.vocab_size}")
         # keep within the model's context: the most recent tokens win
@@ -142,22 +97,22 @@ class Sampler:
 
         start = time.perf_counter()
         generated, probs = [], []
-        logits = self._extend(np.asarray(ids, np.int32), 0) if use_cache else self._full_forward_logits(ids)
+        logits = model.extend(self.cache, np.asarray(ids, np.int32), 0)
         for _ in range(max_new_tokens):
             token, prob = choose_token(logits, cfg.vocab_size, temperature, top_k, rng.random(), self.probs)
             generated.append(token)
             probs.append(prob)
-            if stop_at_eot and token == EOT_TOKEN:
+            if stop_at_eot and token == self.eot:
                 break
             ids.append(token)
             if len(generated) == max_new_tokens:
                 break
-            if use_cache:
-                logits = self._extend(np.asarray([token], np.int32), len(ids) - 1)
-            else:
-                logits = self._full_forward_logits(ids)
+            if use_cache:  # only the new position
+                logits = model.extend(self.cache, np.asarray([token], np.int32), len(ids) - 1)
+            else:          # everything again, from position 0
+                logits = model.extend(self.cache, np.asarray(ids, np.int32), 0)
         seconds = time.perf_counter() - start
 
-        pieces = token_pieces(generated) if self.encoding else [str(t) for t in generated]
+        pieces = token_pieces(generated, self.encoding) if self.encoding else [str(t) for t in generated]
         text = self.encoding.decode(generated) if self.encoding else " ".join(map(str, generated))
         return SampleResult(prompt_text, prompt_ids, generated, text, pieces, probs, seconds)

@@ -125,20 +125,23 @@ class StreamDecoder:
     held back until the character is complete: `push` returns "" for such a token.
     """
 
-    def __init__(self):
+    def __init__(self, encoding=None):
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._encoding = encoding  # anything with decode_single_token_bytes; None: GPT-2's
 
     def push(self, token_id: int) -> str:
-        return self._utf8.decode(decode_token_bytes(token_id))
+        if self._encoding is None:
+            return self._utf8.decode(decode_token_bytes(token_id))
+        return self._utf8.decode(self._encoding.decode_single_token_bytes(int(token_id)))
 
     def flush(self) -> str:
         """Whatever is still held back (an incomplete character becomes U+FFFD)."""
         return self._utf8.decode(b"", final=True)
 
 
-def token_pieces(ids) -> list[str]:
+def token_pieces(ids, encoding=None) -> list[str]:
     """One string per token, as StreamDecoder shows them; their concatenation equals decode(ids)."""
-    stream = StreamDecoder()
+    stream = StreamDecoder(encoding)
     pieces = [stream.push(i) for i in ids]
     if pieces:
         pieces[-1] += stream.flush()

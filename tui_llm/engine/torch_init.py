@@ -46,71 +46,14 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from tui_llm.engine.config import GPTConfig, ParamTensors
+from tui_llm.engine.config import GPTConfig, init_params
+from tui_llm.engine.mt19937 import mt19937, random_raw32
 
 KERNELS = ("avx2", "scalar")
 DEFAULT_KERNEL = "auto"  # whatever torch would dispatch to on this CPU (see torch_kernel())
 _CHUNK = 1 << 22        # uniforms drawn per batch (a multiple of 16): bounded memory for big tensors
 _U24 = np.float32(1.0 / (1 << 24))
 _U53 = 1.0 / (1 << 53)
-
-
-# ---------------------------------------------------------------------------------------
-# MT19937 exactly as at::mt19937 (the reference genrand_int32: init_genrand seeding, twist of
-# the whole 624-word state when exhausted, standard tempering).
-
-MT_N, MT_M = 624, 397
-MATRIX_A = np.uint32(0x9908B0DF)
-UPPER_MASK, LOWER_MASK = np.uint32(0x80000000), np.uint32(0x7FFFFFFF)
-
-
-def mt19937_key(seed: int) -> np.ndarray:
-    """The 624-word state after at::mt19937(seed) (init_genrand on seed & 0xffffffff)."""
-    key = np.empty(MT_N, dtype=np.uint32)
-    x = seed & 0xFFFFFFFF
-    key[0] = x
-    for i in range(1, MT_N):
-        x = (1812433253 * (x ^ (x >> 30)) + i) & 0xFFFFFFFF
-        key[i] = x
-    return key
-
-
-@njit(inline="always", cache=True)
-def _mt_mix(a, b, c):
-    y = (a & UPPER_MASK) | (b & LOWER_MASK)
-    return c ^ (y >> 1) ^ (MATRIX_A * (y & np.uint32(1)))  # branch-free: the low bit picks MATRIX_A
-
-
-@njit(nogil=True, cache=True)
-def _mt_twist(mt):
-    for k in range(MT_N - MT_M):
-        mt[k] = _mt_mix(mt[k], mt[k + 1], mt[k + MT_M])
-    for k in range(MT_N - MT_M, MT_N - 1):
-        mt[k] = _mt_mix(mt[k], mt[k + 1], mt[k + MT_M - MT_N])
-    mt[MT_N - 1] = _mt_mix(mt[MT_N - 1], mt[0], mt[MT_M - 1])
-
-
-@njit(nogil=True, cache=True)
-def _mt_draw(mt, pos, out):
-    """Fill out (uint32) with the next raw outputs; pos[0] = index of the next unused state word."""
-    p = pos[0]
-    i = 0
-    n = out.shape[0]
-    while i < n:
-        if p >= MT_N:
-            _mt_twist(mt)
-            p = 0
-        k = min(MT_N - p, n - i)
-        for t in range(k):
-            y = mt[p + t]
-            y ^= y >> 11
-            y ^= (y << 7) & np.uint32(0x9D2C5680)
-            y ^= (y << 15) & np.uint32(0xEFC60000)
-            y ^= y >> 18
-            out[i + t] = y
-        i += k
-        p += k
-    pos[0] = p
 
 
 def torch_kernel(cpu_flags: set[str] | None = None, env: str | None = None) -> str:
@@ -155,14 +98,11 @@ class TorchGenerator:
     """A CPU `torch.Generator`: MT19937 plus the cached second Box-Muller value of `normal_`."""
 
     def __init__(self, seed: int = 67280421310721):  # torch.Generator()'s default seed
-        self._mt = np.empty(MT_N, np.uint32)
-        self._pos = np.zeros(1, np.int64)
         self.manual_seed(seed)
 
     def manual_seed(self, seed: int) -> "TorchGenerator":
         self._seed = int(seed)
-        self._mt[:] = mt19937_key(seed)
-        self._pos[0] = MT_N
+        self._mt = mt19937(seed)  # at::mt19937(seed): init_genrand on the low 32 bits
         self._next_double_normal: float | None = None
         return self
 
@@ -172,9 +112,7 @@ class TorchGenerator:
     # raw draws --------------------------------------------------------------------------
     def random_raw(self, n: int) -> np.ndarray:
         """n raw 32-bit outputs (uint32), i.e. n calls of at::mt19937::operator()."""
-        out = np.empty(n, np.uint32)
-        _mt_draw(self._mt, self._pos, out)
-        return out
+        return random_raw32(self._mt, n)
 
     def random(self) -> int:
         return int(self.random_raw(1)[0])
@@ -408,21 +346,6 @@ def _fill(out: np.ndarray, raw: np.ndarray, mean, std, kernel: str) -> None:
 
 # ---------------------------------------------------------------------------------------
 
-def llmc_init_draws(cfg: GPTConfig, p: ParamTensors):
-    """(view, std) in the order train_gpt2.py's `GPT._init_weights` draws them (module order):
-    wte (only the V real rows), wpe, then per layer c_attn.weight, attn.c_proj.weight,
-    mlp.c_fc.weight, mlp.c_proj.weight. Residual projections use 0.02 / sqrt(2 L); lm_head is
-    tied to wte and not drawn. nn.Linear weights are (out, in), the same layout as ours."""
-    residual_std = 0.02 / math.sqrt(2 * cfg.num_layers)
-    yield p.wte[:cfg.vocab_size], 0.02
-    yield p.wpe, 0.02
-    for layer in range(cfg.num_layers):
-        yield p.qkvw[layer], 0.02
-        yield p.attprojw[layer], residual_std
-        yield p.fcw[layer], 0.02
-        yield p.fcprojw[layer], residual_std
-
-
 def llmc_random_init(cfg: GPTConfig, seed: int = 42, kernel: str = DEFAULT_KERNEL) -> np.ndarray:
     """The flat float32 parameters (our layout) of train_gpt2.py's random init (`--model d12` etc.).
 
@@ -431,11 +354,5 @@ def llmc_random_init(cfg: GPTConfig, seed: int = 42, kernel: str = DEFAULT_KERNE
     weights 1. d12 (124M values) takes a few seconds.
     """
     kernel = _resolve(kernel)
-    p = ParamTensors(cfg)
     gen = TorchGenerator(seed)
-    for view, std in llmc_init_draws(cfg, p):
-        gen.normal_(view, 0.0, std, kernel)
-    p.ln1w[:] = 1.0
-    p.ln2w[:] = 1.0
-    p.lnfw[:] = 1.0
-    return p.flat
+    return init_params(cfg, lambda view, std: gen.normal_(view, 0.0, std, kernel))

@@ -25,12 +25,12 @@ import numpy as np
 
 from tui_llm.engine import events as ev
 from tui_llm.engine import kernels
-from tui_llm.engine.checkpoint import (CheckpointError, load_model_weights, load_training_checkpoint,
-                                       save_training_checkpoint)
 from tui_llm.engine.config import GPTConfig, preset_config
 from tui_llm.engine.control import Control
 from tui_llm.engine.data import DataError, TrainLoader, ValLoader, open_dataset
 from tui_llm.engine.distributed import World
+from tui_llm.engine.formats import (CheckpointError, load_model_weights, load_training_checkpoint,
+                                    save_training_checkpoint)
 from tui_llm.engine.model import GPT
 from tui_llm.engine.optim import AdamW, AdamWConfig, learning_rate
 from tui_llm.engine.run_config import ConfigError, RunConfig, default_val_file

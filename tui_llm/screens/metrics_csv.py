@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from tui_llm.engine.formats import atomic_write
 
 TRAIN_COLUMNS = ("loss", "lr", "grad_norm", "fwd_ms", "bwd_ms", "opt_ms", "step_ms", "tok_per_s", "epoch")
 COLUMNS = ("step", "loss", "val_loss", *TRAIN_COLUMNS[1:])
@@ -38,14 +38,8 @@ def export_csv(jsonl_path: Path) -> Path:
     jsonl_path = Path(jsonl_path)
     rows = read_rows(jsonl_path)
     out = jsonl_path.with_name("metrics.csv")
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".metrics-", suffix=".csv")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(out, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
     return out

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tui_llm.engine.checkpoint import CheckpointError, _write_safetensors, atomic_write
+from tui_llm.engine.formats.atomic import atomic_write
+from tui_llm.engine.formats.common import CheckpointError
+from tui_llm.engine.formats.safetensors import write_safetensors
 from tui_llm.engine.llama_config import LlamaConfig, LlamaConfigError, LlamaParams, check_rope_scaling
 
 WEIGHTS = "model.safetensors"
@@ -323,7 +325,7 @@ def write_hf_llama(directory, config: LlamaConfig, flat: np.ndarray, tokenizer_d
         copies = [tokenizer_dir / name for name in TOKENIZER_FILES if (tokenizer_dir / name).is_file()]
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_write(directory / WEIGHTS) as f:
-        _write_safetensors(f, hf_tensor_map(p), {"format": "pt"})  # transformers refuses files without format
+        write_safetensors(f, hf_tensor_map(p), {"format": "pt"})  # transformers refuses files without format
     for src in copies:
         with atomic_write(directory / src.name) as f:
             f.write(src.read_bytes())

@@ -1,0 +1,34 @@
+"""Reading and writing model weights and training state, one module per format.
+
+Everything works on a (GPTConfig, flat) pair: `flat` is the contiguous float32 buffer holding the
+parameter tensors in llm.c's order (config.py). Modules:
+
+    atomic.py       the one way files are written (atomic_write, atomic_files, stale temp cleanup)
+    common.py       CheckpointError and array <-> file helpers
+    safetensors.py  our streaming safetensors reader/writer (F32/F16/BF16 and integer arrays)
+    llmc.py         llm.c model files v1/v3/v5
+    hf_gpt2.py      Hugging Face GPT-2 (mapping, config.json, local cache lookup)
+    training.py     our resumable training checkpoints
+    detect.py       load_model_weights: any of the above, by magic bytes
+    export.py       check_export_destination: refuse to overwrite what an export must not
+
+Every read validates sizes before allocating and refuses NaN/inf weights; every problem with a
+file is a CheckpointError whose str() is one line, '<file>: <problem>'.
+"""
+
+from .atomic import atomic_files, atomic_write, remove_stale_temp_files
+from .common import CheckpointError
+from .detect import detect_checkpoint_kind, load_model_weights
+from .export import check_export_destination
+from .hf_gpt2 import find_hf_cached, hf_cache_dir, hf_config_dict, parse_hf_config, read_hf, write_hf
+from .llmc import LLMC_MAGIC, LLMC_VERSIONS, fp32_to_bf16_bits, llmc_file_nbytes, read_llmc, write_llmc
+from .training import (TRAINING_FORMAT, TRAINING_MODEL_CONFIG_KEY, TRAINING_PARAMS_KEY, load_training_checkpoint,
+                       load_training_params, require, save_training_checkpoint, training_model_config)
+
+__all__ = [
+    "CheckpointError", "atomic_files", "atomic_write", "check_export_destination", "detect_checkpoint_kind",
+    "find_hf_cached", "fp32_to_bf16_bits", "hf_cache_dir", "hf_config_dict", "llmc_file_nbytes",
+    "load_model_weights", "load_training_checkpoint", "load_training_params", "parse_hf_config", "read_hf", "read_llmc",
+    "remove_stale_temp_files", "require", "save_training_checkpoint", "training_model_config", "write_hf", "write_llmc",
+    "LLMC_MAGIC", "LLMC_VERSIONS", "TRAINING_FORMAT", "TRAINING_MODEL_CONFIG_KEY", "TRAINING_PARAMS_KEY",
+]

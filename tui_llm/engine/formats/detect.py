@@ -1,0 +1,64 @@
+"""One entry point for "give me a model, whatever this is": llm.c file, HF directory/file/name,
+or our training checkpoint, told apart by their magic bytes or directory contents.
+
+A new format (e.g. hf_llama.py) adds its kind to detect_checkpoint_kind (for HF directories:
+by config.json's model_type) and its reader to load_model_weights; nothing else changes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..config import GPTConfig
+from .common import CheckpointError, file_size, millions
+from .hf_gpt2 import HF_CONFIG, HF_WEIGHTS, read_hf
+from .llmc import LLMC_MAGIC, LLMC_VERSIONS, OTHER_LLMC_MAGICS, read_llmc, read_llmc_header
+from .safetensors import MAX_HEADER_BYTES, read_header
+from .training import TRAINING_FORMAT, load_training_params
+
+
+def detect_checkpoint_kind(path) -> str:
+    """'llmc', 'hf' or 'training', from the magic bytes of a file or the contents of a directory."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / HF_CONFIG).is_file() and (p / HF_WEIGHTS).is_file():
+            return "hf"
+        raise CheckpointError(path, f"directory without {HF_CONFIG} + {HF_WEIGHTS}: not a Hugging Face model")
+    size = file_size(path)
+    with open(p, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(path, f"only {size} bytes: not a model file")
+        magic = int.from_bytes(head[:4], "little")
+        if magic == LLMC_MAGIC:
+            return "llmc"
+        if magic in OTHER_LLMC_MAGICS:
+            raise CheckpointError(path, f"this is {OTHER_LLMC_MAGICS[magic]}, not a model file")
+        # safetensors: a u64 header length that fits in the file, then a JSON object.
+        n = int.from_bytes(head, "little")
+        if 0 < n <= min(size - 8, MAX_HEADER_BYTES) and f.read(1) == b"{":
+            f.seek(0)
+            _, metadata, _ = read_header(f, path)
+            return "training" if metadata.get("format") == TRAINING_FORMAT else "hf"
+    raise CheckpointError(path, "unrecognised file: neither an llm.c model file nor safetensors")
+
+
+def load_model_weights(path_or_name) -> tuple[GPTConfig, np.ndarray, str]:
+    """Load weights from an llm.c file, a HF directory/file/cached name, or a training checkpoint.
+
+    Returns (config, flat, description), the description being one line for the UI and logs.
+    """
+    if not os.path.exists(path_or_name):  # not a path: a model name in the HF cache (or an error saying so)
+        cfg, flat = read_hf(path_or_name)
+        return cfg, flat, f"Hugging Face GPT-2 {path_or_name} from the local cache ({millions(cfg)} params)"
+    kind = detect_checkpoint_kind(path_or_name)
+    if kind == "llmc":
+        version, _ = read_llmc_header(path_or_name)
+        cfg, flat = read_llmc(path_or_name)
+        return cfg, flat, f"llm.c model file {path_or_name} (v{version}, {LLMC_VERSIONS[version]}, {millions(cfg)} params)"
+    if kind == "hf":
+        cfg, flat = read_hf(path_or_name)
+        return cfg, flat, f"Hugging Face GPT-2 {path_or_name} ({millions(cfg)} params)"
+    return load_training_params(path_or_name)
