@@ -33,20 +33,25 @@ class AdamW:
         self.step = 0  # number of updates done; the next one uses t = step + 1
         self.decay_starts, self.decay_ends = model.decay_ranges()
 
-    def grad_norm(self) -> float:
-        """Global L2 norm of all gradients (float64 accumulation)."""
-        return math.sqrt(K.sum_of_squares(self.model.grads.flat))
+    def grad_norm(self, grads: np.ndarray | None = None, grad_scale: float = 1.0) -> float:
+        """Global L2 norm (float64 accumulation) of grad_scale * grads (default: the model's gradients)."""
+        grads = self.model.grads.flat if grads is None else grads
+        return math.sqrt(K.sum_of_squares(grads)) * grad_scale
 
-    def update(self, lr: float, grad_norm: float | None = None) -> float:
-        """One AdamW step with learning rate lr. Returns the gradient norm before clipping."""
+    def update(self, lr: float, grad_norm: float | None = None, grads: np.ndarray | None = None,
+               grad_scale: float = 1.0) -> float:
+        """One AdamW step with learning rate lr on the gradient grad_scale * grads (default: the
+        model's gradients; gradient accumulation passes the sum of K micro-batch gradients and 1/K,
+        which saves a pass over them). Returns the gradient norm before clipping."""
         cfg = self.config
+        grads = self.model.grads.flat if grads is None else grads
         if grad_norm is None:
-            grad_norm = self.grad_norm()
-        scale = 1.0
+            grad_norm = self.grad_norm(grads, grad_scale)
+        scale = grad_scale
         if cfg.grad_clip > 0 and grad_norm > cfg.grad_clip:
-            scale = cfg.grad_clip / grad_norm
+            scale *= cfg.grad_clip / grad_norm
         self.step += 1
-        K.adamw_update(self.model.params.flat, self.model.grads.flat, self.m, self.v,
+        K.adamw_update(self.model.params.flat, grads, self.m, self.v,
                        self.decay_starts, self.decay_ends, lr, cfg.beta1, cfg.beta2, cfg.eps,
                        cfg.weight_decay, self.step, scale)
         return grad_norm

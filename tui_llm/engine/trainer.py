@@ -107,7 +107,10 @@ class Trainer:
 
         # optimizer, sampling RNG, run state
         self.optimizer = AdamW(self.model, AdamWConfig(lr=c.lr, weight_decay=c.weight_decay, grad_clip=c.grad_clip))
-        self.grad_sum = np.zeros(self.model.num_parameters, np.float32) if self.grad_accum > 1 else None
+        self.grads_sum = self.grads_micro = None
+        if self.grad_accum > 1:  # micro-batch 0 writes its gradients straight into the sum, the rest add theirs
+            self.grads_micro = self.model.allocate_grads()
+            self.grads_sum = type(self.grads_micro)(self.model.config, np.zeros(self.model.num_parameters, np.float32))
         world.bcast_(self.model.params.flat)  # rank 0's weights are the run's
         self.sample_rng = np.random.default_rng(c.seed)
         self.step = 0
@@ -315,12 +318,11 @@ class Trainer:
             loss_sum += loss
             if not math.isfinite(loss) and not world.is_distributed:
                 break  # under MPI every rank goes on to the all-reduce, which carries the NaN to all
+            if self.grads_sum is not None:
+                model.grads = self.grads_sum if micro == 0 else self.grads_micro
             model.backward()
-            if self.grad_sum is not None:
-                if micro == 0:
-                    self.grad_sum[:] = model.grads.flat
-                else:
-                    kernels.accumulate(self.grad_sum, model.grads.flat)
+            if micro > 0:
+                kernels.accumulate(self.grads_sum.flat, self.grads_micro.flat)
             fwd_s, bwd_s = fwd_s + t2 - t1, bwd_s + time.perf_counter() - t2
         t3 = time.perf_counter()
         loss = loss_sum / self.grad_accum
@@ -328,14 +330,15 @@ class Trainer:
             loss = float(world.allreduce_sum_(np.array([loss], np.float64))[0]) / world.size
         if not math.isfinite(loss):
             raise TrainingError(f"non-finite loss ({loss}) at step {self.step + 1}: weights not updated")
-        if self.grad_sum is not None:  # the mean gradient of this rank's micro-batches
-            np.multiply(self.grad_sum, np.float32(1.0 / self.grad_accum), out=model.grads.flat)
-        world.allreduce_mean_(model.grads.flat)  # and of every rank's: the whole batch's mean gradient
-        grad_norm = opt.grad_norm()
+        # the mean gradient of the whole batch: 1/K of this rank's sum, averaged over the ranks
+        grads = (self.grads_sum if self.grads_sum is not None else model.grads).flat
+        world.allreduce_mean_(grads)
+        scale = 1.0 / self.grad_accum
+        grad_norm = opt.grad_norm(grads, scale)
         if not math.isfinite(grad_norm):
             raise TrainingError(f"non-finite gradient norm ({grad_norm}) at step {self.step + 1}: weights not updated")
         lr = learning_rate(self.step, c.lr, c.steps, c.lr_schedule, c.warmup, c.final_lr_fraction)
-        opt.update(lr, grad_norm)
+        opt.update(lr, grad_norm, grads=grads, grad_scale=scale)
         t4 = time.perf_counter()
         step_s = t4 - t0
         self.step += 1
