@@ -320,31 +320,36 @@ def attention_backward(dqkv, datty, att, qkv, num_heads):
             dqkv[b, t, v0:v0 + hs] = 0.0
         datt = np.empty(T, dtype=np.float32)
         for t in range(T):
-            row = att[b, h, t]
-            dy = datty[b, t, q0:q0 + hs]
-            # through out = sum_t2 att[t2] * v[t2]
-            for t2 in range(t + 1):
-                v = qkv[b, t2, v0:v0 + hs]
-                dv = dqkv[b, t2, v0:v0 + hs]
-                a = row[t2]
-                s = np.float32(0.0)
-                for i in range(hs):
-                    s += dy[i] * v[i]
-                    dv[i] += a * dy[i]
-                datt[t2] = s
-            # through the softmax: dpre = att * (datt - sum(att * datt))
-            dot = np.float32(0.0)
-            for t2 in range(t + 1):
-                dot += row[t2] * datt[t2]
-            q = qkv[b, t, q0:q0 + hs]
-            dq = dqkv[b, t, q0:q0 + hs]
-            for t2 in range(t + 1):
-                dpre = row[t2] * (datt[t2] - dot) * scale
-                k = qkv[b, t2, k0:k0 + hs]
-                dk = dqkv[b, t2, k0:k0 + hs]
-                for i in range(hs):
-                    dq[i] += dpre * k[i]
-                    dk[i] += dpre * q[i]
+            attend_backward(dqkv[b], datty[b, t, q0:q0 + hs], att[b, h, t], qkv[b], t, q0, k0, v0, hs, scale, datt)
+
+
+@njit(inline="always", **JIT)
+def attend_backward(dqkv_b, dy, row, qkv_b, t, q0, k0, v0, hs, scale, datt):
+    """One query row t of one head: add its part of dq, dk, dv (columns q0, k0, v0 of dqkv_b (T, W))
+    from dy (hs,), the gradient of its output, through its attention weights row (t+1 used)."""
+    # through out = sum_t2 att[t2] * v[t2]
+    for t2 in range(t + 1):
+        v = qkv_b[t2, v0:v0 + hs]
+        dv = dqkv_b[t2, v0:v0 + hs]
+        a = row[t2]
+        s = np.float32(0.0)
+        for i in range(hs):
+            s += dy[i] * v[i]
+            dv[i] += a * dy[i]
+        datt[t2] = s
+    # through the softmax: dpre = att * (datt - sum(att * datt))
+    dot = np.float32(0.0)
+    for t2 in range(t + 1):
+        dot += row[t2] * datt[t2]
+    q = qkv_b[t, q0:q0 + hs]
+    dq = dqkv_b[t, q0:q0 + hs]
+    for t2 in range(t + 1):
+        dpre = row[t2] * (datt[t2] - dot) * scale
+        k = qkv_b[t2, k0:k0 + hs]
+        dk = dqkv_b[t2, k0:k0 + hs]
+        for i in range(hs):
+            dq[i] += dpre * k[i]
+            dk[i] += dpre * q[i]
 
 
 # ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from tui_llm.engine.kernels import EXP_BLOCK, JIT, PJIT, attend, exp_block
+from tui_llm.engine.kernels import EXP_BLOCK, JIT, PJIT, attend, attend_backward, exp_block
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,31 +201,8 @@ def attention_backward(dqkv, datty, att, qkv, num_heads, num_kv_heads):
         for h in range(kvh * group, (kvh + 1) * group):
             q0 = h * hd
             for t in range(T):
-                row = att[b, h, t]
-                dy = datty[b, t, q0:q0 + hd]
-                # through out = sum_t2 att[t2] * v[t2]
-                for t2 in range(t + 1):
-                    v = qkv[b, t2, v0:v0 + hd]
-                    dv = dqkv[b, t2, v0:v0 + hd]
-                    a = row[t2]
-                    s = np.float32(0.0)
-                    for i in range(hd):
-                        s += dy[i] * v[i]
-                        dv[i] += a * dy[i]
-                    datt[t2] = s
-                # through the softmax: dpre = att * (datt - sum(att * datt))
-                dot = np.float32(0.0)
-                for t2 in range(t + 1):
-                    dot += row[t2] * datt[t2]
-                q = qkv[b, t, q0:q0 + hd]
-                dq = dqkv[b, t, q0:q0 + hd]
-                for t2 in range(t + 1):
-                    dpre = row[t2] * (datt[t2] - dot) * scale
-                    k = qkv[b, t2, k0:k0 + hd]
-                    dk = dqkv[b, t2, k0:k0 + hd]
-                    for i in range(hd):
-                        dq[i] += dpre * k[i]
-                        dk[i] += dpre * q[i]
+                attend_backward(dqkv[b], datty[b, t, q0:q0 + hd], att[b, h, t], qkv[b], t, q0, k0, v0, hd, scale,
+                                datt)
 
 
 @njit(**PJIT)
