@@ -108,10 +108,11 @@ def param_shapes(cfg: GPTConfig) -> list[tuple[str, tuple[int, ...]]]:
     ]
 
 
-def param_ranges(cfg: GPTConfig) -> list[tuple[str, tuple[int, ...], int, int]]:
-    """(name, shape, start, end) of each tensor in the flat buffer. Python ints: no overflow, ever."""
+def param_ranges(cfg: GPTConfig, shapes=None) -> list[tuple[str, tuple[int, ...], int, int]]:
+    """(name, shape, start, end) of each tensor in the flat buffer (of `shapes`, default GPT-2's
+    param_shapes(cfg)). Python ints: no overflow, ever."""
     ranges, offset = [], 0
-    for name, shape in param_shapes(cfg):
+    for name, shape in (param_shapes(cfg) if shapes is None else shapes):
         size = math.prod(shape)
         ranges.append((name, shape, offset, offset + size))
         offset += size
@@ -164,10 +165,12 @@ def physical_memory_bytes() -> int:
 
 
 class ParamTensors:
-    """Named views (p.wte, p.qkvw, ...) into one flat float32 buffer in llm.c's layout."""
+    """Named views (p.wte, p.qkvw, ...) into one flat float32 buffer: llm.c's GPT-2 layout, or
+    the (name, shape) list another architecture passes as `shapes`."""
 
-    def __init__(self, cfg: GPTConfig, flat: np.ndarray | None = None):
-        n = num_parameters(cfg)
+    def __init__(self, cfg, flat: np.ndarray | None = None, shapes=None):
+        ranges = param_ranges(cfg, shapes)
+        n = ranges[-1][3] if ranges else 0
         if flat is None:
             flat = np.zeros(n, dtype=np.float32)
         if flat.dtype != np.float32 or flat.ndim != 1 or flat.size != n or not flat.flags.c_contiguous:
@@ -176,7 +179,7 @@ class ParamTensors:
         self.flat = flat
         self.views: dict[str, np.ndarray] = {}
         self.offsets: dict[str, tuple[int, int]] = {}
-        for name, shape, start, end in param_ranges(cfg):
+        for name, shape, start, end in ranges:
             self.views[name] = flat[start:end].reshape(shape)
             self.offsets[name] = (start, end)
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tui_llm.engine.config import pad_vocab
+from tui_llm.engine.config import ParamTensors, pad_vocab
 
 ROPE_TYPES = ("linear", "llama3")
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -218,31 +218,8 @@ def num_parameters(cfg: LlamaConfig) -> int:
     return sum(math.prod(shape) for _, shape in param_shapes(cfg))
 
 
-class LlamaParams:
+class LlamaParams(ParamTensors):
     """Named views (p.wte, p.qkvw, ...) into one flat float32 buffer in the layout above."""
 
     def __init__(self, cfg: LlamaConfig, flat: np.ndarray | None = None):
-        n = num_parameters(cfg)
-        if flat is None:
-            flat = np.zeros(n, dtype=np.float32)
-        if flat.dtype != np.float32 or flat.ndim != 1 or flat.size != n or not flat.flags.c_contiguous:
-            raise ValueError(f"flat parameter buffer must be contiguous float32 of size {n}")
-        self.config = cfg
-        self.flat = flat
-        self.views: dict[str, np.ndarray] = {}
-        self.offsets: dict[str, tuple[int, int]] = {}
-        offset = 0
-        for name, shape in param_shapes(cfg):
-            size = math.prod(shape)
-            self.views[name] = flat[offset:offset + size].reshape(shape)
-            self.offsets[name] = (offset, offset + size)
-            offset += size
-
-    def __getattr__(self, name: str) -> np.ndarray:
-        views = self.__dict__.get("views")
-        if views is not None and name in views:
-            return views[name]
-        raise AttributeError(name)
-
-    def items(self):
-        return self.views.items()
+        super().__init__(cfg, flat, shapes=param_shapes(cfg))

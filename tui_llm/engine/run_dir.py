@@ -247,29 +247,46 @@ class RunDir:
         if self._metrics_fd is not None:
             os.fsync(self._metrics_fd)
 
+    def _whole_records(self, start: int = 0):
+        """(record, line length) of each whole, parseable line from byte `start` on; stops at the first other."""
+        try:
+            with open(self.metrics_path, "rb") as f:
+                f.seek(start)
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        return
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        return
+                    if not isinstance(record, dict):
+                        return
+                    yield record, len(line)
+        except OSError:
+            return
+
     def history_end(self, checkpoint_bytes: int, checkpoint_path: Path | None = None) -> int:
         """Where to cut metrics.jsonl for a resume from a checkpoint that recorded `checkpoint_bytes`:
         there, plus the record of that checkpoint itself (written just after the save)."""
         end = checkpoint_bytes
-        try:
-            with open(self.metrics_path, "rb") as f:
-                f.seek(checkpoint_bytes)
-                for line in f:
-                    if not line.endswith(b"\n"):
-                        break
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        break
-                    if record.get("type") == "checkpoint" and checkpoint_path is not None \
-                            and Path(str(record.get("path"))).name == Path(checkpoint_path).name:
-                        end += len(line)
-                        break
-                    if record.get("type") not in ("checkpoint", "notice"):
-                        break
-                    end += len(line)
-        except OSError:
-            pass
+        for record, length in self._whole_records(checkpoint_bytes):
+            if record.get("type") == "checkpoint" and checkpoint_path is not None \
+                    and Path(str(record.get("path"))).name == Path(checkpoint_path).name:
+                return end + length
+            if record.get("type") not in ("checkpoint", "notice"):
+                break
+            end += length
+        return end
+
+    def history_end_at_step(self, step: int) -> int:
+        """The cut for a checkpoint from before history offsets were recorded: the records up to
+        its step (such old train records count from 0, so one with step >= `step` came after it)."""
+        end = 0
+        for record, length in self._whole_records():
+            s = record.get("step")
+            if isinstance(s, int) and (s > step or (record.get("type") == "train" and s >= step)):
+                break
+            end += length
         return end
 
     def read_metrics(self, limit_bytes: int | None = None) -> list[dict]:

@@ -434,7 +434,7 @@ class Trainer:
         if self.step == 0:
             return 0
         if self.history_bytes is None:  # a checkpoint from before history offsets: keep the records up to its step
-            return _bytes_up_to_step(self.run_dir.metrics_path, self.step)
+            return self.run_dir.history_end_at_step(self.step)
         return self.run_dir.history_end(self.history_bytes, self.last_checkpoint)
 
     def _open_history(self) -> None:
@@ -484,26 +484,3 @@ def _meta_int(meta: dict, key: str, path) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**62:
         raise CheckpointError(path, f"bad {key} in the checkpoint's metadata: {v!r}")
     return v
-
-
-def _bytes_up_to_step(metrics_path: Path, step: int) -> int:
-    """Byte length of the records of an old run's metrics.jsonl up to `step` (old train records
-    count from 0, so one with step >= `step` was done after the checkpoint)."""
-    import json
-    end = 0
-    try:
-        with open(metrics_path, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    break
-                s = record.get("step") if isinstance(record, dict) else None
-                if isinstance(s, int) and (s > step or (record.get("type") == "train" and s >= step)):
-                    break
-                end += len(line)
-    except OSError:
-        return 0
-    return end
