@@ -45,7 +45,7 @@ def test_uint16_round_trip_only_when_asked(tmp_path):
     assert path.read_bytes() == struct.pack("<3H", *ids)
     tf = open_tokens(path, format="uint16")
     assert tf.format == "uint16" and tf.tokens.tolist() == ids
-    with pytest.raises(DataError, match="format='uint16'"):
+    with pytest.raises(DataError, match="--format uint16"):
         open_tokens(path)  # 6 bytes: neither llm.c nor int32, and uint16 is never guessed
 
 
@@ -225,3 +225,10 @@ def test_llmc_tiny_shakespeare_order(tmp_path):
     assert x.ravel().tolist() == train.tokens[408 * 256:409 * 256].tolist()
     assert y.ravel().tolist() == train.tokens[408 * 256 + 1:409 * 256 + 1].tolist()
     assert ValLoader(open_tokens(result.val_path), B=4, T=64).num_samples == 127
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "tokens.bin"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        open_tokens(fifo)

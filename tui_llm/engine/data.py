@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,12 @@ def open_tokens(path, format: str = "auto", vocab_size: int = GPT2_VOCAB_SIZE, c
     if format not in ("auto", *FORMATS):
         raise DataError(f"{path}: unknown token file format {format!r} (use auto, {', '.join(FORMATS)})")
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+            raise DataError(f"{path}: not a regular file")
+        size = st.st_size
         with open(path, "rb") as f:
             head = f.read(HEADER_BYTES)
     except FileNotFoundError:
@@ -95,7 +101,7 @@ def open_tokens(path, format: str = "auto", vocab_size: int = GPT2_VOCAB_SIZE, c
         else:
             raise DataError(
                 f"{path}: not a token file (no llm.c header magic {LLMC_MAGIC}, and not headerless int32 tokens; "
-                "for nanoGPT's headerless uint16 .bin files pass format='uint16')"
+                "for nanoGPT's headerless uint16 .bin files use --format uint16)"
             )
 
     if format == "llmc":
