@@ -76,7 +76,53 @@ def accum(args) -> None:
     print(f"  floor median {fmt_ms(floor.median)}  ({fmt_ms(floor.median / args.accum)} per micro-batch)")
     print(f"  step / floor {step.median / floor.median:.3f}x")
     trainer.run_dir.close()
+    del trainer, replay
     shutil.rmtree(work, ignore_errors=True)
+    if args.vs_torch:
+        theirs = torch_accum_step(args)
+        print(f"  PyTorch {theirs.median:.2f} s per step (median of {args.steps}; eager, same accumulation) -> "
+              f"ours is {theirs.median / step.median:.2f}x faster")
+
+
+def torch_accum_step(args) -> Stats:
+    """The same accumulated step in PyTorch eager (benchmarks/vs_torch.py's nanoGPT-style model),
+    after ours in the same process: K x (forward, backward of loss/K), clip, AdamW."""
+    from step import Bench, RunSpec
+    from vs_torch import HPARAMS, build_torch_gpt, make_torch_optimizer, torch_environment
+
+    torch_environment()
+    import torch
+
+    from tui_llm.engine.threads import set_threads
+
+    torch.set_num_threads(set_threads(args.threads))
+    bench = Bench(RunSpec(args.model, args.batch, args.seq))
+    model = build_torch_gpt(torch, bench.config, bench.config.padded_vocab_size, seed=1337)
+    del bench.model, bench.optimizer
+    optimizer = make_torch_optimizer(torch, model, "default")
+    params = list(model.parameters())
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(args.accum):
+        tokens = rng.integers(0, 50257, (args.batch, args.seq + 1))
+        batches.append((torch.from_numpy(np.ascontiguousarray(tokens[:, :-1])),
+                        torch.from_numpy(np.ascontiguousarray(tokens[:, 1:]))))
+
+    def step():
+        for inputs, targets in batches:
+            loss = model(inputs, targets) / args.accum
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, HPARAMS["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return Stats(times)
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,6 +211,8 @@ def main() -> None:
     a.add_argument("--accum", type=int, default=16)
     a.add_argument("--steps", type=int, default=3)
     a.add_argument("--threads", type=int, default=0)
+    a.add_argument("--vs-torch", action="store_true",
+                   help="then the same step in PyTorch eager (run with /tmp/benchvenv/bin/python: see vs_torch.py)")
     r = sub.add_parser("ranks")
     r.add_argument("--configs", nargs="+", default=["d6:8:64", "d12:4:64"])
     r.add_argument("--steps", type=int, default=12)
