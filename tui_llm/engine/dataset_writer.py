@@ -36,7 +36,8 @@ class DatasetWriter:
         # hidden, and ending in the real name: globs skip it, and tools that look at suffixes still see .bin
         staging = self.out_dir / f".staged-{self._tag}-{name}"
         self.staged.append((staging, final))
-        return final, write_tokens(staging, tokens, self.fmt, wide=self.wide)
+        wide = {"wide": True} if self.wide else {}  # uint32 tokens only when the vocabulary needs them
+        return final, write_tokens(staging, tokens, self.fmt, **wide)
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         """Stage a small file that belongs to the dataset (the tokenizer sidecar); returns its final path."""
