@@ -184,3 +184,59 @@ def test_python_api_trains_loads_and_generates_with_a_llama(llama, tmp_path):
     assert result.prompt == "To be" and "".join(result.token_texts) == result.text
     again = tui_llm.Trainer.resume(tmp_path / "api", steps=3)
     assert isinstance(again.model, Llama) and again.config.tokenizer == str(model_dir)
+
+
+def test_sampling_a_long_context_model_allocates_only_the_positions_it_needs(llama):
+    from tui_llm.engine.llama import LlamaConfig
+    from tui_llm.engine.model_tokenizer import load_tokenizer
+    from tui_llm.engine.sampler import Sampler
+
+    model_dir, _ = llama
+    cfg = LlamaConfig(vocab_size=VOCAB, max_seq_len=131072, num_layers=1, num_heads=2, channels=16, ffn_channels=32)
+    sampler = Sampler(Llama.random_init(cfg), load_tokenizer(model_dir))
+    result = sampler.generate("To be", 64, seed=1, stop_at_eot=False)
+    assert len(result.token_ids) == 64 and sampler.cache.k.shape[1] == 256  # not 131,072 positions
+    assert result.token_texts and "".join(result.token_texts) == result.text
+
+
+def test_a_cached_name_gives_the_model_and_its_tokenizer(llama, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    model_dir, data = llama
+    snapshot = tmp_path / "hub" / "models--tiny--llama" / "snapshots" / "abc123"
+    shutil.copytree(model_dir, snapshot)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = tui_llm.load_model("tiny/llama")
+    assert isinstance(model, Llama) and model.tokenizer_dir == str(snapshot)
+    (tmp_path / "t.txt").write_text("To be, or not to be", encoding="utf-8")
+    assert cli.main(["prepare", str(tmp_path / "t.txt"), "--tokenizer", "tiny/llama", "--out-dir", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "t.tokenizer.json").read_text())["path"] == str(snapshot)
+    # preparing the same name with GPT-2's tokenizer again drops the sidecar that no longer applies
+    assert cli.main(["prepare", str(tmp_path / "t.txt"), "--out-dir", str(tmp_path)]) == 0
+    assert not (tmp_path / "t.tokenizer.json").exists()
+    assert bad(capsys, "prepare", str(tmp_path / "t.txt"), "--tokenizer", "no/such-model").startswith(
+        "error: no/such-model: no such directory, and no tokenizer.json for it in the local Hugging Face cache")
+
+
+def test_sidecar_names_cover_splits_and_shards():
+    from tui_llm.engine.model_tokenizer import sidecar_path
+
+    for name in ("data/web_train.bin", "data/web_val.bin", "data/web_train_000003.bin", "data/web_train_*.bin"):
+        assert str(sidecar_path(name)) == "data/web.tokenizer.json"
+    assert str(sidecar_path("data/tokens.bin")) == "data/tokens.tokenizer.json"
+
+
+def test_gpt2_hf_exports_carry_gpt2s_tokenizer_files(tmp_path):
+    from tokenizers import ByteLevelBPETokenizer
+
+    from tui_llm.engine.config import GPTConfig
+    from tui_llm.engine.formats import write_hf
+    from tui_llm.engine.model import GPT
+    from tui_llm.engine.tokenizer import get_tokenizer
+
+    cfg = GPTConfig(max_seq_len=8, vocab_size=50257, num_layers=1, num_heads=1, channels=8)
+    write_hf(tmp_path / "hf", cfg, GPT.random_init(cfg).params.flat)
+    tok = ByteLevelBPETokenizer(str(tmp_path / "hf" / "vocab.json"), str(tmp_path / "hf" / "merges.txt"))
+    text = "Zürich, 1984: naïve   café\n\nROMEO: wherefore art thou?"
+    assert tok.encode(text).ids == get_tokenizer().encode_ordinary(text)
+    assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["tokenizer_class"] == "GPT2Tokenizer"

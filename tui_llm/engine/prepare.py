@@ -425,7 +425,8 @@ def prepare_corpus(inputs, out_dir="data", name: str | None = None, split_on_bla
     if not docs:
         raise PrepareError(f"the corpus is empty: {_plural(len(files), 'file')} with no text")
 
-    get_tokenizer() if tokenizer is None else None  # build it before the clock starts
+    if tokenizer is None:
+        get_tokenizer()  # build it before the clock starts
     start = time.perf_counter()
     tokens = tokenize_documents(docs) if tokenizer is None else tokenizer.encode_documents(docs)
     seconds = time.perf_counter() - start
