@@ -26,23 +26,20 @@ import numpy as np
 from tui_llm.engine import events as ev
 from tui_llm.engine import kernels
 from tui_llm.engine.arch import build_model, config_from_dict
-from tui_llm.engine.config import GPTConfig, preset_config
+from tui_llm.engine.config import GPTConfig
 from tui_llm.engine.control import Control
 from tui_llm.engine.data import DataError, TrainLoader, ValLoader, open_dataset
 from tui_llm.engine.distributed import World
-from tui_llm.engine.formats import (CheckpointError, load_model_weights, load_training_checkpoint,
-                                    save_training_checkpoint)
-from tui_llm.engine.llama import Llama, LlamaConfig, LlamaConfigError
+from tui_llm.engine.formats import CheckpointError, load_training_checkpoint, save_training_checkpoint
+from tui_llm.engine.llama import Llama, LlamaConfig
 from tui_llm.engine.llama_kernels import compile_llama_kernels
-from tui_llm.engine.model import GPT
-from tui_llm.engine.model_source import load_model_source
+from tui_llm.engine.model_source import fresh_model, load_model_source
 from tui_llm.engine.model_tokenizer import check_data_tokenizer, find_tokenizer_dir, load_tokenizer
 from tui_llm.engine.optim import AdamW, AdamWConfig, learning_rate
 from tui_llm.engine.run_config import ConfigError, RunConfig, default_val_file
-from tui_llm.engine.run_dir import RunDir, RunDirError, is_run_dir, resolve_checkpoint
+from tui_llm.engine.run_dir import RunDir, RunDirError, resolve_checkpoint
 from tui_llm.engine.sampler import Sampler
 from tui_llm.engine.threads import set_threads
-from tui_llm.engine.torch_init import llmc_random_init
 
 __all__ = ["Trainer", "RunConfig", "ConfigError", "TrainingError"]
 
@@ -75,7 +72,7 @@ class Trainer:
             self.model = build_model(model_cfg, flat)
             tokenizer_dir = tokenizer_dir or recorded
         else:
-            self.model, self.model_name = self._fresh_model()
+            self.model, self.model_name = fresh_model(c)
         c.tokenizer = str(find_tokenizer_dir(tokenizer_dir)) if tokenizer_dir else None
         self.encoding = load_tokenizer(c.tokenizer)
         if isinstance(self.model, Llama) and c.tokenizer is None:
@@ -194,39 +191,6 @@ class Trainer:
         self.tokens = int(meta["tokens"]) if isinstance(meta.get("tokens"), int) else step * self.tokens_per_step
         self.history_bytes = _meta_int(meta, "history_bytes", path) if "history_bytes" in meta else None
         self.last_checkpoint = Path(path)
-
-    def _fresh_model(self) -> tuple[GPT | Llama, str]:
-        """A new model of the preset's sizes (or the given ones), and its name."""
-        c = self.config
-        tokenizer = load_tokenizer(c.tokenizer) if c.tokenizer else None
-        try:
-            base = preset_config(c.model, max_seq_len=c.max_seq_len)
-        except ValueError as e:
-            raise ConfigError("model", str(e)) from None
-        sizes = dict(num_layers=c.layers or base.num_layers, num_heads=c.heads or base.num_heads,
-                     channels=c.channels or base.channels, max_seq_len=c.max_seq_len,
-                     vocab_size=tokenizer.vocab_size if tokenizer else base.vocab_size)
-        custom = any(v is not None for v in (c.layers, c.heads, c.channels, c.kv_heads, c.ffn_channels))
-        name = "custom" if custom else c.model
-        if c.arch == "llama":
-            if tokenizer is None:
-                raise ConfigError("tokenizer", "is needed for a fresh Llama model (the directory holding its "
-                                               "tokenizer.json, e.g. a Llama-family model's)")
-            C = sizes["channels"]
-            try:
-                cfg = LlamaConfig(**sizes, num_kv_heads=c.kv_heads or 0,
-                                  ffn_channels=c.ffn_channels or 64 * math.ceil(8 * C / 3 / 64),
-                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-            except LlamaConfigError as e:
-                raise ConfigError(None, f"a Llama of these sizes cannot be built: {e}") from None
-            return Llama.random_init(cfg, seed=c.seed), f"llama-{name}"
-        try:
-            cfg = GPTConfig(**sizes)
-        except ValueError as e:
-            raise ConfigError("model", str(e)) from None
-        if c.init_style == "llmc":  # bit-identical to llm.c's train_gpt2.py --model dN init
-            return GPT(cfg, llmc_random_init(cfg, seed=c.seed)), name
-        return GPT.random_init(cfg, seed=c.seed), name
 
     def _short_name(self) -> str:
         import re
