@@ -240,3 +240,27 @@ def test_gpt2_hf_exports_carry_gpt2s_tokenizer_files(tmp_path):
     text = "Zürich, 1984: naïve   café\n\nROMEO: wherefore art thou?"
     assert tok.encode(text).ids == get_tokenizer().encode_ordinary(text)
     assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["tokenizer_class"] == "GPT2Tokenizer"
+
+
+def test_a_llama_without_a_tokenizer_is_refused_in_one_line(llama, tmp_path, capsys):
+    model_dir, data = llama
+    d = tmp_path / "weights_only"
+    d.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (d / name).write_bytes((model_dir / name).read_bytes())
+    line = bad(capsys, str(data / "story_train.bin"), "--no-ui", "--init-from", str(d), *SMALL,
+               "--out-dir", str(tmp_path / "r"))
+    assert line.startswith("error: --tokenizer is needed")
+    assert "--tokenizer" in bad(capsys, "sample", "--init-from", str(d))
+    # given explicitly, it trains
+    assert cli.main([str(data / "story_train.bin"), "--no-ui", "--init-from", str(d), "--tokenizer", str(model_dir),
+                     *SMALL, "--steps", "1", "--out-dir", str(tmp_path / "ok")]) == 0
+
+
+def test_uint32_token_files_train(llama, tmp_path):
+    from tui_llm.engine.data import TrainLoader, open_dataset
+
+    write_tokens(tmp_path / "w_train.bin", np.arange(200) % VOCAB, "llmc", wide=True)
+    loader = TrainLoader(open_dataset(str(tmp_path / "w_train.bin"), vocab_size=VOCAB), 2, 8, shuffle=False)
+    x, y = loader.next_batch()
+    assert x.dtype == np.int32 and x.tolist()[0] == list(range(8)) and y[0, 0] == 1
