@@ -210,7 +210,8 @@ def test_a_cached_name_gives_the_model_and_its_tokenizer(llama, tmp_path, monkey
     assert isinstance(model, Llama) and model.tokenizer_dir == str(snapshot)
     (tmp_path / "t.txt").write_text("To be, or not to be", encoding="utf-8")
     assert cli.main(["prepare", str(tmp_path / "t.txt"), "--tokenizer", "tiny/llama", "--out-dir", str(tmp_path)]) == 0
-    assert json.loads((tmp_path / "t.tokenizer.json").read_text())["path"] == str(snapshot)
+    sidecar = json.loads((tmp_path / "t.tokenizer.json").read_text())
+    assert sidecar["path"] == str(snapshot) and sidecar["tokenizer"] == "tiny/llama"
     # preparing the same name with GPT-2's tokenizer again drops the sidecar that no longer applies
     assert cli.main(["prepare", str(tmp_path / "t.txt"), "--out-dir", str(tmp_path)]) == 0
     assert not (tmp_path / "t.tokenizer.json").exists()
@@ -240,6 +241,8 @@ def test_gpt2_hf_exports_carry_gpt2s_tokenizer_files(tmp_path):
     text = "Zürich, 1984: naïve   café\n\nROMEO: wherefore art thou?"
     assert tok.encode(text).ids == get_tokenizer().encode_ordinary(text)
     assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["tokenizer_class"] == "GPT2Tokenizer"
+    model = tui_llm.load_model(tmp_path / "hf")  # an HF dir, not a run directory, though it has a config.json
+    assert isinstance(model, GPT) and model.tokenizer_dir is None
 
 
 def test_a_llama_without_a_tokenizer_is_refused_in_one_line(llama, tmp_path, capsys):

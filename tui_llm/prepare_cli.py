@@ -88,7 +88,8 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `prepare` subcommand to an argparse subparsers object; its func default is run_prepare."""
     parser = subparsers.add_parser(
         "prepare", help="make token files (.bin) from Tiny Shakespeare or your own text",
-        description="Tokenize text with GPT-2's tokenizer into llm.c token files <name>_train.bin / <name>_val.bin.",
+        description="Tokenize text with GPT-2's tokenizer (or a model's own, --tokenizer) into llm.c token files "
+                    "<name>_train.bin / <name>_val.bin.",
     )
     # argparse makes a subcommand's parser of the main parser's class; ours reports errors in one line.
     parser.__class__ = PrepareParser

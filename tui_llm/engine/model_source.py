@@ -29,7 +29,9 @@ def load_model_source(source) -> tuple:
     """(config, flat, name, tokenizer_dir or None) of a run directory (its newest checkpoint), a
     checkpoint, an llm.c .bin, a Hugging Face directory or a cached name."""
     path = Path(str(source)).expanduser()
-    if path.is_dir() and is_run_dir(path) and hf_model_type(path) is None:  # an HF dir has a config.json too
+    hf_dir = path.is_dir() and (hf_model_type(path) is not None or (path / "model.safetensors").is_file()
+                                or (path / "model.safetensors.index.json").is_file())
+    if path.is_dir() and is_run_dir(path) and not hf_dir:  # an HF dir has a config.json too
         path = resolve_checkpoint(path)
     target = str(path) if path.exists() else str(source)
     config, flat, name = load_model_weights(target)

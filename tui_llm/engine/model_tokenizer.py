@@ -59,8 +59,17 @@ def identity(tokenizer) -> dict:
     """{"tokenizer": name, "fingerprint": ...} of an HFTokenizer, or GPT-2's."""
     if not hasattr(tokenizer, "fingerprint"):
         return dict(GPT2_IDENTITY)
-    return {"tokenizer": tokenizer.path.parent.name, "fingerprint": tokenizer.fingerprint(),
-            "vocab_size": tokenizer.vocab_size, "path": str(tokenizer.path.parent.absolute())}
+    directory = tokenizer.path.parent.absolute()
+    return {"tokenizer": tokenizer_name(directory), "fingerprint": tokenizer.fingerprint(),
+            "vocab_size": tokenizer.vocab_size, "path": str(directory)}
+
+
+def tokenizer_name(directory: Path) -> str:
+    """A tokenizer's name for messages: "org/name" for a Hugging Face cache snapshot, else the dir's name."""
+    parts = directory.parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3].removeprefix("models--").replace("--", "/")
+    return directory.name
 
 
 def sidecar_path(token_file) -> Path:
