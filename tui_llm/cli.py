@@ -238,12 +238,14 @@ def default_dataset() -> str:
 # ---------------------------------------------------------------------------------------
 # models: sample and export
 
-def load_model_arg(source: str):
-    """(GPTConfig or LlamaConfig, flat weights, name, tokenizer dir or None) from --init-from: a run
-    directory, a checkpoint, an llm.c .bin, a Hugging Face directory or a cached name."""
+def load_model_arg(source: str, with_tokenizer: bool = False):
+    """(GPTConfig or LlamaConfig, flat weights, name) from --init-from: a run directory, a checkpoint,
+    an llm.c .bin, a Hugging Face directory or a cached name; with_tokenizer adds the directory of
+    the model's tokenizer.json (None: GPT-2's)."""
     from tui_llm.engine.model_source import load_model_source
 
-    return load_model_source(source)
+    loaded = load_model_source(source)
+    return loaded if with_tokenizer else loaded[:3]
 
 
 def sample_parser() -> Parser:
@@ -276,7 +278,7 @@ def cmd_sample(argv) -> int:
     from tui_llm.engine.threads import set_threads
     import numpy as np
 
-    cfg, flat, name, tokenizer_dir = load_model_arg(args.init_from)
+    cfg, flat, name, tokenizer_dir = load_model_arg(args.init_from, with_tokenizer=True)
     tokenizer_dir = args.tokenizer or tokenizer_dir
     if isinstance(cfg, LlamaConfig) and tokenizer_dir is None:
         raise UsageError(f"{args.init_from}: no tokenizer.json with this Llama model; give --tokenizer DIR")
@@ -308,7 +310,7 @@ def cmd_export(argv) -> int:
     from tui_llm.engine.formats.hf_llama import write_hf_llama
     from tui_llm.engine.llama import LlamaConfig
 
-    cfg, flat, name, tokenizer_dir = load_model_arg(args.init_from)
+    cfg, flat, name, tokenizer_dir = load_model_arg(args.init_from, with_tokenizer=True)
     llama = isinstance(cfg, LlamaConfig)
     if llama and args.to != "hf":
         raise UsageError(f"--to {args.to}: llm.c files hold GPT-2 models only; export a Llama with --to hf")
