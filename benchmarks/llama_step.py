@@ -6,9 +6,10 @@
 A randomly initialised model of the given shape (default: 30 layers, 576 channels, 9 heads /
 3 key-value heads, SwiGLU 1536, vocab 49,152, tied) runs forward (with the fused
 softmax/cross-entropy), backward and the AdamW update, as the trainer does. The floor is the
-forward+backward's matrix products alone: every `tui_llm.engine.llama.matmul` call of one step
-is recorded (shapes, which operands are transposed views) and replayed through np.matmul on
-fresh buffers of the same layout. Steps and replays alternate, so load changes hit both alike;
+forward+backward's matrix products alone: every np.matmul call llama.py makes in one step is
+recorded (shapes, which operands are transposed views; the module's `np` is swapped for a
+stand-in whose matmul records, as benchmarks/step.py does for model.py) and replayed through
+np.matmul on fresh buffers of the same layout. Steps and replays alternate, so load changes hit both alike;
 fwd+bwd / floor is what the kernels and glue cost on top of the products.
 """
 
@@ -20,6 +21,7 @@ import time
 import common  # noqa: F401  (puts the repo root on sys.path)
 import numpy as np
 from common import Stats, command_line, fmt_ms, print_machine
+from step import _NumpyWithMatmul
 
 import tui_llm.engine.llama as LM
 from tui_llm.engine.llama import Llama, LlamaConfig
@@ -33,18 +35,17 @@ SMOLLM2_135M = dict(vocab_size=49152, max_seq_len=2048, num_layers=30, num_heads
 def record_matmuls(model: Llama, inputs, targets) -> list[tuple]:
     """(a, b, out) layouts of every product of one forward+backward: (shape, transposed) each."""
     calls = []
-    original = LM.matmul
 
     def recording(a, b, out):
         calls.append(tuple((x.shape, x.strides[-1] != x.itemsize) for x in (a, b, out)))
-        original(a, b, out=out)
+        np.matmul(a, b, out=out)
 
-    LM.matmul = recording
+    LM.np = _NumpyWithMatmul(recording)
     try:
         model.forward(inputs, targets, training=True)
         model.backward()
     finally:
-        LM.matmul = original
+        LM.np = np
     return calls
 
 

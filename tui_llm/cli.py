@@ -59,13 +59,20 @@ def train_parser() -> Parser:
                    help="token file format (default auto: llm.c header or legacy int32; uint16 must be asked for)")
     p.add_argument("--no-ui", action="store_true", help="headless: print one line per step")
     g = p.add_argument_group("model")
+    g.add_argument("--arch", choices=("gpt2", "llama"), help="a fresh model's architecture (default gpt2; llama "
+                                                             "needs --tokenizer)")
     g.add_argument("--model", choices=sorted(PRESETS, key=lambda k: int(k[1:])), help="preset for a fresh model (default d6)")
     g.add_argument("--init-from", metavar="MODEL",
                    help="start from these weights: our run directory or checkpoint, llm.c .bin, Hugging Face dir or cached name")
     g.add_argument("--resume", metavar="RUN_DIR|CHECKPOINT", help="continue a saved run exactly where it stopped")
     g.add_argument("--layers", type=int, help="override the preset's layer count")
     g.add_argument("--heads", type=int, help="override the preset's head count")
+    g.add_argument("--kv-heads", type=int, help="llama: key/value heads (default: --heads)")
     g.add_argument("--channels", type=int, help="override the preset's channel count")
+    g.add_argument("--ffn-channels", type=int, help="llama: SwiGLU width (default 8/3 channels, rounded up to 64)")
+    g.add_argument("--tokenizer", metavar="DIR|NAME",
+                   help="Hugging Face tokenizer (a dir with tokenizer.json, or a cached name) of a fresh or "
+                        "loaded model (default: the loaded model's own, else GPT-2's)")
     g.add_argument("--max-seq-len", type=int, help="positions of a fresh model (default 1024)")
     g.add_argument("--init-style", choices=("llmc", "numpy"),
                    help="fresh weights: llmc = bit-identical to llm.c's train_gpt2.py init (torch's generator; "
@@ -231,16 +238,14 @@ def default_dataset() -> str:
 # ---------------------------------------------------------------------------------------
 # models: sample and export
 
-def load_model_arg(source: str):
-    """(GPTConfig, flat weights, name) from --init-from: a run directory, a checkpoint, an llm.c
-    .bin, a Hugging Face directory or a cached name."""
-    from tui_llm.engine.formats import load_model_weights
-    from tui_llm.engine.run_dir import is_run_dir, resolve_checkpoint
+def load_model_arg(source: str, with_tokenizer: bool = False):
+    """(GPTConfig or LlamaConfig, flat weights, name) from --init-from: a run directory, a checkpoint,
+    an llm.c .bin, a Hugging Face directory or a cached name; with_tokenizer adds the directory of
+    the model's tokenizer.json (None: GPT-2's)."""
+    from tui_llm.engine.model_source import load_model_source
 
-    path = Path(source)
-    if path.is_dir() and is_run_dir(path):
-        path = resolve_checkpoint(path)
-    return load_model_weights(str(path) if path.exists() else source)
+    loaded = load_model_source(source)
+    return loaded if with_tokenizer else loaded[:3]
 
 
 def sample_parser() -> Parser:
@@ -254,6 +259,7 @@ def sample_parser() -> Parser:
     p.add_argument("--seed", type=int, default=SEED, help=f"random seed (default {SEED})")
     p.add_argument("--num-samples", type=int, default=1, help="how many samples (default 1)")
     p.add_argument("--threads", type=int, default=0, help="threads (default 0 = all cores)")
+    p.add_argument("--tokenizer", metavar="DIR|NAME", help="the model's tokenizer (default: the one recorded with it)")
     return p
 
 
@@ -265,15 +271,19 @@ def cmd_sample(argv) -> int:
               threads=args.threads).validate()
     if args.num_samples <= 0:
         raise UsageError(f"--num-samples must be positive, got {args.num_samples}")
-    from tui_llm.engine.model import GPT
+    from tui_llm.engine.arch import build_model
+    from tui_llm.engine.llama import LlamaConfig
+    from tui_llm.engine.model_tokenizer import load_tokenizer
     from tui_llm.engine.sampler import Sampler
     from tui_llm.engine.threads import set_threads
-    from tui_llm.engine.tokenizer import get_tokenizer
     import numpy as np
 
-    cfg, flat, name = load_model_arg(args.init_from)
+    cfg, flat, name, tokenizer_dir = load_model_arg(args.init_from, with_tokenizer=True)
+    tokenizer_dir = args.tokenizer or tokenizer_dir
+    if isinstance(cfg, LlamaConfig) and tokenizer_dir is None:
+        raise UsageError(f"{args.init_from}: no tokenizer.json with this Llama model; give --tokenizer DIR")
     set_threads(args.threads)
-    sampler = Sampler(GPT(cfg, flat), get_tokenizer())
+    sampler = Sampler(build_model(cfg, flat), load_tokenizer(tokenizer_dir))
     rng = np.random.default_rng(args.seed)
     for i in range(args.num_samples):
         result = sampler.generate(args.prompt, args.sample_len, temperature=args.temperature, top_k=args.top_k, rng=rng)
@@ -297,11 +307,18 @@ def export_parser() -> Parser:
 def cmd_export(argv) -> int:
     args = export_parser().parse_args(argv)
     from tui_llm.engine import formats
+    from tui_llm.engine.formats.hf_llama import write_hf_llama
+    from tui_llm.engine.llama import LlamaConfig
 
-    cfg, flat, name = load_model_arg(args.init_from)
+    cfg, flat, name, tokenizer_dir = load_model_arg(args.init_from, with_tokenizer=True)
+    llama = isinstance(cfg, LlamaConfig)
+    if llama and args.to != "hf":
+        raise UsageError(f"--to {args.to}: llm.c files hold GPT-2 models only; export a Llama with --to hf")
     formats.check_export_destination(args.init_from, args.out, "hf" if args.to == "hf" else "llmc", force=args.force)
-    if args.to == "hf":
-        formats.write_hf(args.out, cfg, flat)
+    if llama:
+        write_hf_llama(args.out, cfg, flat, tokenizer_dir=tokenizer_dir)
+    elif args.to == "hf":
+        formats.write_hf(args.out, cfg, flat, tokenizer_dir=tokenizer_dir)
     else:
         formats.write_llmc(args.out, cfg, flat, version={"llmc": 3, "llmc-bf16": 5, "llmc-v1": 1}[args.to])
     print(f"wrote {args.out} ({args.to}) from {safe_text(name)}")
@@ -332,6 +349,7 @@ def main(argv=None) -> int:
     from tui_llm.engine.tokenizer import TokenizerError
 
     from tui_llm.engine.distributed import DistributedError
+    from tui_llm.engine.llama_config import LlamaConfigError
 
     root = os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")) == "0"  # MPI: one line, not N
     try:
@@ -340,7 +358,8 @@ def main(argv=None) -> int:
         if root:
             print(f"error: {safe_text(e.flag_message())}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (UsageError, CheckpointError, DataError, PrepareError, TokenizerError, RunDirError, DistributedError) as e:
+    except (UsageError, CheckpointError, DataError, PrepareError, TokenizerError, RunDirError, DistributedError,
+            LlamaConfigError) as e:
         if root:
             print(f"error: {safe_text(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -68,8 +68,10 @@ class HeadlessPrinter:
     def started(self, event: ev.RunStarted) -> None:
         self.steps = event.steps
         mc, c = event.model_config, event.run_config
-        self.line(f"model: {safe_text(event.model_name)} | {mc['num_layers']} layers, {mc['num_heads']} heads, "
-                  f"{mc['channels']} channels, max {mc['max_seq_len']} positions, vocab {mc['vocab_size']} "
+        kv = f" / {mc['num_kv_heads']} KV" if mc.get("num_kv_heads", mc["num_heads"]) != mc["num_heads"] else ""
+        ffn = f", SwiGLU {mc['ffn_channels']}" if "ffn_channels" in mc else ""
+        self.line(f"model: {safe_text(event.model_name)} | {mc['num_layers']} layers, {mc['num_heads']} heads{kv}, "
+                  f"{mc['channels']} channels{ffn}, max {mc['max_seq_len']} positions, vocab {mc['vocab_size']} "
                   f"(padded {mc['padded_vocab_size']})")
         self.line(f"parameters: {event.num_params:,} ({event.num_params * 4 / 2**20:,.1f} MiB; with grads "
                   f"and AdamW state {event.memory_bytes / 2**20:,.1f} MiB)")

@@ -76,6 +76,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "<NAME>_train_000000.bin, ... (train with 'data/<NAME>_train_*.bin')")
     parser.add_argument("--val-tokens", type=_tokens, metavar="TOKENS",
                         help="with --shard-size: the first this many tokens become validation (default: one shard)")
+    parser.add_argument("--tokenizer", metavar="DIR|NAME",
+                        help="tokenize with this Hugging Face tokenizer (a model dir with tokenizer.json, or a "
+                             "cached name), framing documents as its family does, instead of GPT-2's; writes "
+                             "<NAME>.tokenizer.json beside the token files")
     parser.add_argument("--errors", choices=("strict", "replace"), default="strict",
                         help="invalid UTF-8: stop with an error (strict, default) or substitute U+FFFD (replace)")
 
@@ -84,7 +88,8 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `prepare` subcommand to an argparse subparsers object; its func default is run_prepare."""
     parser = subparsers.add_parser(
         "prepare", help="make token files (.bin) from Tiny Shakespeare or your own text",
-        description="Tokenize text with GPT-2's tokenizer into llm.c token files <name>_train.bin / <name>_val.bin.",
+        description="Tokenize text with GPT-2's tokenizer (or a model's own, --tokenizer) into llm.c token files "
+                    "<name>_train.bin / <name>_val.bin.",
     )
     # argparse makes a subcommand's parser of the main parser's class; ours reports errors in one line.
     parser.__class__ = PrepareParser
@@ -98,7 +103,7 @@ def _run(args) -> None:
         used = [flag for flag, value in (("--name", args.name), ("--split-on-blank-lines", args.split_on_blank_lines),
                                          ("--val-fraction", args.val_fraction is not None),
                                          ("--errors", args.errors != "strict"), ("--shard-size", args.shard_size),
-                                         ("--val-tokens", args.val_tokens))
+                                         ("--val-tokens", args.val_tokens), ("--tokenizer", args.tokenizer))
                 if value]
         if used:
             raise PrepareError(f"{' and '.join(used)}: only for your own text files, not for {TINY_SHAKESPEARE}")
@@ -110,6 +115,8 @@ def _run(args) -> None:
     if args.source is not None:
         raise PrepareError(f"--from only applies to '{TINY_SHAKESPEARE}'; give your files as inputs instead")
     if args.shard_size is not None:
+        if args.tokenizer is not None:
+            raise PrepareError("--tokenizer does not work with --shard-size yet; prepare without shards")
         if args.val_fraction is not None:
             raise PrepareError("--val-fraction needs the whole corpus in memory; with --shard-size give --val-tokens")
         prepare_corpus_shards(args.inputs, out_dir=args.out_dir, name=args.name, shard_size=args.shard_size,
@@ -119,8 +126,12 @@ def _run(args) -> None:
     if args.val_tokens is not None:
         raise PrepareError("--val-tokens only applies with --shard-size (otherwise use --val-fraction)")
     val_fraction = DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction
+    tokenizer = None
+    if args.tokenizer is not None:
+        from .engine.model_tokenizer import load_tokenizer
+        tokenizer = load_tokenizer(args.tokenizer)
     prepare_corpus(args.inputs, out_dir=args.out_dir, name=args.name, split_on_blank_lines=args.split_on_blank_lines,
-                   val_fraction=val_fraction, fmt=args.format, errors=args.errors)
+                   val_fraction=val_fraction, fmt=args.format, errors=args.errors, tokenizer=tokenizer)
 
 
 def run_prepare(args) -> int:

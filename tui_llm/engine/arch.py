@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tui_llm.engine import config as gpt_config
+from tui_llm.engine import llama_config
 from tui_llm.engine.config import GPTConfig
 from tui_llm.engine.llama import Llama, LlamaConfig
 from tui_llm.engine.model import GPT
@@ -26,3 +28,11 @@ def config_from_dict(d: dict) -> GPTConfig | LlamaConfig:
 def build_model(config: GPTConfig | LlamaConfig, params: np.ndarray | None = None) -> GPT | Llama:
     """A model over the given flat parameters (zeros if None)."""
     return (Llama if isinstance(config, LlamaConfig) else GPT)(config, params)
+
+
+def num_parameters(config: GPTConfig | LlamaConfig) -> int:
+    """Length of the flat parameter buffer of either architecture."""
+    if isinstance(config, LlamaConfig):
+        return llama_config.num_parameters(config)
+    return gpt_config.num_parameters(config)
+

@@ -2,7 +2,9 @@
 
 File formats (all little-endian):
   * "llmc"   llm.c's current format: 256 int32 header (magic 20240520, version 1, slot 2 = token
-             count), then uint16 tokens. The file size must be exactly 1024 + 2 * count.
+             count), then uint16 tokens. The file size must be exactly 1024 + 2 * count. Vocabularies
+             beyond 65,536 tokens use llm.c's Llama-3 variant: magic 20240801, version 7, uint32
+             tokens (1024 + 4 * count bytes); both read as "llmc".
   * "int32"  llm.c before May 2024 and llm.rust: headerless int32 tokens.
   * "uint16" nanoGPT's train.bin: headerless uint16 tokens. Never guessed (any even-sized file would
              match), only read when the caller asks for it.
@@ -33,6 +35,7 @@ from .mt19937 import mt19937
 
 LLMC_MAGIC = 20240520
 LLMC_VERSION = 1
+LLMC_MAGIC_U32, LLMC_VERSION_U32 = 20240801, 7  # llm.c's uint32 tokens (Llama 3)
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 FORMATS = ("llmc", "int32", "uint16")
@@ -94,7 +97,7 @@ def open_tokens(path, format: str = "auto", vocab_size: int = GPT2_VOCAB_SIZE, c
     first = int(np.frombuffer(head[:4], dtype="<i4")[0]) if len(head) >= 4 else None
 
     if format == "auto":
-        if first == LLMC_MAGIC:
+        if first in (LLMC_MAGIC, LLMC_MAGIC_U32):
             format = "llmc"
         elif first is not None and size % 4 == 0 and 0 <= first < 65536:
             format = "int32"
@@ -109,17 +112,21 @@ def open_tokens(path, format: str = "auto", vocab_size: int = GPT2_VOCAB_SIZE, c
             raise DataError(f"{path}: {size} bytes is too short for the {HEADER_BYTES}-byte llm.c header")
         header = np.frombuffer(head, dtype="<i4")
         magic, version, count = (int(x) for x in header[:3])
-        if magic != LLMC_MAGIC:
-            raise DataError(f"{path}: bad magic {magic} in header (expected {LLMC_MAGIC})")
-        if version != LLMC_VERSION:
-            hint = " (version 7 is llm.c's Llama-3 uint32 format, not supported)" if version == 7 else ""
-            raise DataError(f"{path}: unsupported token file version {version}{hint}, expected {LLMC_VERSION}")
-        if count < 0 or size != HEADER_BYTES + 2 * count:
+        if magic not in (LLMC_MAGIC, LLMC_MAGIC_U32):
+            raise DataError(f"{path}: bad magic {magic} in header (expected {LLMC_MAGIC}, or {LLMC_MAGIC_U32} "
+                            f"for uint32 tokens)")
+        expected = LLMC_VERSION if magic == LLMC_MAGIC else LLMC_VERSION_U32
+        if version != expected:
+            hint = f" (version 7 is llm.c's Llama-3 uint32 format, magic {LLMC_MAGIC_U32})" if version == 7 else ""
+            raise DataError(f"{path}: unsupported token file version {version} for magic {magic}{hint}, "
+                            f"expected {expected}")
+        width = 2 if magic == LLMC_MAGIC else 4
+        if count < 0 or size != HEADER_BYTES + width * count:
             raise DataError(
-                f"{path}: header says {count:,} tokens, so the file should be {HEADER_BYTES + 2 * max(count, 0):,} "
-                f"bytes, but it is {size:,} bytes (truncated or corrupt)"
+                f"{path}: header says {count:,} tokens, so the file should be "
+                f"{HEADER_BYTES + width * max(count, 0):,} bytes, but it is {size:,} bytes (truncated or corrupt)"
             )
-        tokens = _memmap(path, "<u2", HEADER_BYTES, count)
+        tokens = _memmap(path, "<u2" if width == 2 else "<u4", HEADER_BYTES, count)
     elif format == "int32":
         if size % 4:
             raise DataError(f"{path}: {size:,} bytes is not a whole number of int32 tokens")
@@ -142,8 +149,10 @@ def open_tokens(path, format: str = "auto", vocab_size: int = GPT2_VOCAB_SIZE, c
     return TokenFile(path, tokens, format)
 
 
-def write_tokens(path, tokens, format: str = "llmc") -> int:
+def write_tokens(path, tokens, format: str = "llmc", wide: bool = False) -> int:
     """Write tokens atomically (atomic_write: temp file in the same directory, fsync, rename). Returns bytes written.
+
+    wide: llm.c's uint32 variant of "llmc" (magic 20240801, version 7), for vocabularies beyond 65,536.
 
     A reader never sees a half-written file, and a crash leaves the previous file (if any) intact.
     """
@@ -153,16 +162,19 @@ def write_tokens(path, tokens, format: str = "llmc") -> int:
         raise DataError(f"{path}: unknown token file format {format!r} (use {', '.join(FORMATS)})")
     if tokens.ndim != 1:
         raise DataError(f"{path}: tokens must be a 1-D array, got shape {tokens.shape}")
-    if tokens.size and (tokens.min() < 0 or (format != "int32" and tokens.max() >= 65536)):
-        raise DataError(f"{path}: token ids must be in [0, 65536) for the {format} format")
+    if wide and format != "llmc":
+        raise DataError(f"{path}: the {format} format holds 16-bit tokens only; use llmc (uint32) or int32")
+    limit = 2**32 if wide else 65536
+    if tokens.size and (tokens.min() < 0 or (format != "int32" and tokens.max() >= limit)):
+        raise DataError(f"{path}: token ids must be in [0, {limit}) for the {format} format")
     if format == "llmc" and tokens.size >= 2**31:
         raise DataError(f"{path}: {tokens.size:,} tokens do not fit llm.c's int32 count; split into shards")
 
-    dtype = "<i4" if format == "int32" else "<u2"
+    dtype = "<i4" if format == "int32" else "<u4" if wide else "<u2"
     with atomic_write(path, "wb") as f:
         if format == "llmc":
             header = np.zeros(HEADER_INTS, dtype="<i4")
-            header[:3] = (LLMC_MAGIC, LLMC_VERSION, tokens.size)
+            header[:3] = (LLMC_MAGIC_U32, LLMC_VERSION_U32, tokens.size) if wide else (LLMC_MAGIC, LLMC_VERSION, tokens.size)
             f.write(header.tobytes())
         chunk = 1 << 22  # convert and write 4M tokens at a time: bounded memory for huge inputs
         for start in range(0, tokens.size, chunk):

@@ -20,11 +20,12 @@ import secrets
 from pathlib import Path
 
 from .data import write_tokens
+from .formats.atomic import atomic_write
 
 
 class DatasetWriter:
-    def __init__(self, out_dir, fmt: str):
-        self.out_dir, self.fmt = Path(out_dir), fmt
+    def __init__(self, out_dir, fmt: str, wide: bool = False):
+        self.out_dir, self.fmt, self.wide = Path(out_dir), fmt, wide  # wide: uint32 llm.c tokens
         self._tag = secrets.token_hex(4)
         self.staged: list[tuple[Path, Path]] = []  # (staging path, final path)
         self.committed = False
@@ -35,7 +36,16 @@ class DatasetWriter:
         # hidden, and ending in the real name: globs skip it, and tools that look at suffixes still see .bin
         staging = self.out_dir / f".staged-{self._tag}-{name}"
         self.staged.append((staging, final))
-        return final, write_tokens(staging, tokens, self.fmt)
+        wide = {"wide": True} if self.wide else {}  # uint32 tokens only when the vocabulary needs them
+        return final, write_tokens(staging, tokens, self.fmt, **wide)
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """Stage a small file that belongs to the dataset (the tokenizer sidecar); returns its final path."""
+        final, staging = self.out_dir / name, self.out_dir / f".staged-{self._tag}-{name}"
+        with atomic_write(staging) as f:
+            f.write(data)
+        self.staged.append((staging, final))
+        return final
 
     def commit(self, stale_shards_of: str | None = None) -> list[Path]:
         """Rename every staged file into place; then delete `<stale_shards_of>_{train,val}_NNNNNN.bin` not written now."""

@@ -24,6 +24,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from tui_llm.engine.tokenizer import TokenizerError
@@ -152,6 +153,15 @@ class HFTokenizer:
         head = [self.bos_token_id] if self.adds_bos else []
         tail = [self.eos_token_id] if self.eos_token_id is not None else []
         return head + ids + tail
+
+    def encode_documents(self, texts: list[str]) -> np.ndarray:
+        """encode_document of every text (in parallel), concatenated: uint16 while the vocabulary
+        fits, else uint32 (what prepare writes)."""
+        head = [self.bos_token_id] if self.adds_bos else []
+        tail = [self.eos_token_id] if self.eos_token_id is not None else []
+        dtype = np.uint16 if self.vocab_size <= 65536 else np.uint32
+        parts = [np.array(head + ids + tail, dtype=dtype) for ids in self.encode_ordinary_batch(texts)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)

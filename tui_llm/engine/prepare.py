@@ -155,8 +155,16 @@ def tokenize_documents(docs: list[str], num_threads: int | None = None, show_pro
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
 
 
-def write_split(tokens: np.ndarray, num_val: int, out_dir: Path, name: str, fmt: str, log=print) -> tuple[Path, Path]:
-    """Write tokens[:num_val] to <name>_val.bin and the rest to <name>_train.bin (val first, like llm.c)."""
+def write_split(tokens: np.ndarray, num_val: int, out_dir: Path, name: str, fmt: str, log=print,
+                tokenizer=None) -> tuple[Path, Path]:
+    """Write tokens[:num_val] to <name>_val.bin and the rest to <name>_train.bin (val first, like llm.c);
+    with an HF tokenizer also its sidecar <name>.tokenizer.json (model_tokenizer.py)."""
+    from .model_tokenizer import sidecar_bytes, sidecar_path
+
+    wide = tokenizer is not None and tokenizer.vocab_size > 65536
+    if wide and fmt == "uint16":
+        raise PrepareError(f"--format uint16 cannot hold this tokenizer's {tokenizer.vocab_size:,} token ids; "
+                           f"use llmc (uint32 tokens) or int32")
     if num_val <= 0:
         raise PrepareError(f"the split leaves the validation set empty ({len(tokens):,} tokens in all)")
     if num_val >= len(tokens):
@@ -167,11 +175,15 @@ def write_split(tokens: np.ndarray, num_val: int, out_dir: Path, name: str, fmt:
     except OSError as e:
         raise PrepareError(f"cannot create output directory {out_dir}: {e.strerror}") from None
     try:
-        with DatasetWriter(out_dir, fmt) as writer:  # both files appear together, or neither
+        with DatasetWriter(out_dir, fmt, wide) as writer:  # all files appear together, or none
             for split, part in (("val", tokens[:num_val]), ("train", tokens[num_val:])):
                 path, nbytes = writer.write(f"{name}_{split}.bin", part)
                 log(f"writing {len(part):,} tokens to {path} ({nbytes:,} bytes)")
-            val_path, train_path = writer.commit()
+            if tokenizer is not None:
+                writer.write_bytes(sidecar_path(out_dir / f"{name}_train.bin").name, sidecar_bytes(tokenizer))
+            val_path, train_path = writer.commit()[:2]
+        if tokenizer is None:  # GPT-2's tokens: an older sidecar of this name would mislabel them
+            sidecar_path(train_path).unlink(missing_ok=True)
     except OSError as e:
         raise PrepareError(f"cannot write {_real_name(e.filename) or out_dir}: {e.strerror}") from None
     return train_path, val_path
@@ -385,11 +397,13 @@ def collect_text_files(inputs) -> list[Path]:
 
 
 def prepare_corpus(inputs, out_dir="data", name: str | None = None, split_on_blank_lines: bool = False,
-                   val_fraction: float = 0.1, fmt: str = "llmc", errors: str = "strict", log=print) -> PreparedDataset:
+                   val_fraction: float = 0.1, fmt: str = "llmc", errors: str = "strict", log=print,
+                   tokenizer=None) -> PreparedDataset:
     """Tokenize UTF-8 text files into <name>_val.bin (the first val_fraction of tokens) and <name>_train.bin.
 
     Documents are files, or with split_on_blank_lines the blank-line-separated sections of each file
-    (exactly llm.c's Tiny Shakespeare rule). Each document is preceded by one EOT.
+    (exactly llm.c's Tiny Shakespeare rule). Each document is preceded by one EOT; with an HF
+    `tokenizer` (hf_tokenizer.HFTokenizer) each is framed as its family does instead (encode_document).
     """
     if not 0.0 < val_fraction < 1.0:
         raise PrepareError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
@@ -411,14 +425,15 @@ def prepare_corpus(inputs, out_dir="data", name: str | None = None, split_on_bla
     if not docs:
         raise PrepareError(f"the corpus is empty: {_plural(len(files), 'file')} with no text")
 
-    get_tokenizer()  # build it before the clock starts
+    if tokenizer is None:
+        get_tokenizer()  # build it before the clock starts
     start = time.perf_counter()
-    tokens = tokenize_documents(docs)
+    tokens = tokenize_documents(docs) if tokenizer is None else tokenizer.encode_documents(docs)
     seconds = time.perf_counter() - start
     log(f"read {_plural(len(files), 'file')}, {num_chars:,} characters, {_plural(len(docs), 'document')}: {len(tokens):,} tokens "
         f"({len(tokens) / max(seconds, 1e-9) / 1e6:.2f}M tokens/s)")
     num_val = round(len(tokens) * val_fraction)
-    train_path, val_path = write_split(tokens, num_val, Path(out_dir), name, fmt, log)
+    train_path, val_path = write_split(tokens, num_val, Path(out_dir), name, fmt, log, tokenizer)
     log(f"train {len(tokens) - num_val:,} tokens, val {num_val:,} tokens")
     return PreparedDataset(train_path, val_path, f"{name} ({_plural(len(files), 'file')})", len(docs),
                            len(tokens) - num_val, num_val)

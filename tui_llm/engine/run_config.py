@@ -11,10 +11,13 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 # Fields that describe the model or the data stream: fixed once a run exists.
-FIXED_ON_RESUME = frozenset({"model", "init_from", "init_style", "layers", "heads", "channels", "max_seq_len",
+FIXED_ON_RESUME = frozenset({"arch", "model", "init_from", "init_style", "layers", "heads", "kv_heads", "channels",
+                             "ffn_channels", "max_seq_len", "tokenizer",
                              "batch_size", "seq_len", "total_batch_size", "shuffle", "train_file", "val_file",
                              "data_format", "seed", "out_dir"})
 
+ARCHS = ("gpt2", "llama")
+SIZES = ("layers", "heads", "kv_heads", "channels", "ffn_channels")  # optional sizes of a fresh model
 LIMIT = 2**62  # beyond any step, batch or token count a run can reach
 
 
@@ -35,13 +38,17 @@ class RunConfig:
     train_file: str = "data/tiny_shakespeare_train.bin"  # a token file, or a glob of shards
     val_file: str | None = None        # None: the sibling *_val.bin of a *_train.bin, if present
     data_format: str = "auto"           # auto | llmc | int32 | uint16
-    model: str = "d6"                   # preset for a fresh model
+    arch: str = "gpt2"                  # a fresh model's architecture: gpt2 | llama
+    model: str = "d6"                   # preset for a fresh model (sizes for either arch)
     init_from: str | None = None        # llm.c .bin, Hugging Face dir/name, our checkpoint or run directory
     layers: int | None = None           # explicit sizes override the preset's
     heads: int | None = None
+    kv_heads: int | None = None         # llama: key/value heads (default: heads)
     channels: int | None = None
+    ffn_channels: int | None = None     # llama: SwiGLU width (default: 8/3 channels, a multiple of 64)
     max_seq_len: int = 1024
-    init_style: str = "llmc"            # llmc: torch's generator, as train_gpt2.py; numpy: faster
+    init_style: str = "llmc"            # llmc: torch's generator, as train_gpt2.py; numpy: faster (gpt2 only)
+    tokenizer: str | None = None        # Hugging Face tokenizer dir (tokenizer.json); None: the model's own / GPT-2's
     batch_size: int = 4                 # sequences per micro-batch, per process
     seq_len: int = 64
     total_batch_size: int = 0           # tokens per optimizer step; 0: batch_size * seq_len * processes
@@ -78,9 +85,9 @@ class RunConfig:
                 continue
             v, default = d[f.name], f.default if f.default is not MISSING else None
             kinds = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}.get(type(default), ())
-            if f.name in ("layers", "heads", "channels"):
+            if f.name in SIZES:
                 kinds = (int,)
-            if f.name in ("val_file", "init_from", "out_dir"):
+            if f.name in ("val_file", "init_from", "out_dir", "tokenizer"):
                 kinds = (str,)
             ok = (v is None and default is None) or (isinstance(v, kinds) and not (isinstance(v, bool) and bool not in kinds))
             if not ok:
@@ -96,13 +103,13 @@ class RunConfig:
         positive = ("batch_size", "seq_len", "val_batches", "max_seq_len", "sample_len")
         not_negative = ("steps", "val_every", "sample_every", "save_every", "warmup", "top_k", "threads",
                         "keep_checkpoints", "total_batch_size", "seed")
-        for name in positive + not_negative + ("layers", "heads", "channels"):
+        for name in positive + not_negative + SIZES:
             v = getattr(self, name)
-            if v is None and name in ("layers", "heads", "channels"):
+            if v is None and name in SIZES:
                 continue
             if not isinstance(v, int) or isinstance(v, bool):
                 raise ConfigError(name, f"must be a whole number, got {v!r}")
-            low = 1 if name in positive or name in ("layers", "heads", "channels") else 0
+            low = 1 if name in positive or name in SIZES else 0
             if not low <= v < LIMIT:
                 raise ConfigError(name, f"must be {'positive' if low else 'zero or more'}, got {v}")
         finite = {"lr": (0.0, 10.0, False), "final_lr_fraction": (0.0, 1.0, True), "weight_decay": (0.0, 10.0, True),
@@ -114,12 +121,17 @@ class RunConfig:
                 bound = ">=" if low_ok else ">"
                 raise ConfigError(name, f"must be a number {bound} {low:g} and <= {high:g}, got {v!r}")
         choices = {"lr_schedule": ("constant", "cosine"), "init_style": ("llmc", "numpy"),
-                   "data_format": ("auto", "llmc", "int32", "uint16")}
+                   "data_format": ("auto", "llmc", "int32", "uint16"), "arch": ARCHS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not isinstance(self.prompt, str):
             raise ConfigError("prompt", "must be text")
+        if self.arch == "gpt2":
+            for name in ("kv_heads", "ffn_channels"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(name, "is a Llama size; add --arch llama (GPT-2 has as many key/value heads "
+                                            "as heads and a 4x MLP)")
 
     def resumed_with(self, overrides: dict) -> "RunConfig":
         """A copy with `overrides` applied; fields fixed on resume may only be given unchanged."""
@@ -136,7 +148,7 @@ class RunConfig:
 
 def _same_path(name: str, a, b) -> bool:
     """A data path given again on resume, relative to here, names the same file as the saved absolute one."""
-    if name not in ("train_file", "val_file", "out_dir") or not isinstance(a, str) or not isinstance(b, str):
+    if name not in ("train_file", "val_file", "out_dir", "tokenizer", "init_from") or not isinstance(a, str) or not isinstance(b, str):
         return False
     return str(Path(a).absolute()) == str(Path(b).absolute())
 

@@ -8,11 +8,16 @@ token), as the reference the cached path is tested against.
 
 What the sampler needs from a model (GPT here; a Llama model offers the same):
     model.config: vocab_size, padded_vocab_size, max_seq_len
-    model.new_kv_cache() -> cache
+    model.new_kv_cache(max_tokens=None) -> cache (Llama: only as many positions as asked for)
     model.extend(cache, tokens (n,) int32, t0) -> logits (padded_vocab_size,) float32 of the last
         position, after storing positions t0..t0+n-1 in the cache
-and from a tokenizer (tiktoken's Encoding for GPT-2): encode_ordinary(text), decode(ids),
-decode_single_token_bytes(id), eot_token. Without one, ids are shown as numbers.
+and from a tokenizer (tiktoken's Encoding for GPT-2, or hf_tokenizer.HFTokenizer for the model's
+own): encode_ordinary(text), decode(ids), eot_token, and decode_single_token_bytes(id) or
+token_pieces(ids). Without one, ids are shown as numbers.
+
+An HFTokenizer that adds a BOS to every text (Llama 2/3, Mistral) gets it before the prompt, and
+its samples stop at the EOS (what its models were trained to end a document with); GPT-2's run
+on past the end-of-text token, as llm.c's do.
 """
 
 from __future__ import annotations
@@ -72,14 +77,28 @@ class Sampler:
         self.model = model
         self.encoding = encoding
         cfg = model.config
-        self.cache = model.new_kv_cache()
+        self.cache = None  # made on first use, as long as the first generation needs
         self.probs = np.empty(cfg.padded_vocab_size, np.float32)
         eot = getattr(encoding, "eot_token", None)
         self.eot = eot if eot is not None and 0 <= eot < cfg.vocab_size else None  # a small custom vocab has none
+        bos = getattr(encoding, "bos_token_id", None) if getattr(encoding, "adds_bos", False) else None
+        self.bos = bos if bos is not None and 0 <= bos < cfg.vocab_size else None
+        self.stops_at_eot = hasattr(encoding, "token_pieces")  # the model's own (HF) tokenizer
+
+    def _cache_for(self, positions: int):
+        """A cache holding at least `positions` (grown in steps of 256, never past max_seq_len)."""
+        if self.cache is None or getattr(self.cache, "max_tokens", self.model.config.max_seq_len) < positions:
+            try:
+                self.cache = self.model.new_kv_cache(max_tokens=min(self.model.config.max_seq_len,
+                                                                    -(-positions // 256) * 256))
+            except TypeError:  # a model whose cache always spans max_seq_len (GPT)
+                self.cache = self.model.new_kv_cache()
+        return self.cache
 
     def generate(self, prompt: str | list[int] = "", max_new_tokens: int = 64, temperature: float = 1.0,
                  top_k: int = 0, seed: int | None = None, rng: np.random.Generator | None = None,
-                 use_cache: bool = True, stop_at_eot: bool = False) -> SampleResult:
+                 use_cache: bool = True, stop_at_eot: bool | None = None) -> SampleResult:
+        """stop_at_eot: None stops at the EOS for the model's own (HF) tokenizer, not for GPT-2's."""
         model, cfg = self.model, self.model.config
         if isinstance(prompt, str):
             prompt_text = prompt
@@ -87,7 +106,11 @@ class Sampler:
         else:
             prompt_ids = [int(t) for t in prompt]
             prompt_text = self.encoding.decode(prompt_ids) if self.encoding else ""
-        ids = list(prompt_ids) if prompt_ids else [self.eot if self.eot is not None else 0]
+        stop_at_eot = self.stops_at_eot if stop_at_eot is None else stop_at_eot
+        if self.bos is not None:
+            ids = [self.bos] + list(prompt_ids)
+        else:
+            ids = list(prompt_ids) if prompt_ids else [self.eot if self.eot is not None else 0]
         if any(not 0 <= t < cfg.vocab_size for t in ids):
             raise ValueError(f"prompt has token ids outside the model's vocabulary of {cfg.vocab_size}")
         # keep within the model's context: the most recent tokens win
@@ -95,9 +118,10 @@ class Sampler:
         ids = ids[-(cfg.max_seq_len - max_new_tokens):] if max_new_tokens else ids[-cfg.max_seq_len:]
         rng = rng if rng is not None else np.random.default_rng(seed)
 
+        cache = self._cache_for(len(ids) + max_new_tokens)
         start = time.perf_counter()
         generated, probs = [], []
-        logits = model.extend(self.cache, np.asarray(ids, np.int32), 0)
+        logits = model.extend(cache, np.asarray(ids, np.int32), 0)
         for _ in range(max_new_tokens):
             token, prob = choose_token(logits, cfg.vocab_size, temperature, top_k, rng.random(), self.probs)
             generated.append(token)
@@ -108,11 +132,14 @@ class Sampler:
             if len(generated) == max_new_tokens:
                 break
             if use_cache:  # only the new position
-                logits = model.extend(self.cache, np.asarray([token], np.int32), len(ids) - 1)
+                logits = model.extend(cache, np.asarray([token], np.int32), len(ids) - 1)
             else:          # everything again, from position 0
-                logits = model.extend(self.cache, np.asarray(ids, np.int32), 0)
+                logits = model.extend(cache, np.asarray(ids, np.int32), 0)
         seconds = time.perf_counter() - start
 
-        pieces = token_pieces(generated, self.encoding) if self.encoding else [str(t) for t in generated]
+        if hasattr(self.encoding, "token_pieces"):
+            pieces = self.encoding.token_pieces(generated)
+        else:
+            pieces = token_pieces(generated, self.encoding) if self.encoding else [str(t) for t in generated]
         text = self.encoding.decode(generated) if self.encoding else " ".join(map(str, generated))
         return SampleResult(prompt_text, prompt_ids, generated, text, pieces, probs, seconds)

@@ -25,20 +25,21 @@ import numpy as np
 
 from tui_llm.engine import events as ev
 from tui_llm.engine import kernels
-from tui_llm.engine.config import GPTConfig, preset_config
+from tui_llm.engine.arch import build_model, config_from_dict
+from tui_llm.engine.config import GPTConfig
 from tui_llm.engine.control import Control
 from tui_llm.engine.data import DataError, TrainLoader, ValLoader, open_dataset
 from tui_llm.engine.distributed import World
-from tui_llm.engine.formats import (CheckpointError, load_model_weights, load_training_checkpoint,
-                                    save_training_checkpoint)
-from tui_llm.engine.model import GPT
+from tui_llm.engine.formats import CheckpointError, load_training_checkpoint, save_training_checkpoint
+from tui_llm.engine.llama import Llama, LlamaConfig
+from tui_llm.engine.llama_kernels import compile_llama_kernels
+from tui_llm.engine.model_source import fresh_model, load_model_source
+from tui_llm.engine.model_tokenizer import check_data_tokenizer, find_tokenizer_dir, load_tokenizer
 from tui_llm.engine.optim import AdamW, AdamWConfig, learning_rate
 from tui_llm.engine.run_config import ConfigError, RunConfig, default_val_file
-from tui_llm.engine.run_dir import RunDir, RunDirError, is_run_dir, resolve_checkpoint
+from tui_llm.engine.run_dir import RunDir, RunDirError, resolve_checkpoint
 from tui_llm.engine.sampler import Sampler
 from tui_llm.engine.threads import set_threads
-from tui_llm.engine.tokenizer import get_tokenizer
-from tui_llm.engine.torch_init import llmc_random_init
 
 __all__ = ["Trainer", "RunConfig", "ConfigError", "TrainingError"]
 
@@ -60,24 +61,26 @@ class Trainer:
         self.world = world = world or World.single()
         self.control = Control()
 
-        # model
+        # model, and the tokenizer it speaks (recorded absolute, so a resume and `sample` find it)
+        tokenizer_dir = c.tokenizer
         if _resume is not None:
             arrays, meta = _resume
-            self.model = GPT(_model_config(meta), arrays["params"])
+            self.model = build_model(_model_config(meta), arrays["params"])
             self.model_name = str(meta.get("model_name", "checkpoint"))
         elif c.init_from:
-            source = c.init_from
-            if Path(source).is_dir() and is_run_dir(Path(source)):
-                source = str(resolve_checkpoint(source))
-            model_cfg, flat, self.model_name = load_model_weights(source)
-            self.model = GPT(model_cfg, flat)
+            model_cfg, flat, self.model_name, recorded = load_model_source(c.init_from)
+            self.model = build_model(model_cfg, flat)
+            tokenizer_dir = tokenizer_dir or recorded
         else:
-            model_cfg = self._fresh_model_config()
-            if c.init_style == "llmc":  # bit-identical to llm.c's train_gpt2.py --model dN init
-                self.model = GPT(model_cfg, llmc_random_init(model_cfg, seed=c.seed))
-            else:
-                self.model = GPT.random_init(model_cfg, seed=c.seed)
-            self.model_name = c.model if c.layers is None and c.channels is None and c.heads is None else "custom"
+            self.model, self.model_name = fresh_model(c)
+        c.tokenizer = str(find_tokenizer_dir(tokenizer_dir)) if tokenizer_dir else None
+        self.encoding = load_tokenizer(c.tokenizer)
+        if isinstance(self.model, Llama) and c.tokenizer is None:
+            raise ConfigError("tokenizer", "is needed: a Llama model has no GPT-2 vocabulary; give the directory "
+                                           "holding its tokenizer.json")
+        if c.tokenizer and self.encoding.vocab_size > self.model.config.vocab_size:
+            raise ConfigError("tokenizer", f"{c.tokenizer} has {self.encoding.vocab_size:,} tokens, more than the "
+                                           f"model's vocabulary of {self.model.config.vocab_size:,}")
         mc = self.model.config
         if c.seq_len > mc.max_seq_len:
             raise ConfigError("seq_len", f"{c.seq_len} is larger than the model's maximum sequence length {mc.max_seq_len}")
@@ -85,6 +88,7 @@ class Trainer:
         # data (paths made absolute, so a resume works from any directory)
         c.train_file = str(Path(c.train_file).absolute())
         c.val_file = c.val_file and str(Path(c.val_file).absolute())
+        check_data_tokenizer(c.train_file, self.encoding)
         self.train_tokens = open_dataset(c.train_file, c.data_format, vocab_size=mc.vocab_size)
         tokens_per_micro = c.batch_size * c.seq_len * world.size
         total = c.total_batch_size or tokens_per_micro
@@ -100,6 +104,7 @@ class Trainer:
         val_file = c.val_file or default_val_file(c.train_file)
         self.val_tokens = self.val_loader = None
         if val_file:
+            check_data_tokenizer(val_file, self.encoding)
             self.val_tokens = open_dataset(val_file, c.data_format, vocab_size=mc.vocab_size)
             # whole total batches, as one process with the whole batch would see them (split below)
             self.val_loader = ValLoader(self.val_tokens, self.loader.rows, c.seq_len)
@@ -141,7 +146,6 @@ class Trainer:
         problem = world.bcast_obj(str(problem) if problem else None)
         if problem:
             raise RunDirError(problem)
-        self.encoding = get_tokenizer()
         self.sampler: Sampler | None = None
         self._emit = None
         self._history_error: OSError | None = None
@@ -191,16 +195,6 @@ class Trainer:
         self.history_bytes = _meta_int(meta, "history_bytes", path) if "history_bytes" in meta else None
         self.last_checkpoint = Path(path)
 
-    def _fresh_model_config(self) -> GPTConfig:
-        c = self.config
-        try:
-            base = preset_config(c.model, max_seq_len=c.max_seq_len)
-            return GPTConfig(max_seq_len=c.max_seq_len, vocab_size=base.vocab_size,
-                             num_layers=c.layers or base.num_layers, num_heads=c.heads or base.num_heads,
-                             channels=c.channels or base.channels)
-        except ValueError as e:
-            raise ConfigError("model", str(e)) from None
-
     def _short_name(self) -> str:
         import re
         return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.model_name).name)[:40] or "model"
@@ -241,7 +235,10 @@ class Trainer:
         reason = ev.FinishReason.ERROR
         try:
             set_threads(c.threads or self.world.threads_per_rank())
-            kernels.compile_kernels(lambda done, total, name: emit(ev.Compiling(done=done, total=total, name=name)))
+            progress = lambda done, total, name: emit(ev.Compiling(done=done, total=total, name=name))  # noqa: E731
+            kernels.compile_kernels(progress)
+            if isinstance(self.model, Llama):
+                compile_llama_kernels(progress)
             if self.world.is_root:
                 self._open_history()
                 self.run_dir.write_config({"run_config": c.to_dict(), "model_config": self.model.config.to_dict(),
@@ -468,13 +465,13 @@ class Trainer:
             step=self.step, steps=c.steps, elapsed_s=self.elapsed_s)
 
 
-def _model_config(meta: dict) -> GPTConfig:
+def _model_config(meta: dict) -> GPTConfig | LlamaConfig:
     path = meta["path"]
     mc = meta.get("model_config")
     if not isinstance(mc, dict):
         raise CheckpointError(path, "not a resumable training checkpoint (no model_config in its metadata)")
     try:
-        return GPTConfig(**mc)
+        return config_from_dict(mc)
     except (TypeError, ValueError) as e:
         raise CheckpointError(path, f"bad model_config: {e}") from None
 

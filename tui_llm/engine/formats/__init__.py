@@ -1,13 +1,16 @@
 """Reading and writing model weights and training state, one module per format.
 
-Everything works on a (GPTConfig, flat) pair: `flat` is the contiguous float32 buffer holding the
-parameter tensors in llm.c's order (config.py). Modules:
+Everything works on a (config, flat) pair: `flat` is the contiguous float32 buffer holding the
+parameter tensors in llm.c's order (config.py), or in llama_config.py's layout when the config is a
+LlamaConfig (Hugging Face llama/mistral/qwen2 dirs, checkpoints whose model_config says
+"arch": "llama"). Modules:
 
     atomic.py       the one way files are written (atomic_write, atomic_files, stale temp cleanup)
     common.py       CheckpointError and array <-> file helpers
     safetensors.py  our streaming safetensors reader/writer (F32/F16/BF16 and integer arrays)
     llmc.py         llm.c model files v1/v3/v5
-    hf_gpt2.py      Hugging Face GPT-2 (mapping, config.json, local cache lookup)
+    hf_gpt2.py      Hugging Face GPT-2 (mapping, config.json, local cache lookup, tokenizer files)
+    hf_llama.py     Hugging Face Llama family (llama, mistral, qwen2)
     training.py     our resumable training checkpoints
     detect.py       load_model_weights: any of the above, by magic bytes
     export.py       check_export_destination: refuse to overwrite what an export must not

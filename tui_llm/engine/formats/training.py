@@ -15,9 +15,10 @@ from typing import Iterable
 
 import numpy as np
 
-from ..config import GPTConfig, num_parameters
+from ..arch import config_from_dict, num_parameters
+from ..config import GPTConfig
 from .atomic import atomic_write
-from .common import CheckpointError, check_finite, file_size, millions
+from .common import CheckpointError, check_finite, file_size
 from .safetensors import read_header, read_tensor, write_safetensors
 
 TRAINING_FORMAT = "tui-llm-training"
@@ -84,32 +85,34 @@ def load_training_checkpoint(path, names: Iterable[str] | None = None) -> tuple[
             arr = read_tensor(f, path, data_start, name, entries[name])
             if arr.dtype.kind == "f":
                 try:
-                    check_finite(path, arr.reshape(-1), cfg if name in PARAM_SHAPED else None)
+                    check_finite(path, arr.reshape(-1), cfg if name in PARAM_SHAPED and isinstance(cfg, GPTConfig) else None)
                 except CheckpointError as e:
                     raise CheckpointError(path, f"array {name!r}: {e.problem}") from None
             arrays[name] = arr
     return arrays, meta
 
 
-def training_model_config(path, meta: dict) -> GPTConfig:
-    """The GPTConfig stored in a checkpoint's metadata, validated."""
+def training_model_config(path, meta: dict):
+    """The model config (GPTConfig, or LlamaConfig when it says "arch": "llama") stored in a
+    checkpoint's metadata, validated."""
     raw = meta.get(TRAINING_MODEL_CONFIG_KEY)
     try:
         if not isinstance(raw, dict):
             raise ValueError(f"{TRAINING_MODEL_CONFIG_KEY} is {type(raw).__name__}, not an object")
-        return GPTConfig(**raw)
+        return config_from_dict(raw)
     except (TypeError, ValueError) as e:
         raise CheckpointError(path, f"training checkpoint has no usable model config: {e}") from None
 
 
-def load_training_params(path) -> tuple[GPTConfig, np.ndarray, str]:
+def load_training_params(path) -> tuple:
     """(config, flat params, description) of a training checkpoint: what --init-from uses."""
     arrays, meta = load_training_checkpoint(path, names=[TRAINING_PARAMS_KEY])
     if TRAINING_MODEL_CONFIG_KEY not in meta:
         raise CheckpointError(path, "training checkpoint has no usable model config (no model_config in its metadata)")
     cfg = training_model_config(path, meta)
     step = meta.get("step", "?")
-    return cfg, arrays[TRAINING_PARAMS_KEY], f"training checkpoint {path} (step {step}, {millions(cfg)} params)"
+    return cfg, arrays[TRAINING_PARAMS_KEY], f"training checkpoint {path} (step {step}, " \
+                                         f"{arrays[TRAINING_PARAMS_KEY].size / 1e6:.1f}M params)"
 
 
 _MISSING = object()
