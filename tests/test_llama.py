@@ -203,3 +203,27 @@ def test_arch_dispatch_rebuilds_either_model():
     assert isinstance(build_model(config_from_dict(gpt_cfg.to_dict())), GPT)
     with pytest.raises(ValueError, match="unknown model architecture 'mamba'"):
         config_from_dict({"arch": "mamba"})
+
+
+@pytest.mark.parametrize("name", ["mha-tied", "gqa-untied", "gqa-bias"])
+def test_backward_replaces_gradients_so_micro_batches_can_be_summed(name):
+    """The trainer's gradient accumulation lets micro-batch 0 write straight into the sum and the
+    others into a scratch buffer: backward must overwrite every gradient, never add to old ones."""
+    from tui_llm.engine.llama_config import LlamaParams
+
+    cfg = CONFIGS[name]
+    model = random_model(cfg)
+    x, y = make_batch(B=4)
+    model.forward(x, y, training=True)
+    model.backward()
+    whole = model.grads.flat.copy()
+    total, scratch = LlamaParams(cfg), model.grads
+    for _ in range(2):  # twice: stale values in either buffer would show
+        model.grads = total
+        model.forward(x[:2], y[:2], training=True)
+        model.backward()
+        model.grads = scratch
+        model.forward(x[2:], y[2:], training=True)
+        model.backward()
+        mean = (total.flat + scratch.flat) / 2
+        np.testing.assert_allclose(mean, whole, rtol=1e-4, atol=1e-6)
