@@ -1,6 +1,8 @@
 """The control channel: a Unix socket in the run directory that steers a running trainer."""
 
 import json
+import subprocess
+import sys
 import os
 import socket
 import statistics
@@ -192,3 +194,47 @@ def test_steer_a_real_headless_run(train_file, tmp_path):
     assert {m["lr"] for m in train if m["step"] > printed} == {5e-4}  # used from the next step on
     assert metrics[-1]["type"] == "finished" and metrics[-1]["reason"] == "stopped"
     assert not (run_dir / SOCKET).exists()  # removed when the run ended
+
+
+def test_a_live_lr_change_is_kept_by_the_checkpoint_and_resume(train_file, tmp_path):
+    """Set lr_scale through the socket, save, stop, --resume: the same losses as one uninterrupted
+    run whose lr changed at the same step."""
+    run_dir = tmp_path / "live"
+    common = ["--lr", "3e-3", "--val-every", "0", "--sample-every", "0", "--save-every", "0"]
+    run = HeadlessRun(train_file, run_dir, "--steps", "100000", *common)
+    try:
+        run.wait_for(lambda: (run_dir / SOCKET).exists(), "the control channel")
+        with ControlClient.connect(run_dir) as client:
+            assert client.send(ev.Pause())["ok"]
+            run.wait_for(lambda: any(m["type"] == "paused" for m in read_metrics(run_dir)), "the pause")
+            assert client.send(ev.SetSetting(name="lr_scale", value=0.25))["ok"]
+            assert client.send(ev.SaveNow())["ok"]
+            assert client.send(ev.Stop(save=False))["ok"]
+        run.proc.wait(timeout=60)
+    finally:
+        run.close()
+    changed_at = [m for m in read_metrics(run_dir) if m["type"] == "paused"][0]["step"]
+    steps = changed_at + 6
+    resumed = subprocess.run([sys.executable, "-m", "tui_llm", "--resume", str(run_dir), "--no-ui", "--steps", str(steps)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    train = {m["step"]: (m["loss"], m["lr"]) for m in read_metrics(run_dir) if m["type"] == "train"}
+    assert sorted(train) == list(range(1, steps + 1))
+    assert {lr for step, (_, lr) in train.items() if step > changed_at} == {3e-3 * 0.25}
+
+    from tui_llm.engine.trainer import Trainer
+
+    config = RunConfig(train_file=str(train_file), model="d2", batch_size=2, seq_len=16, max_seq_len=32, threads=1,
+                       init_style="numpy", steps=steps, lr=3e-3, val_every=0, sample_every=0, save_every=0,
+                       out_dir=str(tmp_path / "straight"))
+    trainer = Trainer(config)
+    straight = {}
+
+    def emit(event):
+        if isinstance(event, ev.TrainStep):
+            straight[event.step] = (event.loss, event.lr)
+            if event.step == changed_at:
+                trainer.send(ev.SetSetting(name="lr_scale", value=0.25))
+
+    trainer.run(emit)
+    assert straight == train  # bit-identical
