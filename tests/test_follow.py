@@ -172,9 +172,18 @@ def test_history_holds_the_segments_before_the_last_resume(locked):
         f.join()
 
 
+class FakeSocket:
+    def __init__(self, sent):
+        self.sent = sent
+
+    def sendall(self, data):
+        self.sent.append(json.loads(data))
+
+
 class FakeClient:
     def __init__(self, sent, replies):
         self.sent, self.replies = sent, replies
+        self.sock = FakeSocket(sent)
 
     def send(self, command):
         self.sent.append(command)
@@ -195,9 +204,11 @@ def test_commands_go_to_the_control_channel_and_stop_only_detaches(locked):
         watcher.send(ev.SetSetting(name="top_k", value=-1))
         f.wait_for(lambda: any(e.kind == "notice" for e in f.events), "the refusal")
         assert "top_k must be zero or more" in f.events[-1].text
-        watcher.send(ev.Stop(save=True))  # the app's "save and quit": a checkpoint, and the watcher leaves
+        watcher.send(ev.Stop(save=True, reason=ev.FinishReason.INTERRUPTED))  # the app closing: only detach
         f.join()
-        assert sent == [ev.Pause(), ev.SetSetting(name="top_k", value=-1), ev.SaveNow()]
+        assert sent == [ev.Pause(), ev.SetSetting(name="top_k", value=-1)]
+        watcher.send(ev.Stop(save=True))  # the app's "save and quit": a checkpoint, sent before leaving
+        assert sent[-1] == {"command": "save"}
         assert locked.is_locked()  # nobody stopped the run
     finally:
         watcher.stop()

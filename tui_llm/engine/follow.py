@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tui_llm.engine import events as ev
-from tui_llm.engine.channel import ChannelError, ControlClient
+from tui_llm.engine.channel import ChannelError, ControlClient, command_to_json
 from tui_llm.engine.run_dir import METRICS, RunDir, RunDirError, is_run_dir
 
 
@@ -88,11 +88,11 @@ class RunWatcher:
 
     def send(self, command: ev.Command) -> None:
         """Deliver a command to the run (in the background: a reply waits for the run's next step
-        boundary). Stop detaches this watcher and never stops the run; Stop(save=True) asks
-        the run for a checkpoint first."""
+        boundary). Stop detaches this watcher and never stops the run; the App's "save and quit"
+        (Stop(save=True) because the user quit) asks the run for a checkpoint on the way out."""
         if isinstance(command, ev.Stop):
-            if command.save and self.live:
-                self._queue(ev.SaveNow())
+            if command.save and command.reason == ev.FinishReason.STOPPED and self.live:
+                self._post(ev.SaveNow())
             self.stop()
             return
         if not self.live:
@@ -206,6 +206,15 @@ class RunWatcher:
                                checkpoint=str(checkpoint) if checkpoint else None))
 
     # -- commands ------------------------------------------------------------------------
+
+    def _post(self, command: ev.Command) -> None:
+        """Send without waiting for the reply (the watcher is leaving; the run reads it at its next step)."""
+        try:
+            client = self._connect(self.run_dir.path)
+            client.sock.sendall((json.dumps(command_to_json(command)) + "\n").encode())
+            client.close()
+        except (ChannelError, OSError) as e:
+            self._emit(ev.Notice(step=self.step, level=ev.Level.WARNING, text=f"could not ask the run to save: {e}"))
 
     def _queue(self, command: ev.Command) -> None:
         self._outbox.put(command)
