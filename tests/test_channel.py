@@ -1,6 +1,7 @@
 """The control channel: a Unix socket in the run directory that steers a running trainer."""
 
 import json
+import shutil
 import subprocess
 import sys
 import os
@@ -8,6 +9,7 @@ import socket
 import statistics
 import time
 
+import numpy as np
 import pytest
 
 from tests.run_helpers import HeadlessRun, make_data, read_metrics
@@ -238,3 +240,56 @@ def test_a_live_lr_change_is_kept_by_the_checkpoint_and_resume(train_file, tmp_p
 
     trainer.run(emit)
     assert straight == train  # bit-identical
+
+
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec is not installed (pip install mpich)")
+def test_under_mpi_every_rank_applies_a_setting_at_the_same_step(train_file, tmp_path):
+    """Rank 0 serves the socket; the command reaches every rank at one step boundary (else rank 1's
+    weights would drift from rank 0's and the losses from one process's)."""
+    run_dir = tmp_path / "mpi"
+    args = ["--no-ui", "--model", "d2", "-b", "2", "-t", "16", "--max-seq-len", "32", "--threads", "1",
+            "--init-style", "numpy", "--lr", "3e-3", "--val-every", "0", "--sample-every", "0", "--save-every", "0"]
+    proc = subprocess.Popen([shutil.which("mpiexec"), "-n", "2", sys.executable, "-m", "tui_llm", str(train_file), *args,
+                             "--steps", "100000", "--out-dir", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / SOCKET).exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+            time.sleep(0.05)
+        with ControlClient.connect(run_dir) as client:
+            assert client.send(ev.Pause())["ok"]
+            while not any(m["type"] == "paused" for m in read_metrics(run_dir)):
+                time.sleep(0.05)
+            assert client.send(ev.SetSetting(name="lr_scale", value=0.25))["ok"]
+            assert client.send(ev.Resume())["ok"]
+            changed_at = [m for m in read_metrics(run_dir) if m["type"] == "paused"][0]["step"]
+            while sum(m["type"] == "train" for m in read_metrics(run_dir)) < changed_at + 5:
+                time.sleep(0.05)
+            assert client.send(ev.Stop(save=False))["ok"]
+        proc.wait(timeout=60)
+        assert proc.returncode == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    two = {m["step"]: (m["loss"], m["lr"]) for m in read_metrics(run_dir) if m["type"] == "train"}
+
+    from tui_llm.engine.trainer import Trainer
+
+    trainer = Trainer(RunConfig(train_file=str(train_file), model="d2", batch_size=4, seq_len=16, max_seq_len=32,
+                                threads=1, init_style="numpy", steps=max(two), lr=3e-3, val_every=0, sample_every=0,
+                                save_every=0, out_dir=str(tmp_path / "one")))
+    one = {}
+
+    def emit(event):
+        if isinstance(event, ev.TrainStep):
+            one[event.step] = (event.loss, event.lr)
+            if event.step == changed_at:
+                trainer.send(ev.SetSetting(name="lr_scale", value=0.25))
+
+    trainer.run(emit)
+    assert sorted(one) == sorted(two)
+    assert [lr for _, lr in two.values()] == [lr for _, lr in one.values()]
+    np.testing.assert_allclose([loss for loss, _ in two.values()], [loss for loss, _ in one.values()], rtol=0, atol=1e-5)
