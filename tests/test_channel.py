@@ -97,6 +97,9 @@ def test_two_clients_at_once_and_a_client_that_disconnects(tmp_path):
         quitter = ControlClient.connect(tmp_path)
         quitter.sock.sendall(b'{"command": "save"}\n')
         quitter.close()  # never reads its reply
+        flood = ControlClient.connect(tmp_path)
+        reply = ask(server, flood, b"x" * 70_000)  # a line without end: refused, and that client dropped
+        assert reply["ok"] is False and "longer than" in reply["error"]
         assert ask(server, one, {"command": "pause"}) == {"ok": True}
         assert ask(server, two, {"command": "resume"}) == {"ok": True}
         assert ask(server, one, {"command": "ping"}) == {"ok": True}

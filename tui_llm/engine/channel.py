@@ -1,8 +1,9 @@
 """The control channel: steer a running trainer from another process (`tui-llm watch`, scripts).
 
     RUN_DIR/control.sock   a Unix stream socket, made by rank 0 when the run starts, removed when it ends
-    RUN_DIR/control.addr   only when RUN_DIR/control.sock is too long for a socket address (107 bytes):
-                           the socket's path in a private directory (mode 0700) under /tmp
+    RUN_DIR/control.addr   only when RUN_DIR/control.sock is too long for a socket address (107 bytes)
+                           or its file system has no sockets: the socket's path in a private
+                           directory (mode 0700) under /tmp
 
 Protocol: newline-delimited JSON; each request line gets one reply line.
 
@@ -140,16 +141,16 @@ class ControlServer:
         """Listen (the caller holds the run directory's lock, so a leftover socket is stale)."""
         self._remove_files()
         path = self.run_dir / SOCKET
-        if len(os.fsencode(str(path))) > MAX_PATH:
-            self._private_dir = Path(tempfile.mkdtemp(prefix="tui-llm-", dir="/tmp"))  # mode 0700
-            path = self._private_dir / SOCKET
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            old_umask = os.umask(0o177)  # the socket file is born 0600
             try:
-                listener.bind(str(path))
-            finally:
-                os.umask(old_umask)
+                if len(os.fsencode(str(path))) > MAX_PATH:
+                    raise OSError("the run directory's path is too long for a socket address")
+                _bind(listener, path)
+            except OSError:  # too long, or a file system without sockets: a private directory (mode 0700)
+                self._private_dir = Path(tempfile.mkdtemp(prefix="tui-llm-", dir="/tmp"))
+                path = self._private_dir / SOCKET
+                _bind(listener, path)
             listener.listen(16)
             listener.setblocking(False)
             if self._private_dir is not None:
@@ -262,6 +263,14 @@ class ControlServer:
         if self._private_dir is not None:
             shutil.rmtree(self._private_dir, ignore_errors=True)
             self._private_dir = None
+
+
+def _bind(listener: socket.socket, path: Path) -> None:
+    old_umask = os.umask(0o177)  # the socket file is born 0600
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old_umask)
 
 
 # ---------------------------------------------------------------------------------------
