@@ -42,8 +42,8 @@ def test_watch_no_ui_follows_a_live_headless_run_and_leaves_it_running(train_fil
         assert watch.lines[0].startswith("model: d2 | 2 layers")
         printed = [line for line in run.lines if not line.startswith("compiling")]  # never recorded
         assert printed[:4] == watch.lines[:4]  # model, parameters, data and run lines
-        steps = [line for line in watch.lines if line.startswith("step ")][:20]
-        assert steps == [line for line in run.lines if line.startswith("step ")][:20]  # the same lines
+        steps = [line for line in watch.lines if line.startswith("step ")][:target]
+        assert steps == [line for line in run.lines if line.startswith("step ")][:target]  # the same lines
         assert "val loss" in "\n".join(watch.lines)
         with ControlClient.connect(run_dir) as client:
             assert client.send(ev.Pause())["ok"]

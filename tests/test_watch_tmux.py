@@ -93,18 +93,19 @@ def test_watch_a_headless_run_in_another_terminal(tmp_path):
             assert client.send(ev.Stop())["ok"]
         wait(lambda: read_metrics(run_dir) and read_metrics(run_dir)[-1]["type"] == "finished", "the run to stop")
         wait(lambda: not (run_dir / SOCKET).exists(), "the socket to go")
+
+        # (opened before the other sessions close: tmux's server may not be restarted while it exits)
+        history = Terminal(80, 24, shell("watch", run_dir, exit_file=tmp_path / "history.exit"))
+        try:
+            screen = history.wait_for(lambda s: "FINISHED" in s and BRAILLE.search(s), "the finished run's history")
+            steps = sum(m["type"] == "train" for m in read_metrics(run_dir))
+            assert f"{steps:,}" in screen or str(steps) in screen
+            history.press("q")
+            wait(lambda: (tmp_path / "history.exit").exists(), "exit", timeout=60)
+            assert (tmp_path / "history.exit").read_text().strip() == "EXIT=0"
+        finally:
+            history.close()
     finally:
         trainer.close()
         if watcher is not None:
             watcher.close()
-
-    history = Terminal(80, 24, shell("watch", run_dir, exit_file=tmp_path / "history.exit"))
-    try:
-        screen = history.wait_for(lambda s: "FINISHED" in s and BRAILLE.search(s), "the finished run's history")
-        steps = sum(m["type"] == "train" for m in read_metrics(run_dir))
-        assert f"{steps:,}" in screen or str(steps) in screen
-        history.press("q")
-        wait(lambda: (tmp_path / "history.exit").exists(), "exit", timeout=60)
-        assert (tmp_path / "history.exit").read_text().strip() == "EXIT=0"
-    finally:
-        history.close()

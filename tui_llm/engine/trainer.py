@@ -275,9 +275,8 @@ class Trainer:
                 self._open_history()
                 self.run_dir.write_config({"run_config": c.to_dict(), "model_config": self.model.config.to_dict(),
                                            "model_name": self.model_name, "num_params": self.model.num_parameters})
+                self._start_channel()  # before RunStarted: a watcher that sees it can connect at once
             self._emit(self._run_started())
-            if self.world.is_root:
-                self._start_channel()
             reason = self._loop()
         except Exception as e:  # anything unexpected still reaches the consumer as one event
             if self.world.is_distributed:  # the other ranks wait in a collective: end the whole job
