@@ -229,7 +229,8 @@ class ControlServer:
 
     def _reply(self, conn: socket.socket, reply: dict) -> bool:
         try:
-            conn.send((json.dumps(reply) + "\n").encode())  # a short line: fits any socket buffer
+            # a short line: fits the socket buffer; MSG_NOSIGNAL: a client gone never raises SIGPIPE here
+            conn.send((json.dumps(reply) + "\n").encode(), socket.MSG_NOSIGNAL)
             return True
         except OSError:  # gone, or not reading its replies: drop it, never wait for it
             self._drop(conn)
