@@ -21,7 +21,9 @@ def test_every_event_field_is_in_the_glossary():
 
 def test_every_run_setting_and_cli_flag_is_in_the_glossary():
     assert {f.name for f in dataclasses.fields(RunConfig)} <= NAMES
-    parsers = [cli.train_parser(), cli.sample_parser(), cli.export_parser()]
+    from tui_llm.watch_cli import watch_parser
+
+    parsers = [cli.train_parser(), cli.sample_parser(), cli.export_parser(), watch_parser()]
     flags = set()
     for parser in parsers:
         for action in parser._actions:

@@ -27,9 +27,12 @@ _API = {
     "load_model": "tui_llm.engine.api", "generate": "tui_llm.engine.api",
     "Sampler": "tui_llm.engine.sampler", "SampleResult": "tui_llm.engine.sampler",
     "RunDir": "tui_llm.engine.run_dir",
+    "RunWatcher": "tui_llm.engine.follow", "RemoteTrainer": "tui_llm.engine.follow",
+    "ControlClient": "tui_llm.engine.channel", "ChannelError": "tui_llm.engine.channel",
     **{name: "tui_llm.engine.events" for name in (
         "Event", "Compiling", "RunStarted", "TrainStep", "Validation", "Sample", "CheckpointSaved", "Paused",
-        "Resumed", "Notice", "Error", "Finished", "Command", "Pause", "Resume", "SampleNow", "SaveNow", "Stop",
+        "Resumed", "Notice", "Error", "SettingChanged", "Finished", "Command", "Pause", "Resume", "SampleNow",
+        "SaveNow", "SetSetting", "Stop",
         "FinishReason", "SaveReason", "RunState", "Level")},
 }
 __all__ = sorted(_API)

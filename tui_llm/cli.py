@@ -4,6 +4,7 @@
     tui-llm prepare ...                       make token files from text (see `tui-llm prepare -h`)
     tui-llm sample --init-from MODEL          generate text from a model
     tui-llm export --init-from MODEL OUT      write a model as llm.c .bin or a Hugging Face directory
+    tui-llm watch RUN_DIR                     watch and steer a run another process trains
 
 The CLI only maps flags to the engine's RunConfig fields (`--seq-len` is `seq_len`). Bad input
 is one line on stderr with exit status 2; a training error exits 1; an interrupted run (Ctrl-C,
@@ -49,7 +50,7 @@ def train_parser() -> Parser:
     from tui_llm.engine.config import PRESETS
 
     p = Parser(prog="tui-llm", description="Train a GPT-2-class model on the CPU, in a terminal UI or headless.",
-               epilog="Other commands: tui-llm prepare | sample | export (each with -h).")
+               epilog="Other commands: tui-llm prepare | sample | export | watch (each with -h).")
     p.add_argument("--version", action="version", version=f"tui-llm {__version__}")
     p.add_argument("train_file", nargs="?", metavar="TRAIN_BIN",
                    help=f"token file (or a quoted glob of shards) to train on (default {DEFAULT_TRAIN}, "
@@ -335,9 +336,15 @@ def cmd_prepare(argv) -> int:
     return run_prepare(args)
 
 
+def cmd_watch(argv) -> int:
+    from tui_llm.watch_cli import cmd_watch as watch
+
+    return watch(argv)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"prepare": cmd_prepare, "sample": cmd_sample, "export": cmd_export}
+    commands = {"prepare": cmd_prepare, "sample": cmd_sample, "export": cmd_export, "watch": cmd_watch}
     command = commands.get(argv[0], cmd_train) if argv else cmd_train
     if command is not cmd_train:
         argv = argv[1:]

@@ -56,6 +56,8 @@ class HeadlessPrinter:
                 self.line(("warning: " if event.level == ev.Level.WARNING else "") + safe_text(event.text))
             case ev.Error():
                 print(f"error: {safe_text(event.message)}", file=sys.stderr, flush=True)
+            case ev.SettingChanged():
+                self.line(f"setting {safe_text(event.name)} = {safe_text(event.value)} (step {event.step})")
             case ev.Paused():
                 self.line(f"paused at step {event.step}")
             case ev.Resumed():

@@ -170,6 +170,15 @@ class Error(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SettingChanged(Event):
+    """A live setting (run_config.LIVE_SETTINGS) took a new value at this step boundary."""
+    step: int
+    name: str
+    value: int | float
+    kind = "setting"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Finished(Event):
     step: int
     reason: FinishReason
@@ -180,7 +189,7 @@ class Finished(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in (
     Compiling, RunStarted, TrainStep, Validation, Sample, CheckpointSaved, Paused, Resumed, Notice, Error,
-    Finished)}
+    SettingChanged, Finished)}
 """metrics.jsonl "type" -> event class."""
 
 
@@ -222,6 +231,14 @@ class SampleNow(Command):
 @dataclass(frozen=True, kw_only=True)
 class SaveNow(Command):
     pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetSetting(Command):
+    """Change a live setting (lr_scale, temperature, ...) at the next step boundary; checked by
+    run_config.live_setting before it is sent."""
+    name: str
+    value: int | float
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -54,6 +54,7 @@ class RunConfig:
     total_batch_size: int = 0           # tokens per optimizer step; 0: batch_size * seq_len * processes
     steps: int = 1000
     lr: float = 1e-4
+    lr_scale: float = 1.0               # multiplies the schedule's learning rate; a live setting (watch, control channel)
     warmup: int = 0
     lr_schedule: str = "constant"       # constant | cosine
     final_lr_fraction: float = 0.1      # cosine decays to lr * this
@@ -112,7 +113,7 @@ class RunConfig:
             low = 1 if name in positive or name in SIZES else 0
             if not low <= v < LIMIT:
                 raise ConfigError(name, f"must be {'positive' if low else 'zero or more'}, got {v}")
-        finite = {"lr": (0.0, 10.0, False), "final_lr_fraction": (0.0, 1.0, True), "weight_decay": (0.0, 10.0, True),
+        finite = {"lr": (0.0, 10.0, False), "lr_scale": (0.0, 100.0, True), "final_lr_fraction": (0.0, 1.0, True), "weight_decay": (0.0, 10.0, True),
                   "grad_clip": (0.0, 1e9, True), "temperature": (0.0, 100.0, True)}
         for name, (low, high, low_ok) in finite.items():
             v = getattr(self, name)
@@ -144,6 +145,22 @@ class RunConfig:
             raise ConfigError(changed[0], "cannot change when resuming (it describes the model or the data)")
         values = {**asdict(self), **{k: v for k, v in overrides.items() if v is not None and k not in FIXED_ON_RESUME}}
         return RunConfig(**values)
+
+
+LIVE_SETTINGS = ("lr_scale", "temperature", "top_k", "sample_len", "val_every", "sample_every", "save_every")
+"""Settings a running trainer changes at a step boundary (SetSetting); checkpoints keep the new values."""
+
+
+def live_setting(config: RunConfig, name, value):
+    """`value` checked as a new value of the live setting `name` of `config` (which is not changed);
+    raises ConfigError naming the field."""
+    if name not in LIVE_SETTINGS:
+        raise ConfigError(None, f"{name!r} is not a live setting (those are: {', '.join(LIVE_SETTINGS)})")
+    if isinstance(value, float) and value.is_integer() and isinstance(getattr(config, name), int):
+        value = int(value)  # 40.0 from JSON is the whole number 40
+    copy = RunConfig(**{**asdict(config), name: value})
+    copy.validate()
+    return value
 
 
 def _same_path(name: str, a, b) -> bool:

@@ -26,6 +26,7 @@ import numpy as np
 from tui_llm.engine import events as ev
 from tui_llm.engine import kernels
 from tui_llm.engine.arch import build_model, config_from_dict
+from tui_llm.engine.channel import ControlServer
 from tui_llm.engine.config import GPTConfig
 from tui_llm.engine.control import Control
 from tui_llm.engine.data import DataError, TrainLoader, ValLoader, open_dataset
@@ -36,7 +37,7 @@ from tui_llm.engine.llama_kernels import compile_llama_kernels
 from tui_llm.engine.model_source import fresh_model, load_model_source
 from tui_llm.engine.model_tokenizer import check_data_tokenizer, find_tokenizer_dir, load_tokenizer
 from tui_llm.engine.optim import AdamW, AdamWConfig, learning_rate
-from tui_llm.engine.run_config import ConfigError, RunConfig, default_val_file
+from tui_llm.engine.run_config import ConfigError, RunConfig, default_val_file, live_setting
 from tui_llm.engine.run_dir import RunDir, RunDirError, resolve_checkpoint
 from tui_llm.engine.sampler import Sampler
 from tui_llm.engine.threads import set_threads
@@ -150,6 +151,7 @@ class Trainer:
         self._emit = None
         self._history_error: OSError | None = None
         self._history_opened = False
+        self.channel: ControlServer | None = None  # rank 0's control channel while run() runs
 
     @classmethod
     def resume(cls, path, *, world: World | None = None, **overrides) -> "Trainer":
@@ -207,16 +209,46 @@ class Trainer:
 
     def _serve_commands(self) -> None:
         """Apply the commands sent since the last step; under MPI rank 0's, on every rank at once."""
-        poll = None
+        poll = self._poll_commands
         if self.world.is_distributed:
-            poll = lambda waiting: self.world.agree(self.control._poll(waiting) if self.world.is_root else None)  # noqa: E731
+            poll = lambda waiting: self.world.agree(self._poll_commands(waiting) if self.world.is_root else None)  # noqa: E731
         self.control.serve(self._on_command, lambda: self.step, self._emit, poll=poll)
+
+    def _poll_commands(self, waiting: bool) -> list[ev.Command]:
+        """The control channel's requests join the queue, then the queue's commands (waiting ~0.1 s if paused)."""
+        if self.channel is not None:
+            self.channel.poll()
+        return self.control._poll(waiting)
 
     def _on_command(self, cmd: ev.Command) -> None:
         if isinstance(cmd, ev.SampleNow):
             self._sample(cmd.prompt or self.config.prompt)
         elif isinstance(cmd, ev.SaveNow):
             self._save(ev.SaveReason.REQUEST)
+        elif isinstance(cmd, ev.SetSetting):
+            try:
+                value = live_setting(self.config, cmd.name, cmd.value)
+            except ConfigError as e:
+                self._emit(ev.Notice(step=self.step, text=f"setting not changed: {e}", level=ev.Level.WARNING))
+                return
+            setattr(self.config, cmd.name, value)  # every rank: the schedule and cadences stay the same everywhere
+            self._emit(ev.SettingChanged(step=self.step, name=cmd.name, value=value))
+
+    def _start_channel(self) -> None:
+        """Rank 0 listens for commands from other processes (watchers); without it the run goes on."""
+        channel = ControlServer(self.run_dir.path, self.control.send, lambda name, value: live_setting(self.config, name, value))
+        try:
+            channel.start()
+        except OSError as e:
+            self._emit(ev.Notice(step=self.step, level=ev.Level.WARNING,
+                                 text=f"no control channel (tui-llm watch cannot steer this run): {e.strerror or e}"))
+            return
+        self.channel = channel
+
+    def _close_channel(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
 
     # -------------------------------------------------------------------------------------
     # the loop
@@ -243,6 +275,7 @@ class Trainer:
                 self._open_history()
                 self.run_dir.write_config({"run_config": c.to_dict(), "model_config": self.model.config.to_dict(),
                                            "model_name": self.model_name, "num_params": self.model.num_parameters})
+                self._start_channel()  # before RunStarted: a watcher that sees it can connect at once
             self._emit(self._run_started())
             reason = self._loop()
         except Exception as e:  # anything unexpected still reaches the consumer as one event
@@ -250,6 +283,8 @@ class Trainer:
                 self.world.abort(f"{type(e).__name__}: {e}")
             self._emit(ev.Error(step=self.step, message=f"{type(e).__name__}: {e}"))
             reason = ev.FinishReason.ERROR
+        finally:  # also on a third Ctrl-C (KeyboardInterrupt): no socket is left behind
+            self._close_channel()
         lost = self.step - max(self.last_saved_step, 0) if self.step > 0 else 0
         self._emit(ev.Finished(step=self.step, reason=reason, lost_steps=lost,
                                checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None))
@@ -334,7 +369,7 @@ class Trainer:
         grad_norm = opt.grad_norm(grads, scale)
         if not math.isfinite(grad_norm):
             raise TrainingError(f"non-finite gradient norm ({grad_norm}) at step {self.step + 1}: weights not updated")
-        lr = learning_rate(self.step, c.lr, c.steps, c.lr_schedule, c.warmup, c.final_lr_fraction)
+        lr = learning_rate(self.step, c.lr, c.steps, c.lr_schedule, c.warmup, c.final_lr_fraction) * c.lr_scale
         opt.update(lr, grad_norm, grads=grads, grad_scale=scale)
         t4 = time.perf_counter()
         step_s = t4 - t0

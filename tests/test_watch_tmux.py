@@ -1,0 +1,111 @@
+"""`tui-llm watch` in tmux: a headless run in one terminal, the dashboard watching it in another.
+
+Skipped where tmux is not installed.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import tui_llm
+from tests.run_helpers import TINY, make_data, read_metrics
+from tests.test_tmux import Terminal
+from tui_llm.engine import events as ev
+from tui_llm.engine.channel import SOCKET, ControlClient
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+ROOT = Path(tui_llm.__file__).resolve().parent.parent
+BRAILLE = re.compile("[\u2801-\u28ff]")
+
+
+def shell(*args, log=None, exit_file=None):
+    """A command line for tmux: this checkout's code, unbuffered, its status kept after it exits."""
+    line = f"env PYTHONPATH='{ROOT}' PYTHONUNBUFFERED=1 '{sys.executable}' -m tui_llm " + " ".join(f"'{a}'" for a in args)
+    if log:
+        line += f" 2>&1 | tee '{log}'"
+    if exit_file:
+        line += f"; echo EXIT=$? > '{exit_file}'"
+    return line + "; sleep 60"
+
+
+def steps_in(log: Path) -> int:
+    return sum(1 for line in log.read_text().splitlines() if line.startswith("step ")) if log.exists() else 0
+
+
+def wait(predicate, what, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_watch_a_headless_run_in_another_terminal(tmp_path):
+    train_file = make_data(tmp_path)
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    trainer = Terminal(100, 30, shell(train_file, "--no-ui", *TINY, "--steps", "100000", "--val-every", "5",
+                                      "--sample-every", "0", "--sample-len", "8", "--save-every", "0",
+                                      "--out-dir", run_dir, log=log))
+    watcher = None
+    try:
+        wait(lambda: (run_dir / SOCKET).exists() and steps_in(log) > 0, "the headless run")
+        watcher = Terminal(80, 24, shell("watch", run_dir, exit_file=tmp_path / "watch.exit"))
+        screen = watcher.wait_for(lambda s: "RUNNING" in s and "step " in s and BRAILLE.search(s), "the curves")
+        for panel in ("loss", "Pause", "Sample", "Save", "Quit"):
+            assert panel in screen, panel
+
+        watcher.press("p")
+        watcher.wait_for(lambda s: "PAUSED" in s, "the pause")
+        wait(lambda: any(line.startswith("paused at step") for line in log.read_text().splitlines()), "paused line")
+        paused_at = steps_in(log)
+        time.sleep(1.5)
+        assert steps_in(log) == paused_at  # the headless run's printed steps stopped
+
+        watcher.press("s")
+        wait(lambda: any(m["type"] == "sample" for m in read_metrics(run_dir)), "a sample in metrics.jsonl")
+        watcher.wait_for(lambda s: "sample" in s.lower(), "the sample on the dashboard")
+        watcher.press("c")
+        wait(lambda: list(run_dir.glob("ckpt_*.safetensors")), "a checkpoint")
+        watcher.wait_for(lambda s: "saved" in s, "the checkpoint log line")
+
+        watcher.press("p")
+        watcher.wait_for(lambda s: "RUNNING" in s, "resumed")
+        wait(lambda: steps_in(log) > paused_at + 3, "the headless run training again")
+        watcher.press("q")
+        time.sleep(1.0)
+        if "Save and quit" in watcher.screen():  # unsaved steps: the dialog; leave without asking for a save
+            watcher.press("d")
+        wait(lambda: (tmp_path / "watch.exit").exists(), "the watcher to exit", timeout=60)
+        assert (tmp_path / "watch.exit").read_text().strip() == "EXIT=0"
+        going = steps_in(log)
+        wait(lambda: steps_in(log) > going + 3, "the run to go on after the watcher left")
+        assert not any(m["type"] == "finished" for m in read_metrics(run_dir))
+
+        with ControlClient.connect(run_dir) as client:
+            assert client.send(ev.Stop())["ok"]
+        wait(lambda: read_metrics(run_dir) and read_metrics(run_dir)[-1]["type"] == "finished", "the run to stop")
+        wait(lambda: not (run_dir / SOCKET).exists(), "the socket to go")
+
+        # (opened before the other sessions close: tmux's server may not be restarted while it exits)
+        history = Terminal(80, 24, shell("watch", run_dir, exit_file=tmp_path / "history.exit"))
+        try:
+            screen = history.wait_for(lambda s: "FINISHED" in s and BRAILLE.search(s), "the finished run's history")
+            steps = sum(m["type"] == "train" for m in read_metrics(run_dir))
+            assert f"{steps:,}" in screen or str(steps) in screen
+            history.press("q")
+            wait(lambda: (tmp_path / "history.exit").exists(), "exit", timeout=60)
+            assert (tmp_path / "history.exit").read_text().strip() == "EXIT=0"
+        finally:
+            history.close()
+    finally:
+        trainer.close()
+        if watcher is not None:
+            watcher.close()
