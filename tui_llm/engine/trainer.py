@@ -11,6 +11,10 @@ sample evaluate the final weights (train_gpt2.cu's order). A step may accumulate
 several micro-batches (`total_batch_size`). Everything a run needs to continue exactly (weights,
 AdamW moments, step, loader position, sampling RNG, where the history stood) goes into its
 checkpoints; the history itself is the run directory's metrics.jsonl.
+
+(About 450 lines: the loop, the commands it serves between steps and its saves read best
+together. What a checkpoint holds is in resume_state.py, where weights come from in
+model_source.py.)
 """
 
 from __future__ import annotations
@@ -25,20 +29,20 @@ import numpy as np
 
 from tui_llm.engine import events as ev
 from tui_llm.engine import kernels
-from tui_llm.engine.arch import build_model, config_from_dict
+from tui_llm.engine.arch import build_model
 from tui_llm.engine.channel import ControlServer
-from tui_llm.engine.config import GPTConfig
 from tui_llm.engine.control import Control
-from tui_llm.engine.data import DataError, TrainLoader, ValLoader, open_dataset
+from tui_llm.engine.data import TrainLoader, ValLoader, open_dataset
 from tui_llm.engine.distributed import World
-from tui_llm.engine.formats import CheckpointError, load_training_checkpoint, save_training_checkpoint
-from tui_llm.engine.llama import Llama, LlamaConfig
+from tui_llm.engine.formats import CheckpointError, save_training_checkpoint
+from tui_llm.engine.llama import Llama
 from tui_llm.engine.llama_kernels import compile_llama_kernels
 from tui_llm.engine.model_source import fresh_model, load_model_source
 from tui_llm.engine.model_tokenizer import check_data_tokenizer, find_tokenizer_dir, load_tokenizer
 from tui_llm.engine.optim import AdamW, AdamWConfig, learning_rate
+from tui_llm.engine.resume_state import checkpoint_meta, model_config, read_resume_checkpoint, restore
 from tui_llm.engine.run_config import ConfigError, RunConfig, default_val_file, live_setting
-from tui_llm.engine.run_dir import RunDir, RunDirError, resolve_checkpoint
+from tui_llm.engine.run_dir import RunDir, RunDirError
 from tui_llm.engine.sampler import Sampler
 from tui_llm.engine.threads import set_threads
 
@@ -66,7 +70,7 @@ class Trainer:
         tokenizer_dir = c.tokenizer
         if _resume is not None:
             arrays, meta = _resume
-            self.model = build_model(_model_config(meta), arrays["params"])
+            self.model = build_model(model_config(meta), arrays["params"])
             self.model_name = str(meta.get("model_name", "checkpoint"))
         elif c.init_from:
             model_cfg, flat, self.model_name, recorded = load_model_source(c.init_from)
@@ -126,7 +130,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.history_bytes = 0      # how much of metrics.jsonl to keep when opening it
         if _resume is not None:
-            self._restore(*_resume)
+            restore(self, *_resume)
         if c.steps <= self.step and _resume is not None:
             raise ConfigError("steps", f"{c.steps}: this run has already done {self.step} steps; "
                                        f"give a larger total to continue it")
@@ -158,44 +162,8 @@ class Trainer:
         """Continue the run saved at `path` (a run directory: its newest checkpoint; or a checkpoint
         file). `overrides` may change run settings (steps, lr, cadences, ...) but not the model or
         the data (ConfigError names the field)."""
-        checkpoint = resolve_checkpoint(path)
-        arrays, meta = load_training_checkpoint(checkpoint)
-        for key in ("params", "adam_m", "adam_v"):
-            if key not in arrays:
-                raise CheckpointError(checkpoint, f"not a resumable training checkpoint (no {key})")
-        if not isinstance(meta.get("run_config"), dict):
-            raise CheckpointError(checkpoint, "not a resumable training checkpoint (no run_config in its metadata)")
-        try:
-            saved = RunConfig.from_dict(meta["run_config"])
-        except ConfigError as e:
-            raise CheckpointError(checkpoint, str(e)) from None
-        saved.out_dir = str(checkpoint.parent.absolute())
-        meta["path"] = str(checkpoint.absolute())
+        saved, arrays, meta = read_resume_checkpoint(path)
         return cls(saved.resumed_with(overrides), world=world, _resume=(arrays, meta))
-
-    def _restore(self, arrays: dict, meta: dict) -> None:
-        """Optimizer, step, loader, RNG and history position from a checkpoint (each value checked)."""
-        path = meta["path"]
-        n = self.model.num_parameters
-        for key in ("adam_m", "adam_v"):
-            if arrays[key].dtype != np.float32 or arrays[key].shape != (n,):
-                raise CheckpointError(path, f"{key} is {arrays[key].dtype} {arrays[key].shape}, expected float32 ({n},)")
-        step = _meta_int(meta, "step", path)
-        self.optimizer.m[:] = arrays["adam_m"]
-        self.optimizer.v[:] = arrays["adam_v"]
-        self.step = self.optimizer.step = self.last_saved_step = step
-        try:
-            self.loader.load_state_dict(meta["loader"])
-        except (DataError, KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(path, f"bad loader state: {e}") from None
-        try:
-            self.sample_rng.bit_generator.state = meta["sample_rng"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(path, f"bad sample_rng state: {e}") from None
-        self.elapsed_s = float(meta.get("elapsed_s", 0.0)) if isinstance(meta.get("elapsed_s", 0.0), (int, float)) else 0.0
-        self.tokens = int(meta["tokens"]) if isinstance(meta.get("tokens"), int) else step * self.tokens_per_step
-        self.history_bytes = _meta_int(meta, "history_bytes", path) if "history_bytes" in meta else None
-        self.last_checkpoint = Path(path)
 
     def _short_name(self) -> str:
         import re
@@ -435,17 +403,7 @@ class Trainer:
                 if not math.isfinite(kernels.sum_of_squares(buf)):
                     raise TrainingError(f"not saving step {self.step}: the {name} are not finite")
             self.run_dir.sync_metrics()
-            meta = {
-                "step": self.step,
-                "run_config": self.config.to_dict(),
-                "model_config": self.model.config.to_dict(),
-                "model_name": self.model_name,
-                "loader": self.loader.state_dict(),
-                "sample_rng": self.sample_rng.bit_generator.state,
-                "history_bytes": self.run_dir.metrics_size(),
-                "elapsed_s": self.elapsed_s,
-                "tokens": self.tokens,
-            }
+            meta = checkpoint_meta(self)
             save_training_checkpoint(path, {"params": self.model.params.flat, "adam_m": self.optimizer.m,
                                             "adam_v": self.optimizer.v}, meta)
         except (OSError, CheckpointError, TrainingError) as e:
@@ -498,21 +456,3 @@ class Trainer:
             batches_per_epoch=self.loader.num_samples, tokens_per_step=self.tokens_per_step,
             world_size=self.world.size,
             step=self.step, steps=c.steps, elapsed_s=self.elapsed_s)
-
-
-def _model_config(meta: dict) -> GPTConfig | LlamaConfig:
-    path = meta["path"]
-    mc = meta.get("model_config")
-    if not isinstance(mc, dict):
-        raise CheckpointError(path, "not a resumable training checkpoint (no model_config in its metadata)")
-    try:
-        return config_from_dict(mc)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(path, f"bad model_config: {e}") from None
-
-
-def _meta_int(meta: dict, key: str, path) -> int:
-    v = meta.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**62:
-        raise CheckpointError(path, f"bad {key} in the checkpoint's metadata: {v!r}")
-    return v
