@@ -17,8 +17,7 @@ from textual.widgets import RichLog
 from tui_llm.app import TrainerApp
 from tui_llm.engine import events as ev
 from tui_llm.screens.dialogs import HelpScreen, PromptScreen, QuitScreen
-from tui_llm.screens.chart import bucket_means
-from tui_llm.screens.metrics_csv import read_rows
+from tui_llm.widgets.text_charts import bucket_means
 
 
 async def until(pilot, condition, timeout: float = 5.0) -> None:
@@ -65,7 +64,7 @@ def trainer(tmp_path: Path) -> FakeTrainer:
 
 def started(pilot):
     """Wait until the fake trainer's run has started."""
-    return until(pilot, lambda: pilot.app.phase == "running")
+    return until(pilot, lambda: pilot.app.phase == ev.RunState.RUNNING)
 
 
 # -- plot -------------------------------------------------------------------------------
@@ -75,7 +74,7 @@ async def test_plot_gains_points_as_steps_arrive(trainer):
     app = TrainerApp(trainer)
     async with app.run_test() as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_plot
+        plot = app.dashboard.loss_chart
         trainer.advance(7)
         await until(pilot, lambda: plot.drawn_points == 7)  # drawn by the redraw timer
         assert plot.train.x.tolist() == list(range(1, 8))  # TrainStep.step counts the step (the first is 1)
@@ -94,7 +93,7 @@ async def test_log_scale_and_smoothing_keys_change_the_plot(trainer):
     app = TrainerApp(trainer)
     async with app.run_test() as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_plot
+        plot = app.dashboard.loss_chart
         await pilot.press("l")  # before any data
         assert plot.log_scale and plot.border_subtitle == "log scale"
         plot.redraw()
@@ -122,7 +121,7 @@ async def test_a_new_step_repaints_only_the_rows_that_changed(trainer):
     app = TrainerApp(trainer)
     async with app.run_test(size=(120, 40)) as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_plot
+        plot = app.dashboard.loss_chart
         trainer.advance(299)
         await until(pilot, lambda: plot.drawn_points == 299)
         repainted = []
@@ -138,7 +137,7 @@ async def test_a_100k_step_history_draws_at_once(tmp_path):
     app = TrainerApp(FakeTrainer(tmp_path / "run", start_step=100_000, total_steps=200_000), history=history)
     async with app.run_test(size=(200, 50)) as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_plot
+        plot = app.dashboard.loss_chart
         await until(pilot, lambda: plot.drawn_points == 100_000)
         chart = plot.chart_text()
         assert chart.splitlines()[-1].split()[-2:] == ["100000", "step"]  # the x axis reaches the last step
@@ -169,7 +168,7 @@ async def test_history_repopulates_the_plot_up_to_the_resumed_step(tmp_path):
     app = TrainerApp(trainer, history=history)
     async with app.run_test() as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_plot
+        plot = app.dashboard.loss_chart
         assert plot.train.x.tolist() == list(range(1, 21))  # steps 21..30 will be trained again
         assert plot.train.y[10:15].tolist() == [1.0] * 5
         assert plot.val.x.tolist() == [10]
@@ -187,7 +186,7 @@ async def test_pause_stops_steps_until_resume(trainer):
     app = TrainerApp(trainer)
     async with app.run_test() as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_plot
+        plot = app.dashboard.loss_chart
         trainer.advance(2)
         await until(pilot, lambda: len(plot.train) == 2)
 
@@ -238,7 +237,7 @@ async def test_save_key_logs_the_checkpoint(trainer):
         await pilot.press("c")
         log = app.dashboard.event_log
         await until(pilot, lambda: shown(log, "step 3: saved"))
-        assert (trainer.run_dir / "ckpt_000003.bin").is_file()
+        assert trainer.run_dir.checkpoint_path(3).is_file()
         assert app.saved_steps == 3 and app.state == "running"
         assert keys_shown(app)["Save"] is False  # saved already
         trainer.advance(1)
@@ -254,7 +253,7 @@ async def test_export_writes_csv_next_to_metrics(trainer):
         trainer.advance(12)
         await until(pilot, lambda: app.steps_done == 12)
         await pilot.press("e")
-        csv_path = trainer.run_dir / "metrics.csv"
+        csv_path = trainer.run_dir.path / "metrics.csv"
         await until(pilot, lambda: shown(app.dashboard.event_log, f"metrics written to {csv_path}"))
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -263,21 +262,6 @@ async def test_export_writes_csv_next_to_metrics(trainer):
     assert [float(r["loss"]) for r in rows[1:]] == pytest.approx([fake_loss(s) for s in range(12)])
     assert {int(r["step"]): float(r["val_loss"]) for r in rows if r["val_loss"]} == pytest.approx(
         {0: fake_loss(0) + 0.1, 5: fake_loss(5) + 0.1, 10: fake_loss(10) + 0.1})
-
-
-def test_csv_rows_merge_validation_and_prefer_the_latest_record(tmp_path):
-    jsonl = tmp_path / "metrics.jsonl"
-    jsonl.write_text(
-        '{"type": "val", "step": 0, "loss": 9.0}\n'
-        '{"type": "train", "step": 1, "loss": 5.0}\n'
-        '{"type": "train", "step": 1, "loss": 4.0}\n'
-        '{"type": "val", "step": 1, "loss": 4.5}\n'
-        '{"type": "checkpoint", "step": 1}\n'
-        '{"type": "train", "st'
-    )
-    rows = read_rows(jsonl)
-    assert [(r["step"], r.get("loss"), r.get("val_loss")) for r in rows] == [
-        (0, None, 9.0), (1, 4.0, 4.5)]
 
 
 async def test_help_opens_and_closes(trainer):
@@ -347,7 +331,7 @@ async def test_quit_with_unsaved_steps_asks(trainer, answer):
     if answer != "cancel":
         assert app.return_code == 0
         assert trainer.received == [ev.Stop(save=answer == "save")]
-        assert (trainer.run_dir / "ckpt_000004.bin").is_file() == (answer == "save")
+        assert trainer.run_dir.checkpoint_path(4).is_file() == (answer == "save")
 
 
 async def test_quit_without_unsaved_steps_stops_at_once(trainer):
@@ -360,20 +344,28 @@ async def test_quit_without_unsaved_steps_stops_at_once(trainer):
     assert app.return_code == 0
 
 
-async def test_after_finishing_only_quit_and_viewing_keys_apply(tmp_path):
-    trainer = FakeTrainer(tmp_path / "run", total_steps=3)
+async def test_after_finishing_sampling_still_works_from_the_final_weights(tmp_path):
+    trainer = FakeTrainer(tmp_path / "run", total_steps=3, sample_text="final words")
     app = TrainerApp(trainer)
     async with app.run_test() as pilot:
         await started(pilot)
         trainer.advance(3)
         await until(pilot, lambda: app.state == "finished")
         keys = keys_shown(app)
-        assert not any(keys[k] for k in ("Pause", "Sample", "Prompt", "Save"))
-        assert keys["Quit"] and keys["CSV"]
+        assert not any(keys[k] for k in ("Pause", "Save"))
+        assert keys["Quit"] and keys["CSV"] and keys["Sample"] and keys["Prompt"]
+        assert shown(app.dashboard.event_log, "s and g still sample from the final weights")
+        await pilot.press("s")  # trainer.sample() in a thread worker: the run is over
+        await until(pilot, lambda: "final words" in text_of(app.dashboard.samples))
+        assert "step 3" in text_of(app.dashboard.samples)
+        await until(pilot, lambda: app.state == "finished")
+        await pilot.press("g")
+        await pilot.press("H", "i", "enter")
+        await until(pilot, lambda: "prompt: 'Hi'" in text_of(app.dashboard.samples))
         await pilot.press("q")
         await until(pilot, lambda: app.return_code is not None)
     assert app.return_code == 0
-    assert trainer.received == []
+    assert trainer.received == []  # no command: the trainer's loop has returned
 
 
 # -- errors -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The braille line chart (screens/chart.py), the timing sparklines and the loss plot's buffers.
+"""The braille line chart (widgets/text_charts.py), the timing sparklines and the loss plot's buffers.
 
 Charts are read back the way a person would: braille characters are decoded into their dots,
 and axis labels are found by their text.
@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 
-from tui_llm.screens.chart import (
+from tui_llm.widgets.text_charts import (
     Line,
     braille_cells,
     draw_chart,
@@ -21,8 +21,8 @@ from tui_llm.screens.chart import (
     nice_step,
     tick_label,
 )
-from tui_llm.screens.loss_plot import Points
-from tui_llm.screens.timings import sparkline_rows
+from tui_llm.widgets.text_charts import Points
+from tui_llm.widgets.text_charts import sparkline_rows
 
 # Unicode braille: dots 1-2-3 down the left column, 4-5-6 down the right, 7 and 8 below them.
 DOT_BITS = {(0, 0): 0x01, (0, 1): 0x02, (0, 2): 0x04, (1, 0): 0x08,

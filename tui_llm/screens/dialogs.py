@@ -28,6 +28,21 @@ PANELS = (
 class HelpScreen(ModalScreen[None]):
     """The keys and what each panel shows."""
 
+    DEFAULT_CSS = """
+    HelpScreen {
+        align: center middle;
+    }
+    #help-box {
+        width: 90%;
+        max-width: 100;
+        height: auto;
+        max-height: 90%;
+        padding: 1 2;
+        border: round $accent;
+        background: $surface;
+    }
+    """
+
     BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close")]
 
     def __init__(self, keys: list[tuple[str, str]]) -> None:
@@ -55,6 +70,20 @@ class HelpScreen(ModalScreen[None]):
 class PromptScreen(ModalScreen[str | None]):
     """Ask for a prompt to sample from; dismisses with the text, or None on escape."""
 
+    DEFAULT_CSS = """
+    PromptScreen {
+        align: center middle;
+    }
+    #prompt-box {
+        width: 70%;
+        max-width: 80;
+        height: auto;
+        padding: 1 2;
+        border: round $accent;
+        background: $surface;
+    }
+    """
+
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
 
     def compose(self) -> ComposeResult:
@@ -70,6 +99,28 @@ class PromptScreen(ModalScreen[str | None]):
 
 class QuitScreen(ModalScreen[str | None]):
     """Unsaved steps: dismisses with "save", "discard", or None to keep training."""
+
+    DEFAULT_CSS = """
+    QuitScreen {
+        align: center middle;
+    }
+    #quit-box {
+        grid-size: 3 2;
+        grid-gutter: 1 2;
+        grid-rows: auto 3;
+        width: auto;
+        max-width: 90%;
+        height: auto;
+        padding: 1 2;
+        border: round $warning;
+        background: $surface;
+    }
+    #quit-question {
+        column-span: 3;
+        width: 1fr;
+        content-align: center middle;
+    }
+    """
 
     BINDINGS = [
         Binding("escape", "dismiss(None)", "Cancel"),
@@ -89,8 +140,8 @@ class QuitScreen(ModalScreen[str | None]):
                 f"Training is at step {self.step:,}; last checkpoint: {saved}.",
                 id="quit-question",
             )
-            yield Button("[u]S[/u]ave and quit", variant="primary", id="save")
-            yield Button("Quit without saving ([u]d[/u])", variant="error", id="discard")
+            yield Button("Save and quit (s)", variant="primary", id="save")
+            yield Button("Quit without saving (d)", variant="error", id="discard")
             yield Button("Cancel (esc)", id="cancel")
 
     @on(Button.Pressed)

@@ -1,4 +1,7 @@
-"""A line chart drawn in braille characters with numpy: what the loss panel shows.
+"""Text charts drawn with numpy, without Textual: the braille line chart of the loss panel,
+the sparklines of the timings panel, and the growable point buffer behind them.
+
+The braille line chart:
 
 Each terminal cell holds a 2x4 grid of braille dots, so a chart area of W x H cells has 2W x 4H
 dots. Every series is reduced to one point per dot column (the mean of the points that fall in
@@ -10,6 +13,11 @@ chart stays calm to look at, and the widget repaints just the rows that changed.
 
 The result is rows of (text, style) runs, exactly `width` cells each; the widget maps the style
 names to colours. A 200x50 chart of a 100k-step run draws in about a millisecond.
+
+When two lines cross the same cell, the cell's dots are the union of both and its colour that of
+the line drawn last. A line drawn `on_top` (validation) instead replaces the dots of the cells it
+passes through: where the raw train loss and the validation loss share a cell, the cell shows the
+validation line alone, so a few validation points stay a readable line over a dense raw curve.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ class Line:
     style: str
     label: str = ""
     """Shown in the legend (the first row) when not empty."""
+    on_top: bool = False
+    """Its cells show its own dots only (not merged with the lines drawn before it)."""
 
 
 def bucket_means(xs: np.ndarray, ys: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:
@@ -245,7 +255,7 @@ def draw_chart(width: int, height: int, lines: list[Line], log_y: bool = False, 
     for line in lines:
         xs, ys = np.asarray(line.xs, dtype=np.float64), np.asarray(line.ys, dtype=np.float64)
         ok = np.isfinite(xs) & np.isfinite(ys) & ((ys > 0) if log_y else True)
-        kept.append(Line(xs[ok], ys[ok], line.style, line.label))
+        kept.append(Line(xs[ok], ys[ok], line.style, line.label, line.on_top))
     rows = [fit(legend(lines), width)]
     plot_rows = height - 3
     points = [line for line in kept if len(line.xs)]
@@ -291,8 +301,12 @@ def draw_chart(width: int, height: int, lines: list[Line], log_y: bool = False, 
         columns, ys = column_means(line.xs, line.ys, x_low, x_high, dot_cols)
         dx, dy = polyline_dots(columns.astype(np.float64), dot_row(ys))
         cells = braille_cells(np.clip(dx, 0, dot_cols - 1), np.clip(dy, 0, dot_rows - 1), plot_cols, plot_rows)
-        owner[cells > 0] = i + 1
-        bits |= cells
+        mine = cells > 0
+        owner[mine] = i + 1
+        if line.on_top:
+            bits[mine] = cells[mine]
+        else:
+            bits |= cells
     codes = np.where(bits > 0, 0x2800 + bits.astype(np.uint32), ord(" ")).astype("<u4")
 
     tick_at_row = {}
@@ -306,3 +320,59 @@ def draw_chart(width: int, height: int, lines: list[Line], log_y: bool = False, 
 
     rows += x_axis_rows(x_ticks, x_step, label_width, plot_cols, width, dot_col, x_name)
     return rows[:height], (y_low, y_high)
+
+
+# -- sparklines -------------------------------------------------------------------------
+
+BARS = " ▁▂▃▄▅▆▇█"
+"""A sparkline cell filled 0/8 to 8/8."""
+
+
+def sparkline_rows(values: np.ndarray, width: int, rows: int) -> list[str]:
+    """`values` as vertical bars, `rows` cells high, one column per value (or per bucket mean)
+    from the left; the smallest value gets a thin bar, the largest a full one."""
+    if width < 1 or rows < 1:
+        return []
+    if len(values) == 0:
+        return [" " * width] * rows
+    _, values = bucket_means(np.arange(len(values), dtype=np.float64), values, width)
+    low, high = float(values.min()), float(values.max())
+    span = high - low
+    eighths = 1 + np.rint((values - low) / span * (8 * rows - 1) if span > 0 else np.full(len(values), 4 * rows - 1))
+    lines = []
+    for row in range(rows - 1, -1, -1):  # top row first
+        level = np.clip(eighths - 8 * row, 0, 8).astype(np.int64)
+        lines.append("".join(BARS[k] for k in level).ljust(width))
+    return lines
+
+
+# -- series -----------------------------------------------------------------------------
+
+
+class Points:
+    """(x, y) pairs appended one at a time, seen as numpy arrays (amortised O(1) appends)."""
+
+    def __init__(self) -> None:
+        self._xy = np.empty((2, 1024))
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def x(self) -> np.ndarray:
+        return self._xy[0, :self.count]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self._xy[1, :self.count]
+
+    def append(self, x: float, y: float) -> None:
+        if self.count == self._xy.shape[1]:
+            self._xy = np.concatenate([self._xy, np.empty_like(self._xy)], axis=1)
+        self._xy[:, self.count] = x, y
+        self.count += 1
+
+    def drop_from(self, x: float) -> None:
+        """Forget the points at x and after (x is increasing)."""
+        self.count = int(np.searchsorted(self.x, x, side="left"))

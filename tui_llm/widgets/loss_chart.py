@@ -2,7 +2,7 @@
 
 The full history lives in numpy buffers on this widget (the UI thread owns it). New points only
 mark the chart stale: the dashboard calls `redraw()` once a second, which draws the chart again
-(screens/chart.py: about a millisecond, even for a 100k-step run in a large terminal) and asks
+(widgets/text_charts.py: about a millisecond, even for a 100k-step run in a large terminal) and asks
 Textual to repaint only the rows that changed, usually a few at the right end of the curves.
 """
 
@@ -17,45 +17,38 @@ from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tui_llm.screens.chart import AXIS, Line, Row, draw_chart
+from tui_llm.widgets.text_charts import AXIS, Line, Points, Row, draw_chart
 
 SMOOTHING_WEIGHTS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 """The EMA weights `+`/`-` step through (0 = no smoothing)."""
 
 
-class Points:
-    """(x, y) pairs appended one at a time, seen as numpy arrays (amortised O(1) appends)."""
-
-    def __init__(self) -> None:
-        self._xy = np.empty((2, 1024))
-        self.count = 0
-
-    def __len__(self) -> int:
-        return self.count
-
-    @property
-    def x(self) -> np.ndarray:
-        return self._xy[0, :self.count]
-
-    @property
-    def y(self) -> np.ndarray:
-        return self._xy[1, :self.count]
-
-    def append(self, x: float, y: float) -> None:
-        if self.count == self._xy.shape[1]:
-            self._xy = np.concatenate([self._xy, np.empty_like(self._xy)], axis=1)
-        self._xy[:, self.count] = x, y
-        self.count += 1
-
-    def drop_from(self, x: float) -> None:
-        """Forget the points at x and after (x is increasing)."""
-        self.count = int(np.searchsorted(self.x, x, side="left"))
-
-
-class LossPlot(Widget):
+class LossChart(Widget):
     """Train loss per step (faint raw, bold EMA-smoothed) and validation loss."""
 
-    COMPONENT_CLASSES = {"loss-plot--train", "loss-plot--smoothed", "loss-plot--val", "loss-plot--axis"}
+    DEFAULT_CSS = """
+    LossChart {
+        border: round $primary;
+        border-title-color: $text;
+        border-subtitle-color: $text-muted;
+    }
+    LossChart > .loss-chart--axis {
+        color: $text-muted;
+    }
+    LossChart > .loss-chart--train {
+        color: $text-disabled;
+    }
+    LossChart > .loss-chart--smoothed {
+        color: $primary-lighten-2;
+        text-style: bold;
+    }
+    LossChart > .loss-chart--val {
+        color: $warning;
+        text-style: bold;
+    }
+    """
+
+    COMPONENT_CLASSES = {"loss-chart--train", "loss-chart--smoothed", "loss-chart--val", "loss-chart--axis"}
 
     log_scale: reactive[bool] = reactive(False, repaint=False)
     """Draw the loss axis on a log scale."""
@@ -65,6 +58,7 @@ class LossPlot(Widget):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
+        self.border_title = "loss"
         self.train = Points()
         """Raw training loss by step."""
         self.smoothed = Points()
@@ -163,11 +157,11 @@ class LossPlot(Widget):
         lines = [
             Line(self.train.x, self.train.y, "train", "train"),
             Line(self.smoothed.x, self.smoothed.y, "smoothed", f"EMA {self.smoothing:g}"),
-            Line(self.val.x, self.val.y, "val", "val"),
+            Line(self.val.x, self.val.y, "val", "val", on_top=True),
         ]
         rows, self._y_range = draw_chart(width, height, lines, log_y=self.log_scale, x_name="step",
                                          keep_y=self._y_range)
-        styles = {name: self.get_component_rich_style(f"loss-plot--{name}")
+        styles = {name: self.get_component_rich_style(f"loss-chart--{name}")
                   for name in ("train", "smoothed", "val", AXIS)}
         styles[""] = self.rich_style
         strips = [Strip([Segment(text, styles[name]) for text, name in row], width) for row in rows]
