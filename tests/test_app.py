@@ -7,6 +7,8 @@ poll a condition with short explicit pauses (see the Pilot idle-wait note in tui
 from __future__ import annotations
 
 import csv
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from textual.widgets import RichLog
 
 from tui_llm.app import TrainerApp
 from tui_llm.engine import events as ev
+from tui_llm.terminal import SignalHandlers
+from tui_llm.widgets.status_bar import EtaClock
 from tui_llm.screens.dialogs import HelpScreen, PromptScreen, QuitScreen
 from tui_llm.widgets.text_charts import bucket_means
 
@@ -179,6 +183,83 @@ async def test_history_repopulates_the_plot_up_to_the_resumed_step(tmp_path):
         assert "step 22/1,000" in app.dashboard.status_bar.render().plain
 
 
+async def test_resumed_ui_restores_curves_samples_and_log_from_the_trainers_history(tmp_path):
+    start = ev.RunStarted(
+        run_dir=str(tmp_path / "run"), model_name="fake-tiny", run_config={}, model_config={}, num_params=1,
+        memory_bytes=16, train_file="fake.txt", train_tokens=10, val_file=None, val_tokens=0, batches_per_epoch=5,
+        tokens_per_step=4096, world_size=1, step=0, steps=1000, elapsed_s=0.0)
+    history = [start.to_json(), ev.Validation(step=0, loss=5.5).to_json()]
+    history += [train_record(s, 5.0 - s / 100) for s in range(1, 41)]
+    history += [ev.Paused(step=12).to_json(), ev.Resumed(step=12).to_json(),
+                ev.Notice(step=15, text="an old notice [/bold]", level=ev.Level.WARNING).to_json(),
+                ev.Error(step=17, message="an old error").to_json(),
+                ev.Validation(step=20, loss=4.5).to_json(),
+                ev.Sample(step=20, prompt="O", text="O Romeo", token_texts=[" Romeo"], token_probs=[0.5]).to_json(),
+                ev.CheckpointSaved(step=40, path="ckpt_40", seconds=1.0, reason=ev.SaveReason.FINAL).to_json(),
+                ev.Finished(step=40, reason=ev.FinishReason.INTERRUPTED, checkpoint="ckpt_40").to_json(),
+                {"type": "from-a-newer-version", "step": 3}, {"type": "val", "step": "broken"}]
+    trainer = FakeTrainer(tmp_path / "run", start_step=40, history=history)
+    trainer.elapsed_s = 3725.0  # training time of the earlier runs
+    app = TrainerApp(trainer)  # no history given: the app asks the trainer
+    async with app.run_test(size=(160, 50)) as pilot:
+        await started(pilot)
+        chart, log = app.dashboard.loss_chart, app.dashboard.event_log
+        assert chart.train.x.tolist() == list(range(1, 41))
+        assert chart.val.x.tolist() == [0, 20]
+        for line in ("run started", "step 20: val loss 4.5000", "paused at step 12", "resumed at step 12",
+                     "an old notice [/bold]", "step 17: ERROR an old error", "step 40: saved ckpt_40",
+                     "stopped at step 40 (interrupted)", "loaded 40 steps and 2 validations",
+                     "run started (resuming at step 40)"):
+            assert shown(log, line), line
+        assert "earlier" in text_of(log)  # history lines have no time of day
+        assert "O Romeo" in text_of(app.dashboard.samples)
+        assert "1h02m" in app.dashboard.status_bar.render().plain  # elapsed time goes on from the earlier runs
+        trainer.advance(1)
+        await until(pilot, lambda: app.steps_done == 41)
+        assert chart.train.x.tolist()[-1] == 41
+
+
+def test_eta_skips_warm_up_steps_averages_a_window_and_cuts_out_pauses():
+    clock = EtaClock()
+    clock.step(0.0)
+    clock.step(30.0)  # the first steps after a start are slow (compiling caches, threads spinning up)
+    assert clock.eta(100, 30.0) is None
+    for i in range(1, 7):
+        clock.step(30.0 + i)  # then 1 s a step
+    assert clock.seconds_per_step() == pytest.approx(1.0)  # the slow steps left out
+    assert clock.eta(100, 36.0) == pytest.approx(100.0)
+    assert clock.eta(100, 36.5) == pytest.approx(99.5)  # counts down between steps
+    clock.shift(600.0)  # a ten-minute pause
+    clock.step(637.0)
+    assert clock.seconds_per_step() == pytest.approx(1.0)
+    for i in range(1, 300):
+        clock.step(637.0 + 2 * i)  # slower now: the window follows
+    assert clock.seconds_per_step() == pytest.approx(2.0)
+
+
+async def test_samples_and_log_wrap_at_80x24_and_rewrap_when_resized(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(pilot)
+        dash = app.dashboard
+        long_words = "a-very-long-path/" * 12
+        dash.event_log.add(f"saved {long_words} and more words after it " * 3)
+        dash.samples.show(1, "", "the quick brown fox " * 30)
+        await pilot.pause(0.1)
+
+        def no_sideways_scroll(log) -> bool:
+            return log.virtual_size.width <= log.scrollable_content_region.width and log.max_scroll_x == 0
+
+        for log in (dash.event_log, dash.samples):
+            assert no_sideways_scroll(log), log
+            assert "a-very-long-path" in text_of(log) or "the quick" in text_of(log)
+        await pilot.resize_terminal(60, 24)
+        await pilot.pause(0.2)
+        for log in (dash.event_log, dash.samples):
+            assert no_sideways_scroll(log), log
+        assert shown(dash.samples, "the quick brown fox " * 30)
+
+
 # -- keys -------------------------------------------------------------------------------
 
 
@@ -310,6 +391,63 @@ async def test_command_palette_offers_the_actions(trainer):
 
 
 # -- quitting -----------------------------------------------------------------------------
+
+
+async def test_quitting_while_compiling_says_so_and_exits_when_compiled(tmp_path):
+    trainer = FakeTrainer(tmp_path / "run", hold_compile=True)
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await until(pilot, lambda: app.state == "compiling")
+        await pilot.press("q")
+        assert not isinstance(app.screen, QuitScreen)  # nothing to save: no question
+        assert shown(app.dashboard.event_log, "compiling cannot be interrupted")
+        assert shown(app.dashboard.event_log, "nothing is saved and no run directory is left")
+        await until(pilot, lambda: app.return_code is not None)  # the fake finishes compiling on Stop
+    assert app.return_code == 0
+    assert trainer.received == [ev.Stop(save=False)]
+    assert not trainer.run_dir.path.exists()  # quit before the first step: nothing left behind
+
+
+async def test_sigterm_saves_the_current_step_and_exits_143(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        trainer.advance(3)
+        await until(pilot, lambda: app.steps_done == 3)
+        stop = ev.Stop(save=True, reason=ev.FinishReason.INTERRUPTED)
+        with SignalHandlers(stop=lambda: trainer.send(stop), tell=app.signal_received, abort_message=str):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs on this (the main) thread
+            await until(pilot, lambda: app.return_code is not None)
+        assert shown(app.dashboard.event_log, "SIGTERM: finishing the current step and saving")
+    assert app.return_code == 143
+    assert trainer.received == [stop]
+    assert trainer.run_dir.checkpoint_path(3).is_file()
+
+
+async def test_a_signal_after_the_run_finished_exits_at_once(tmp_path):
+    trainer = FakeTrainer(tmp_path / "run", total_steps=2)
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        trainer.advance(2)
+        await until(pilot, lambda: app.state == "finished")
+        app.signal_received(signal.SIGHUP, 1)
+        await until(pilot, lambda: app.return_code is not None)
+    assert app.return_code == 129
+
+
+async def test_quit_dialog_shows_its_keys(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(pilot)
+        trainer.advance(1)
+        await until(pilot, lambda: app.steps_done == 1)
+        await pilot.press("q")
+        labels = {button.id: str(button.label) for button in app.screen.query("Button")}
+        assert labels == {"save": "Save and quit (s)", "discard": "Quit without saving (d)", "cancel": "Cancel (esc)"}
+        for button in app.screen.query("Button"):
+            assert button.region.width >= len(str(button.label)) + 2, button.id  # not cut off at 80x24
+        await pilot.press("escape")
 
 
 @pytest.mark.parametrize("answer", ["save", "discard", "cancel"])

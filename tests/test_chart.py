@@ -177,6 +177,27 @@ def test_later_lines_are_drawn_over_earlier_ones():
     assert text_rows(rows)[0].startswith("━━ u   ━━ o")
 
 
+def test_a_line_on_top_shows_its_own_dots_where_it_crosses_a_dense_line():
+    """Validation drawn over a noisy raw train loss stays a thin readable line: the cells it
+    passes through hold its dots only, not the union with the raw line's."""
+    x = np.arange(0.0, 400.0)
+    noisy = 5 + 0.5 * np.where(x % 2 == 0, 1.0, -1.0)  # fills a band of rows, dot for dot
+    val_x = np.array([0.0, 399.0])
+    val_y = np.array([4.0, 6.0])  # crosses the band
+    lines = [Line(x, noisy, "train"), Line(val_x, val_y, "val", on_top=True)]
+    both, _ = draw_chart(60, 16, lines)
+    alone, _ = draw_chart(60, 16, [Line(x, np.full_like(x, np.nan), "train"), lines[1]])
+    both_area, _ = plot_area(text_rows(both))
+    alone_area, _ = plot_area(text_rows(alone))
+    val_cells = {(r, c) for r, row in enumerate(alone_area) for c, ch in enumerate(row) if ch != " "}
+    crossing = {(r, c) for r, c in val_cells if both_area[r][c] != " "}
+    assert len(crossing) == len(val_cells) > 10
+    assert all(both_area[r][c] == alone_area[r][c] for r, c in val_cells)
+    merged, _ = draw_chart(60, 16, [lines[0], Line(val_x, val_y, "val")])  # not on top: dots merge
+    assert any(text_rows(merged)[1:-2][r][c] != text_rows(alone)[1:-2][r][c] for r, c in
+               ((r, c + plot_area(text_rows(alone))[1]) for r, c in val_cells))
+
+
 def test_points_that_cannot_be_drawn_are_left_out():
     x = np.arange(6.0)
     y = np.array([1.0, np.nan, 4.0, -1.0, np.inf, 2.0])

@@ -32,8 +32,10 @@ EARLIER = "earlier  "
 
 
 def latest_by_step(records: list[dict], kind: str) -> list[dict]:
-    """The records of one type in step order; when a resumed run repeated a step, its last."""
-    by_step = {r.get("step", 0): r for r in records if r.get("type") == kind}
+    """The records of one type with a step and a loss, in step order; when a resumed run repeated
+    a step, its last. (Records of another version may lack either: they are left out.)"""
+    by_step = {r["step"]: r for r in records if r.get("type") == kind and isinstance(r.get("step"), int)
+               and isinstance(r.get("loss"), (int, float))}
     return [by_step[step] for step in sorted(by_step)]
 
 
@@ -120,13 +122,9 @@ class DashboardScreen(Screen):
         train, val = latest_by_step(records, "train"), latest_by_step(records, "val")
         chart = self.loss_chart
         for record in train:  # maybe 100k of them: only the chart needs them all, and not as events
-            loss = record.get("loss")
-            if isinstance(loss, (int, float)):
-                chart.add_train(record.get("step", 0), float(loss))
+            chart.add_train(record["step"], float(record["loss"]))
         for record in val:
-            loss = record.get("loss")
-            if isinstance(loss, (int, float)):
-                chart.add_val(record.get("step", 0), float(loss))
+            chart.add_val(record["step"], float(record["loss"]))
         for record in train[-HISTORY:]:
             if isinstance(event := ev.event_from_json(record), ev.TrainStep):
                 self.timings.record(event)

@@ -108,12 +108,16 @@ class QuitScreen(ModalScreen[str | None]):
         grid-size: 3 2;
         grid-gutter: 1 2;
         grid-rows: auto 3;
+        grid-columns: auto;
         width: auto;
-        max-width: 90%;
+        max-width: 100%;
         height: auto;
         padding: 1 2;
         border: round $warning;
         background: $surface;
+    }
+    #quit-box Button {
+        width: auto;
     }
     #quit-question {
         column-span: 3;
