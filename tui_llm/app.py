@@ -130,6 +130,8 @@ class TrainerApp(App[int]):
         self.signal_exit: int | None = None
         """Exit status owed to a signal (129, 130, 143), once one arrived."""
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.resumed = False
+        """The run has steps from before (a --resume)."""
         self._early_signals: list[Signalled] = []
 
     async def on_mount(self) -> None:
@@ -139,6 +141,7 @@ class TrainerApp(App[int]):
         history = self.history
         if history is None:
             history = self.trainer.history() if hasattr(self.trainer, "history") else []
+        self.resumed = any(record.get("type") == "train" for record in history)
         self.dashboard.load_history(history)
         self.run_trainer()
         for message in self._early_signals:
@@ -366,9 +369,11 @@ class TrainerApp(App[int]):
         elif self.phase in (RunState.STARTING, RunState.COMPILING):
             self.stopping = True
             self.trainer.send(ev.Stop(save=False, reason=ev.FinishReason.STOPPED))
+            left = ("the run directory stays as its last checkpoint left it" if self.resumed
+                    else "no run directory is left")
             self.dashboard.event_log.add(
                 "quitting: compiling cannot be interrupted, so the app exits as soon as it is done; "
-                "no step was trained, nothing is saved and no run directory is left", "warning")
+                f"no step is trained, nothing is saved and {left}", "warning")
         elif self.unsaved:
             self.push_screen(QuitScreen(self.steps_done, self.saved_steps), self._answer_quit)
         else:

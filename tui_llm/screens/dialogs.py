@@ -13,15 +13,16 @@ from textual.widgets import Button, Input, Label, Static
 
 PANELS = (
     ("loss", "train loss per step (faint: raw, bright: EMA-smoothed, debiased) and "
-             "validation loss (orange), on one step axis; each dot column shows the mean of "
-             "its steps; redrawn once a second"),
+             "validation loss (orange, drawn over the others), on one step axis; each dot column "
+             "shows the mean of its steps; redrawn once a second"),
     ("step time", "forward / backward / optimizer time of the last step, its share of the "
                   "step, sparklines of recent steps, tokens/s and steps/s; once a second"),
-    ("status", "model, parameters, data, step/total, epoch, learning rate, gradient norm, "
-               "elapsed time, ETA and the run state"),
+    ("status", "model, parameters, data, step/total, epoch, lr, grad_norm, training time (across "
+               "resumes), ETA (from the recent steps, warm-up left out) and the run state"),
     ("samples", "generated text with its step and prompt; each token coloured by the "
                 "probability the model gave it (red low, green high)"),
-    ("log", "checkpoints, validation results, warnings and errors"),
+    ("log", "checkpoints, validation results, warnings and errors; a resumed run's earlier lines "
+            "are marked 'earlier'"),
 )
 
 
