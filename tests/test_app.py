@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -422,6 +424,26 @@ async def test_sigterm_saves_the_current_step_and_exits_143(trainer):
     assert app.return_code == 143
     assert trainer.received == [stop]
     assert trainer.run_dir.checkpoint_path(3).is_file()
+
+
+def test_a_second_signal_waits_and_a_third_aborts_at_once():
+    script = """if True:
+        import os, signal, sys, time
+        from tui_llm.terminal import SignalHandlers
+        handlers = SignalHandlers(stop=lambda: print("stop", flush=True),
+                                  tell=lambda signum, count: print("told", count, flush=True),
+                                  abort_message=lambda: "aborted: steps 4..6 are lost")
+        with handlers:
+            for _ in range(3):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)
+            time.sleep(30)
+        """
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 143
+    assert done.stdout.split("\n")[:3] == ["stop", "told 1", "told 2"]  # the Stop is sent once
+    assert "aborted: steps 4..6 are lost" in done.stderr
 
 
 async def test_a_signal_after_the_run_finished_exits_at_once(tmp_path):

@@ -148,7 +148,7 @@ def test_axes_move_only_now_and_then_as_a_run_grows():
     axes_moved, changed_rows = 0, []
     previous, y_range = None, None
     for n in range(1500, 2000):
-        drawn, y_range = draw_chart(120, 30, [Line(steps[:n], loss[:n], "a")], keep_y=y_range)  # as LossPlot does
+        drawn, y_range = draw_chart(120, 30, [Line(steps[:n], loss[:n], "a")], keep_y=y_range)  # as LossChart does
         rows = text_rows(drawn)
         if previous is not None:
             changed_rows.append(sum(a != b for a, b in zip(previous, rows)))
