@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from rich.segment import Segment
 from textual.geometry import Region
 from textual.reactive import reactive

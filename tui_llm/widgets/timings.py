@@ -24,6 +24,7 @@ HISTORY = 120
 
 PHASES = ("fwd", "bwd", "opt")
 
+
 class TimingsPanel(Widget):
     """Last step's phase timings, their recent history, and throughput."""
 
