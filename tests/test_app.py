@@ -80,7 +80,7 @@ async def test_plot_gains_points_as_steps_arrive(trainer):
     app = TrainerApp(trainer)
     async with app.run_test() as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_chart
+        plot = app.dashboard.chart
         trainer.advance(7)
         await until(pilot, lambda: plot.drawn_points == 7)  # drawn by the redraw timer
         assert plot.train.x.tolist() == list(range(1, 8))  # TrainStep.step counts the step (the first is 1)
@@ -99,9 +99,9 @@ async def test_log_scale_and_smoothing_keys_change_the_plot(trainer):
     app = TrainerApp(trainer)
     async with app.run_test() as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_chart
+        plot = app.dashboard.chart
         await pilot.press("l")  # before any data
-        assert plot.log_scale and plot.border_subtitle == "log scale"
+        assert plot.log_scale and "log scale" in plot.border_subtitle
         plot.redraw()
         await pilot.pause(0.05)  # renders without crashing
         trainer.advance(20)
@@ -123,11 +123,37 @@ async def test_log_scale_and_smoothing_keys_change_the_plot(trainer):
         assert plot.smoothed.y[0] == pytest.approx(plot.train.y[0])
 
 
+async def test_metric_and_x_axis_keys_switch_the_chart(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await started(pilot)
+        chart = app.dashboard.chart
+        trainer.advance(30)
+        await until(pilot, lambda: chart.drawn_points == 30)
+        assert chart.border_title == "loss" and "━━ EMA 0.9" in chart.chart_text()
+        seen = []
+        for _ in range(5):
+            await pilot.press("m")
+            seen.append((chart.border_title, chart.chart_text().splitlines()[0].split()[1]))
+        assert seen == [("lr", "lr"), ("grad_norm", "grad_norm"), ("tok/s", "tok/s"), ("step ms", "fwd"),
+                        ("loss", "train")]
+        await pilot.press("x")
+        assert chart.x_axis == "tokens" and "x: tokens" in chart.border_subtitle
+        labels = chart.chart_text().splitlines()[-1].split()
+        assert labels[-1].endswith("k") and chart.chart_text().splitlines()[0].endswith("tokens")
+        await pilot.press("x")
+        assert chart.x_axis == "time" and chart.chart_text().splitlines()[-1].split()[-1].endswith("s")
+        await pilot.press("x")
+        assert chart.x_axis == "step" and chart.border_subtitle == ""
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+        assert {"Chart the next metric", "Chart against the next x axis"} <= titles
+
+
 async def test_a_new_step_repaints_only_the_rows_that_changed(trainer):
     app = TrainerApp(trainer)
     async with app.run_test(size=(120, 40)) as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_chart
+        plot = app.dashboard.chart
         trainer.advance(299)
         await until(pilot, lambda: plot.drawn_points == 299)
         repainted = []
@@ -143,10 +169,11 @@ async def test_a_100k_step_history_draws_at_once(tmp_path):
     app = TrainerApp(FakeTrainer(tmp_path / "run", start_step=100_000, total_steps=200_000), history=history)
     async with app.run_test(size=(200, 50)) as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_chart
+        plot = app.dashboard.chart
         await until(pilot, lambda: plot.drawn_points == 100_000)
         chart = plot.chart_text()
-        assert chart.splitlines()[-1].split()[-2:] == ["100000", "step"]  # the x axis reaches the last step
+        assert chart.splitlines()[-1].split()[-1] == "100000"  # the x axis reaches the last step
+        assert chart.splitlines()[0].endswith("step")
         assert "2┤" in chart and "7┤" in chart  # the first dot column: the mean of the first ~250 steps
 
 
@@ -174,7 +201,7 @@ async def test_history_repopulates_the_plot_up_to_the_resumed_step(tmp_path):
     app = TrainerApp(trainer, history=history)
     async with app.run_test() as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_chart
+        plot = app.dashboard.chart
         assert plot.train.x.tolist() == list(range(1, 21))  # steps 21..30 will be trained again
         assert plot.train.y[10:15].tolist() == [1.0] * 5
         assert plot.val.x.tolist() == [10]
@@ -205,7 +232,7 @@ async def test_resumed_ui_restores_curves_samples_and_log_from_the_trainers_hist
     app = TrainerApp(trainer)  # no history given: the app asks the trainer
     async with app.run_test(size=(160, 50)) as pilot:
         await started(pilot)
-        chart, log = app.dashboard.loss_chart, app.dashboard.event_log
+        chart, log = app.dashboard.chart, app.dashboard.event_log
         assert chart.train.x.tolist() == list(range(1, 41))
         assert chart.val.x.tolist() == [0, 20]
         for line in ("run started", "step 20: val loss 4.5000", "paused at step 12", "resumed at step 12",
@@ -269,7 +296,7 @@ async def test_pause_stops_steps_until_resume(trainer):
     app = TrainerApp(trainer)
     async with app.run_test() as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_chart
+        plot = app.dashboard.chart
         trainer.advance(2)
         await until(pilot, lambda: len(plot.train) == 2)
 

@@ -37,7 +37,7 @@ async def test_real_trainer_pause_sample_save_and_quit(tmp_path):
                        threads=1, init_style="numpy", out_dir=str(run))
     app = TrainerApp(Trainer(config))
     async with app.run_test(size=(100, 32)) as pilot:
-        plot = app.dashboard.loss_chart
+        plot = app.dashboard.chart
         await until(pilot, lambda: app.phase == "running" and len(plot.train) >= 3)
         assert len(plot.train) >= 3  # the plot gains points as steps arrive
 

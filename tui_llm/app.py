@@ -71,6 +71,8 @@ PALETTE = (
     ("screen.log_scale", "Toggle log scale", "Switch the loss axis between linear and log"),
     ("screen.smooth_more", "More smoothing", "Raise the EMA weight of the smoothed loss"),
     ("screen.smooth_less", "Less smoothing", "Lower the EMA weight of the smoothed loss"),
+    ("screen.next_metric", "Chart the next metric", "Loss, lr, grad_norm, tok/s, step ms"),
+    ("screen.next_x_axis", "Chart against the next x axis", "Steps, tokens, training time"),
     ("export", "Export metrics CSV", "Write metrics.csv next to metrics.jsonl"),
     ("help", "Help", "Keys and what each panel shows"),
 )
@@ -350,7 +352,7 @@ class TrainerApp(App[int]):
         """Show the keys (from the app's and the dashboard's bindings) and what each panel shows."""
         keys: dict[str, str] = {}
         for binding in [*self.BINDINGS, *DashboardScreen.BINDINGS]:
-            if binding.show:
+            if binding.tooltip:
                 shown = binding.key_display or " / ".join(
                     self.get_key_display(Binding(key, binding.action)) for key in binding.key.split(",")
                 )

@@ -20,7 +20,7 @@ from textual.widgets import Footer, Label, ProgressBar
 
 from tui_llm.engine import events as ev
 from tui_llm.widgets.logs import EventLog, SamplesPanel
-from tui_llm.widgets.loss_chart import LossChart
+from tui_llm.widgets.metrics_chart import MetricsChart
 from tui_llm.widgets.status_bar import StatusBar
 from tui_llm.widgets.timings import HISTORY, TimingsPanel
 
@@ -47,6 +47,10 @@ class DashboardScreen(Screen):
         Binding("plus", "smooth_more", "EMA", key_display="+-",
                 tooltip="More / less smoothing of the train loss"),
         Binding("minus", "smooth_less", "Less smooth", show=False),
+        # not in the footer (80 columns hold the others): in the help and the command palette
+        Binding("m", "next_metric", "Metric", show=False,
+                tooltip="Chart the loss, lr, grad_norm, tok/s or the step's fwd/bwd/opt ms"),
+        Binding("x", "next_x_axis", "x axis", show=False, tooltip="Chart against steps, tokens or training time"),
     ]
 
     def __init__(self, title: str) -> None:
@@ -59,7 +63,7 @@ class DashboardScreen(Screen):
             yield Label("Compiling kernels (cached after the first run)...", id="compile-label")
             yield ProgressBar(show_eta=False, id="compile-progress")
         with Horizontal(id="top"):
-            yield LossChart(id="loss")
+            yield MetricsChart(id="chart")
             yield TimingsPanel(id="timings")
         with Horizontal(id="bottom"):
             yield SamplesPanel(id="samples")
@@ -73,11 +77,11 @@ class DashboardScreen(Screen):
         """Repaint the step panels whose numbers changed since the last tick."""
         self.status_bar.tick()
         self.timings.tick()
-        self.loss_chart.redraw()
+        self.chart.redraw()
 
     @property
-    def loss_chart(self) -> LossChart:
-        return self.query_one(LossChart)
+    def chart(self) -> MetricsChart:
+        return self.query_one(MetricsChart)
 
     @property
     def event_log(self) -> EventLog:
@@ -98,17 +102,25 @@ class DashboardScreen(Screen):
     # -- view keys -----------------------------------------------------------------------
 
     def action_log_scale(self) -> None:
-        """Toggle the loss axis between linear and log."""
-        chart = self.loss_chart
+        """Toggle the y axis between linear and log."""
+        chart = self.chart
         chart.log_scale = not chart.log_scale
 
     def action_smooth_more(self) -> None:
         """More smoothing of the train loss."""
-        self.loss_chart.smooth_more()
+        self.chart.smooth_more()
 
     def action_smooth_less(self) -> None:
         """Less smoothing of the train loss."""
-        self.loss_chart.smooth_less()
+        self.chart.smooth_less()
+
+    def action_next_metric(self) -> None:
+        """Chart the next metric: loss, lr, grad_norm, tok/s, step ms."""
+        self.chart.next_metric()
+
+    def action_next_x_axis(self) -> None:
+        """Chart against the next x axis: steps, tokens, training time."""
+        self.chart.next_x_axis()
 
     # -- what the app tells -------------------------------------------------------------
 
@@ -120,9 +132,9 @@ class DashboardScreen(Screen):
     def load_history(self, records: list[dict]) -> None:
         """Show the run so far (metrics.jsonl's records): its curves, samples and log."""
         train, val = latest_by_step(records, "train"), latest_by_step(records, "val")
-        chart = self.loss_chart
+        chart = self.chart
         for record in train:  # maybe 100k of them: only the chart needs them all, and not as events
-            chart.add_train(record["step"], float(record["loss"]))
+            chart.add_step(record)
         for record in val:
             chart.add_val(record["step"], float(record["loss"]))
         for record in train[-HISTORY:]:
@@ -158,17 +170,17 @@ class DashboardScreen(Screen):
             case ev.RunStarted():
                 if not replay:
                     self.remove_compile_panel()
-                    self.loss_chart.drop_from(event.step)
+                    self.chart.drop_from(event.step)
                     self.status_bar.show_start(event)
                 resumed = f" (resuming at step {event.step:,})" if event.step else ""
                 add(f"run started{resumed}: {event.run_dir}")
             case ev.TrainStep():
-                self.loss_chart.add_train(event.step, event.loss)
+                self.chart.add_step(event)
                 self.timings.record(event)
                 self.status_bar.record_step(event)
             case ev.Validation(step=step, loss=loss):
                 if not replay:
-                    self.loss_chart.add_val(step, loss)
+                    self.chart.add_val(step, loss)
                 add(f"step {step:,}: val loss {loss:.4f}")
             case ev.Sample():
                 self.samples.show(

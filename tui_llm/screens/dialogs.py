@@ -12,9 +12,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 PANELS = (
-    ("loss", "train loss per step (faint: raw, bright: EMA-smoothed, debiased) and "
-             "validation loss (orange, drawn over the others), on one step axis; each dot column "
-             "shows the mean of its steps; redrawn once a second"),
+    ("chart", "the loss: raw per step (faint), EMA-smoothed and debiased (bright) and validation "
+              "(orange, drawn last); m switches to lr, grad_norm, tok/s or the step's fwd/bwd/opt ms, "
+              "x to tokens or training time on the x axis, l to a log y axis; a few outlying steps "
+              "may go off the top; each dot column shows the mean of its steps; redrawn once a second"),
     ("step time", "forward / backward / optimizer time of the last step, its share of the "
                   "step, sparklines of recent steps, tokens/s and steps/s; once a second"),
     ("status", "model, parameters, data, step/total, epoch, lr, grad_norm, training time (across "

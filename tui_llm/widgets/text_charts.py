@@ -1,23 +1,15 @@
-"""Text charts drawn with numpy, without Textual: the braille line chart of the loss panel,
-the sparklines of the timings panel, and the growable point buffer behind them.
+"""Chart layout and text drawn with numpy, without Textual: the layout of the metrics chart
+(plotext draws it: widgets/plotext_charts.py), the sparklines of the timings panel, and the
+growable buffers behind them.
 
-The braille line chart:
-
-Each terminal cell holds a 2x4 grid of braille dots, so a chart area of W x H cells has 2W x 4H
-dots. Every series is reduced to one point per dot column (the mean of the points that fall in
-it), and the points are joined dot by dot; a cell takes the style of the last line drawn through
-it. Both axes get "nice" ticks (1, 2 or 5 times a power of ten), the y axis on a log scale too.
-The axes' ends are rounded out a little (to about 1/50 of the x range, 1/20 of the y range), so
-while a run goes on a new step mostly changes only the cells at the right end of the curve: the
-chart stays calm to look at, and the widget repaints just the rows that changed.
-
-The result is rows of (text, style) runs, exactly `width` cells each; the widget maps the style
-names to colours. A 200x50 chart of a 100k-step run draws in about a millisecond.
-
-When two lines cross the same cell, the cell's dots are the union of both and its colour that of
-the line drawn last. A line drawn `on_top` (validation) instead replaces the dots of the cells it
-passes through: where the raw train loss and the validation loss share a cell, the cell shows the
-validation line alone, so a few validation points stay a readable line over a dense raw curve.
+The chart's layout: every series is reduced to one point per braille dot column (the mean of the
+points that fall in it), so a 100k-step run draws as fast as a short one. Both axes get "nice"
+ticks (1, 2 or 5 times a power of ten), the y axis on a log scale too. The axes' ends are rounded
+out a little (to about 1/50 of the x range, 1/20 of the y range), and a y range is kept while the
+data fills most of it, so while a run goes on a new step mostly changes only the cells at the
+right end of the curves: the chart stays calm to look at, and the widget repaints just the rows
+that changed. Rows are runs of (text, style name), exactly `width` cells each; the widget maps
+the style names to colours.
 """
 
 from __future__ import annotations
@@ -29,9 +21,6 @@ import numpy as np
 
 Row = list[tuple[str, str]]
 """One line of the chart: runs of text, each with a style name ("" = plain)."""
-
-BRAILLE_BITS = np.array([[0x01, 0x08], [0x02, 0x10], [0x04, 0x20], [0x40, 0x80]], dtype=np.uint8)
-"""Bit of each dot of a braille cell (U+2800 + bits), by dot row (4) and dot column (2)."""
 
 AXIS = "axis"
 """Style name of the axes, ticks and their labels."""
@@ -50,7 +39,9 @@ class Line:
     label: str = ""
     """Shown in the legend (the first row) when not empty."""
     on_top: bool = False
-    """Its cells show its own dots only (not merged with the lines drawn before it)."""
+    """Drawn over the others (validation over the raw loss)."""
+    robust: bool = False
+    """Its outliers may fall off the y range (plotext_charts.py: the raw train loss)."""
 
 
 def bucket_means(xs: np.ndarray, ys: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,12 +57,16 @@ def bucket_means(xs: np.ndarray, ys: np.ndarray, buckets: int) -> tuple[np.ndarr
 
 def column_means(xs: np.ndarray, ys: np.ndarray, x_low: float, x_high: float, columns: int
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """The columns (0..columns-1 across [x_low, x_high]) that hold points, and their mean y."""
-    col = np.clip(np.rint((xs - x_low) / (x_high - x_low) * (columns - 1)), 0, columns - 1).astype(np.int64)
-    counts = np.bincount(col, minlength=columns)
-    sums = np.bincount(col, weights=ys, minlength=columns)
+    """The columns (0..columns-1 across [x_low, x_high]) that hold points, and their mean y.
+    `xs` is increasing: each column's points are one run, found by binary search (a 100k-step
+    series reduces in well under a millisecond)."""
+    scale = (columns - 1) / (x_high - x_low)
+    edges = x_low + (np.arange(1, columns) - 0.5) / scale  # where column k-1 ends and k begins
+    bounds = np.concatenate([[0], np.searchsorted(xs, edges, side="left"), [len(xs)]])
+    counts = np.diff(bounds)
     used = np.flatnonzero(counts)
-    return used, sums[used] / counts[used]
+    sums = np.add.reduceat(ys, bounds[used]) if len(used) else np.zeros(0)
+    return used, sums / counts[used]
 
 
 # -- ticks ------------------------------------------------------------------------------
@@ -166,33 +161,7 @@ def x_axis(low: float, high: float, plot_cols: int) -> tuple[float, float, list[
     return low_end, high_end, ticks, step
 
 
-# -- drawing ----------------------------------------------------------------------------
-
-
-def polyline_dots(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Integer dot coordinates along the segments joining (x[i], y[i]) (float dot units)."""
-    if len(x) == 1:
-        return np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
-    dx, dy = np.diff(x), np.diff(y)
-    steps = np.ceil(np.maximum(np.abs(dx), np.abs(dy))).astype(np.int64) + 1  # dots per segment, ends included
-    segment = np.repeat(np.arange(len(dx)), steps)
-    first = np.repeat(np.cumsum(steps) - steps, steps)
-    t = (np.arange(len(segment)) - first) / np.repeat(np.maximum(steps - 1, 1), steps)
-    return (np.rint(x[segment] + t * dx[segment]).astype(np.int64),
-            np.rint(y[segment] + t * dy[segment]).astype(np.int64))
-
-
-def braille_cells(dot_x: np.ndarray, dot_y: np.ndarray, cols: int, rows: int) -> np.ndarray:
-    """The braille bits (rows, cols) of a set of dots inside a cols x rows cell area."""
-    cells = np.zeros(rows * cols, dtype=np.uint8)
-    np.bitwise_or.at(cells, (dot_y // 4) * cols + dot_x // 2, BRAILLE_BITS[dot_y % 4, dot_x % 2])
-    return cells.reshape(rows, cols)
-
-
-def runs(text: str, styles: np.ndarray, names: list[str]) -> Row:
-    """Split `text` where the per-cell style index changes."""
-    cuts = [0, *(np.flatnonzero(np.diff(styles)) + 1).tolist(), len(text)]
-    return [(text[a:b], names[styles[a]]) for a, b in zip(cuts, cuts[1:])]
+# -- rows -------------------------------------------------------------------------------
 
 
 def fit(row: Row, width: int) -> Row:
@@ -214,112 +183,6 @@ def legend(lines: list[Line]) -> Row:
         if line.label:
             row += [("━━ ", line.style), (line.label + "   ", "")]
     return row
-
-
-def x_axis_rows(ticks: list[float], step: float, label_width: int, plot_cols: int, width: int,
-                dot_col, x_name: str) -> list[Row]:
-    """The x axis line with its ticks, and the tick labels under it; a label that would overlap
-    its neighbour or the axis name is left out."""
-    axis_line = ["─"] * plot_cols
-    label_line = [" "] * width
-    name_room = len(x_name) + 1 if x_name and plot_cols >= 3 * len(x_name) else 0
-    free_from = 0
-    for value in ticks:
-        col = int(dot_col(value) // 2)
-        if not 0 <= col < plot_cols:
-            continue
-        axis_line[col] = "┬"
-        label = tick_label(value, step)
-        start = max(label_width + 1 + col - len(label) // 2, free_from)
-        start = min(start, width - name_room - len(label))
-        if start >= free_from:
-            label_line[start:start + len(label)] = label
-            free_from = start + len(label) + 1
-    if name_room:
-        label_line[width - len(x_name):] = x_name
-    return [fit([(" " * label_width + "└" + "".join(axis_line), AXIS)], width),
-            fit([("".join(label_line), AXIS)], width)]
-
-
-def draw_chart(width: int, height: int, lines: list[Line], log_y: bool = False, x_name: str = "",
-               keep_y: tuple[float, float] | None = None) -> tuple[list[Row], tuple[float, float] | None]:
-    """The chart as `height` rows of exactly `width` cells (legend, plot area, x axis, x labels),
-    and the y range it used (pass it back as `keep_y` next time to keep the axis steady).
-
-    x values are whole numbers (steps). Points that are not finite (or not positive, on a log
-    axis) are left out. `x_name` goes at the right end of the x labels when there is room.
-    """
-    if width < 1 or height < 1:
-        return [], None
-    kept = []
-    for line in lines:
-        xs, ys = np.asarray(line.xs, dtype=np.float64), np.asarray(line.ys, dtype=np.float64)
-        ok = np.isfinite(xs) & np.isfinite(ys) & ((ys > 0) if log_y else True)
-        kept.append(Line(xs[ok], ys[ok], line.style, line.label, line.on_top))
-    rows = [fit(legend(lines), width)]
-    plot_rows = height - 3
-    points = [line for line in kept if len(line.xs)]
-    if plot_rows < 1 or width < 2 or not points:
-        return (rows + [fit([], width)] * (height - 1))[:height], None
-
-    # The y range is that of the column means, which depend on the plot's width, which depends
-    # on the y labels: find the range with a guessed label width, then lay out for real.
-    x_low = min(float(line.xs.min()) for line in points)
-    x_high = max(float(line.xs.max()) for line in points)
-    plot_cols = max(1, width - GUESSED_LABEL_WIDTH - 1)
-    x_low, x_high, _, _ = x_axis(x_low, x_high if x_high > x_low else x_low + 1, plot_cols)
-    means = [column_means(line.xs, line.ys, x_low, x_high, 2 * plot_cols)[1] for line in points]
-    y_low = min(float(m.min()) for m in means)
-    y_high = max(float(m.max()) for m in means)
-    if y_high == y_low:
-        pad = abs(y_low) * 0.05 or 1.0
-        y_low, y_high = (y_low / 1.1, y_high * 1.1) if log_y else (y_low - pad, y_high + pad)
-    y_low, y_high, y_ticks, y_step = y_axis(y_low, y_high, plot_rows, log_y, keep_y)
-    y_labels = [tick_label(t, y_step) for t in y_ticks]
-    label_width = max(len(s) for s in y_labels)
-    if width - label_width - 1 < 2:  # too narrow for labels
-        y_labels, label_width = [""] * len(y_ticks), 0
-    plot_cols = width - label_width - 1
-    x_low, x_high, x_ticks, x_step = x_axis(x_low, x_high, plot_cols)
-    dot_cols, dot_rows = 2 * plot_cols, 4 * plot_rows
-    scale = np.log10 if log_y else (lambda v: np.asarray(v, dtype=np.float64))
-    f_low, f_high = float(scale(y_low)), float(scale(y_high))
-
-    def dot_row(values) -> np.ndarray:  # top row is 0
-        return (dot_rows - 1) * (1 - (scale(values) - f_low) / (f_high - f_low))
-
-    def dot_col(values) -> np.ndarray:
-        return (dot_cols - 1) * (np.asarray(values, dtype=np.float64) - x_low) / (x_high - x_low)
-
-    # draw: later lines over earlier ones
-    bits = np.zeros((plot_rows, plot_cols), dtype=np.uint8)
-    owner = np.zeros((plot_rows, plot_cols), dtype=np.int64)  # index into style names
-    names = [""] + [line.style for line in kept]
-    for i, line in enumerate(kept):
-        if not len(line.xs):
-            continue
-        columns, ys = column_means(line.xs, line.ys, x_low, x_high, dot_cols)
-        dx, dy = polyline_dots(columns.astype(np.float64), dot_row(ys))
-        cells = braille_cells(np.clip(dx, 0, dot_cols - 1), np.clip(dy, 0, dot_rows - 1), plot_cols, plot_rows)
-        mine = cells > 0
-        owner[mine] = i + 1
-        if line.on_top:
-            bits[mine] = cells[mine]
-        else:
-            bits |= cells
-    codes = np.where(bits > 0, 0x2800 + bits.astype(np.uint32), ord(" ")).astype("<u4")
-
-    tick_at_row = {}
-    for value, label in zip(y_ticks, y_labels):
-        tick_at_row.setdefault(int(round(float(dot_row(value))) // 4), label)
-    for r in range(plot_rows):
-        label = tick_at_row.get(r)
-        axis = (f"{label:>{label_width}}┤" if label is not None else " " * label_width + "│")
-        text = codes[r].tobytes().decode("utf-32-le")
-        rows.append(fit([(axis, AXIS), *runs(text, owner[r], names)], width))
-
-    rows += x_axis_rows(x_ticks, x_step, label_width, plot_cols, width, dot_col, x_name)
-    return rows[:height], (y_low, y_high)
 
 
 # -- sparklines -------------------------------------------------------------------------
@@ -376,3 +239,30 @@ class Points:
     def drop_from(self, x: float) -> None:
         """Forget the points at x and after (x is increasing)."""
         self.count = int(np.searchsorted(self.x, x, side="left"))
+
+
+class Columns:
+    """Rows of named float columns appended one at a time (amortised O(1)), each column seen as
+    a numpy array; rows are kept in the order of the first column (the step)."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self._index = {name: i for i, name in enumerate(names)}
+        self._data = np.empty((len(names), 1024))
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._data[self._index[name], :self.count]
+
+    def append(self, values: tuple[float, ...]) -> None:
+        if self.count == self._data.shape[1]:
+            self._data = np.concatenate([self._data, np.empty_like(self._data)], axis=1)
+        self._data[:, self.count] = values
+        self.count += 1
+
+    def drop_from(self, first: float) -> None:
+        """Forget the rows whose first column is `first` or more (it is increasing)."""
+        self.count = int(np.searchsorted(self._data[0, :self.count], first, side="left"))
