@@ -179,6 +179,8 @@ class TrainerApp(App[int]):
 
     def on_trainer_event(self, message: TrainerEvent) -> None:
         """Update the run state from one event, then show it."""
+        if not self.dashboard.is_mounted:  # the app is closing (a Stop from on_unmount)
+            return
         event = message.event
         match event:
             case ev.Compiling():

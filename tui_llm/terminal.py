@@ -71,8 +71,10 @@ class HangupSafeDriver(LinuxDriver):
             self.run_input_thread()
         except OSError:  # the terminal hung up: no more keys; SIGHUP stops the run
             pass
-        except BaseException:
-            super()._run_input_thread()  # Textual's way: show the traceback
+        except BaseException:  # as Textual's driver: the app shows the traceback
+            import rich.traceback
+
+            self._app.call_later(self._app.panic, rich.traceback.Traceback())
 
 
 def detach_from_terminal() -> None:
