@@ -241,7 +241,7 @@ class MetricsChart(Widget):
         xs = self.steps[field]
         if self.metric == "loss":
             lines = [Line(xs, self.steps["loss"], "train", "train", robust=True),
-                     Line(xs, self.smoothed.y, "smoothed", f"EMA {self.smoothing:g}")]
+                     Line(xs, self.smoothed.y, "smoothed", f"EMA {self.smoothing:g}", smooth=True)]
             val_x = self.val.x
             if field != "step" and len(val_x):  # validations happen between steps: place them by step
                 val_x = np.interp(val_x, np.concatenate([[0.0], self.steps["step"]]), np.concatenate([[0.0], xs]))

@@ -87,7 +87,7 @@ def draw_chart(width: int, height: int, lines: list[Line], log_y: bool = False, 
     for line in lines:
         xs, ys = np.asarray(line.xs, dtype=np.float64), np.asarray(line.ys, dtype=np.float64)
         ok = np.isfinite(xs) & np.isfinite(ys) & ((ys > 0) if log_y else True)
-        kept.append(Line(xs[ok], ys[ok], line.style, line.label, line.on_top, line.robust))
+        kept.append(Line(xs[ok], ys[ok], line.style, line.label, line.on_top, line.robust, line.smooth))
     rows = [fit(legend(lines), width)]
     plot_rows = height - 3
     points = [line for line in kept if len(line.xs)]
@@ -131,8 +131,10 @@ def draw_chart(width: int, height: int, lines: list[Line], log_y: bool = False, 
         line = kept[i]
         if not len(line.xs):
             continue
-        columns, ys = column_means(line.xs, line.ys, x_low, x_high, dot_cols)  # one point per dot column
-        xs = x_low + columns / max(dot_cols - 1, 1) * (x_high - x_low)
+        # one point per dot column; a smooth curve needs one per cell (plotext's time goes by points)
+        n = plot_cols if line.smooth else dot_cols
+        columns, ys = column_means(line.xs, line.ys, x_low, x_high, n)
+        xs = x_low + columns / max(n - 1, 1) * (x_high - x_low)
         marker = plotext.marker("braille").fill(i + 1)
         figure.draw(figure.signal(xs.tolist(), scale(ys).tolist(), marker=marker).lines())
     figure.ruler("x").lim(x_low, x_high)

@@ -42,6 +42,8 @@ class Line:
     """Drawn over the others (validation over the raw loss)."""
     robust: bool = False
     """Its outliers may fall off the y range (plotext_charts.py: the raw train loss)."""
+    smooth: bool = False
+    """A smooth curve (the EMA): one point per cell column draws it as well as one per dot column."""
 
 
 def bucket_means(xs: np.ndarray, ys: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:
