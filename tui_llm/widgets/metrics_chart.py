@@ -12,6 +12,7 @@ smoothing (the dashboard's keys).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -51,6 +52,9 @@ METRICS = (
 X_AXES = {"step": ("step", tick_label), "tokens": ("tokens", human_number),
           "time": ("elapsed_s", duration_label)}
 """x axis name -> (TrainStep field, tick label)."""
+
+CPU_SHARE = 0.02
+"""At most this share of a core goes to drawing the chart for new steps."""
 
 STYLES = ("train", "smoothed", "val", "metric", "fwd", "bwd", "opt", AXIS)
 
@@ -127,6 +131,8 @@ class MetricsChart(Widget):
         """Points arrived (or the view changed) since the last redraw."""
         self._restyle = True
         """The whole widget must be repainted (new size or colours), not just changed rows."""
+        self._not_before = 0.0
+        """No redraw for new steps before this time (time.monotonic())."""
         self._update_titles()
 
     # -- data --------------------------------------------------------------------------
@@ -195,7 +201,7 @@ class MetricsChart(Widget):
 
     def watch_smoothing(self) -> None:
         self._recompute_ema()
-        self.redraw()
+        self.redraw(now=True)
 
     def watch_log_scale(self) -> None:
         self._view_changed()
@@ -210,7 +216,7 @@ class MetricsChart(Widget):
         self._update_titles()
         self._y_range = None  # a range found for another view
         self._stale = True
-        self.redraw()
+        self.redraw(now=True)
 
     def _update_titles(self) -> None:
         self.border_title = self.metric
@@ -254,18 +260,25 @@ class MetricsChart(Widget):
 
     def on_resize(self) -> None:
         self._stale = self._restyle = True
-        self.redraw()
+        self.redraw(now=True)
 
     def notify_style_update(self) -> None:
         """The theme or CSS changed: draw again with the new colours."""
         super().notify_style_update()
         self._stale = self._restyle = True
-        self.call_later(self.redraw)
+        self.call_later(self.redraw, True)
 
-    def redraw(self) -> None:
-        """Draw the chart again if anything changed since the last time; repaint the rows that differ."""
+    def redraw(self, now: bool = False) -> None:
+        """Draw the chart again if anything changed since the last time; repaint the rows that differ.
+
+        A redraw for new steps waits while the chart's drawing would take more than CPU_SHARE of
+        a core (plotext takes 10-30 ms for a large chart; a slow machine is not slowed further);
+        `now`: the view changed (a key, a resize), draw at once."""
         width, height = self.size
         if not self._stale or width == 0 or height == 0:
+            return
+        started = time.monotonic()
+        if not now and started < self._not_before:
             return
         self._stale = False
         x_name = self.x_axis
@@ -283,6 +296,7 @@ class MetricsChart(Widget):
                     self.refresh(Region(0, y, width, 1))
         self._rows, self._strips, self._restyle = rows, strips, False
         self.drawn_points = len(self.steps)
+        self._not_before = started + (time.monotonic() - started) / CPU_SHARE
 
     def render_line(self, y: int) -> Strip:
         if y < len(self._strips):
