@@ -379,6 +379,10 @@ async def test_help_opens_and_closes(trainer):
     async with app.run_test() as pilot:
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
+        keys = dict(app.screen.keys)
+        for key in ("p / space", "s", "g", "c / ^s", "l", "+-", "m", "x", "e", "?", "q"):
+            assert key in keys, (key, list(keys))
+        assert "not saved" in keys["q"]
         await pilot.press("escape")
         assert app.screen is app.dashboard
 
@@ -471,6 +475,23 @@ def test_a_second_signal_waits_and_a_third_aborts_at_once():
     assert done.returncode == 143
     assert done.stdout.split("\n")[:3] == ["stop", "told 1", "told 2"]  # the Stop is sent once
     assert "aborted: steps 4..6 are lost" in done.stderr
+
+
+async def test_a_second_signal_while_saving_is_only_acknowledged(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        trainer.advance(2)
+        await until(pilot, lambda: app.steps_done == 2)
+        app.signal_received(signal.SIGHUP, 1)  # as the handler does (it also sends the Stop: below)
+        await until(pilot, lambda: app.state == "stopping")
+        app.signal_received(signal.SIGHUP, 2)
+        await until(pilot, lambda: shown(app.dashboard.event_log, "still finishing the step and saving"))
+        assert app.return_code is None and "Save" not in {k for k, v in keys_shown(app).items() if v}
+        trainer.send(ev.Stop(save=True, reason=ev.FinishReason.INTERRUPTED))
+        await until(pilot, lambda: app.return_code is not None)
+    assert app.return_code == 129
+    assert trainer.run_dir.checkpoint_path(2).is_file()
 
 
 async def test_a_signal_after_the_run_finished_exits_at_once(tmp_path):
