@@ -143,6 +143,14 @@ def test_dashboard_200x50_shows_curves_timings_and_samples(train_file, tmp_path)
         for text in ("fwd", "bwd", "opt", "tok/s", "train", "val"):
             assert text in screen, text
         assert re.search(r"^│step (10|20|29)\b", screen, re.M)  # a sample entry, at the panel's left edge
+        term.press("m")  # the chart's other metrics, and other x axes
+        term.wait_for(lambda s: "─ lr ─" in s and "━━ lr" in s, "the lr chart")
+        term.press("m", "m", "m")
+        term.wait_for(lambda s: "─ step ms ─" in s and "━━ fwd" in s and "━━ opt" in s, "the step ms chart")
+        term.press("x")
+        term.wait_for(lambda s: "x: tokens" in s, "the tokens axis")
+        term.press("m")
+        term.wait_for(lambda s: "─ loss ─" in s and "━━ val" in s, "back to the loss")
         term.press("q")
         term.wait_for(lambda s: (run.parent / "big.exit").exists(), "exit", timeout=60)
         assert (run.parent / "big.exit").read_text().strip() == "EXIT=0"
