@@ -9,8 +9,9 @@ event loop (`call_soon_threadsafe`). A second signal is only acknowledged; a thi
 After SIGHUP the terminal is gone: reading it fails with EIO, writing it too. `HangupSafeDriver`
 turns both into nothing (instead of Textual's "panic" from its input thread, or a writer thread
 that dies and leaves the app blocked on a full queue), and `detach_from_terminal` points the
-process's standard streams at harmless places, so the save completes and the exit summary's
-prints do not raise.
+process's standard streams at /dev/null and stops the input thread, so the save completes and the
+exit summary's prints do not raise. (Not a pipe that never has data for stdin: a read that
+select() allowed on the terminal just before would then block forever, and the app's exit with it.)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import signal
 import sys
 import termios
+import weakref
 from collections.abc import Callable
 
 from textual.drivers.linux_driver import LinuxDriver
@@ -62,9 +64,13 @@ class HangupProofFile:
 class HangupSafeDriver(LinuxDriver):
     """Textual's Linux driver, minus the crash when the terminal hangs up."""
 
+    live: "weakref.WeakSet[HangupSafeDriver]" = weakref.WeakSet()
+    """The drivers of this process (`detach_from_terminal` stops their input threads)."""
+
     def __init__(self, app, **kwargs) -> None:
         super().__init__(app, **kwargs)
         self._file = HangupProofFile(self._file)
+        HangupSafeDriver.live.add(self)
 
     def _run_input_thread(self) -> None:
         try:
@@ -78,18 +84,18 @@ class HangupSafeDriver(LinuxDriver):
 
 
 def detach_from_terminal() -> None:
-    """After a hangup: stdout and stderr to /dev/null, stdin to a pipe that never has data (a
-    reader waiting on it idles instead of failing or spinning on end-of-file)."""
+    """After a hangup: the standard streams to /dev/null (writes vanish, reads see end-of-file, so
+    nothing blocks on a terminal that is gone), and the drivers' input threads told to stop
+    (reading end-of-file over and over would spin)."""
     try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        for fd in (1, 2):
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.close(null)
-        read_end, _write_end = os.pipe()  # the write end stays open: never end-of-file
-        os.dup2(read_end, 0)
-        os.close(read_end)
     except OSError:
         pass
+    for driver in list(HangupSafeDriver.live):
+        driver.exit_event.set()
 
 
 class SignalHandlers:
