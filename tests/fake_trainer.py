@@ -1,16 +1,18 @@
 """A deterministic stand-in for the real Trainer, for the UI tests.
 
 It speaks the trainer protocol (`run(emit)` blocks in a thread and emits events; `send(command)`
-is thread-safe) but does no work: a training step happens only when the test calls
-`advance()` (or every `step_interval` seconds if one is given), so a test decides exactly
-which events the UI sees. It waits on a queue, so it costs no CPU while idle (Pilot's
-idle-wait stays fast). Checkpoints are real, tiny files; every event after RunStarted is
-appended to run_dir/metrics.jsonl, as the real trainer does.
+is thread-safe; `history()` and `sample(prompt)` as the real one) but does no work: a training
+step happens only when the test calls `advance()` (or every `step_interval` seconds if one is
+given), so a test decides exactly which events the UI sees. Commands go through the engine's
+`Control`, the same loop the real trainer serves them with (pause, resume, stop; sample and save
+handed back here). It waits on a queue, so it costs no CPU while idle (Pilot's idle-wait stays
+fast). The run directory is the engine's `RunDir`: real checkpoint names (tiny files), every
+event after Compiling appended to metrics.jsonl, and a run stopped before its first step leaves
+no directory behind, as with the real trainer.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import queue
 import threading
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tui_llm.engine import events as ev
+from tui_llm.engine.control import Control
+from tui_llm.engine.run_dir import RunDir
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,9 @@ class FakeTrainer:
         step_interval: float | None = None,
         hold_compile: bool = False,
         start_step: int = 0,
+        history: list[dict] | None = None,
     ) -> None:
-        self.run_dir = Path(run_dir)
+        self.run_dir = RunDir(run_dir)
         self.total_steps = total_steps
         self.val_every = val_every
         self.kernels = kernels
@@ -62,11 +67,17 @@ class FakeTrainer:
         """Every command sent, in order (list.append is atomic: safe from any thread)."""
         self.step = start_step
         """Steps done (start_step > 0: resumed from a checkpoint at that step)."""
-        self._saved_step = start_step
+        self.last_saved_step = start_step if start_step else -1
+        self.last_checkpoint: Path | None = None
+        self.elapsed_s = start_step * 0.033
+        self._history = list(history or [])
+        self.control = Control()
         self._compiled = threading.Event()
         if not hold_compile:
             self._compiled.set()
         self._inbox: queue.Queue = queue.Queue()
+        """Commands and the tests' advances, in order."""
+        self._owed = 0
         self._emit: Callable[[ev.Event], None] = lambda event: None
 
     # -- what the tests call -------------------------------------------------------------
@@ -91,67 +102,88 @@ class FakeTrainer:
 
     # -- the protocol --------------------------------------------------------------------
 
-    def run(self, emit: Callable[[ev.Event], None], on_error: str = "pause") -> None:
+    def history(self) -> list[dict]:
+        return self._history + self.run_dir.read_metrics()
+
+    def sample(self, prompt: str = "") -> ev.Sample:
+        return self._sample_event(prompt)
+
+    def run(self, emit: Callable[[ev.Event], None], on_error: str = "pause") -> ev.FinishReason:
         self._emit = emit
         for done in range(1, self.kernels + 1):
             emit(ev.Compiling(done=done, total=self.kernels, name=f"kernel_{done}"))
         self._compiled.wait()  # commands sent meanwhile wait in the inbox
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.run_dir.path.exists():
+            self.run_dir.create()
+        metrics = self.run_dir.metrics_path
+        self.run_dir.open_metrics(metrics.stat().st_size if self.step and metrics.exists() else 0)
         self._record(ev.RunStarted(
-            run_dir=str(self.run_dir), model_name="fake-tiny", run_config={}, model_config={},
+            run_dir=str(self.run_dir.path), model_name="fake-tiny", run_config={}, model_config={},
             num_params=123_456, memory_bytes=4 * 4 * 123_456, train_file="fake.txt",
             train_tokens=10_000, val_file=None, val_tokens=0, batches_per_epoch=50, tokens_per_step=4096,
-            world_size=1, step=self.step, steps=self.total_steps, elapsed_s=0.0,
+            world_size=1, step=self.step, steps=self.total_steps, elapsed_s=self.elapsed_s,
         ))
-        paused, owed = False, 0
-        while True:
-            if owed and not paused:  # commands are read between steps
-                try:
-                    item = self._inbox.get_nowait()
-                except queue.Empty:
-                    item = None
-            else:
-                try:
-                    item = self._inbox.get(timeout=self.step_interval)
-                except queue.Empty:
-                    item = _Advance(1)
-            if item is None:
-                owed -= 1
+        reason = self._loop()
+        lost = self.step - max(self.last_saved_step, 0) if self.step > 0 else 0
+        self._record(ev.Finished(step=self.step, reason=reason, lost_steps=lost,
+                                 checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None))
+        if self.step == 0 and self.last_checkpoint is None:
+            self.run_dir.discard()
+        self.run_dir.close()
+        return reason
+
+    def _loop(self) -> ev.FinishReason:
+        while self.step < self.total_steps:
+            self.control.serve(self._on_command, lambda: self.step, self._record, poll=self._poll)
+            if self.control.stop is not None:
+                stop = self.control.stop
+                if stop.save and self._save(ev.SaveReason.FINAL) is False:
+                    return ev.FinishReason.ERROR
+                return ev.FinishReason(stop.reason)
+            if self._owed:
+                self._owed -= 1
                 self._train_step()
-                if self.step >= self.total_steps:
-                    self._save(ev.SaveReason.FINAL)
-                    self._record(ev.Finished(step=self.step, reason=ev.FinishReason.COMPLETED, checkpoint=None))
-                    return
-                continue
+        if self._save(ev.SaveReason.FINAL) is False:
+            return ev.FinishReason.ERROR
+        return ev.FinishReason.COMPLETED
+
+    def _poll(self, paused: bool) -> list[ev.Command]:
+        """Control's poll: the commands queued now. When there is nothing to do (paused, or no
+        step owed) it waits for the next item; the tests' advances and failures are taken here."""
+        commands, wait = [], paused or not self._owed
+        while True:
+            try:
+                if wait:
+                    timeout = 0.1 if paused else self.step_interval
+                    item = self._inbox.get(timeout=timeout)
+                else:
+                    item = self._inbox.get_nowait()
+            except queue.Empty:
+                if wait and not paused and self.step_interval is not None:
+                    self._owed += 1
+                return commands
+            wait = False
             match item:
                 case _Advance(steps=steps):
-                    owed += steps
+                    self._owed += steps
                 case _Fail(message=message):
                     self._record(ev.Error(step=self.step, message=message))
-                    paused = True
-                    self._record(ev.Paused(step=self.step))
-                case ev.Pause() if not paused:
-                    paused = True
-                    self._record(ev.Paused(step=self.step))
-                case ev.Resume() if paused:
-                    paused = False
-                    self._record(ev.Resumed(step=self.step))
-                case ev.SampleNow(prompt=prompt):
-                    self._sample(prompt)
-                case ev.SaveNow():
-                    self._save(ev.SaveReason.REQUEST)
-                case ev.Stop(save=save, reason=reason):
-                    if save:
-                        self._save(ev.SaveReason.FINAL)
-                    self._record(ev.Finished(step=self.step, reason=reason, checkpoint=None))
-                    return
+                    self.control.pause(self.step, self._record)
+                    return commands  # serve() waits again, now paused
+                case _:
+                    commands.append(item)
+
+    def _on_command(self, command: ev.Command) -> None:
+        if isinstance(command, ev.SampleNow):
+            self._record(self._sample_event(command.prompt))
+        elif isinstance(command, ev.SaveNow):
+            self._save(ev.SaveReason.REQUEST)
 
     # -- the fake work -------------------------------------------------------------------
 
     def _record(self, event: ev.Event) -> None:
         if not isinstance(event, ev.Compiling):
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(event.to_json()) + "\n")
+            self.run_dir.append(event.to_json())
         self._emit(event)
 
     def _train_step(self) -> None:
@@ -161,31 +193,35 @@ class FakeTrainer:
         if k % self.val_every == 0:
             self._record(ev.Validation(step=k, loss=fake_loss(k) + 0.1))
         fwd = 10.0 + k % 3
+        self.elapsed_s += 0.033
         self._record(ev.TrainStep(
             step=k + 1, loss=fake_loss(k), fwd_ms=fwd, bwd_ms=20.0, opt_ms=2.0, step_ms=fwd + 23.0,
             tok_per_s=4096 * 1000 / (fwd + 23.0), lr=3e-4, grad_norm=1.0 / (k + 1), epoch=k // 50,
-            tokens=(k + 1) * 4096, elapsed_s=(k + 1) * 0.033,
+            tokens=(k + 1) * 4096, elapsed_s=round(self.elapsed_s, 3),
         ))
         self.step = k + 1
 
-    def _sample(self, prompt: str) -> None:
+    def _sample_event(self, prompt: str) -> ev.Sample:
         pieces = [word + " " for word in self.sample_text.split(" ")]
         probs = [(i % 10) / 10 for i in range(len(pieces))]
-        self._record(ev.Sample(
+        return ev.Sample(
             step=self.step, prompt=prompt, text="".join(pieces), token_ids=list(range(len(pieces))),
             token_texts=pieces, token_probs=probs, tok_per_s=100.0,
-        ))
+        )
 
-    def _save(self, reason: str) -> None:
-        if self.step == self._saved_step:  # nothing new: no file, no event (as the real one)
+    def _save(self, reason: ev.SaveReason) -> bool | None:
+        if self.step == self.last_saved_step:  # nothing new: no file (as the real one)
+            if reason == ev.SaveReason.REQUEST:
+                self._record(ev.Notice(step=self.step, text=f"checkpoint for step {self.step} already saved"))
             return
         if self.saves_fail:
             self._record(ev.Error(step=self.step, message="saving failed: disk full"))
-            return
-        self._saved_step = self.step
+            return False
         started = time.monotonic()
-        path = self.run_dir / f"ckpt_{self.step:06d}.bin"
+        path = self.run_dir.checkpoint_path(self.step)
         path.write_bytes(self.step.to_bytes(8, "little"))
+        self.last_saved_step, self.last_checkpoint = self.step, path
         self._record(ev.CheckpointSaved(
             step=self.step, path=str(path), seconds=time.monotonic() - started, reason=reason,
         ))
+        return True

@@ -7,6 +7,10 @@ poll a condition with short explicit pauses (see the Pilot idle-wait note in tui
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,9 +20,10 @@ from textual.widgets import RichLog
 
 from tui_llm.app import TrainerApp
 from tui_llm.engine import events as ev
+from tui_llm.terminal import SignalHandlers
+from tui_llm.widgets.status_bar import EtaClock
 from tui_llm.screens.dialogs import HelpScreen, PromptScreen, QuitScreen
-from tui_llm.screens.chart import bucket_means
-from tui_llm.screens.metrics_csv import read_rows
+from tui_llm.widgets.text_charts import bucket_means
 
 
 async def until(pilot, condition, timeout: float = 5.0) -> None:
@@ -65,7 +70,7 @@ def trainer(tmp_path: Path) -> FakeTrainer:
 
 def started(pilot):
     """Wait until the fake trainer's run has started."""
-    return until(pilot, lambda: pilot.app.phase == "running")
+    return until(pilot, lambda: pilot.app.phase == ev.RunState.RUNNING)
 
 
 # -- plot -------------------------------------------------------------------------------
@@ -75,7 +80,7 @@ async def test_plot_gains_points_as_steps_arrive(trainer):
     app = TrainerApp(trainer)
     async with app.run_test() as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_plot
+        plot = app.dashboard.chart
         trainer.advance(7)
         await until(pilot, lambda: plot.drawn_points == 7)  # drawn by the redraw timer
         assert plot.train.x.tolist() == list(range(1, 8))  # TrainStep.step counts the step (the first is 1)
@@ -94,9 +99,9 @@ async def test_log_scale_and_smoothing_keys_change_the_plot(trainer):
     app = TrainerApp(trainer)
     async with app.run_test() as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_plot
+        plot = app.dashboard.chart
         await pilot.press("l")  # before any data
-        assert plot.log_scale and plot.border_subtitle == "log scale"
+        assert plot.log_scale and "log scale" in plot.border_subtitle
         plot.redraw()
         await pilot.pause(0.05)  # renders without crashing
         trainer.advance(20)
@@ -118,11 +123,37 @@ async def test_log_scale_and_smoothing_keys_change_the_plot(trainer):
         assert plot.smoothed.y[0] == pytest.approx(plot.train.y[0])
 
 
+async def test_metric_and_x_axis_keys_switch_the_chart(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await started(pilot)
+        chart = app.dashboard.chart
+        trainer.advance(30)
+        await until(pilot, lambda: chart.drawn_points == 30)
+        assert chart.border_title == "loss" and "━━ EMA 0.9" in chart.chart_text()
+        seen = []
+        for _ in range(5):
+            await pilot.press("m")
+            seen.append((chart.border_title, chart.chart_text().splitlines()[0].split()[1]))
+        assert seen == [("lr", "lr"), ("grad_norm", "grad_norm"), ("tok/s", "tok/s"), ("step ms", "fwd"),
+                        ("loss", "train")]
+        await pilot.press("x")
+        assert chart.x_axis == "tokens" and "x: tokens" in chart.border_subtitle
+        labels = chart.chart_text().splitlines()[-1].split()
+        assert labels[-1].endswith("k") and chart.chart_text().splitlines()[0].endswith("tokens")
+        await pilot.press("x")
+        assert chart.x_axis == "time" and chart.chart_text().splitlines()[-1].split()[-1].endswith("s")
+        await pilot.press("x")
+        assert chart.x_axis == "step" and chart.border_subtitle == ""
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+        assert {"Chart the next metric", "Chart against the next x axis"} <= titles
+
+
 async def test_a_new_step_repaints_only_the_rows_that_changed(trainer):
     app = TrainerApp(trainer)
     async with app.run_test(size=(120, 40)) as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_plot
+        plot = app.dashboard.chart
         trainer.advance(299)
         await until(pilot, lambda: plot.drawn_points == 299)
         repainted = []
@@ -138,10 +169,11 @@ async def test_a_100k_step_history_draws_at_once(tmp_path):
     app = TrainerApp(FakeTrainer(tmp_path / "run", start_step=100_000, total_steps=200_000), history=history)
     async with app.run_test(size=(200, 50)) as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_plot
+        plot = app.dashboard.chart
         await until(pilot, lambda: plot.drawn_points == 100_000)
         chart = plot.chart_text()
-        assert chart.splitlines()[-1].split()[-2:] == ["100000", "step"]  # the x axis reaches the last step
+        assert chart.splitlines()[-1].split()[-1] == "100000"  # the x axis reaches the last step
+        assert chart.splitlines()[0].endswith("step")
         assert "2┤" in chart and "7┤" in chart  # the first dot column: the mean of the first ~250 steps
 
 
@@ -169,7 +201,7 @@ async def test_history_repopulates_the_plot_up_to_the_resumed_step(tmp_path):
     app = TrainerApp(trainer, history=history)
     async with app.run_test() as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_plot
+        plot = app.dashboard.chart
         assert plot.train.x.tolist() == list(range(1, 21))  # steps 21..30 will be trained again
         assert plot.train.y[10:15].tolist() == [1.0] * 5
         assert plot.val.x.tolist() == [10]
@@ -180,6 +212,83 @@ async def test_history_repopulates_the_plot_up_to_the_resumed_step(tmp_path):
         assert "step 22/1,000" in app.dashboard.status_bar.render().plain
 
 
+async def test_resumed_ui_restores_curves_samples_and_log_from_the_trainers_history(tmp_path):
+    start = ev.RunStarted(
+        run_dir=str(tmp_path / "run"), model_name="fake-tiny", run_config={}, model_config={}, num_params=1,
+        memory_bytes=16, train_file="fake.txt", train_tokens=10, val_file=None, val_tokens=0, batches_per_epoch=5,
+        tokens_per_step=4096, world_size=1, step=0, steps=1000, elapsed_s=0.0)
+    history = [start.to_json(), ev.Validation(step=0, loss=5.5).to_json()]
+    history += [train_record(s, 5.0 - s / 100) for s in range(1, 41)]
+    history += [ev.Paused(step=12).to_json(), ev.Resumed(step=12).to_json(),
+                ev.Notice(step=15, text="an old notice [/bold]", level=ev.Level.WARNING).to_json(),
+                ev.Error(step=17, message="an old error").to_json(),
+                ev.Validation(step=20, loss=4.5).to_json(),
+                ev.Sample(step=20, prompt="O", text="O Romeo", token_texts=[" Romeo"], token_probs=[0.5]).to_json(),
+                ev.CheckpointSaved(step=40, path="ckpt_40", seconds=1.0, reason=ev.SaveReason.FINAL).to_json(),
+                ev.Finished(step=40, reason=ev.FinishReason.INTERRUPTED, checkpoint="ckpt_40").to_json(),
+                {"type": "from-a-newer-version", "step": 3}, {"type": "val", "step": "broken"}]
+    trainer = FakeTrainer(tmp_path / "run", start_step=40, history=history)
+    trainer.elapsed_s = 3725.0  # training time of the earlier runs
+    app = TrainerApp(trainer)  # no history given: the app asks the trainer
+    async with app.run_test(size=(160, 50)) as pilot:
+        await started(pilot)
+        chart, log = app.dashboard.chart, app.dashboard.event_log
+        assert chart.train.x.tolist() == list(range(1, 41))
+        assert chart.val.x.tolist() == [0, 20]
+        for line in ("run started", "step 20: val loss 4.5000", "paused at step 12", "resumed at step 12",
+                     "an old notice [/bold]", "step 17: ERROR an old error", "step 40: saved ckpt_40",
+                     "stopped at step 40 (interrupted)", "loaded 40 steps and 2 validations",
+                     "run started (resuming at step 40)"):
+            assert shown(log, line), line
+        assert "earlier" in text_of(log)  # history lines have no time of day
+        assert "O Romeo" in text_of(app.dashboard.samples)
+        assert "1h02m" in app.dashboard.status_bar.render().plain  # elapsed time goes on from the earlier runs
+        trainer.advance(1)
+        await until(pilot, lambda: app.steps_done == 41)
+        assert chart.train.x.tolist()[-1] == 41
+
+
+def test_eta_skips_warm_up_steps_averages_a_window_and_cuts_out_pauses():
+    clock = EtaClock()
+    clock.step(0.0)
+    clock.step(30.0)  # the first steps after a start are slow (compiling caches, threads spinning up)
+    assert clock.eta(100, 30.0) is None
+    for i in range(1, 7):
+        clock.step(30.0 + i)  # then 1 s a step
+    assert clock.seconds_per_step() == pytest.approx(1.0)  # the slow steps left out
+    assert clock.eta(100, 36.0) == pytest.approx(100.0)
+    assert clock.eta(100, 36.5) == pytest.approx(99.5)  # counts down between steps
+    clock.shift(600.0)  # a ten-minute pause
+    clock.step(637.0)
+    assert clock.seconds_per_step() == pytest.approx(1.0)
+    for i in range(1, 300):
+        clock.step(637.0 + 2 * i)  # slower now: the window follows
+    assert clock.seconds_per_step() == pytest.approx(2.0)
+
+
+async def test_samples_and_log_wrap_at_80x24_and_rewrap_when_resized(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(pilot)
+        dash = app.dashboard
+        long_words = "a-very-long-path/" * 12
+        dash.event_log.add(f"saved {long_words} and more words after it " * 3)
+        dash.samples.show(1, "", "the quick brown fox " * 30)
+        await pilot.pause(0.1)
+
+        def no_sideways_scroll(log) -> bool:
+            return log.virtual_size.width <= log.scrollable_content_region.width and log.max_scroll_x == 0
+
+        for log in (dash.event_log, dash.samples):
+            assert no_sideways_scroll(log), log
+            assert "a-very-long-path" in text_of(log) or "the quick" in text_of(log)
+        await pilot.resize_terminal(60, 24)
+        await pilot.pause(0.2)
+        for log in (dash.event_log, dash.samples):
+            assert no_sideways_scroll(log), log
+        assert shown(dash.samples, "the quick brown fox " * 30)
+
+
 # -- keys -------------------------------------------------------------------------------
 
 
@@ -187,7 +296,7 @@ async def test_pause_stops_steps_until_resume(trainer):
     app = TrainerApp(trainer)
     async with app.run_test() as pilot:
         await started(pilot)
-        plot = app.dashboard.loss_plot
+        plot = app.dashboard.chart
         trainer.advance(2)
         await until(pilot, lambda: len(plot.train) == 2)
 
@@ -238,7 +347,7 @@ async def test_save_key_logs_the_checkpoint(trainer):
         await pilot.press("c")
         log = app.dashboard.event_log
         await until(pilot, lambda: shown(log, "step 3: saved"))
-        assert (trainer.run_dir / "ckpt_000003.bin").is_file()
+        assert trainer.run_dir.checkpoint_path(3).is_file()
         assert app.saved_steps == 3 and app.state == "running"
         assert keys_shown(app)["Save"] is False  # saved already
         trainer.advance(1)
@@ -254,7 +363,7 @@ async def test_export_writes_csv_next_to_metrics(trainer):
         trainer.advance(12)
         await until(pilot, lambda: app.steps_done == 12)
         await pilot.press("e")
-        csv_path = trainer.run_dir / "metrics.csv"
+        csv_path = trainer.run_dir.path / "metrics.csv"
         await until(pilot, lambda: shown(app.dashboard.event_log, f"metrics written to {csv_path}"))
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -265,26 +374,15 @@ async def test_export_writes_csv_next_to_metrics(trainer):
         {0: fake_loss(0) + 0.1, 5: fake_loss(5) + 0.1, 10: fake_loss(10) + 0.1})
 
 
-def test_csv_rows_merge_validation_and_prefer_the_latest_record(tmp_path):
-    jsonl = tmp_path / "metrics.jsonl"
-    jsonl.write_text(
-        '{"type": "val", "step": 0, "loss": 9.0}\n'
-        '{"type": "train", "step": 1, "loss": 5.0}\n'
-        '{"type": "train", "step": 1, "loss": 4.0}\n'
-        '{"type": "val", "step": 1, "loss": 4.5}\n'
-        '{"type": "checkpoint", "step": 1}\n'
-        '{"type": "train", "st'
-    )
-    rows = read_rows(jsonl)
-    assert [(r["step"], r.get("loss"), r.get("val_loss")) for r in rows] == [
-        (0, None, 9.0), (1, 4.0, 4.5)]
-
-
 async def test_help_opens_and_closes(trainer):
     app = TrainerApp(trainer)
     async with app.run_test() as pilot:
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
+        keys = dict(app.screen.keys)
+        for key in ("p / space", "s", "g", "c / ^s", "l", "+-", "m", "x", "e", "?", "q"):
+            assert key in keys, (key, list(keys))
+        assert "not saved" in keys["q"]
         await pilot.press("escape")
         assert app.screen is app.dashboard
 
@@ -328,6 +426,100 @@ async def test_command_palette_offers_the_actions(trainer):
 # -- quitting -----------------------------------------------------------------------------
 
 
+async def test_quitting_while_compiling_says_so_and_exits_when_compiled(tmp_path):
+    trainer = FakeTrainer(tmp_path / "run", hold_compile=True)
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await until(pilot, lambda: app.state == "compiling")
+        await pilot.press("q")
+        assert not isinstance(app.screen, QuitScreen)  # nothing to save: no question
+        assert shown(app.dashboard.event_log, "compiling cannot be interrupted")
+        assert shown(app.dashboard.event_log, "nothing is saved and no run directory is left")
+        await until(pilot, lambda: app.return_code is not None)  # the fake finishes compiling on Stop
+    assert app.return_code == 0
+    assert trainer.received == [ev.Stop(save=False)]
+    assert not trainer.run_dir.path.exists()  # quit before the first step: nothing left behind
+
+
+async def test_sigterm_saves_the_current_step_and_exits_143(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        trainer.advance(3)
+        await until(pilot, lambda: app.steps_done == 3)
+        stop = ev.Stop(save=True, reason=ev.FinishReason.INTERRUPTED)
+        with SignalHandlers(stop=lambda: trainer.send(stop), tell=app.signal_received, abort_message=str):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs on this (the main) thread
+            await until(pilot, lambda: app.return_code is not None)
+        assert shown(app.dashboard.event_log, "SIGTERM: finishing the current step and saving")
+    assert app.return_code == 143
+    assert trainer.received == [stop]
+    assert trainer.run_dir.checkpoint_path(3).is_file()
+
+
+def test_a_second_signal_waits_and_a_third_aborts_at_once():
+    script = """if True:
+        import os, signal, sys, time
+        from tui_llm.terminal import SignalHandlers
+        handlers = SignalHandlers(stop=lambda: print("stop", flush=True),
+                                  tell=lambda signum, count: print("told", count, flush=True),
+                                  abort_message=lambda: "aborted: steps 4..6 are lost")
+        with handlers:
+            for _ in range(3):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)
+            time.sleep(30)
+        """
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 143
+    assert done.stdout.split("\n")[:3] == ["stop", "told 1", "told 2"]  # the Stop is sent once
+    assert "aborted: steps 4..6 are lost" in done.stderr
+
+
+async def test_a_second_signal_while_saving_is_only_acknowledged(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        trainer.advance(2)
+        await until(pilot, lambda: app.steps_done == 2)
+        app.signal_received(signal.SIGHUP, 1)  # as the handler does (it also sends the Stop: below)
+        await until(pilot, lambda: app.state == "stopping")
+        app.signal_received(signal.SIGHUP, 2)
+        await until(pilot, lambda: shown(app.dashboard.event_log, "still finishing the step and saving"))
+        assert app.return_code is None and "Save" not in {k for k, v in keys_shown(app).items() if v}
+        trainer.send(ev.Stop(save=True, reason=ev.FinishReason.INTERRUPTED))
+        await until(pilot, lambda: app.return_code is not None)
+    assert app.return_code == 129
+    assert trainer.run_dir.checkpoint_path(2).is_file()
+
+
+async def test_a_signal_after_the_run_finished_exits_at_once(tmp_path):
+    trainer = FakeTrainer(tmp_path / "run", total_steps=2)
+    app = TrainerApp(trainer)
+    async with app.run_test() as pilot:
+        await started(pilot)
+        trainer.advance(2)
+        await until(pilot, lambda: app.state == "finished")
+        app.signal_received(signal.SIGHUP, 1)
+        await until(pilot, lambda: app.return_code is not None)
+    assert app.return_code == 129
+
+
+async def test_quit_dialog_shows_its_keys(trainer):
+    app = TrainerApp(trainer)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(pilot)
+        trainer.advance(1)
+        await until(pilot, lambda: app.steps_done == 1)
+        await pilot.press("q")
+        labels = {button.id: str(button.label) for button in app.screen.query("Button")}
+        assert labels == {"save": "Save and quit (s)", "discard": "Quit without saving (d)", "cancel": "Cancel (esc)"}
+        for button in app.screen.query("Button"):
+            assert button.region.width >= len(str(button.label)) + 2, button.id  # not cut off at 80x24
+        await pilot.press("escape")
+
+
 @pytest.mark.parametrize("answer", ["save", "discard", "cancel"])
 async def test_quit_with_unsaved_steps_asks(trainer, answer):
     app = TrainerApp(trainer)
@@ -347,7 +539,7 @@ async def test_quit_with_unsaved_steps_asks(trainer, answer):
     if answer != "cancel":
         assert app.return_code == 0
         assert trainer.received == [ev.Stop(save=answer == "save")]
-        assert (trainer.run_dir / "ckpt_000004.bin").is_file() == (answer == "save")
+        assert trainer.run_dir.checkpoint_path(4).is_file() == (answer == "save")
 
 
 async def test_quit_without_unsaved_steps_stops_at_once(trainer):
@@ -360,20 +552,28 @@ async def test_quit_without_unsaved_steps_stops_at_once(trainer):
     assert app.return_code == 0
 
 
-async def test_after_finishing_only_quit_and_viewing_keys_apply(tmp_path):
-    trainer = FakeTrainer(tmp_path / "run", total_steps=3)
+async def test_after_finishing_sampling_still_works_from_the_final_weights(tmp_path):
+    trainer = FakeTrainer(tmp_path / "run", total_steps=3, sample_text="final words")
     app = TrainerApp(trainer)
     async with app.run_test() as pilot:
         await started(pilot)
         trainer.advance(3)
         await until(pilot, lambda: app.state == "finished")
         keys = keys_shown(app)
-        assert not any(keys[k] for k in ("Pause", "Sample", "Prompt", "Save"))
-        assert keys["Quit"] and keys["CSV"]
+        assert not any(keys[k] for k in ("Pause", "Save"))
+        assert keys["Quit"] and keys["CSV"] and keys["Sample"] and keys["Prompt"]
+        assert shown(app.dashboard.event_log, "s and g still sample from the final weights")
+        await pilot.press("s")  # trainer.sample() in a thread worker: the run is over
+        await until(pilot, lambda: "final words" in text_of(app.dashboard.samples))
+        assert "step 3" in text_of(app.dashboard.samples)
+        await until(pilot, lambda: app.state == "finished")
+        await pilot.press("g")
+        await pilot.press("H", "i", "enter")
+        await until(pilot, lambda: "prompt: 'Hi'" in text_of(app.dashboard.samples))
         await pilot.press("q")
         await until(pilot, lambda: app.return_code is not None)
     assert app.return_code == 0
-    assert trainer.received == []
+    assert trainer.received == []  # no command: the trainer's loop has returned
 
 
 # -- errors -------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ async def test_real_trainer_pause_sample_save_and_quit(tmp_path):
                        threads=1, init_style="numpy", out_dir=str(run))
     app = TrainerApp(Trainer(config))
     async with app.run_test(size=(100, 32)) as pilot:
-        plot = app.dashboard.loss_plot
+        plot = app.dashboard.chart
         await until(pilot, lambda: app.phase == "running" and len(plot.train) >= 3)
         assert len(plot.train) >= 3  # the plot gains points as steps arrive
 
@@ -67,3 +67,21 @@ async def test_real_trainer_pause_sample_save_and_quit(tmp_path):
     saved = sorted(run.glob("ckpt_*.safetensors"))[-1]
     _, meta = load_training_checkpoint(saved)
     assert meta["step"] == steps_in(run)  # the final checkpoint is at the step it stopped
+
+
+async def test_real_trainer_samples_from_the_final_weights_after_the_run(tmp_path):
+    tokens = np.tile(np.random.default_rng(4).integers(0, 50257, 31), 40)
+    write_tokens(tmp_path / "t_train.bin", tokens[:1000])
+    config = RunConfig(train_file=str(tmp_path / "t_train.bin"), model="d2", max_seq_len=32, batch_size=2,
+                       seq_len=16, steps=3, val_every=0, sample_every=0, sample_len=6, save_every=0, threads=1,
+                       init_style="numpy", out_dir=str(tmp_path / "run"))
+    app = TrainerApp(Trainer(config))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await until(pilot, lambda: app.phase == "finished" and not app.alive)
+        samples = app.dashboard.samples
+        await pilot.press("s")
+        await until(pilot, lambda: "step 3" in "\n".join(line.text for line in samples.lines))
+        assert app.state == "finished"
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running)
+    assert app.return_code == 0

@@ -1,4 +1,4 @@
-"""The braille line chart (screens/chart.py), the timing sparklines and the loss plot's buffers.
+"""The metrics chart (its layout in widgets/text_charts.py, drawn by plotext: widgets/plotext_charts.py), the timing sparklines and the loss plot's buffers.
 
 Charts are read back the way a person would: braille characters are decoded into their dots,
 and axis labels are found by their text.
@@ -12,17 +12,8 @@ import re
 import numpy as np
 import pytest
 
-from tui_llm.screens.chart import (
-    Line,
-    braille_cells,
-    draw_chart,
-    linear_ticks,
-    log_ticks,
-    nice_step,
-    tick_label,
-)
-from tui_llm.screens.loss_plot import Points
-from tui_llm.screens.timings import sparkline_rows
+from tui_llm.widgets.plotext_charts import draw_chart, duration_label, human_number
+from tui_llm.widgets.text_charts import Columns, Line, Points, linear_ticks, log_ticks, nice_step, sparkline_rows, tick_label
 
 # Unicode braille: dots 1-2-3 down the left column, 4-5-6 down the right, 7 and 8 below them.
 DOT_BITS = {(0, 0): 0x01, (0, 1): 0x02, (0, 2): 0x04, (1, 0): 0x08,
@@ -58,15 +49,6 @@ def dots_of(area: list[str]) -> set[tuple[int, int]]:
     return dots
 
 
-def test_braille_cells_sets_the_unicode_dot_bits():
-    xs = np.array([0, 1, 0, 3, 3])
-    ys = np.array([0, 0, 3, 4, 7])
-    cells = braille_cells(xs, ys, cols=2, rows=2)
-    assert chr(0x2800 + int(cells[0, 0])) == "⡉"  # dots 1, 4 and 7
-    assert cells[0, 1] == 0
-    assert chr(0x2800 + int(cells[1, 1])) == "⢈"  # dots 4 and 8
-
-
 def test_a_diagonal_line_has_one_dot_per_column_on_the_true_line():
     rows = chart(12, 7, [Line(np.array([0.0, 10.0]), np.array([0.0, 10.0]), "a")])
     area, _ = plot_area(rows)
@@ -75,7 +57,7 @@ def test_a_diagonal_line_has_one_dot_per_column_on_the_true_line():
     assert sorted(x for x, _ in dots) == list(range(dot_cols))  # continuous, one dot per column
     for x, y in dots:
         exact = (dot_rows - 1) * (1 - x / (dot_cols - 1))  # y = x, top row is 0
-        assert abs(y - exact) <= 0.5
+        assert abs(y - exact) <= 1  # plotext's rasterising: within a dot
 
 
 def test_a_flat_line_is_one_dot_row_through_the_whole_plot():
@@ -116,7 +98,7 @@ def assert_labels_on_the_line(rows: list[str], x_of_value, x_high: float) -> Non
     for value, row in y_labels(rows).items():
         column = round(x_of_value(value) / x_high * (dot_cols - 1))
         ys = [y for dx, y in dots if dx == column]
-        assert any(y // 4 == row for y in ys), (value, row, ys)
+        assert any(abs(y // 4 - row) <= 1 for y in ys), (value, row, ys)  # plotext rounds to cells its own way
 
 
 def test_y_labels_sit_on_the_rows_of_their_values():
@@ -148,7 +130,7 @@ def test_axes_move_only_now_and_then_as_a_run_grows():
     axes_moved, changed_rows = 0, []
     previous, y_range = None, None
     for n in range(1500, 2000):
-        drawn, y_range = draw_chart(120, 30, [Line(steps[:n], loss[:n], "a")], keep_y=y_range)  # as LossPlot does
+        drawn, y_range = draw_chart(120, 30, [Line(steps[:n], loss[:n], "a")], keep_y=y_range)  # as MetricsChart does
         rows = text_rows(drawn)
         if previous is not None:
             changed_rows.append(sum(a != b for a, b in zip(previous, rows)))
@@ -175,6 +157,54 @@ def test_later_lines_are_drawn_over_earlier_ones():
     plot_styles = {style for row in rows[1:-2] for text, style in row if text.strip("│┤ 0123456789.")}
     assert plot_styles == {"over"}
     assert text_rows(rows)[0].startswith("━━ u   ━━ o")
+
+
+def test_a_line_on_top_is_drawn_over_a_dense_line():
+    """Validation over a noisy raw train loss: every cell it passes through has its colour,
+    wherever the raw line is listed (plotext merges the dots of lines sharing a cell)."""
+    x = np.arange(0.0, 400.0)
+    noisy = 5 + np.where(x % 2 == 0, 1.0, -1.0) * np.linspace(0.1, 1, 400)
+    val = Line(np.array([0.0, 399.0]), np.array([4.0, 6.0]), "val", on_top=True)
+    alone, _ = draw_chart(60, 16, [Line(x, np.full_like(x, 5.0), "train"), val])
+    alone_area, start = plot_area(text_rows(alone))
+    val_cells = {(r, c) for r, row in enumerate(alone_area) for c, ch in enumerate(row)
+                 if ch != " " and dict(enumerate(cell_styles(alone[1 + r])))[start + c] == "val"}
+    assert len(val_cells) > 10
+    for lines in ([Line(x, noisy, "train"), val], [val, Line(x, noisy, "train")]):
+        both, _ = draw_chart(60, 16, lines)
+        for r, c in val_cells:
+            assert cell_styles(both[1 + r])[start + c] == "val"
+
+
+def cell_styles(row) -> list[str]:
+    return [style for text, style in row for _ in text]
+
+
+def test_a_loss_spike_does_not_squash_the_chart():
+    x = np.arange(1.0, 301.0)  # fewer steps than dot columns: the spike is not averaged away
+    loss = 2 + 3 * np.exp(-x / 50)
+    spiky = loss.copy()
+    spiky[200] = 60.0  # one step blows up
+    _, plain_range = draw_chart(100, 30, [Line(x, loss, "train", robust=True)])
+    _, spiky_range = draw_chart(100, 30, [Line(x, spiky, "train", robust=True)])
+    assert spiky_range[1] <= plain_range[1] + 0.5 < 10  # the spike goes off the top
+    _, whole = draw_chart(100, 30, [Line(x, spiky, "train")])  # not robust: everything fits
+    assert whole[1] >= 30  # the spike's dot column (its mean with a neighbour) fits
+
+
+def test_x_labels_of_tokens_and_time():
+    assert [human_number(v, 500) for v in (0, 500, 1500)] == ["0", "500", "1.5k"]
+    assert human_number(2_500_000, 500_000) == "2.5M"
+    assert [duration_label(v, 30) for v in (45, 720, 5400, 3600)] == ["45s", "12m", "1h30m", "1h"]
+
+
+def test_columns_grow_and_drop():
+    c = Columns(("step", "loss"))
+    for s in range(1, 3001):
+        c.append((s, 1.0 / s))
+    assert len(c) == 3000 and c["loss"][1] == 0.5
+    c.drop_from(101)
+    assert c["step"][-1] == 100
 
 
 def test_points_that_cannot_be_drawn_are_left_out():

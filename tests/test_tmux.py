@@ -4,17 +4,25 @@ Skipped where tmux is not installed (.ci/run installs it).
 """
 
 import json
+import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import tui_llm
 from tui_llm.engine.data import write_tokens
+
+SOURCE_ROOT = Path(tui_llm.__file__).resolve().parent.parent
+"""The tree under test: the tmux server may have been started by someone else, with their environment."""
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
@@ -53,17 +61,36 @@ class Terminal:
             time.sleep(0.3)
         raise AssertionError(f"timed out waiting for {what}; screen:\n{self.screen()}")
 
+    def pid(self) -> int:
+        """The process the pane's inner shell runs (tui-llm; see `command`)."""
+        pid = subprocess.run(["tmux", "list-panes", "-t", self.name, "-F", "#{pane_pid}"], capture_output=True,
+                             text=True, check=True).stdout.split()[0]
+        for _ in range(2):  # pane shell -> inner shell -> tui-llm
+            children = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
+            assert len(children) == 1, children
+            pid = children[0]
+        return int(pid)
+
     def close(self):
         subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
 
 
-def command(train_file, run_dir, steps, sample_every=0):
-    args = [sys.executable, "-m", "tui_llm", str(train_file), "--model", "d2", "-b", "2", "-t", "16",
-            "--max-seq-len", "32", "--threads", "1", "--steps", str(steps), "--val-every", "5",
-            "--sample-every", str(sample_every), "--sample-len", "8", "--save-every", "0", "--init-style", "numpy",
-            "--out-dir", str(run_dir)]
-    # keep the window open after exit so the test can read the exit status
-    return " ".join(f"'{a}'" for a in args) + f"; echo EXIT=$? > '{run_dir}.exit'; sleep 60"
+def tiny_args(train_file, steps, val_every=5, sample_every=0):
+    return [str(train_file), "--model", "d2", "-b", "2", "-t", "16", "--max-seq-len", "32", "--threads", "1",
+            "--steps", str(steps), "--val-every", str(val_every), "--sample-every", str(sample_every),
+            "--sample-len", "8", "--save-every", "0", "--init-style", "numpy"]
+
+
+def command(train_file, run_dir, steps, sample_every=0, val_every=5):
+    args = ["env", f"PYTHONPATH={SOURCE_ROOT}", sys.executable, "-m", "tui_llm",
+            *tiny_args(train_file, steps, val_every, sample_every), "--out-dir", str(run_dir)]
+    # An inner shell records the exit status, even after a hangup: when tmux kills the session,
+    # the pane's shell (the session leader) gets SIGHUP and exits, and the kernel then sends
+    # SIGHUP to the foreground process group, as when a terminal is closed: tui-llm and the inner
+    # shell, which survives it (its trap runs after tui-llm exits; tui-llm gets the default
+    # disposition back at exec). The outer shell keeps the window open after a normal exit.
+    inner = "trap : HUP; " + shlex.join(args) + f"; echo EXIT=$? > {shlex.quote(str(run_dir) + '.exit')}"
+    return f"sh -c {shlex.quote(inner)}; sleep 60"
 
 
 def test_dashboard_80x24_keys_pause_sample_save_quit(train_file, tmp_path):
@@ -116,8 +143,79 @@ def test_dashboard_200x50_shows_curves_timings_and_samples(train_file, tmp_path)
         for text in ("fwd", "bwd", "opt", "tok/s", "train", "val"):
             assert text in screen, text
         assert re.search(r"^│step (10|20|29)\b", screen, re.M)  # a sample entry, at the panel's left edge
+        term.press("m")  # the chart's other metrics, and other x axes
+        term.wait_for(lambda s: "─ lr ─" in s and "━━ lr" in s, "the lr chart")
+        term.press("m", "m", "m")
+        term.wait_for(lambda s: "─ step ms ─" in s and "━━ fwd" in s and "━━ opt" in s, "the step ms chart")
+        term.press("x")
+        term.wait_for(lambda s: "x: tokens" in s, "the tokens axis")
+        term.press("m")
+        term.wait_for(lambda s: "─ loss ─" in s and "━━ val" in s, "back to the loss")
         term.press("q")
         term.wait_for(lambda s: (run.parent / "big.exit").exists(), "exit", timeout=60)
         assert (run.parent / "big.exit").read_text().strip() == "EXIT=0"
     finally:
         term.close()
+
+
+# -- signals -------------------------------------------------------------------------------
+
+SIGNAL_STEPS = 200
+
+
+def run_cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(SOURCE_ROOT))
+    return subprocess.run([sys.executable, "-m", "tui_llm", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def train_losses(run_dir):
+    return [m["loss"] for m in read_metrics(run_dir) if m["type"] == "train"]
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_losses(train_file, tmp_path_factory):
+    run = tmp_path_factory.mktemp("reference") / "run"
+    done = run_cli(*tiny_args(train_file, SIGNAL_STEPS, val_every=50), "--no-ui", "--out-dir", str(run))
+    assert done.returncode == 0, done.stderr
+    return train_losses(run)
+
+
+@pytest.mark.parametrize("how", ["kill-session", "SIGTERM"])
+def test_signal_saves_exits_and_resume_continues_exactly(train_file, tmp_path, uninterrupted_losses, how):
+    """tmux kill-session hangs up the terminal (SIGHUP: exit 129); kill -TERM exits 143. Either
+    way the step in progress finishes, a checkpoint of it is saved, and --resume continues with
+    the losses of an uninterrupted run."""
+    run = tmp_path / "run"
+    term = Terminal(80, 24, command(train_file, run, SIGNAL_STEPS, val_every=50))
+    exit_file = run.parent / "run.exit"
+    try:
+        term.wait_for(lambda s: (run / "metrics.jsonl").exists() and len(train_losses(run)) >= 5,
+                      "the first steps")
+        if how == "kill-session":
+            term.close()
+        else:
+            os.kill(term.pid(), signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while not exit_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert exit_file.read_text().strip() == ("EXIT=129" if how == "kill-session" else "EXIT=143")
+        if how == "SIGTERM":  # the terminal is given back: the exit summary shows in the shell's screen
+            term.wait_for(lambda s: "continue with: tui-llm --resume" in s, "the exit summary", timeout=10)
+    finally:
+        term.close()
+    metrics = read_metrics(run)
+    stopped_at = len(train_losses(run))
+    assert 5 <= stopped_at < SIGNAL_STEPS
+    assert metrics[-1] == {**metrics[-1], "type": "finished", "reason": "interrupted", "step": stopped_at}
+    checkpoints = sorted(run.glob("ckpt_*.safetensors"))
+    assert [p.name for p in checkpoints] == [f"ckpt_{stopped_at:08d}.safetensors"]  # the current step, saved
+
+    resumed = run_cli("--resume", str(run), "--no-ui", "--steps", str(SIGNAL_STEPS))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming at step {stopped_at}" in resumed.stdout
+    assert train_losses(run) == uninterrupted_losses  # bit-identical

@@ -4,14 +4,17 @@ The trainer's blocking `run(emit)` loop runs in a thread worker. Every event it 
 wrapped in a `TrainerEvent` message and posted to the app (thread-safe, non-blocking); the
 app keeps the run's state from those messages alone and passes each event on to the
 dashboard. Keys become commands through `trainer.send`. Nothing here reaches into the trainer.
+The app owns the run (its state, the keys that command the trainer, quitting); the dashboard
+screen owns the view (and the keys that only change the view).
 """
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -24,17 +27,24 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from tui_llm.engine import events as ev
+from tui_llm.engine.run_dir import RunDir
 from tui_llm.screens.dashboard import DashboardScreen
 from tui_llm.screens.dialogs import HelpScreen, PromptScreen, QuitScreen
-from tui_llm.screens.metrics_csv import export_csv
+from tui_llm.terminal import SIGNAL_EXIT, HangupSafeDriver, SignalHandlers
+
+RunState = ev.RunState
 
 
 class Trainer(Protocol):
-    """All the app needs from a trainer."""
+    """All the app needs from a trainer (`history` and `sample` are used when present)."""
 
     def run(self, emit: Callable[[ev.Event], None], on_error: str = "stop") -> object: ...
 
     def send(self, command: ev.Command) -> None: ...
+
+    def history(self) -> list[dict]: ...
+
+    def sample(self, prompt: str = "") -> ev.Sample: ...
 
 
 @dataclass
@@ -44,15 +54,25 @@ class TrainerEvent(Message):
     event: ev.Event
 
 
+@dataclass
+class Signalled(Message):
+    """The process got SIGINT, SIGTERM or SIGHUP (`count`: how many so far)."""
+
+    signum: int
+    count: int
+
+
 PALETTE = (
     ("pause", "Pause training", "Pause after the current step"),
     ("resume", "Resume training", "Continue from where training paused"),
     ("sample", "Sample now", "Generate a sample from the current weights"),
     ("prompt", "Sample from a prompt", "Type a prompt and generate from it"),
     ("save", "Save checkpoint", "Write a checkpoint of the current step"),
-    ("log_scale", "Toggle log scale", "Switch the loss axis between linear and log"),
-    ("smooth_more", "More smoothing", "Raise the EMA weight of the smoothed loss"),
-    ("smooth_less", "Less smoothing", "Lower the EMA weight of the smoothed loss"),
+    ("screen.log_scale", "Toggle log scale", "Switch the loss axis between linear and log"),
+    ("screen.smooth_more", "More smoothing", "Raise the EMA weight of the smoothed loss"),
+    ("screen.smooth_less", "Less smoothing", "Lower the EMA weight of the smoothed loss"),
+    ("screen.next_metric", "Chart the next metric", "Loss, lr, grad_norm, tok/s, step ms"),
+    ("screen.next_x_axis", "Chart against the next x axis", "Steps, tokens, training time"),
     ("export", "Export metrics CSV", "Write metrics.csv next to metrics.jsonl"),
     ("help", "Help", "Keys and what each panel shows"),
 )
@@ -70,21 +90,17 @@ class TrainerApp(App[int]):
         Binding("s", "sample", "Sample", tooltip="Sample from the current weights"),
         Binding("g", "prompt", "Prompt", tooltip="Sample from a prompt you type"),
         Binding("c,ctrl+s", "save", "Save", tooltip="Save a checkpoint of the current step"),
-        Binding("l", "log_scale", "Log", tooltip="Toggle a log scale on the loss axis"),
-        Binding("plus", "smooth_more", "EMA", key_display="+-",
-                tooltip="More / less smoothing of the train loss"),
-        Binding("minus", "smooth_less", "Less smooth", show=False),
         Binding("e", "export", "CSV", tooltip="Export metrics.csv next to metrics.jsonl"),
         Binding("question_mark", "help", "Help", tooltip="This help"),
         Binding("q", "quit", "Quit", tooltip="Quit (asks if the last steps are not saved)"),
     ]
 
-    phase: var[str] = var("starting", bindings=True)
+    phase: var[RunState] = var(RunState.STARTING, bindings=True)
     """What the trainer is doing: starting, compiling, running, paused or finished."""
     saving: var[bool] = var(False, bindings=True)
     """A SaveNow was sent and its CheckpointSaved has not arrived."""
     sampling: var[bool] = var(False, bindings=True)
-    """A SampleNow was sent and its Sample has not arrived."""
+    """A sample was asked for and has not arrived."""
     stopping: var[bool] = var(False, bindings=True)
     """A Stop was sent; the app exits when Finished arrives."""
     failed: var[bool] = var(False, bindings=True)
@@ -93,7 +109,7 @@ class TrainerApp(App[int]):
     """The trainer's run() has not returned."""
     unsaved: var[bool] = var(False, bindings=True)
     """Steps were done since the last checkpoint (the save key applies)."""
-    state: reactive[str] = reactive("starting", init=False)
+    state: reactive[RunState] = reactive(RunState.STARTING, init=False)
     """The state shown in the status bar (computed from the above)."""
 
     def __init__(
@@ -101,22 +117,37 @@ class TrainerApp(App[int]):
         trainer: Trainer,
         history: list[dict] | None = None,
         title: str = "tui-llm",
+        **kwargs,
     ) -> None:
-        super().__init__()
+        super().__init__(**kwargs)
         self.trainer = trainer
-        self.history = history or []
+        self.history = history
+        """The run's earlier records (None: ask the trainer)."""
         self.title = title
         self.dashboard = DashboardScreen(title)
         self.run_dir: Path | None = None
         self.steps_done = 0
         self.saved_steps = 0
         """Steps done when the last checkpoint was written."""
+        self.signal_exit: int | None = None
+        """Exit status owed to a signal (129, 130, 143), once one arrived."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.resumed = False
+        """The run has steps from before (a --resume)."""
+        self._early_signals: list[Signalled] = []
 
     async def on_mount(self) -> None:
-        """Show the dashboard with the earlier run's history, then start training."""
+        """Show the dashboard with the run's history so far, then start training."""
+        self.loop = asyncio.get_running_loop()
         await self.push_screen(self.dashboard)
-        self.dashboard.load_history(self.history)
+        history = self.history
+        if history is None:
+            history = self.trainer.history() if hasattr(self.trainer, "history") else []
+        self.resumed = any(record.get("type") == "train" for record in history)
+        self.dashboard.load_history(history)
         self.run_trainer()
+        for message in self._early_signals:
+            self.post_message(message)
 
     @work(thread=True, exit_on_error=False, name="trainer")
     def run_trainer(self) -> None:
@@ -130,32 +161,34 @@ class TrainerApp(App[int]):
 
     # -- state -------------------------------------------------------------------------
 
-    def compute_state(self) -> str:
-        if self.phase == "finished":
-            return "error" if self.failed else "finished"
-        if not self.alive or (self.failed and self.phase == "paused"):
-            return "error"
+    def compute_state(self) -> RunState:
+        if self.phase == RunState.FINISHED:
+            return RunState.ERROR if self.failed else RunState.SAMPLING if self.sampling else RunState.FINISHED
+        if not self.alive or (self.failed and self.phase == RunState.PAUSED):
+            return RunState.ERROR
         if self.stopping:
-            return "stopping"
+            return RunState.STOPPING
         if self.saving:
-            return "saving"
+            return RunState.SAVING
         if self.sampling:
-            return "sampling"
+            return RunState.SAMPLING
         return self.phase
 
-    def watch_state(self, state: str) -> None:
+    def watch_state(self, state: RunState) -> None:
         self.dashboard.set_state(state)
 
     def on_trainer_event(self, message: TrainerEvent) -> None:
         """Update the run state from one event, then show it."""
+        if not self.dashboard.is_mounted:  # the app is closing (a Stop from on_unmount)
+            return
         event = message.event
         match event:
             case ev.Compiling():
-                self.phase = "compiling"
+                self.phase = RunState.COMPILING
             case ev.RunStarted():
                 self.run_dir = Path(event.run_dir)
                 self.steps_done = self.saved_steps = event.step
-                self.phase = "running"
+                self.phase = RunState.RUNNING
             case ev.TrainStep():
                 self.steps_done = event.step
                 self.unsaved = True
@@ -166,70 +199,114 @@ class TrainerApp(App[int]):
                 self.saved_steps = max(self.saved_steps, event.step)
                 self.unsaved = self.steps_done > self.saved_steps
             case ev.Paused():
-                self.phase = "paused"
+                self.phase = RunState.PAUSED
             case ev.Resumed():
-                self.phase = "running"
+                self.phase = RunState.RUNNING
                 self.failed = False
             case ev.Error():
                 self.saving = self.sampling = False
                 self.failed = True
-                self.stopping = False  # e.g. the final save failed: stay to show it
+                if self.signal_exit is None:
+                    self.stopping = False  # e.g. the final save failed: stay to show it
                 self.notify(event.message, title="Training error", severity="error", timeout=10, markup=False)
             case ev.Finished():
-                self.failed = self.failed or event.reason == "error"
-                self.phase = "finished"
+                self.failed = self.failed or event.reason == ev.FinishReason.ERROR
+                self.phase = RunState.FINISHED
         self.dashboard.show(event)
         if isinstance(event, ev.Paused) and self.failed:
             hint = "the weights are intact: save (c), resume (p) or quit (q)"
             self.dashboard.event_log.add(hint, "warning")
-        if isinstance(event, ev.Finished) and self.stopping:
-            self.exit_run()
+        if isinstance(event, ev.Finished):
+            if self.stopping or self.signal_exit is not None:
+                self.exit_run()
+            elif self.can_sample_final():
+                self.dashboard.event_log.add("s and g still sample from the final weights; q quits")
+            else:
+                self.dashboard.event_log.add("q quits")
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        """The trainer returned or crashed, or an export finished."""
+        """The trainer returned or crashed, an export finished, or a sample after the run."""
         name, state, log = event.worker.name, event.state, self.dashboard.event_log
         if name == "trainer" and state in (WorkerState.SUCCESS, WorkerState.ERROR):
             self.alive = False
             if state == WorkerState.ERROR:
                 self.failed = True
                 log.add(f"the trainer crashed: {event.worker.error!r}; q quits", "error")
-            if self.stopping and self.phase != "finished":
+            if (self.stopping or self.signal_exit is not None) and self.phase != RunState.FINISHED:
                 self.exit_run()
         elif name == "export" and state == WorkerState.SUCCESS:
             log.add(f"metrics written to {event.worker.result}", "good")
         elif name == "export" and state == WorkerState.ERROR:
             log.add(f"export failed: {event.worker.error}", "error")
+        elif name == "final-sample" and state in (WorkerState.SUCCESS, WorkerState.ERROR):
+            self.sampling = False
+            if state == WorkerState.SUCCESS:
+                self.dashboard.show(event.worker.result)
+            else:
+                log.add(f"sampling failed: {event.worker.error}", "error")
 
     def exit_run(self) -> None:
-        """Leave the app: status 1 if the run ended in an error, else 0."""
-        code = 1 if self.failed else 0
+        """Leave the app: 1 if the run ended in an error, else the signal's status, else 0."""
+        code = 1 if self.failed else self.signal_exit or 0
         self.exit(code, return_code=code)
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def signal_received(self, signum: int, count: int) -> None:
+        """From a signal handler (main thread, any moment): hand the news to the event loop."""
+        message = Signalled(signum, count)
+        if self.loop is None:
+            self._early_signals.append(message)
+        else:
+            self.loop.call_soon_threadsafe(self.post_message, message)
+
+    def on_signalled(self, message: Signalled) -> None:
+        """The handler already sent Stop(save=True); say so, exit when the trainer finishes."""
+        name = signal.Signals(message.signum).name
+        log = self.dashboard.event_log
+        if message.count == 1:
+            self.signal_exit = SIGNAL_EXIT.get(message.signum, 128 + message.signum)
+            if not self.alive or self.phase == RunState.FINISHED:
+                self.exit_run()
+                return
+            self.stopping = True
+            log.add(f"{name}: finishing the current step and saving, then exiting ...", "warning")
+        else:
+            log.add(f"{name}: still finishing the step and saving; once more aborts and loses the steps "
+                    "since the last checkpoint", "warning")
 
     # -- which keys apply now ----------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """True: allowed. None: shown dimmed. False: hidden (pause/resume share a key)."""
-        training = self.alive and self.phase in ("running", "paused") and not self.stopping
+        training = self.alive and self.phase in (RunState.RUNNING, RunState.PAUSED) and not self.stopping
         if action == "pause":
-            if training and self.phase == "paused":
+            if training and self.phase == RunState.PAUSED:
                 return False
             return True if training else None
         if action == "resume":
-            return training and self.phase == "paused"
+            return training and self.phase == RunState.PAUSED
         if action in ("sample", "prompt"):
-            return True if training and not self.sampling else None
+            return True if (training or self.can_sample_final()) and not self.sampling else None
         if action == "save":  # the trainer skips a save when no step was done since the last
             return True if training and not self.saving and self.unsaved else None
         if action == "export":
             return True if self.run_dir is not None else None
         return True
 
+    def can_sample_final(self) -> bool:
+        """The run finished with its weights in memory: sample from them in a thread."""
+        return (self.phase == RunState.FINISHED and self.steps_done > 0
+                and self.signal_exit is None and hasattr(self.trainer, "sample"))
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The command palette offers the same actions as the keys, when they apply."""
         yield from super().get_system_commands(screen)
         for action, title, help_text in PALETTE:
-            if self.check_action(action, ()):
-                yield SystemCommand(title, help_text, getattr(self, f"action_{action}"))
+            target, _, name = action.rpartition(".")
+            owner = self.screen if target == "screen" else self
+            if owner.check_action(name, ()):
+                yield SystemCommand(title, help_text, getattr(owner, f"action_{name}"))
 
     # -- actions -----------------------------------------------------------------------
 
@@ -243,9 +320,13 @@ class TrainerApp(App[int]):
         self.trainer.send(ev.Resume())
 
     def action_sample(self, prompt: str = "") -> None:
-        """Ask for a sample from the current weights."""
+        """Ask for a sample from the current weights (after the run: the final ones)."""
         self.sampling = True
-        self.trainer.send(ev.SampleNow(prompt=prompt))
+        if self.phase != RunState.FINISHED:
+            self.trainer.send(ev.SampleNow(prompt=prompt))
+        else:
+            self.run_worker(lambda: self.trainer.sample(prompt), name="final-sample", thread=True,
+                            exclusive=True, group="sample", exit_on_error=False)
 
     def action_prompt(self) -> None:
         """Ask for a prompt, then sample from it."""
@@ -261,30 +342,19 @@ class TrainerApp(App[int]):
         self.saving = True
         self.trainer.send(ev.SaveNow())
 
-    def action_log_scale(self) -> None:
-        """Toggle the loss axis between linear and log."""
-        plot = self.dashboard.loss_plot
-        plot.log_scale = not plot.log_scale
-
-    def action_smooth_more(self) -> None:
-        self.dashboard.loss_plot.smooth_more()
-
-    def action_smooth_less(self) -> None:
-        self.dashboard.loss_plot.smooth_less()
-
     def action_export(self) -> None:
         """Write metrics.csv next to the run's metrics.jsonl (in a thread: it can be long)."""
         assert self.run_dir is not None
         self.run_worker(
-            partial(export_csv, self.run_dir / "metrics.jsonl"),
+            RunDir(self.run_dir).export_csv,
             name="export", thread=True, exclusive=True, group="export", exit_on_error=False,
         )
 
     def action_help(self) -> None:
-        """Show the keys (from BINDINGS) and what each panel shows."""
+        """Show the keys (from the app's and the dashboard's bindings) and what each panel shows."""
         keys: dict[str, str] = {}
-        for binding in self.BINDINGS:
-            if binding.show:
+        for binding in [*self.BINDINGS, *DashboardScreen.BINDINGS]:
+            if binding.tooltip:
                 shown = binding.key_display or " / ".join(
                     self.get_key_display(Binding(key, binding.action)) for key in binding.key.split(",")
                 )
@@ -294,12 +364,20 @@ class TrainerApp(App[int]):
 
     def action_quit(self) -> None:
         """Stop training (asking about unsaved steps) and exit once the trainer finishes."""
-        if not self.alive or self.phase == "finished":
+        if not self.alive or self.phase == RunState.FINISHED:
             self.exit_run()
         elif isinstance(self.screen, QuitScreen):  # ctrl+q works in dialogs too
             return
         elif self.stopping:
             self.notify("Stopping after the current step...")
+        elif self.phase in (RunState.STARTING, RunState.COMPILING):
+            self.stopping = True
+            self.trainer.send(ev.Stop(save=False, reason=ev.FinishReason.STOPPED))
+            left = ("the run directory stays as its last checkpoint left it" if self.resumed
+                    else "no run directory is left")
+            self.dashboard.event_log.add(
+                "quitting: compiling cannot be interrupted, so the app exits as soon as it is done; "
+                f"no step is trained, nothing is saved and {left}", "warning")
         elif self.unsaved:
             self.push_screen(QuitScreen(self.steps_done, self.saved_steps), self._answer_quit)
         else:
@@ -317,11 +395,25 @@ class TrainerApp(App[int]):
 
 
 def run_app(trainer: Trainer, history: list[dict] | None = None) -> int:
-    """Run the UI until the user quits; returns the exit status (1 after a training error)."""
+    """Run the UI until the user quits or a signal stops the run; returns the exit status
+    (1 after a training error; 130 / 143 / 129 after SIGINT / SIGTERM / SIGHUP)."""
     # The trainer thread needs the GIL back after every kernel and matmul (~100 per step). While
     # the UI thread renders, Python hands the GIL over only every switch interval (5 ms by
     # default): a shorter one keeps the UI's cost to training small.
     sys.setswitchinterval(0.0005)
-    app = TrainerApp(trainer, history)
-    app.run()
-    return app.return_code or 0
+    app = TrainerApp(trainer, history, driver_class=HangupSafeDriver if sys.platform != "win32" else None)
+
+    def abort_message() -> str:
+        step, saved = getattr(trainer, "step", None), getattr(trainer, "last_saved_step", None)
+        if isinstance(step, int) and isinstance(saved, int):
+            return f"aborted: steps {max(saved, 0) + 1}..{step} are lost"
+        return "aborted: the steps since the last checkpoint are lost"
+
+    handlers = SignalHandlers(stop=lambda: trainer.send(ev.Stop(save=True, reason=ev.FinishReason.INTERRUPTED)),
+                              tell=app.signal_received, abort_message=abort_message)
+    with handlers:
+        app.run()
+    code = app.return_code or 0
+    if handlers.exit_code is not None and code != 1:
+        return handlers.exit_code
+    return code

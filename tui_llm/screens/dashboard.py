@@ -1,7 +1,8 @@
 """The main screen: status bar, loss chart, step timings, samples and the event log.
 
 It only displays. `show(event)` routes one trainer event to the panels that care about it;
-the app decides what the run's state is and what keys do.
+the app decides what the run's state is and what keys that command the trainer do. The keys
+that only change the view (log scale, smoothing) are this screen's.
 
 Steps can arrive many times a second, and every repaint takes CPU time from the training
 threads on the same cores. So a step only records its numbers; the panels that show steps
@@ -11,47 +12,46 @@ threads on the same cores. So a step only records its numbers; the panels that s
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Label, ProgressBar
 
 from tui_llm.engine import events as ev
-from tui_llm.screens.logs import EventLog, SamplesPanel
-from tui_llm.screens.loss_plot import LossPlot
-from tui_llm.screens.status import StatusBar
-from tui_llm.screens.timings import HISTORY, TimingsPanel
+from tui_llm.widgets.logs import EventLog, SamplesPanel
+from tui_llm.widgets.metrics_chart import MetricsChart
+from tui_llm.widgets.status_bar import StatusBar
+from tui_llm.widgets.timings import HISTORY, TimingsPanel
 
 TICK_SECONDS = 1.0
 """Time between two repaints of the step panels."""
 
-REPLAYED = {cls.kind: cls for cls in (ev.TrainStep, ev.Sample, ev.CheckpointSaved, ev.Validation, ev.Notice, ev.Error)}
-"""The metrics.jsonl records rebuilt into events when an earlier run's history is shown."""
-FIELDS = {kind: {f.name for f in dataclasses.fields(cls)} for kind, cls in REPLAYED.items()}
-
-
-def event_from_record(record: dict) -> ev.Event | None:
-    """Rebuild an event from its metrics.jsonl record, or None if it is not one we replay."""
-    kind = record.get("type", "")
-    if kind not in REPLAYED:
-        return None
-    try:
-        return REPLAYED[kind](**{k: v for k, v in record.items() if k in FIELDS[kind]})
-    except TypeError:  # a field is missing: written by another version
-        return None
+EARLIER = "earlier  "
+"""Where the log shows a time, a line from the run's history shows this."""
 
 
 def latest_by_step(records: list[dict], kind: str) -> list[dict]:
-    """The records of one type in step order; when a resumed run repeated a step, its last."""
-    by_step = {r.get("step", 0): r for r in records if r.get("type") == kind}
+    """The records of one type with a step and a loss, in step order; when a resumed run repeated
+    a step, its last. (Records of another version may lack either: they are left out.)"""
+    by_step = {r["step"]: r for r in records if r.get("type") == kind and isinstance(r.get("step"), int)
+               and isinstance(r.get("loss"), (int, float))}
     return [by_step[step] for step in sorted(by_step)]
 
 
 class DashboardScreen(Screen):
     """Everything about the run on one screen."""
+
+    BINDINGS = [
+        Binding("l", "log_scale", "Log", tooltip="Toggle a log scale on the loss axis"),
+        Binding("plus", "smooth_more", "EMA", key_display="+-",
+                tooltip="More / less smoothing of the train loss"),
+        Binding("minus", "smooth_less", "Less smooth", show=False),
+        # not in the footer (80 columns hold the others): in the help and the command palette
+        Binding("m", "next_metric", "Metric", show=False,
+                tooltip="Chart the loss, lr, grad_norm, tok/s or the step's fwd/bwd/opt ms"),
+        Binding("x", "next_x_axis", "x axis", show=False, tooltip="Chart against steps, tokens or training time"),
+    ]
 
     def __init__(self, title: str) -> None:
         super().__init__()
@@ -63,7 +63,7 @@ class DashboardScreen(Screen):
             yield Label("Compiling kernels (cached after the first run)...", id="compile-label")
             yield ProgressBar(show_eta=False, id="compile-progress")
         with Horizontal(id="top"):
-            yield LossPlot(id="loss")
+            yield MetricsChart(id="chart")
             yield TimingsPanel(id="timings")
         with Horizontal(id="bottom"):
             yield SamplesPanel(id="samples")
@@ -71,18 +71,17 @@ class DashboardScreen(Screen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.query_one(LossPlot).border_title = "loss"
         self.set_interval(TICK_SECONDS, self.tick)
 
     def tick(self) -> None:
         """Repaint the step panels whose numbers changed since the last tick."""
         self.status_bar.tick()
         self.timings.tick()
-        self.loss_plot.redraw()
+        self.chart.redraw()
 
     @property
-    def loss_plot(self) -> LossPlot:
-        return self.query_one(LossPlot)
+    def chart(self) -> MetricsChart:
+        return self.query_one(MetricsChart)
 
     @property
     def event_log(self) -> EventLog:
@@ -100,36 +99,67 @@ class DashboardScreen(Screen):
     def timings(self) -> TimingsPanel:
         return self.query_one(TimingsPanel)
 
-    def set_state(self, state: str) -> None:
+    # -- view keys -----------------------------------------------------------------------
+
+    def action_log_scale(self) -> None:
+        """Toggle the y axis between linear and log."""
+        chart = self.chart
+        chart.log_scale = not chart.log_scale
+
+    def action_smooth_more(self) -> None:
+        """More smoothing of the train loss."""
+        self.chart.smooth_more()
+
+    def action_smooth_less(self) -> None:
+        """Less smoothing of the train loss."""
+        self.chart.smooth_less()
+
+    def action_next_metric(self) -> None:
+        """Chart the next metric: loss, lr, grad_norm, tok/s, step ms."""
+        self.chart.next_metric()
+
+    def action_next_x_axis(self) -> None:
+        """Chart against the next x axis: steps, tokens, training time."""
+        self.chart.next_x_axis()
+
+    # -- what the app tells -------------------------------------------------------------
+
+    def set_state(self, state: ev.RunState) -> None:
         """Show the run state (computed by the app)."""
         self.status_bar.state = state
-        self.set_class(state == "compiling", "-compiling")
+        self.set_class(state == ev.RunState.COMPILING, "-compiling")
 
     def load_history(self, records: list[dict]) -> None:
-        """Replay an earlier run's metrics.jsonl: plot its losses, show its samples and saves."""
+        """Show the run so far (metrics.jsonl's records): its curves, samples and log."""
         train, val = latest_by_step(records, "train"), latest_by_step(records, "val")
-        plot = self.loss_plot
-        for record in train:  # maybe 100k of them: only the plot needs them all
-            plot.add_train(record.get("step", 0), record.get("loss", math.nan))
+        chart = self.chart
+        for record in train:  # maybe 100k of them: only the chart needs them all, and not as events
+            chart.add_step(record)
         for record in val:
-            plot.add_val(record.get("step", 0), record.get("loss", math.nan))
+            chart.add_val(record["step"], float(record["loss"]))
         for record in train[-HISTORY:]:
-            if (event := event_from_record(record)) is not None:
+            if isinstance(event := ev.event_from_json(record), ev.TrainStep):
                 self.timings.record(event)
         for record in records:
-            if record.get("type") in ("sample", "checkpoint"):
-                if (event := event_from_record(record)) is not None:
-                    self.show(event)
+            if record.get("type") in ("train", "compiling"):
+                continue
+            if (event := ev.event_from_json(record)) is not None:
+                self.show(event, replay=True)
         if train:
-            self.event_log.add(f"loaded {len(train):,} steps and {len(val):,} validations "
-                               "of earlier training")
+            self.event_log.add(f"loaded {len(train):,} steps and {len(val):,} validations of earlier training",
+                               when=EARLIER)
 
     def remove_compile_panel(self) -> None:
         """Compiling is over: the progress bar goes (its timers would go on waking the UI)."""
         self.query("#compile").remove()
 
-    def show(self, event: ev.Event) -> None:
-        """Route one trainer event to the panels."""
+    def show(self, event: ev.Event, replay: bool = False) -> None:
+        """Route one trainer event to the panels; `replay`: an event of the run's history."""
+        log = self.event_log
+
+        def add(message: str, level: str = "info") -> None:
+            log.add(message, level, when=EARLIER if replay else None)
+
         match event:
             case ev.Compiling(done=done, total=total, name=name):
                 for label in self.query("#compile-label").results(Label):
@@ -138,36 +168,37 @@ class DashboardScreen(Screen):
                     bar.update(total=total, progress=done)
                 self.status_bar.compile_note = f"{done}/{total} {name}  "
             case ev.RunStarted():
-                self.remove_compile_panel()
-                self.loss_plot.drop_from(event.step)
-                self.status_bar.show_start(event)
+                if not replay:
+                    self.remove_compile_panel()
+                    self.chart.drop_from(event.step)
+                    self.status_bar.show_start(event)
                 resumed = f" (resuming at step {event.step:,})" if event.step else ""
-                self.event_log.add(f"run started{resumed}: {event.run_dir}")
+                add(f"run started{resumed}: {event.run_dir}")
             case ev.TrainStep():
-                self.loss_plot.add_train(event.step, event.loss)
+                self.chart.add_step(event)
                 self.timings.record(event)
                 self.status_bar.record_step(event)
             case ev.Validation(step=step, loss=loss):
-                self.loss_plot.add_val(step, loss)
-                self.event_log.add(f"step {step:,}: val loss {loss:.4f}")
+                if not replay:
+                    self.chart.add_val(step, loss)
+                add(f"step {step:,}: val loss {loss:.4f}")
             case ev.Sample():
                 self.samples.show(
                     event.step, event.prompt, event.text, event.token_texts, event.token_probs
                 )
             case ev.CheckpointSaved():
-                self.event_log.add(
-                    f"step {event.step:,}: saved {event.path} ({event.reason}, {event.seconds:.1f} s)",
-                    "good",
-                )
+                add(f"step {event.step:,}: saved {event.path} ({event.reason}, {event.seconds:.1f} s)", "good")
             case ev.Paused(step=step):
-                self.event_log.add(f"paused at step {step:,}")
+                add(f"paused at step {step:,}")
             case ev.Resumed(step=step):
-                self.event_log.add(f"resumed at step {step:,}")
+                add(f"resumed at step {step:,}")
             case ev.Notice(text=text, level=level):
-                self.event_log.add(text, level)
+                add(text, level)
             case ev.Error(step=step, message=message):
-                self.event_log.add(f"step {step:,}: ERROR {message}", "error")
+                add(f"step {step:,}: ERROR {message}", "error")
             case ev.Finished(step=step, reason=reason):
-                self.remove_compile_panel()
-                self.status_bar.stop_clock()
-                self.event_log.add(f"finished at step {step:,} ({reason}); q quits", "good")
+                if replay:
+                    add(f"stopped at step {step:,} ({reason})")
+                else:
+                    self.remove_compile_panel()
+                    add(f"finished at step {step:,} ({reason})", "good")

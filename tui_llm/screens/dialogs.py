@@ -12,21 +12,38 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 PANELS = (
-    ("loss", "train loss per step (faint: raw, bright: EMA-smoothed, debiased) and "
-             "validation loss (orange), on one step axis; each dot column shows the mean of "
-             "its steps; redrawn once a second"),
+    ("chart", "the loss: raw per step (faint), EMA-smoothed and debiased (bright) and validation "
+              "(orange, drawn last); m switches to lr, grad_norm, tok/s or the step's fwd/bwd/opt ms, "
+              "x to tokens or training time on the x axis, l to a log y axis; a few outlying steps "
+              "may go off the top; each dot column shows the mean of its steps; redrawn once a second"),
     ("step time", "forward / backward / optimizer time of the last step, its share of the "
                   "step, sparklines of recent steps, tokens/s and steps/s; once a second"),
-    ("status", "model, parameters, data, step/total, epoch, learning rate, gradient norm, "
-               "elapsed time, ETA and the run state"),
+    ("status", "model, parameters, data, step/total, epoch, lr, grad_norm, training time (across "
+               "resumes), ETA (from the recent steps, warm-up left out) and the run state"),
     ("samples", "generated text with its step and prompt; each token coloured by the "
                 "probability the model gave it (red low, green high)"),
-    ("log", "checkpoints, validation results, warnings and errors"),
+    ("log", "checkpoints, validation results, warnings and errors; a resumed run's earlier lines "
+            "are marked 'earlier'"),
 )
 
 
 class HelpScreen(ModalScreen[None]):
     """The keys and what each panel shows."""
+
+    DEFAULT_CSS = """
+    HelpScreen {
+        align: center middle;
+    }
+    #help-box {
+        width: 90%;
+        max-width: 100;
+        height: auto;
+        max-height: 90%;
+        padding: 1 2;
+        border: round $accent;
+        background: $surface;
+    }
+    """
 
     BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close")]
 
@@ -55,6 +72,20 @@ class HelpScreen(ModalScreen[None]):
 class PromptScreen(ModalScreen[str | None]):
     """Ask for a prompt to sample from; dismisses with the text, or None on escape."""
 
+    DEFAULT_CSS = """
+    PromptScreen {
+        align: center middle;
+    }
+    #prompt-box {
+        width: 70%;
+        max-width: 80;
+        height: auto;
+        padding: 1 2;
+        border: round $accent;
+        background: $surface;
+    }
+    """
+
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
 
     def compose(self) -> ComposeResult:
@@ -70,6 +101,32 @@ class PromptScreen(ModalScreen[str | None]):
 
 class QuitScreen(ModalScreen[str | None]):
     """Unsaved steps: dismisses with "save", "discard", or None to keep training."""
+
+    DEFAULT_CSS = """
+    QuitScreen {
+        align: center middle;
+    }
+    #quit-box {
+        grid-size: 3 2;
+        grid-gutter: 1 2;
+        grid-rows: auto 3;
+        grid-columns: auto;
+        width: auto;
+        max-width: 100%;
+        height: auto;
+        padding: 1 2;
+        border: round $warning;
+        background: $surface;
+    }
+    #quit-box Button {
+        width: auto;
+    }
+    #quit-question {
+        column-span: 3;
+        width: 1fr;
+        content-align: center middle;
+    }
+    """
 
     BINDINGS = [
         Binding("escape", "dismiss(None)", "Cancel"),
@@ -89,8 +146,8 @@ class QuitScreen(ModalScreen[str | None]):
                 f"Training is at step {self.step:,}; last checkpoint: {saved}.",
                 id="quit-question",
             )
-            yield Button("[u]S[/u]ave and quit", variant="primary", id="save")
-            yield Button("Quit without saving ([u]d[/u])", variant="error", id="discard")
+            yield Button("Save and quit (s)", variant="primary", id="save")
+            yield Button("Quit without saving (d)", variant="error", id="discard")
             yield Button("Cancel (esc)", id="cancel")
 
     @on(Button.Pressed)

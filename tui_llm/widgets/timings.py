@@ -17,37 +17,40 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from tui_llm.engine.events import TrainStep
-from tui_llm.screens.chart import bucket_means
+from tui_llm.widgets.text_charts import sparkline_rows
 
 HISTORY = 120
 """Steps of history behind each sparkline."""
 
 PHASES = ("fwd", "bwd", "opt")
 
-BARS = " ▁▂▃▄▅▆▇█"
-"""A sparkline cell filled 0/8 to 8/8."""
-
-
-def sparkline_rows(values: np.ndarray, width: int, rows: int) -> list[str]:
-    """`values` as vertical bars, `rows` cells high, one column per value (or per bucket mean)
-    from the left; the smallest value gets a thin bar, the largest a full one."""
-    if width < 1 or rows < 1:
-        return []
-    if len(values) == 0:
-        return [" " * width] * rows
-    _, values = bucket_means(np.arange(len(values), dtype=np.float64), values, width)
-    low, high = float(values.min()), float(values.max())
-    span = high - low
-    eighths = 1 + np.rint((values - low) / span * (8 * rows - 1) if span > 0 else np.full(len(values), 4 * rows - 1))
-    lines = []
-    for row in range(rows - 1, -1, -1):  # top row first
-        level = np.clip(eighths - 8 * row, 0, 8).astype(np.int64)
-        lines.append("".join(BARS[k] for k in level).ljust(width))
-    return lines
-
 
 class TimingsPanel(Widget):
     """Last step's phase timings, their recent history, and throughput."""
+
+    DEFAULT_CSS = """
+    TimingsPanel {
+        width: 30;
+        padding: 0 1;
+        border: round $primary;
+        border-title-color: $text;
+    }
+    TimingsPanel > .timings--label {
+        text-style: bold;
+    }
+    TimingsPanel > .timings--dim {
+        color: $text-muted;
+    }
+    TimingsPanel > .timings--fwd {
+        color: $primary-lighten-2;
+    }
+    TimingsPanel > .timings--bwd {
+        color: $secondary-lighten-2;
+    }
+    TimingsPanel > .timings--opt {
+        color: $success;
+    }
+    """
 
     COMPONENT_CLASSES = {"timings--label", "timings--dim", "timings--fwd", "timings--bwd", "timings--opt"}
 

@@ -2,14 +2,20 @@
 
 Model output is untrusted text: it is never parsed as markup. Everything is written as rich
 `Text`, so a sample containing `[/bold]` is shown as those characters.
+
+Both panels wrap their lines to their width and never scroll sideways: they keep what they show
+and wrap it again when their width changes (a RichLog alone keeps lines at the width they were
+written at, so a narrower terminal, or a scrollbar appearing, made them scroll sideways).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
 
 from rich.text import Text
+from textual import events
 from textual.color import Color
 from textual.widgets import RichLog
 
@@ -36,13 +42,51 @@ def colored_tokens(pieces: Sequence[str], probs: Sequence[float]) -> Text:
     return text
 
 
-class SamplesPanel(RichLog):
+class WrappedLog(RichLog):
+    """A RichLog of rich Text entries, wrapped to the panel's width, again after a resize."""
+
+    DEFAULT_CSS = """
+    WrappedLog {
+        border: round $primary;
+        border-title-color: $text;
+        border-subtitle-color: $text-muted;
+        overflow-x: hidden;
+        scrollbar-gutter: stable;
+    }
+    """
+
+    def __init__(self, *, max_entries: int, id: str | None = None) -> None:
+        super().__init__(id=id, markup=False, wrap=True, min_width=10, max_lines=4 * max_entries)
+        self.entries: deque[Text] = deque(maxlen=max_entries)
+        """What the panel shows, unwrapped (the oldest entries go first)."""
+        self._wrapped_at = 0
+
+    def add_entry(self, text: Text) -> None:
+        self.entries.append(text)
+        self.write(text)
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self._size_known and self.scrollable_content_region.width != self._wrapped_at:
+            self._rewrap()
+
+    def _rewrap(self) -> None:
+        self._wrapped_at = self.scrollable_content_region.width
+        self.clear()
+        for text in self.entries:
+            self.write(text)
+
+
+class SamplesPanel(WrappedLog):
     """Each sample with its step and prompt; token colour = the model's confidence."""
 
-    def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id, markup=False, wrap=True, min_width=20, max_lines=2000)
+    DEFAULT_CSS = """
+    SamplesPanel {
+        width: 3fr;
+    }
+    """
 
-    def on_mount(self) -> None:
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, max_entries=500)
         self.border_title = "samples"
         self.border_subtitle = "colour: token probability, red low, green high"
 
@@ -58,30 +102,32 @@ class SamplesPanel(RichLog):
         header = Text(f"step {step:,}", style="bold")
         if prompt:
             header.append(f"  prompt: {prompt!r}", style="dim")
-        self.write(header)
         body = Text(prompt, style="italic dim")
         if token_texts and len(token_texts) == len(token_probs):
             body.append_text(colored_tokens(token_texts, token_probs))
         else:  # no per-token data: plain text, without repeating the prompt
             body.append(text[len(prompt):] if text.startswith(prompt) else text)
-        self.write(body)
-        self.write(Text(""))
+        self.add_entry(Text("\n").join([header, body, Text("")]))
 
 
 LEVEL_STYLES = {"info": "", "warning": "yellow", "error": "bold red", "good": "green"}
 
 
-class EventLog(RichLog):
+class EventLog(WrappedLog):
     """Checkpoint saves, validation results, warnings and errors, with the time they happened."""
 
-    def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id, markup=False, wrap=True, min_width=20, max_lines=1000)
+    DEFAULT_CSS = """
+    EventLog {
+        width: 2fr;
+    }
+    """
 
-    def on_mount(self) -> None:
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, max_entries=1000)
         self.border_title = "log"
 
-    def add(self, message: str, level: str = "info") -> None:
-        """Append one line; `level` is info, warning, error or good."""
-        line = Text(time.strftime("%H:%M:%S "), style="dim")
+    def add(self, message: str, level: str = "info", when: str | None = None) -> None:
+        """Append one line; `level` is info, warning, error or good; `when` replaces the time."""
+        line = Text(when if when is not None else time.strftime("%H:%M:%S "), style="dim")
         line.append(message, style=LEVEL_STYLES.get(level, ""))
-        self.write(line)
+        self.add_entry(line)
