@@ -178,7 +178,7 @@ def test_export_destination_rules(tmp_path):
 
 def test_run_directory_detected_by_its_config_alone(tmp_path):
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.json").write_text(json.dumps({"run": {}, "model": {}}))
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"run_config": {}, "model_config": {}}))
     with pytest.raises(CheckpointError, match="run directory"):
         ck.check_export_destination(tmp_path / "x.bin", tmp_path / "run", "hf", force=True)
 

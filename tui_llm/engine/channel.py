@@ -36,9 +36,9 @@ from pathlib import Path
 
 from tui_llm.engine import events as ev
 from tui_llm.engine.formats.atomic import atomic_write
+from tui_llm.engine.run_dir import CONTROL_ADDRESS, CONTROL_SOCKET
 
-SOCKET = "control.sock"
-ADDRESS = "control.addr"
+SOCKET, ADDRESS = CONTROL_SOCKET, CONTROL_ADDRESS
 MAX_PATH = 107          # sun_path is 108 bytes with its terminating NUL
 MAX_LINE = 64 * 1024    # a longer request line closes that client
 MAX_CLIENTS = 64

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tui_llm.engine import events as ev
 from tui_llm.engine.channel import ChannelError, ControlClient, command_to_json
-from tui_llm.engine.run_dir import METRICS, RunDir, RunDirError, is_run_dir
+from tui_llm.engine.run_dir import LOCK, METRICS, RunDir, RunDirError, is_run_dir
 
 
 class RunWatcher:
@@ -37,7 +37,7 @@ class RunWatcher:
         path = Path(run_dir)
         if not path.is_dir():
             raise RunDirError(f"{run_dir}: no such run directory")
-        if not is_run_dir(path) and not (path / ".lock").exists():
+        if not is_run_dir(path) and not (path / LOCK).exists():
             raise RunDirError(f"{run_dir}: not a run directory (no config.json, metrics.jsonl or checkpoint)")
         self.run_dir = RunDir(path)
         self.interval, self.stale_after = interval, stale_after

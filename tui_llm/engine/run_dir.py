@@ -32,6 +32,8 @@ METRICS = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 KEEP = "keep.json"
 LOCK = ".lock"
+CONTROL_SOCKET = "control.sock"   # the trainer's control channel (engine/channel.py)
+CONTROL_ADDRESS = "control.addr"  # where it is instead, when the run directory's path is too long
 CHECKPOINT_GLOB = "ckpt_*.safetensors"
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d{8,})\.safetensors$")
 
@@ -53,9 +55,18 @@ def checkpoint_step(path: Path) -> int | None:
 
 
 def is_run_dir(path: Path) -> bool:
+    """A tui-llm run directory: it has metrics.jsonl, a checkpoint, or a config.json of ours (a
+    Hugging Face model directory has a config.json too, without our run_config)."""
     path = Path(path)
-    return path.is_dir() and ((path / CONFIG).exists() or (path / METRICS).exists()
-                              or any(path.glob(CHECKPOINT_GLOB)))
+    if not path.is_dir():
+        return False
+    if (path / METRICS).exists() or any(path.glob(CHECKPOINT_GLOB)):
+        return True
+    try:
+        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "run_config" in config
 
 
 def resolve_checkpoint(path) -> Path:

@@ -3,7 +3,6 @@ the model it reads, a run directory, a device or pipe, or an existing file nobod
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from pathlib import Path
@@ -15,14 +14,11 @@ EXPORT_KINDS = ("llmc", "hf")  # a single file / a directory of files
 
 
 def is_run_directory(directory: Path) -> bool:
-    """A tui-llm run directory: metrics.jsonl, ckpt_*.safetensors, or a config.json with our run config."""
-    if (directory / "metrics.jsonl").exists() or any(directory.glob("ckpt_*.safetensors")):
-        return True
-    try:
-        config = json.loads((directory / HF_CONFIG).read_text(encoding="utf-8"))
-        return isinstance(config, dict) and "run" in config and "model" in config
-    except (OSError, ValueError):
-        return False
+    """A tui-llm run directory (run_dir.py knows its files; imported here, not at the top: run_dir
+    itself writes through formats.atomic)."""
+    from tui_llm.engine.run_dir import is_run_dir
+
+    return is_run_dir(directory)
 
 
 def check_export_destination(source, dest, kind: str, force: bool = False) -> Path:
