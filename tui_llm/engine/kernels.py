@@ -503,19 +503,20 @@ def adamw_update(params, grads, m, v, decay_starts, decay_ends, lr, beta1, beta2
 # attend to cached keys/values 0..t (inclusive), so a new token costs one position's work.
 
 @njit(**PJIT)
-def attention_cached(atty, qkv, k_cache, v_cache, t0, num_heads):
-    # atty (n, C), qkv (n, 3C) of the new positions, k_cache/v_cache (maxT, C) already
-    # holding the keys/values of positions 0..t0+n-1
-    n, C3 = qkv.shape
-    C = C3 // 3
-    hs = C // num_heads
+def attention_cached(atty, qkv, k_cache, v_cache, t0, num_heads, num_kv_heads):
+    # n new rows at positions t0..t0+n-1: atty (n, H hs), qkv (n, >= H hs) with the queries first;
+    # k_cache, v_cache (maxT, KV hs) already holding positions 0..t0+n-1. Query head h reads
+    # key/value head h // (H / KV): GPT-2 is the case KV = H.
+    n = qkv.shape[0]
+    hs = k_cache.shape[1] // num_kv_heads
+    group = num_heads // num_kv_heads
     scale = np.float32(1.0 / math.sqrt(hs))
     for h in prange(num_heads):
-        h0 = h * hs
+        q0, kv0 = h * hs, (h // group) * hs
         scores = np.empty(t0 + n, dtype=np.float32)
         ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
         for i in range(n):
-            attend(atty[i, h0:h0 + hs], scores, qkv[i, h0:h0 + hs], k_cache, h0, v_cache, h0, t0 + i + 1,
+            attend(atty[i, q0:q0 + hs], scores, qkv[i, q0:q0 + hs], k_cache, kv0, v_cache, kv0, t0 + i + 1,
                    scale, ibuf, pbuf)
 
 
@@ -538,7 +539,7 @@ def compile_kernels(progress=None) -> None:
         ("bias and residual", lambda: (add_bias(a2, a1), residual_bias_forward(a2, a2, a2, a1), column_sum(a1, a2))),
         ("gelu", lambda: (bias_gelu_forward(a2, a2, a1), gelu_backward_inplace(a2, a2))),
         ("attention", lambda: (attention_forward(a3, att4, qkv3, 2), attention_backward(qkv3, a3, att4, qkv3, 2))),
-        ("attention (cached)", lambda: attention_cached(a2, qkv2, cache, cache, 0, 2)),
+        ("attention (cached)", lambda: attention_cached(a2, qkv2, cache, cache, 0, 2, 2)),
         ("softmax / cross-entropy", lambda: (
             softmax_crossentropy(a2, np.zeros(2, f32), np.zeros(2, np.int32), 5, f32(0.5), True),
             softmax_rows(a2, a2, 5, f32(1.0)))),

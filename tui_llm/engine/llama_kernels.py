@@ -20,7 +20,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from tui_llm.engine.kernels import EXP_BLOCK, JIT, PJIT, attend, attend_backward, exp_block
+from tui_llm.engine.kernels import EXP_BLOCK, JIT, PJIT, attend, attend_backward, attention_cached, exp_block
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,23 +203,6 @@ def attention_backward(dqkv, datty, att, qkv, num_heads, num_kv_heads):
             for t in range(T):
                 attend_backward(dqkv[b], datty[b, t, q0:q0 + hd], att[b, h, t], qkv[b], t, q0, k0, v0, hd, scale,
                                 datt)
-
-
-@njit(**PJIT)
-def attention_cached(atty, qkv, k_cache, v_cache, t0, num_heads, num_kv_heads):
-    # n new rows at positions t0..t0+n-1: atty (n, H hd), qkv (n, W) (rotated);
-    # k_cache, v_cache (P, KV hd) already holding positions 0..t0+n-1
-    n = qkv.shape[0]
-    hd = k_cache.shape[1] // num_kv_heads
-    group = num_heads // num_kv_heads
-    scale = np.float32(1.0 / math.sqrt(hd))
-    for h in prange(num_heads):
-        q0, kv0 = h * hd, (h // group) * hd
-        scores = np.empty(t0 + n, dtype=np.float32)
-        ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
-        for i in range(n):
-            attend(atty[i, q0:q0 + hd], scores, qkv[i, q0:q0 + hd], k_cache, kv0, v_cache, kv0, t0 + i + 1,
-                   scale, ibuf, pbuf)
 
 
 # ---------------------------------------------------------------------------------------

@@ -197,7 +197,7 @@ class GPT:
             def attend(out, qkv):  # the new queries attend to every cached position up to their own
                 keys[t0:t0 + n] = qkv[:, C:2 * C]
                 values[t0:t0 + n] = qkv[:, 2 * C:]
-                K.attention_cached(out, qkv, keys, values, t0, NH)
+                K.attention_cached(out, qkv, keys, values, t0, NH, NH)
 
             self._attention_block(l, x, x, b["ln"], b["mean"], b["rstd"], b["qkv"], b["atty"], b["proj"], attend)
             self._mlp_block(l, x, x, b["ln"], b["mean"], b["rstd"], b["fch"], b["fch_gelu"], b["proj"])

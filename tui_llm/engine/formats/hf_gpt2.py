@@ -277,16 +277,23 @@ def write_hf(directory, cfg: GPTConfig, flat: np.ndarray, tokenizer_dir=None) ->
     # Transposed tensors are strided views here; write_array copies them one layer at a time.
     tensors = [("transformer." + name, view.T if transposed else view)
                for name, view, transposed in _hf_tensor_map(p)]
-    directory = Path(directory)
     extra = tokenizer_files(tokenizer_dir) if tokenizer_dir else \
         gpt2_tokenizer_files() if cfg.vocab_size == EOT_TOKEN + 1 else {}
+    write_hf_directory(directory, tensors, hf_config_dict(cfg), extra)
+
+
+def write_hf_directory(directory, tensors: list[tuple[str, np.ndarray]], config: dict,
+                       extra: dict[str, bytes]) -> None:
+    """A Hugging Face model directory: model.safetensors, config.json and `extra` files (the
+    tokenizer's), all appearing together or not at all (atomic_files); others already there are kept."""
+    directory = Path(directory)
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         with atomic_files(directory) as tmp:
             with atomic_write(tmp / HF_WEIGHTS) as f:
                 write_safetensors(f, tensors, {"format": "pt"})  # transformers refuses files without format
             with atomic_write(tmp / HF_CONFIG, "w") as f:
-                json.dump(hf_config_dict(cfg), f, indent=2)
+                json.dump(config, f, indent=2)
                 f.write("\n")
             for name, data in extra.items():
                 with atomic_write(tmp / name) as f:

@@ -24,9 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tui_llm.engine.formats.atomic import atomic_files, atomic_write
 from tui_llm.engine.formats.common import CheckpointError, check_finite
-from tui_llm.engine.formats.safetensors import write_safetensors
 from tui_llm.engine.llama_config import LlamaConfig, LlamaConfigError, LlamaParams, check_rope_scaling
 
 WEIGHTS = "model.safetensors"
@@ -314,22 +312,9 @@ def read_hf_llama(path, max_seq_len: int | None = None) -> tuple[LlamaConfig, np
 def write_hf_llama(directory, config: LlamaConfig, flat: np.ndarray, tokenizer_dir=None) -> None:
     """Write config.json + model.safetensors (float32) that transformers' AutoModelForCausalLM loads,
     plus the tokenizer files found in tokenizer_dir, all together or none (atomic_files)."""
-    from tui_llm.engine.formats.hf_gpt2 import tokenizer_files
+    from tui_llm.engine.formats.hf_gpt2 import tokenizer_files, write_hf_directory
 
     p = LlamaParams(config, flat)
     check_finite(directory, flat)
-    directory = Path(directory)
     extra = tokenizer_files(tokenizer_dir) if tokenizer_dir is not None else {}
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_files(directory) as tmp:
-            with atomic_write(tmp / WEIGHTS) as f:
-                write_safetensors(f, hf_tensor_map(p), {"format": "pt"})  # transformers refuses files without format
-            with atomic_write(tmp / CONFIG, "w") as f:
-                json.dump(hf_config_dict(config), f, indent=2)
-                f.write("\n")
-            for name, data in extra.items():
-                with atomic_write(tmp / name) as f:
-                    f.write(data)
-    except OSError as e:
-        raise CheckpointError(directory, f"cannot write: {e.strerror or e}") from None
+    write_hf_directory(directory, hf_tensor_map(p), hf_config_dict(config), extra)
