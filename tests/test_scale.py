@@ -122,3 +122,14 @@ def test_bad_splits_under_mpi_are_one_line(data, tmp_path):
     assert len(lines) == 1 and "--total-batch-size" in lines[0] and "2 processes" in lines[0]
     r = cli(str(data / "s_train.bin"), "--model", "d2", ranks=2, timeout=120)  # the UI under mpiexec
     assert r.returncode == 2 and "mpiexec" in r.stderr
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
+def test_weights_are_identical_on_every_rank(data, tmp_path):
+    script = Path(__file__).with_name("mpi_train_script.py")
+    out = tmp_path / "digests.json"
+    r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), str(data / "s_train.bin"), str(out),
+                        str(tmp_path / "run")], capture_output=True, text=True, timeout=180, env=ENV)
+    assert r.returncode == 0, r.stderr
+    digests = json.loads(out.read_text())
+    assert len(digests) == 2 and digests[0] == digests[1]
