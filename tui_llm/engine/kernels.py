@@ -7,6 +7,9 @@ themselves go through numpy's BLAS in model.py.
 
 Shapes use llm.c's letters: B batch, T time, C channels, NH heads, hs = C/NH, N = B*T rows,
 V real vocabulary, Vp padded vocabulary.
+
+(Over 400 lines on purpose: one kernel per llm.c function, read side by side with train_gpt2.c;
+the helpers the Llama kernels share — exp, attend, attend_backward, cached attention — live here.)
 """
 
 from __future__ import annotations
