@@ -29,7 +29,7 @@ from textual.worker import Worker, WorkerState
 from tui_llm.engine import events as ev
 from tui_llm.engine.run_dir import RunDir
 from tui_llm.screens.dashboard import DashboardScreen
-from tui_llm.screens.dialogs import HelpScreen, PromptScreen, QuitScreen
+from tui_llm.screens.dialogs import HelpScreen, LeaveScreen, PromptScreen, QuitScreen
 from tui_llm.terminal import SIGNAL_EXIT, HangupSafeDriver, SignalHandlers
 
 RunState = ev.RunState
@@ -109,6 +109,8 @@ class TrainerApp(App[int]):
     """The trainer's run() has not returned."""
     unsaved: var[bool] = var(False, bindings=True)
     """Steps were done since the last checkpoint (the save key applies)."""
+    stale: var[bool] = var(False)
+    """Watch mode: the watched run has sent nothing for a while (the watcher's state says so)."""
     state: reactive[RunState] = reactive(RunState.STARTING, init=False)
     """The state shown in the status bar (computed from the above)."""
 
@@ -116,13 +118,19 @@ class TrainerApp(App[int]):
         self,
         trainer: Trainer,
         history: list[dict] | None = None,
-        title: str = "tui-llm",
+        title: str | None = None,
+        watching: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.trainer = trainer
         self.history = history
         """The run's earlier records (None: ask the trainer)."""
+        self.watching = watching
+        """The trainer is a RunWatcher (`tui-llm watch`): quitting leaves the run going."""
+        if title is None:
+            run_dir = getattr(getattr(trainer, "run_dir", None), "path", None)
+            title = f"tui-llm watch {run_dir}" if watching and run_dir is not None else "tui-llm"
         self.title = title
         self.dashboard = DashboardScreen(title)
         self.run_dir: Path | None = None
@@ -172,7 +180,14 @@ class TrainerApp(App[int]):
             return RunState.SAVING
         if self.sampling:
             return RunState.SAMPLING
+        if self.stale and self.phase == RunState.RUNNING:
+            return RunState.STALE
         return self.phase
+
+    def on_dashboard_screen_ticked(self) -> None:
+        """Once a second: is the watched run stale? (The watcher's state, read, never written.)"""
+        if self.watching:
+            self.stale = getattr(self.trainer, "state", None) == RunState.STALE
 
     def watch_state(self, state: RunState) -> None:
         self.dashboard.set_state(state)
@@ -363,11 +378,17 @@ class TrainerApp(App[int]):
         self.push_screen(HelpScreen(list(keys.items())))
 
     def action_quit(self) -> None:
-        """Stop training (asking about unsaved steps) and exit once the trainer finishes."""
+        """Stop training (asking about unsaved steps) and exit once the trainer finishes; when
+        watching, leave (asking whether the run should save first) and let the run go on."""
         if not self.alive or self.phase == RunState.FINISHED:
             self.exit_run()
-        elif isinstance(self.screen, QuitScreen):  # ctrl+q works in dialogs too
+        elif isinstance(self.screen, (QuitScreen, LeaveScreen)):  # ctrl+q works in dialogs too
             return
+        elif self.watching:
+            if self.unsaved and self.phase in (RunState.RUNNING, RunState.PAUSED) and not self.stopping:
+                self.push_screen(LeaveScreen(self.steps_done, self.saved_steps), self._answer_leave)
+            else:
+                self._leave(save=False)
         elif self.stopping:
             self.notify("Stopping after the current step...")
         elif self.phase in (RunState.STARTING, RunState.COMPILING):
@@ -387,6 +408,17 @@ class TrainerApp(App[int]):
         if answer in ("save", "discard"):
             self._stop(save=answer == "save")
 
+    def _answer_leave(self, answer: str | None) -> None:
+        if answer in ("save", "leave"):
+            self._leave(save=answer == "save")
+
+    def _leave(self, save: bool) -> None:
+        """Detach from the watched run (a watcher's Stop never stops the run)."""
+        self.stopping = True
+        self.trainer.send(ev.Stop(save=save, reason=ev.FinishReason.STOPPED))
+        asked = "; the run was asked to save a checkpoint" if save else ""
+        self.dashboard.event_log.add(f"stopped watching{asked}; the run goes on", "warning")
+
     def _stop(self, save: bool) -> None:
         self.stopping = True
         self.trainer.send(ev.Stop(save=save, reason=ev.FinishReason.STOPPED))
@@ -394,14 +426,15 @@ class TrainerApp(App[int]):
         self.dashboard.event_log.add(f"stopping after the current step{saving}...", "warning")
 
 
-def run_app(trainer: Trainer, history: list[dict] | None = None) -> int:
+def run_app(trainer: Trainer, history: list[dict] | None = None, watching: bool = False) -> int:
     """Run the UI until the user quits or a signal stops the run; returns the exit status
-    (1 after a training error; 130 / 143 / 129 after SIGINT / SIGTERM / SIGHUP)."""
+    (1 after a training error; 130 / 143 / 129 after SIGINT / SIGTERM / SIGHUP). `watching`:
+    the trainer is a RunWatcher (`tui-llm watch`); quitting leaves the run going."""
     # The trainer thread needs the GIL back after every kernel and matmul (~100 per step). While
     # the UI thread renders, Python hands the GIL over only every switch interval (5 ms by
     # default): a shorter one keeps the UI's cost to training small.
     sys.setswitchinterval(0.0005)
-    app = TrainerApp(trainer, history, driver_class=HangupSafeDriver if sys.platform != "win32" else None)
+    app = TrainerApp(trainer, history, watching=watching, driver_class=HangupSafeDriver if sys.platform != "win32" else None)
 
     def abort_message() -> str:
         step, saved = getattr(trainer, "step", None), getattr(trainer, "last_saved_step", None)

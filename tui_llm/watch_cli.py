@@ -51,7 +51,7 @@ def cmd_watch(argv) -> int:
             raise UsageError("the terminal UI needs a terminal; use tui-llm watch --no-ui")
         from tui_llm.app import run_app
 
-        run_app(watcher, watcher.history())
+        run_app(watcher, watcher.history(), watching=True)
     if watcher.live:
         print(f"stopped watching {watcher.run_dir.path}; the run goes on", file=sys.stderr)
     return EXIT_OK

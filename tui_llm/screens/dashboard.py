@@ -15,6 +15,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Label, ProgressBar
 
@@ -70,11 +71,15 @@ class DashboardScreen(Screen):
             yield EventLog(id="log")
         yield Footer(compact=True)
 
+    class Ticked(Message):
+        """The once-a-second tick: the app reads a watched run's state on it (no timer of its own)."""
+
     def on_mount(self) -> None:
         self.set_interval(TICK_SECONDS, self.tick)
 
     def tick(self) -> None:
         """Repaint the step panels whose numbers changed since the last tick."""
+        self.post_message(self.Ticked())
         self.status_bar.tick()
         self.timings.tick()
         self.chart.redraw()
@@ -192,6 +197,9 @@ class DashboardScreen(Screen):
                 add(f"paused at step {step:,}")
             case ev.Resumed(step=step):
                 add(f"resumed at step {step:,}")
+            case ev.SettingChanged(step=step, name=name, value=value):
+                self.chart.add_marker(step, f"{name} = {value:g}")
+                add(f"step {step:,}: {name} = {value:g}", "good")
             case ev.Notice(text=text, level=level):
                 add(text, level)
             case ev.Error(step=step, message=message):

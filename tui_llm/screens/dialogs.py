@@ -153,3 +153,58 @@ class QuitScreen(ModalScreen[str | None]):
     @on(Button.Pressed)
     def answer(self, event: Button.Pressed) -> None:
         self.dismiss(None if event.button.id == "cancel" else event.button.id)
+
+
+class LeaveScreen(ModalScreen[str | None]):
+    """Watch mode: leaving never stops the run. Dismisses with "save" (ask the run to save a
+    checkpoint, then leave), "leave", or None to keep watching."""
+
+    DEFAULT_CSS = """
+    LeaveScreen {
+        align: center middle;
+    }
+    #leave-box {
+        grid-size: 3 2;
+        grid-gutter: 1 2;
+        grid-rows: auto 3;
+        grid-columns: auto;
+        width: auto;
+        max-width: 100%;
+        height: auto;
+        padding: 1 2;
+        border: round $warning;
+        background: $surface;
+    }
+    #leave-box Button {
+        width: auto;
+    }
+    #leave-question {
+        column-span: 3;
+        width: 1fr;
+        content-align: center middle;
+    }
+    """
+
+    BINDINGS = [
+        Binding("escape", "dismiss(None)", "Cancel"),
+        Binding("s,y", "dismiss('save')", "Save, then leave"),
+        Binding("l,n", "dismiss('leave')", "Just leave"),
+    ]
+
+    def __init__(self, step: int, saved_step: int) -> None:
+        super().__init__()
+        self.step = step
+        self.saved_step = saved_step
+
+    def compose(self) -> ComposeResult:
+        with Grid(id="leave-box"):
+            saved = f"step {self.saved_step:,}" if self.saved_step else "none yet"
+            yield Label(f"The run is at step {self.step:,}; last checkpoint: {saved}. It goes on after you leave.",
+                        id="leave-question")
+            yield Button("Ask the run to save a checkpoint, then leave (s)", variant="primary", id="save")
+            yield Button("Just leave (l)", id="leave")
+            yield Button("Cancel (esc)", id="cancel")
+
+    @on(Button.Pressed)
+    def answer(self, event: Button.Pressed) -> None:
+        self.dismiss(None if event.button.id == "cancel" else event.button.id)

@@ -23,7 +23,7 @@ from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tui_llm.widgets.plotext_charts import draw_chart, duration_label, human_number
+from tui_llm.widgets.plotext_charts import MARKER, draw_chart, duration_label, human_number
 from tui_llm.widgets.text_charts import AXIS, Columns, Line, Points, Row, tick_label
 
 SMOOTHING_WEIGHTS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -56,7 +56,7 @@ X_AXES = {"step": ("step", tick_label), "tokens": ("tokens", human_number),
 CPU_SHARE = 0.02
 """At most this share of a core goes to drawing the chart for new steps."""
 
-STYLES = ("train", "smoothed", "val", "metric", "fwd", "bwd", "opt", AXIS)
+STYLES = ("train", "smoothed", "val", "metric", "fwd", "bwd", "opt", MARKER, AXIS)
 
 
 class MetricsChart(Widget):
@@ -94,6 +94,9 @@ class MetricsChart(Widget):
     MetricsChart > .metrics-chart--opt {
         color: $success;
     }
+    MetricsChart > .metrics-chart--marker {
+        color: $accent;
+    }
     """
 
     COMPONENT_CLASSES = {f"metrics-chart--{name}" for name in STYLES}
@@ -118,6 +121,8 @@ class MetricsChart(Widget):
         """The EMA of the train loss, by step."""
         self.val = Points()
         """Validation loss by step."""
+        self.markers: list[tuple[int, str]] = []
+        """(step, what changed) of each live setting change, drawn as a dotted vertical line."""
         self.drawn_points = 0
         """How many steps the last redraw drew."""
         self._ema, self._weight_power = 0.0, 1.0
@@ -174,9 +179,16 @@ class MetricsChart(Widget):
             self.val.append(step, loss)
             self._stale = True
 
+    def add_marker(self, step: int, label: str) -> None:
+        """Mark a step where a live setting changed (`label`: e.g. "lr_scale = 0.5")."""
+        self.markers.append((step, label))
+        self.border_subtitle = self._subtitle()
+        self._stale = True
+
     def drop_from(self, step: int) -> None:
         """A run resumes with `step` steps done: forget the steps after it and the validations
         from `step` on (the resumed run computes them again)."""
+        self.markers = [(s, label) for s, label in self.markers if s <= step]
         self.steps.drop_from(step + 1)
         self.val.drop_from(step)
         self._recompute_ema()
@@ -220,10 +232,17 @@ class MetricsChart(Widget):
 
     def _update_titles(self) -> None:
         self.border_title = self.metric
+        self.border_subtitle = self._subtitle()
+
+    def _subtitle(self) -> str:
+        """The x axis (unless steps), the log scale, and the latest setting change."""
         parts = [] if self.x_axis == "step" else [f"x: {self.x_axis}"]
         if self.log_scale:
             parts.append("log scale")
-        self.border_subtitle = ", ".join(parts)
+        if self.markers:
+            step, label = self.markers[-1]
+            parts.append(f"┊ step {step:,}: {label}")
+        return ", ".join(parts)
 
     def _extend_ema(self, step: float, loss: float, weight: float) -> None:
         # Debiased as in TensorBoard: the EMA starts at 0, so divide by 1 - weight**n.
@@ -258,6 +277,17 @@ class MetricsChart(Widget):
         return [Line(xs, self.steps[f], f.removesuffix("_ms"), f.removesuffix("_ms"), robust=True)
                 for f in metric.fields]
 
+    def marker_xs(self) -> list[float]:
+        """Where the setting changes fall on the current x axis."""
+        if not self.markers:
+            return []
+        steps = [float(step) for step, _ in self.markers]
+        field, _ = X_AXES[self.x_axis]
+        if field == "step" or not len(self.steps):
+            return steps
+        return np.interp(steps, np.concatenate([[0.0], self.steps["step"]]),
+                         np.concatenate([[0.0], self.steps[field]])).tolist()
+
     def on_resize(self) -> None:
         self._stale = self._restyle = True
         self.redraw(now=True)
@@ -283,7 +313,8 @@ class MetricsChart(Widget):
         self._stale = False
         x_name = self.x_axis
         rows, self._y_range = draw_chart(width, height, self.lines(), log_y=self.log_scale, x_name=x_name,
-                                         keep_y=self._y_range, x_label=X_AXES[self.x_axis][1])
+                                         keep_y=self._y_range, x_label=X_AXES[self.x_axis][1],
+                                         markers=self.marker_xs())
         styles = {name: self.get_component_rich_style(f"metrics-chart--{name}") for name in STYLES}
         styles[""] = self.rich_style
         strips = [Strip([Segment(text, styles.get(name, self.rich_style)) for text, name in row], width)

@@ -1,0 +1,72 @@
+"""The rest of the dashboard (issue #13): watch mode in the App, live settings, checkpoints, overlays."""
+
+from __future__ import annotations
+
+import pytest
+from tests.test_app import shown, until
+from tests.test_follow import FakeClient, finished, start, train, write
+
+from tui_llm.app import TrainerApp
+from tui_llm.engine import events as ev
+from tui_llm.engine.follow import RunWatcher
+from tui_llm.engine.run_dir import RunDir
+from tui_llm.screens.dialogs import LeaveScreen
+
+
+@pytest.fixture
+def locked(tmp_path):
+    """A run directory with its lock held, as by a training process (the test writes its records)."""
+    run = RunDir(tmp_path / "run")
+    run.create()
+    run.lock()
+    yield run
+    run.close()
+
+
+def watcher_of(run: RunDir, sent: list, **kwargs) -> RunWatcher:
+    return RunWatcher(run.path, interval=0.05, connect=lambda path: FakeClient(sent, []), **kwargs)
+
+
+# -- watch mode ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("answer", ["save", "leave"])
+async def test_watch_mode_title_and_q_leaves_the_run_going(locked, answer):
+    write(locked.path, start(), train(1), train(2))
+    sent: list = []
+    watcher = watcher_of(locked, sent)
+    app = TrainerApp(watcher, watcher.history(), watching=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.steps_done == 2)
+        assert f"tui-llm watch {locked.path}" in app.dashboard.status_bar.render().plain
+        await pilot.press("q")  # unsaved steps: asks what the run should do
+        await until(pilot, lambda: isinstance(app.screen, LeaveScreen))
+        assert "Ask the run to save a checkpoint, then leave" in str(app.screen.query_one("#save").label)
+        assert "Just leave" in str(app.screen.query_one("#leave").label)
+        await pilot.press("s" if answer == "save" else "l")
+        await until(pilot, lambda: not app.is_running)
+    assert app.return_code == 0
+    assert locked.is_locked()  # the run goes on
+    assert not any(isinstance(c, ev.Stop) for c in sent)
+    assert sent == ([{"command": "save"}] if answer == "save" else [])
+
+
+async def test_watch_mode_shows_stale_and_settings_changes(locked):
+    write(locked.path, start(), train(1), train(2))
+    watcher = watcher_of(locked, [], stale_after=0.3)
+    app = TrainerApp(watcher, watcher.history(), watching=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.state == ev.RunState.STALE, timeout=5)  # read on the 1 s tick
+        assert " STALE " in app.dashboard.status_bar.render().plain
+        write(locked.path, ev.SettingChanged(step=2, name="lr_scale", value=0.5), train(3))
+        await until(pilot, lambda: shown(app.dashboard.event_log, "the run is sending events again"))
+        await until(pilot, lambda: shown(app.dashboard.event_log, "step 2: lr_scale = 0.5"))
+        chart = app.dashboard.chart
+        assert chart.markers == [(2, "lr_scale = 0.5")]
+        await until(pilot, lambda: "┊" in chart.chart_text())
+        assert "lr_scale = 0.5" in str(chart.border_subtitle)
+        write(locked.path, finished(3))
+        await until(pilot, lambda: app.phase == ev.RunState.FINISHED)
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running)
+    assert app.return_code == 0
