@@ -70,3 +70,50 @@ async def test_watch_mode_shows_stale_and_settings_changes(locked):
         await pilot.press("q")
         await until(pilot, lambda: not app.is_running)
     assert app.return_code == 0
+
+
+# -- live settings --------------------------------------------------------------------------
+
+
+async def set_value(pilot, name: str, text: str) -> None:
+    field = pilot.app.screen.query_one(f"#setting-{name}")
+    field.focus()
+    field.value = text
+    await pilot.press("enter")
+
+
+async def test_settings_dialog_checks_the_value_and_sends_it(tmp_path):
+    from tests.fake_trainer import FakeTrainer
+    from tui_llm.screens.dialogs import SettingsScreen
+
+    trainer = FakeTrainer(tmp_path / "run")
+    app = TrainerApp(trainer)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.phase == ev.RunState.RUNNING)
+        trainer.advance(3)
+        await until(pilot, lambda: app.steps_done == 3)
+        await pilot.press("v")
+        await until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        screen = app.screen
+        assert screen.query_one("#setting-lr_scale").value == "1"
+        assert screen.query_one("#setting-save_every").value == "250"
+        assert [i.id.removeprefix("setting-") for i in screen.query("Input")] == [
+            "lr_scale", "temperature", "top_k", "sample_len", "val_every", "sample_every", "save_every"]
+        await set_value(pilot, "top_k", "-1")
+        assert "top_k must be zero or more, got -1" in str(screen.query_one("#settings-error").render())
+        await set_value(pilot, "lr_scale", "fast")
+        assert "lr_scale must be a number" in str(screen.query_one("#settings-error").render())
+        assert app.screen is screen  # still open
+        await set_value(pilot, "lr_scale", "0.5")
+        await until(pilot, lambda: app.screen is app.dashboard)
+        await until(pilot, lambda: shown(app.dashboard.event_log, "step 3: lr_scale = 0.5"))
+        assert ev.SetSetting(name="lr_scale", value=0.5) in trainer.received
+        assert app.settings["lr_scale"] == 0.5
+        await pilot.press("v")  # the dialog shows the new value
+        await until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        assert app.screen.query_one("#setting-lr_scale").value == "0.5"
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is app.dashboard)
+        assert "Live settings" in [c.title for c in app.get_system_commands(app.screen)]
+        trainer.send(ev.Stop(save=False))
+        await until(pilot, lambda: app.phase == ev.RunState.FINISHED)

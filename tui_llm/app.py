@@ -29,7 +29,8 @@ from textual.worker import Worker, WorkerState
 from tui_llm.engine import events as ev
 from tui_llm.engine.run_dir import RunDir
 from tui_llm.screens.dashboard import DashboardScreen
-from tui_llm.screens.dialogs import HelpScreen, LeaveScreen, PromptScreen, QuitScreen
+from tui_llm.engine.run_config import LIVE_SETTINGS, ConfigError, RunConfig
+from tui_llm.screens.dialogs import HelpScreen, LeaveScreen, PromptScreen, QuitScreen, SettingsScreen
 from tui_llm.terminal import SIGNAL_EXIT, HangupSafeDriver, SignalHandlers
 
 RunState = ev.RunState
@@ -68,6 +69,7 @@ PALETTE = (
     ("sample", "Sample now", "Generate a sample from the current weights"),
     ("prompt", "Sample from a prompt", "Type a prompt and generate from it"),
     ("save", "Save checkpoint", "Write a checkpoint of the current step"),
+    ("settings", "Live settings", "Change lr_scale, temperature, top_k, ... of the running run"),
     ("screen.log_scale", "Toggle log scale", "Switch the loss axis between linear and log"),
     ("screen.smooth_more", "More smoothing", "Raise the EMA weight of the smoothed loss"),
     ("screen.smooth_less", "Less smoothing", "Lower the EMA weight of the smoothed loss"),
@@ -90,6 +92,7 @@ class TrainerApp(App[int]):
         Binding("s", "sample", "Sample", tooltip="Sample from the current weights"),
         Binding("g", "prompt", "Prompt", tooltip="Sample from a prompt you type"),
         Binding("c,ctrl+s", "save", "Save", tooltip="Save a checkpoint of the current step"),
+        Binding("v", "settings", "Settings", show=False, tooltip="Change a live setting (lr_scale, temperature, ...)"),
         Binding("e", "export", "CSV", tooltip="Export metrics.csv next to metrics.jsonl"),
         Binding("question_mark", "help", "Help", tooltip="This help"),
         Binding("q", "quit", "Quit", tooltip="Quit (asks if the last steps are not saved)"),
@@ -140,6 +143,10 @@ class TrainerApp(App[int]):
         self.signal_exit: int | None = None
         """Exit status owed to a signal (129, 130, 143), once one arrived."""
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.run_config = RunConfig()
+        """The run's configuration as it started (live settings are checked against it)."""
+        self.settings: dict[str, int | float] = {}
+        """The live settings' current values (from RunStarted, then each SettingChanged)."""
         self.resumed = False
         """The run has steps from before (a --resume)."""
         self._early_signals: list[Signalled] = []
@@ -202,8 +209,15 @@ class TrainerApp(App[int]):
                 self.phase = RunState.COMPILING
             case ev.RunStarted():
                 self.run_dir = Path(event.run_dir)
+                try:
+                    self.run_config = RunConfig.from_dict(event.run_config)
+                except ConfigError:
+                    self.run_config = RunConfig()
+                self.settings = {name: getattr(self.run_config, name) for name in LIVE_SETTINGS}
                 self.steps_done = self.saved_steps = event.step
                 self.phase = RunState.RUNNING
+            case ev.SettingChanged():
+                self.settings[event.name] = event.value
             case ev.TrainStep():
                 self.steps_done = event.step
                 self.unsaved = True
@@ -305,6 +319,8 @@ class TrainerApp(App[int]):
             return True if (training or self.can_sample_final()) and not self.sampling else None
         if action == "save":  # the trainer skips a save when no step was done since the last
             return True if training and not self.saving and self.unsaved else None
+        if action == "settings":
+            return True if training and self.settings else None
         if action == "export":
             return True if self.run_dir is not None else None
         return True
@@ -356,6 +372,18 @@ class TrainerApp(App[int]):
         """Ask for a checkpoint of the current step."""
         self.saving = True
         self.trainer.send(ev.SaveNow())
+
+    def action_settings(self) -> None:
+        """Show the live settings; a changed one goes to the trainer (or the watched run)."""
+        config = RunConfig(**{**self.run_config.to_dict(), **self.settings})
+
+        def send(choice: tuple[str, int | float] | None) -> None:
+            if choice is not None:
+                name, value = choice
+                self.trainer.send(ev.SetSetting(name=name, value=value))
+                self.dashboard.event_log.add(f"asked for {name} = {value:g} (from the next step)")
+
+        self.push_screen(SettingsScreen(config, dict(self.settings)), send)
 
     def action_export(self) -> None:
         """Write metrics.csv next to the run's metrics.jsonl (in a thread: it can be long)."""

@@ -208,3 +208,91 @@ class LeaveScreen(ModalScreen[str | None]):
     @on(Button.Pressed)
     def answer(self, event: Button.Pressed) -> None:
         self.dismiss(None if event.button.id == "cancel" else event.button.id)
+
+
+def parse_number(text: str) -> int | float:
+    """A whole number if the text is one, else a float; ValueError if neither."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+class SettingsScreen(ModalScreen[tuple[str, int | float] | None]):
+    """The live settings (run_config.LIVE_SETTINGS) with their current values. Enter in one
+    checks the new value (run_config.live_setting) and dismisses with (name, value); a value that
+    cannot work shows its one-line error here instead. Escape: None."""
+
+    DEFAULT_CSS = """
+    SettingsScreen {
+        align: center middle;
+    }
+    #settings-box {
+        width: 70;
+        max-width: 100%;
+        height: auto;
+        max-height: 100%;
+        padding: 0 1;
+        border: round $accent;
+        background: $surface;
+    }
+    #settings-box Horizontal {
+        height: auto;
+    }
+    #settings-box .setting-name {
+        width: 16;
+        padding: 1 0 0 1;
+    }
+    #settings-box Input {
+        width: 1fr;
+    }
+    #settings-error {
+        color: $error;
+        height: auto;
+    }
+    """
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, config, values: dict[str, int | float]) -> None:
+        """`config`: the run's RunConfig (what a new value is checked against); `values`: the
+        live settings' current values."""
+        super().__init__()
+        self.config = config
+        self.values = values
+
+    def compose(self) -> ComposeResult:
+        from textual.containers import Horizontal
+
+        with VerticalScroll(id="settings-box"):
+            for name, value in self.values.items():
+                with Horizontal():
+                    yield Label(name, classes="setting-name")
+                    yield Input(f"{value:g}" if isinstance(value, float) else str(value), id=f"setting-{name}")
+            yield Label("", id="settings-error")
+            yield Label(Text("enter sends the value (the run takes it at its next step); escape cancels",
+                             style="dim"))
+
+    def on_mount(self) -> None:
+        self.query_one("#settings-box").border_title = "live settings"
+
+    @on(Input.Submitted)
+    def submit(self, event: Input.Submitted) -> None:
+        from tui_llm.engine.run_config import ConfigError, live_setting
+
+        name = (event.input.id or "").removeprefix("setting-")
+        error = self.query_one("#settings-error", Label)
+        try:
+            value = parse_number(event.value)
+        except ValueError:
+            error.update(Text(f"{name} must be a number, got {event.value!r}"))
+            return
+        if isinstance(getattr(self.config, name, None), float):
+            value = float(value)
+        try:
+            value = live_setting(self.config, name, value)
+        except ConfigError as e:
+            error.update(Text(str(e)))
+            return
+        self.dismiss((name, value))
