@@ -9,7 +9,7 @@ from tests.test_follow import FakeClient, finished, start, train, write
 from tui_llm.app import TrainerApp
 from tui_llm.engine import events as ev
 from tui_llm.engine.follow import RunWatcher
-from tui_llm.engine.run_dir import RunDir
+from tui_llm.engine.run_dir import RunDir, checkpoint_name
 from tui_llm.screens.dialogs import LeaveScreen
 
 
@@ -117,3 +117,59 @@ async def test_settings_dialog_checks_the_value_and_sends_it(tmp_path):
         assert "Live settings" in [c.title for c in app.get_system_commands(app.screen)]
         trainer.send(ev.Stop(save=False))
         await until(pilot, lambda: app.phase == ev.RunState.FINISHED)
+
+
+# -- checkpoint browser ------------------------------------------------------------------------
+
+
+async def test_checkpoint_browser_lists_keeps_and_shows_the_resume_command(tmp_path, monkeypatch):
+    from tests.fake_trainer import FakeTrainer
+    from tui_llm.engine import api
+    from tui_llm.engine.sampler import SampleResult
+    from tui_llm.screens.checkpoints import KEPT_MARK, CheckpointsScreen
+
+    loaded = []
+    monkeypatch.setattr(api, "load_model", lambda path: loaded.append(path) or f"model of {path.name}")
+    monkeypatch.setattr(api, "generate", lambda model, prompt, **kw: SampleResult(
+        prompt=prompt, prompt_ids=[], token_ids=[1], text=f" from {model} {kw}", seconds=1.0))
+    trainer = FakeTrainer(tmp_path / "run")
+    app = TrainerApp(trainer)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.phase == ev.RunState.RUNNING)
+        for i in range(2):
+            trainer.advance(5)
+            await until(pilot, lambda: app.steps_done == 5 * (i + 1))
+            await pilot.press("c")
+            await until(pilot, lambda: not app.saving and not app.unsaved)
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, CheckpointsScreen))
+        screen = app.screen
+        table = screen.query_one("DataTable")
+        assert [p.name for p in screen.rows] == [checkpoint_name(5), checkpoint_name(10)]
+        assert table.get_row_at(0)[1] == "5" and table.get_row_at(0)[4] == f"{fake_val(5):.4f}"
+        assert "tui-llm --resume " + str(screen.rows[0]) in str(screen.query_one("#ckpt-resume").render())
+        await pilot.press("m")  # keep the first
+        await until(pilot, lambda: table.get_row_at(0)[0] == KEPT_MARK)
+        assert RunDir(trainer.run_dir.path).kept() == {checkpoint_name(5)}
+        await pilot.press("down")
+        assert checkpoint_name(10) in str(screen.query_one("#ckpt-resume").render())
+        screen.query_one("#ckpt-prompt").value = "Hi"
+        await pilot.press("s")
+        await until(pilot, lambda: f"from model of {checkpoint_name(10)}" in screen.sample_text)
+        assert "'sample_len': 64" in screen.sample_text
+        await pilot.press("s")  # the same checkpoint: the model is not loaded again
+        await until(pilot, lambda: screen.samples_done == 2)
+        assert len(loaded) == 1
+        trainer.advance(5)
+        await pilot.press("c")  # a new checkpoint shows up in the open browser
+        await until(pilot, lambda: len(screen.rows) == 3)
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is app.dashboard)
+        trainer.send(ev.Stop(save=False))
+        await until(pilot, lambda: app.phase == ev.RunState.FINISHED)
+
+
+def fake_val(step: int) -> float:
+    from tests.fake_trainer import fake_loss
+
+    return fake_loss(step) + 0.1

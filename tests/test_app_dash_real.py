@@ -52,3 +52,36 @@ async def test_real_trainer_lr_scale_from_the_settings_dialog(tmp_path):
         await until(pilot, lambda: app.screen is not app.dashboard)
         await pilot.press("d")
         await until(pilot, lambda: not app.is_running, timeout=60)
+
+
+async def test_real_trainer_checkpoint_browser_keeps_one_and_samples_from_it_while_training(tmp_path):
+    from tui_llm.screens.checkpoints import KEPT_MARK, CheckpointsScreen
+
+    config = tiny_config(tmp_path, save_every=3, keep_checkpoints=1)
+    run = tmp_path / "run"
+    app = TrainerApp(Trainer(config))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await until(pilot, lambda: app.phase == "running" and list(run.glob("ckpt_*.safetensors")))
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, CheckpointsScreen))
+        screen = app.screen
+        first = screen.rows[0]
+        await pilot.press("m")  # keep it
+        await until(pilot, lambda: screen.query_one("DataTable").get_row_at(0)[0] == KEPT_MARK)
+        await until(pilot, lambda: app.steps_done >= 10)  # periodic saves since, keep_checkpoints=1
+        names = sorted(p.name for p in run.glob("ckpt_*.safetensors"))
+        assert first.name in names and len(names) == 2  # the kept one and the newest; the others pruned
+        await until(pilot, lambda: len(screen.rows) == 2)  # the list follows the saves
+        screen.query_one("DataTable").move_cursor(row=0)
+        before = app.steps_done
+        await pilot.press("s")  # a model of its own, in a thread: training goes on meanwhile
+        await until(pilot, lambda: screen.samples_done == 1)
+        assert first.name in screen.sample_text
+        assert app.steps_done > before and app.phase == "running"
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is app.dashboard)
+        await pilot.press("q")
+        await until(pilot, lambda: app.screen is not app.dashboard)
+        await pilot.press("d")
+        await until(pilot, lambda: not app.is_running, timeout=60)
+    assert (run / first.name).exists()

@@ -28,6 +28,7 @@ from textual.worker import Worker, WorkerState
 
 from tui_llm.engine import events as ev
 from tui_llm.engine.run_dir import RunDir
+from tui_llm.screens.checkpoints import CheckpointsScreen
 from tui_llm.screens.dashboard import DashboardScreen
 from tui_llm.engine.run_config import LIVE_SETTINGS, ConfigError, RunConfig
 from tui_llm.screens.dialogs import HelpScreen, LeaveScreen, PromptScreen, QuitScreen, SettingsScreen
@@ -75,6 +76,7 @@ PALETTE = (
     ("screen.smooth_less", "Less smoothing", "Lower the EMA weight of the smoothed loss"),
     ("screen.next_metric", "Chart the next metric", "Loss, lr, grad_norm, tok/s, step ms"),
     ("screen.next_x_axis", "Chart against the next x axis", "Steps, tokens, training time"),
+    ("checkpoints", "Checkpoints", "Browse the run's checkpoints: sample from one, keep one, resume command"),
     ("export", "Export metrics CSV", "Write metrics.csv next to metrics.jsonl"),
     ("help", "Help", "Keys and what each panel shows"),
 )
@@ -93,6 +95,8 @@ class TrainerApp(App[int]):
         Binding("g", "prompt", "Prompt", tooltip="Sample from a prompt you type"),
         Binding("c,ctrl+s", "save", "Save", tooltip="Save a checkpoint of the current step"),
         Binding("v", "settings", "Settings", show=False, tooltip="Change a live setting (lr_scale, temperature, ...)"),
+        Binding("k", "checkpoints", "Checkpoints", show=False,
+                tooltip="The run's checkpoints: sample from one, mark one to keep, the resume command"),
         Binding("e", "export", "CSV", tooltip="Export metrics.csv next to metrics.jsonl"),
         Binding("question_mark", "help", "Help", tooltip="This help"),
         Binding("q", "quit", "Quit", tooltip="Quit (asks if the last steps are not saved)"),
@@ -224,6 +228,8 @@ class TrainerApp(App[int]):
             case ev.Sample():
                 self.sampling = False
             case ev.CheckpointSaved():
+                if isinstance(self.screen, CheckpointsScreen):
+                    self.screen.reload()
                 self.saving = False
                 self.saved_steps = max(self.saved_steps, event.step)
                 self.unsaved = self.steps_done > self.saved_steps
@@ -321,6 +327,8 @@ class TrainerApp(App[int]):
             return True if training and not self.saving and self.unsaved else None
         if action == "settings":
             return True if training and self.settings else None
+        if action == "checkpoints":
+            return True if self.browsed_run_dir() is not None and not isinstance(self.screen, CheckpointsScreen) else None
         if action == "export":
             return True if self.run_dir is not None else None
         return True
@@ -336,7 +344,7 @@ class TrainerApp(App[int]):
         for action, title, help_text in PALETTE:
             target, _, name = action.rpartition(".")
             owner = self.screen if target == "screen" else self
-            if owner.check_action(name, ()):
+            if hasattr(owner, f"action_{name}") and owner.check_action(name, ()):
                 yield SystemCommand(title, help_text, getattr(owner, f"action_{name}"))
 
     # -- actions -----------------------------------------------------------------------
@@ -384,6 +392,22 @@ class TrainerApp(App[int]):
                 self.dashboard.event_log.add(f"asked for {name} = {value:g} (from the next step)")
 
         self.push_screen(SettingsScreen(config, dict(self.settings)), send)
+
+    def browsed_run_dir(self) -> Path | None:
+        """The run directory the checkpoint browser lists (a watcher's own, else the run's)."""
+        if self.watching:
+            return getattr(getattr(self.trainer, "run_dir", None), "path", None)
+        return self.run_dir
+
+    def action_checkpoints(self) -> None:
+        """Show the checkpoint browser (it samples in a model of its own: training goes on)."""
+        run_dir = self.browsed_run_dir()
+        assert run_dir is not None
+        val = self.dashboard.chart.val
+        val_losses = dict(zip(map(int, val.x.tolist()), val.y.tolist()))
+        sampling = {name: self.settings.get(name, getattr(self.run_config, name))
+                    for name in ("sample_len", "temperature", "top_k")}
+        self.push_screen(CheckpointsScreen(run_dir, val_losses, sampling))
 
     def action_export(self) -> None:
         """Write metrics.csv next to the run's metrics.jsonl (in a thread: it can be long)."""
