@@ -173,3 +173,97 @@ def fake_val(step: int) -> float:
     from tests.fake_trainer import fake_loss
 
     return fake_loss(step) + 0.1
+
+
+# -- compare runs ------------------------------------------------------------------------------
+
+
+def other_run(path, steps: int, offset: float = 1.0, finished_too: bool = True):
+    """A run directory with `steps` steps written (a finished run unless told)."""
+    path.mkdir(parents=True, exist_ok=True)
+    events = [start()] + [train(s) for s in range(1, steps + 1)]
+    write(path, *events)
+    return path
+
+
+async def test_watch_two_runs_overlays_legend_toggle_reference_and_live_refresh(locked, tmp_path):
+    from tui_llm.widgets.overlays import load_overlays
+
+    write(locked.path, start(), *[train(s) for s in range(1, 30)])
+    beta = other_run(tmp_path / "beta", 40)
+    reference = tmp_path / "ref.csv"
+    reference.write_text("step,loss,val_loss\n" + "".join(f"{s},{4.5 - s / 20},\n" for s in range(1, 50)))
+    overlays, live_name = load_overlays(locked.path, [beta], reference)
+    assert live_name == "run" and [o.name for o in overlays] == ["beta", "ref ref.csv"]
+    watcher = watcher_of(locked, [])
+    app = TrainerApp(watcher, watcher.history(), watching=True, overlays=overlays, live_name=live_name)
+    async with app.run_test(size=(80, 24)) as pilot:
+        chart = app.dashboard.chart
+        await until(pilot, lambda: chart.drawn_points == 29)
+        text = chart.chart_text()
+        legend = text.splitlines()[0]
+        assert "━━ run (EMA 0.9)" in legend and "━━ beta" in legend and "━━ ref ref.csv" in legend
+        assert [line.style for line in chart.lines()][:2] == ["overlay1", "reference"]
+        assert chart.lines()[0].xs[-1] == 40  # beta's own steps
+        await pilot.press("x")  # tokens: beta has them, the CSV has not (drawn only against steps)
+        assert [line.label for line in chart.lines()] == ["beta", "", "run (EMA 0.9)", "val"]
+        await pilot.press("x", "x")
+        await pilot.press("o")
+        assert "beta" not in chart.chart_text().splitlines()[0] and "overlays hidden" in str(chart.border_subtitle)
+        await pilot.press("o")
+        assert "beta" in chart.chart_text().splitlines()[0]
+        write(beta, train(41), train(42))  # a live overlay gains steps on the 1 s tick
+        await until(pilot, lambda: chart.overlays[0].steps["step"][-1] == 42, timeout=5)
+        await pilot.press("m")  # lr: the overlay's too
+        assert [line.label for line in chart.lines()] == ["beta", "run"]  # the CSV has no lr
+        write(locked.path, finished(29))
+        await until(pilot, lambda: app.phase == ev.RunState.FINISHED)
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running)
+
+
+def test_bad_overlays_are_one_line_and_status_2(tmp_path):
+    import subprocess
+    import sys
+
+    run = other_run(tmp_path / "run", 3)
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("a,b\n1,2\n")
+    for args, says in [(["watch", run, "--reference", tmp_path / "none.csv"], "no metrics.jsonl"),
+                       (["watch", run, "--reference", bad_csv], "needs step and loss columns"),
+                       (["--compare", tmp_path / "nope", "--steps", "1"], "no metrics.jsonl"),
+                       (["--compare", run, "--no-ui"], "does not go with --no-ui")]:
+        r = subprocess.run([sys.executable, "-m", "tui_llm", *map(str, args)], capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, (args, r.stderr)
+
+
+def test_reference_from_metrics_csv_and_jsonl(tmp_path):
+    from tui_llm.widgets.overlays import Overlay
+
+    run = other_run(tmp_path / "run", 12)
+    write(run, ev.Validation(step=12, loss=3.0))
+    csv_path = RunDir(run).export_csv()
+    from_csv, from_jsonl = Overlay(csv_path, "csv", reference=True), Overlay(run / "metrics.jsonl", "j", reference=True)
+    assert from_csv.steps["loss"].tolist() == from_jsonl.steps["loss"].tolist()
+    assert from_csv.steps["tokens"].tolist() == [32.0 * s for s in range(1, 13)]
+    assert from_csv.val.y.tolist() == from_jsonl.val.y.tolist() == [3.0]
+    assert not from_csv.poll()
+
+
+async def test_training_with_compare_draws_the_other_run_under_this_one(tmp_path):
+    from tests.fake_trainer import FakeTrainer
+    from tui_llm.widgets.overlays import Overlay
+
+    beta = other_run(tmp_path / "beta", 20)
+    trainer = FakeTrainer(tmp_path / "run")
+    app = TrainerApp(trainer, overlays=[Overlay(beta, "beta")])
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.phase == ev.RunState.RUNNING)
+        trainer.advance(5)
+        chart = app.dashboard.chart
+        await until(pilot, lambda: chart.drawn_points == 5)
+        legend = chart.chart_text().splitlines()[0]
+        assert "━━ beta" in legend and "━━ this run (EMA 0.9)" in legend
+        trainer.send(ev.Stop(save=False))
+        await until(pilot, lambda: app.phase == ev.RunState.FINISHED)

@@ -76,6 +76,7 @@ PALETTE = (
     ("screen.smooth_less", "Less smoothing", "Lower the EMA weight of the smoothed loss"),
     ("screen.next_metric", "Chart the next metric", "Loss, lr, grad_norm, tok/s, step ms"),
     ("screen.next_x_axis", "Chart against the next x axis", "Steps, tokens, training time"),
+    ("screen.toggle_overlays", "Show or hide overlays", "Other runs' curves and the reference curve"),
     ("checkpoints", "Checkpoints", "Browse the run's checkpoints: sample from one, keep one, resume command"),
     ("export", "Export metrics CSV", "Write metrics.csv next to metrics.jsonl"),
     ("help", "Help", "Keys and what each panel shows"),
@@ -127,12 +128,18 @@ class TrainerApp(App[int]):
         history: list[dict] | None = None,
         title: str | None = None,
         watching: bool = False,
+        overlays: list | None = None,
+        live_name: str = "",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.trainer = trainer
         self.history = history
         """The run's earlier records (None: ask the trainer)."""
+        self.overlays = list(overlays or [])
+        """Other runs and reference curves (widgets/overlays.py), read once by the caller."""
+        self.live_name = live_name
+        """This run's name in the chart's legend when there are overlays."""
         self.watching = watching
         """The trainer is a RunWatcher (`tui-llm watch`): quitting leaves the run going."""
         if title is None:
@@ -164,6 +171,10 @@ class TrainerApp(App[int]):
             history = self.trainer.history() if hasattr(self.trainer, "history") else []
         self.resumed = any(record.get("type") == "train" for record in history)
         self.dashboard.load_history(history)
+        chart = self.dashboard.chart
+        chart.live_name = self.live_name or "this run"
+        for overlay in self.overlays:
+            chart.add_overlay(overlay)
         self.run_trainer()
         for message in self._early_signals:
             self.post_message(message)
@@ -478,15 +489,17 @@ class TrainerApp(App[int]):
         self.dashboard.event_log.add(f"stopping after the current step{saving}...", "warning")
 
 
-def run_app(trainer: Trainer, history: list[dict] | None = None, watching: bool = False) -> int:
+def run_app(trainer: Trainer, history: list[dict] | None = None, watching: bool = False,
+            overlays: list | None = None, live_name: str = "") -> int:
     """Run the UI until the user quits or a signal stops the run; returns the exit status
     (1 after a training error; 130 / 143 / 129 after SIGINT / SIGTERM / SIGHUP). `watching`:
-    the trainer is a RunWatcher (`tui-llm watch`); quitting leaves the run going."""
+    the trainer is a RunWatcher (`tui-llm watch`); quitting leaves the run going. `overlays`:
+    other runs' and reference curves on the chart (widgets/overlays.py), `live_name` this run's."""
     # The trainer thread needs the GIL back after every kernel and matmul (~100 per step). While
     # the UI thread renders, Python hands the GIL over only every switch interval (5 ms by
     # default): a shorter one keeps the UI's cost to training small.
     sys.setswitchinterval(0.0005)
-    app = TrainerApp(trainer, history, watching=watching, driver_class=HangupSafeDriver if sys.platform != "win32" else None)
+    app = TrainerApp(trainer, history, watching=watching, overlays=overlays, live_name=live_name, driver_class=HangupSafeDriver if sys.platform != "win32" else None)
 
     def abort_message() -> str:
         step, saved = getattr(trainer, "step", None), getattr(trainer, "last_saved_step", None)

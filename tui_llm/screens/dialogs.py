@@ -15,7 +15,9 @@ PANELS = (
     ("chart", "the loss: raw per step (faint), EMA-smoothed and debiased (bright) and validation "
               "(orange, drawn last); m switches to lr, grad_norm, tok/s or the step's fwd/bwd/opt ms, "
               "x to tokens or training time on the x axis, l to a log y axis; a few outlying steps "
-              "may go off the top; each dot column shows the mean of its steps; redrawn once a second"),
+              "may go off the top; each dot column shows the mean of its steps; redrawn once a second; "
+              "a dotted vertical line marks a live setting's change (v); other runs' curves (watch RUN_A "
+              "RUN_B, --compare, --reference) in their own colours, named in the legend (o hides them)"),
     ("step time", "forward / backward / optimizer time of the last step, its share of the "
                   "step, sparklines of recent steps, tokens/s and steps/s; once a second"),
     ("status", "model, parameters, data, step/total, epoch, lr, grad_norm, training time (across "
