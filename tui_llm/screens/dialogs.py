@@ -166,11 +166,7 @@ class LeaveScreen(ModalScreen[str | None]):
         align: center middle;
     }
     #leave-box {
-        grid-size: 3 2;
-        grid-gutter: 1 2;
-        grid-rows: auto 3;
-        grid-columns: auto;
-        width: auto;
+        width: 60;
         max-width: 100%;
         height: auto;
         padding: 1 2;
@@ -178,12 +174,11 @@ class LeaveScreen(ModalScreen[str | None]):
         background: $surface;
     }
     #leave-box Button {
-        width: auto;
+        width: 100%;
+        margin-top: 1;
     }
     #leave-question {
-        column-span: 3;
-        width: 1fr;
-        content-align: center middle;
+        width: 100%;
     }
     """
 
@@ -199,9 +194,9 @@ class LeaveScreen(ModalScreen[str | None]):
         self.saved_step = saved_step
 
     def compose(self) -> ComposeResult:
-        with Grid(id="leave-box"):
+        with Vertical(id="leave-box"):
             saved = f"step {self.saved_step:,}" if self.saved_step else "none yet"
-            yield Label(f"The run is at step {self.step:,}; last checkpoint: {saved}. It goes on after you leave.",
+            yield Label(f"The run is at step {self.step:,} (last checkpoint: {saved}); it goes on after you leave.",
                         id="leave-question")
             yield Button("Ask the run to save a checkpoint, then leave (s)", variant="primary", id="save")
             yield Button("Just leave (l)", id="leave")
@@ -235,7 +230,7 @@ class SettingsScreen(ModalScreen[tuple[str, int | float] | None]):
         max-width: 100%;
         height: auto;
         max-height: 100%;
-        padding: 0 1;
+        padding: 1 1 0 1;
         border: round $accent;
         background: $surface;
     }
@@ -244,7 +239,7 @@ class SettingsScreen(ModalScreen[tuple[str, int | float] | None]):
     }
     #settings-box .setting-name {
         width: 16;
-        padding: 1 0 0 1;
+        padding: 0 0 0 1;
     }
     #settings-box Input {
         width: 1fr;
@@ -271,13 +266,14 @@ class SettingsScreen(ModalScreen[tuple[str, int | float] | None]):
             for name, value in self.values.items():
                 with Horizontal():
                     yield Label(name, classes="setting-name")
-                    yield Input(f"{value:g}" if isinstance(value, float) else str(value), id=f"setting-{name}")
+                    yield Input(f"{value:g}" if isinstance(value, float) else str(value), id=f"setting-{name}",
+                                compact=True)
             yield Label("", id="settings-error")
-            yield Label(Text("enter sends the value (the run takes it at its next step); escape cancels",
-                             style="dim"))
+            yield Label(Text("enter sends a value (taken at the next step); escape closes", style="dim"))
 
     def on_mount(self) -> None:
         self.query_one("#settings-box").border_title = "live settings"
+        self.query_one(Input).focus()
 
     @on(Input.Submitted)
     def submit(self, event: Input.Submitted) -> None:
