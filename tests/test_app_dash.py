@@ -178,8 +178,8 @@ def fake_val(step: int) -> float:
 # -- compare runs ------------------------------------------------------------------------------
 
 
-def other_run(path, steps: int, offset: float = 1.0, finished_too: bool = True):
-    """A run directory with `steps` steps written (a finished run unless told)."""
+def other_run(path, steps: int):
+    """A run directory with `steps` steps written (no lock: nobody trains there)."""
     path.mkdir(parents=True, exist_ok=True)
     events = [start()] + [train(s) for s in range(1, steps + 1)]
     write(path, *events)

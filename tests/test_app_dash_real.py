@@ -62,12 +62,16 @@ async def test_real_trainer_checkpoint_browser_keeps_one_and_samples_from_it_whi
     app = TrainerApp(Trainer(config))
     async with app.run_test(size=(100, 32)) as pilot:
         await until(pilot, lambda: app.phase == "running" and list(run.glob("ckpt_*.safetensors")))
+        await pilot.press("p")  # paused while one is picked: no save prunes it meanwhile
+        await until(pilot, lambda: app.phase == "paused")
         await pilot.press("k")
         await until(pilot, lambda: isinstance(app.screen, CheckpointsScreen))
         screen = app.screen
         first = screen.rows[0]
         await pilot.press("m")  # keep it
         await until(pilot, lambda: screen.query_one("DataTable").get_row_at(0)[0] == KEPT_MARK)
+        await pilot.press("p")  # the app's keys work here too
+        await until(pilot, lambda: app.phase == "running")
         await until(pilot, lambda: app.steps_done >= 10)  # periodic saves since, keep_checkpoints=1
         names = sorted(p.name for p in run.glob("ckpt_*.safetensors"))
         assert first.name in names and len(names) == 2  # the kept one and the newest; the others pruned

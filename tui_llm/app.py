@@ -27,10 +27,10 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from tui_llm.engine import events as ev
+from tui_llm.engine.run_config import LIVE_SETTINGS, ConfigError, RunConfig
 from tui_llm.engine.run_dir import RunDir
 from tui_llm.screens.checkpoints import CheckpointsScreen
 from tui_llm.screens.dashboard import DashboardScreen
-from tui_llm.engine.run_config import LIVE_SETTINGS, ConfigError, RunConfig
 from tui_llm.screens.dialogs import HelpScreen, LeaveScreen, PromptScreen, QuitScreen, SettingsScreen
 from tui_llm.terminal import SIGNAL_EXIT, HangupSafeDriver, SignalHandlers
 
@@ -448,6 +448,8 @@ class TrainerApp(App[int]):
         elif isinstance(self.screen, (QuitScreen, LeaveScreen)):  # ctrl+q works in dialogs too
             return
         elif self.watching:
+            if self.stopping:  # already leaving (the watcher detaches at once)
+                return
             if self.unsaved and self.phase in (RunState.RUNNING, RunState.PAUSED) and not self.stopping:
                 self.push_screen(LeaveScreen(self.steps_done, self.saved_steps), self._answer_leave)
             else:
@@ -499,7 +501,8 @@ def run_app(trainer: Trainer, history: list[dict] | None = None, watching: bool 
     # the UI thread renders, Python hands the GIL over only every switch interval (5 ms by
     # default): a shorter one keeps the UI's cost to training small.
     sys.setswitchinterval(0.0005)
-    app = TrainerApp(trainer, history, watching=watching, overlays=overlays, live_name=live_name, driver_class=HangupSafeDriver if sys.platform != "win32" else None)
+    app = TrainerApp(trainer, history, watching=watching, overlays=overlays, live_name=live_name,
+                     driver_class=HangupSafeDriver if sys.platform != "win32" else None)
 
     def abort_message() -> str:
         step, saved = getattr(trainer, "step", None), getattr(trainer, "last_saved_step", None)

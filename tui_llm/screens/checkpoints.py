@@ -162,6 +162,10 @@ class CheckpointsScreen(Screen):
         path = self.selected
         if path is None:
             return
+        if not path.exists():  # pruned since the list was read
+            self.notify(f"{path.name} is gone (pruned since the list was read)", severity="warning", timeout=4)
+            self.reload()
+            return
         keep = path.name not in self.run_dir.kept()
         self.run_dir.keep(path, keep)
         self.notify(f"{path.name}: {'kept (never pruned)' if keep else 'no longer kept'}", timeout=3)
