@@ -178,6 +178,8 @@ class FakeTrainer:
             self._record(self._sample_event(command.prompt))
         elif isinstance(command, ev.SaveNow):
             self._save(ev.SaveReason.REQUEST)
+        elif isinstance(command, ev.SetSetting):
+            self._record(ev.SettingChanged(step=self.step, name=command.name, value=command.value))
 
     # -- the fake work -------------------------------------------------------------------
 

@@ -81,8 +81,8 @@ def test_watch_a_headless_run_in_another_terminal(tmp_path):
         wait(lambda: steps_in(log) > paused_at + 3, "the headless run training again")
         watcher.press("q")
         time.sleep(1.0)
-        if "Save and quit" in watcher.screen():  # unsaved steps: the dialog; leave without asking for a save
-            watcher.press("d")
+        if "Just leave" in watcher.screen():  # unsaved steps: the dialog; leave without asking for a save
+            watcher.press("l")
         wait(lambda: (tmp_path / "watch.exit").exists(), "the watcher to exit", timeout=60)
         assert (tmp_path / "watch.exit").read_text().strip() == "EXIT=0"
         going = steps_in(log)
@@ -109,3 +109,23 @@ def test_watch_a_headless_run_in_another_terminal(tmp_path):
         trainer.close()
         if watcher is not None:
             watcher.close()
+
+
+def test_watch_two_runs_shows_both_in_the_legend_at_80x24(tmp_path):
+    from tests.test_follow import finished, start, train, write
+
+    for name, steps in (("alpha", 30), ("beta", 45)):
+        (tmp_path / name).mkdir()
+        write(tmp_path / name, start(), *[train(s) for s in range(1, steps + 1)], finished(steps))
+    watcher = Terminal(80, 24, shell("watch", tmp_path / "alpha", tmp_path / "beta", exit_file=tmp_path / "exit"))
+    try:
+        screen = watcher.wait_for(lambda s: "FINISHED" in s and BRAILLE.search(s), "the two runs' curves")
+        assert "━━ beta" in screen and "━━ alpha (EMA 0.9)" in screen, screen
+        assert f"tui-llm watch {tmp_path / 'alpha'}"[:40] in screen
+        watcher.press("o")
+        watcher.wait_for(lambda s: "━━ beta" not in s and "overlays hidden" in s, "the overlays hidden")
+        watcher.press("q")
+        wait(lambda: (tmp_path / "exit").exists(), "the watcher to exit", timeout=60)
+        assert (tmp_path / "exit").read_text().strip() == "EXIT=0"
+    finally:
+        watcher.close()

@@ -27,9 +27,11 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from tui_llm.engine import events as ev
+from tui_llm.engine.run_config import LIVE_SETTINGS, ConfigError, RunConfig
 from tui_llm.engine.run_dir import RunDir
+from tui_llm.screens.checkpoints import CheckpointsScreen
 from tui_llm.screens.dashboard import DashboardScreen
-from tui_llm.screens.dialogs import HelpScreen, PromptScreen, QuitScreen
+from tui_llm.screens.dialogs import HelpScreen, LeaveScreen, PromptScreen, QuitScreen, SettingsScreen
 from tui_llm.terminal import SIGNAL_EXIT, HangupSafeDriver, SignalHandlers
 
 RunState = ev.RunState
@@ -68,11 +70,14 @@ PALETTE = (
     ("sample", "Sample now", "Generate a sample from the current weights"),
     ("prompt", "Sample from a prompt", "Type a prompt and generate from it"),
     ("save", "Save checkpoint", "Write a checkpoint of the current step"),
+    ("settings", "Live settings", "Change lr_scale, temperature, top_k, ... of the running run"),
     ("screen.log_scale", "Toggle log scale", "Switch the loss axis between linear and log"),
     ("screen.smooth_more", "More smoothing", "Raise the EMA weight of the smoothed loss"),
     ("screen.smooth_less", "Less smoothing", "Lower the EMA weight of the smoothed loss"),
     ("screen.next_metric", "Chart the next metric", "Loss, lr, grad_norm, tok/s, step ms"),
     ("screen.next_x_axis", "Chart against the next x axis", "Steps, tokens, training time"),
+    ("screen.toggle_overlays", "Show or hide overlays", "Other runs' curves and the reference curve"),
+    ("checkpoints", "Checkpoints", "Browse the run's checkpoints: sample from one, keep one, resume command"),
     ("export", "Export metrics CSV", "Write metrics.csv next to metrics.jsonl"),
     ("help", "Help", "Keys and what each panel shows"),
 )
@@ -90,6 +95,9 @@ class TrainerApp(App[int]):
         Binding("s", "sample", "Sample", tooltip="Sample from the current weights"),
         Binding("g", "prompt", "Prompt", tooltip="Sample from a prompt you type"),
         Binding("c,ctrl+s", "save", "Save", tooltip="Save a checkpoint of the current step"),
+        Binding("v", "settings", "Settings", show=False, tooltip="Change a live setting (lr_scale, temperature, ...)"),
+        Binding("k", "checkpoints", "Checkpoints", show=False,
+                tooltip="The run's checkpoints: sample from one, mark one to keep, the resume command"),
         Binding("e", "export", "CSV", tooltip="Export metrics.csv next to metrics.jsonl"),
         Binding("question_mark", "help", "Help", tooltip="This help"),
         Binding("q", "quit", "Quit", tooltip="Quit (asks if the last steps are not saved)"),
@@ -109,6 +117,8 @@ class TrainerApp(App[int]):
     """The trainer's run() has not returned."""
     unsaved: var[bool] = var(False, bindings=True)
     """Steps were done since the last checkpoint (the save key applies)."""
+    stale: var[bool] = var(False)
+    """Watch mode: the watched run has sent nothing for a while (the watcher's state says so)."""
     state: reactive[RunState] = reactive(RunState.STARTING, init=False)
     """The state shown in the status bar (computed from the above)."""
 
@@ -116,13 +126,25 @@ class TrainerApp(App[int]):
         self,
         trainer: Trainer,
         history: list[dict] | None = None,
-        title: str = "tui-llm",
+        title: str | None = None,
+        watching: bool = False,
+        overlays: list | None = None,
+        live_name: str = "",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.trainer = trainer
         self.history = history
         """The run's earlier records (None: ask the trainer)."""
+        self.overlays = list(overlays or [])
+        """Other runs and reference curves (widgets/overlays.py), read once by the caller."""
+        self.live_name = live_name
+        """This run's name in the chart's legend when there are overlays."""
+        self.watching = watching
+        """The trainer is a RunWatcher (`tui-llm watch`): quitting leaves the run going."""
+        if title is None:
+            run_dir = getattr(getattr(trainer, "run_dir", None), "path", None)
+            title = f"tui-llm watch {run_dir}" if watching and run_dir is not None else "tui-llm"
         self.title = title
         self.dashboard = DashboardScreen(title)
         self.run_dir: Path | None = None
@@ -132,6 +154,10 @@ class TrainerApp(App[int]):
         self.signal_exit: int | None = None
         """Exit status owed to a signal (129, 130, 143), once one arrived."""
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.run_config = RunConfig()
+        """The run's configuration as it started (live settings are checked against it)."""
+        self.settings: dict[str, int | float] = {}
+        """The live settings' current values (from RunStarted, then each SettingChanged)."""
         self.resumed = False
         """The run has steps from before (a --resume)."""
         self._early_signals: list[Signalled] = []
@@ -145,6 +171,10 @@ class TrainerApp(App[int]):
             history = self.trainer.history() if hasattr(self.trainer, "history") else []
         self.resumed = any(record.get("type") == "train" for record in history)
         self.dashboard.load_history(history)
+        chart = self.dashboard.chart
+        chart.live_name = self.live_name or "this run"
+        for overlay in self.overlays:
+            chart.add_overlay(overlay)
         self.run_trainer()
         for message in self._early_signals:
             self.post_message(message)
@@ -172,7 +202,14 @@ class TrainerApp(App[int]):
             return RunState.SAVING
         if self.sampling:
             return RunState.SAMPLING
+        if self.stale and self.phase == RunState.RUNNING:
+            return RunState.STALE
         return self.phase
+
+    def on_dashboard_screen_ticked(self) -> None:
+        """Once a second: is the watched run stale? (The watcher's state, read, never written.)"""
+        if self.watching:
+            self.stale = getattr(self.trainer, "state", None) == RunState.STALE
 
     def watch_state(self, state: RunState) -> None:
         self.dashboard.set_state(state)
@@ -187,14 +224,23 @@ class TrainerApp(App[int]):
                 self.phase = RunState.COMPILING
             case ev.RunStarted():
                 self.run_dir = Path(event.run_dir)
+                try:
+                    self.run_config = RunConfig.from_dict(event.run_config)
+                except ConfigError:
+                    self.run_config = RunConfig()
+                self.settings = {name: getattr(self.run_config, name) for name in LIVE_SETTINGS}
                 self.steps_done = self.saved_steps = event.step
                 self.phase = RunState.RUNNING
+            case ev.SettingChanged():
+                self.settings[event.name] = event.value
             case ev.TrainStep():
                 self.steps_done = event.step
                 self.unsaved = True
             case ev.Sample():
                 self.sampling = False
             case ev.CheckpointSaved():
+                if isinstance(self.screen, CheckpointsScreen):
+                    self.screen.reload()
                 self.saving = False
                 self.saved_steps = max(self.saved_steps, event.step)
                 self.unsaved = self.steps_done > self.saved_steps
@@ -290,6 +336,10 @@ class TrainerApp(App[int]):
             return True if (training or self.can_sample_final()) and not self.sampling else None
         if action == "save":  # the trainer skips a save when no step was done since the last
             return True if training and not self.saving and self.unsaved else None
+        if action == "settings":
+            return True if training and self.settings else None
+        if action == "checkpoints":
+            return True if self.browsed_run_dir() is not None and not isinstance(self.screen, CheckpointsScreen) else None
         if action == "export":
             return True if self.run_dir is not None else None
         return True
@@ -305,7 +355,7 @@ class TrainerApp(App[int]):
         for action, title, help_text in PALETTE:
             target, _, name = action.rpartition(".")
             owner = self.screen if target == "screen" else self
-            if owner.check_action(name, ()):
+            if hasattr(owner, f"action_{name}") and owner.check_action(name, ()):
                 yield SystemCommand(title, help_text, getattr(owner, f"action_{name}"))
 
     # -- actions -----------------------------------------------------------------------
@@ -342,6 +392,34 @@ class TrainerApp(App[int]):
         self.saving = True
         self.trainer.send(ev.SaveNow())
 
+    def action_settings(self) -> None:
+        """Show the live settings; a changed one goes to the trainer (or the watched run)."""
+        config = RunConfig(**{**self.run_config.to_dict(), **self.settings})
+
+        def send(choice: tuple[str, int | float] | None) -> None:
+            if choice is not None:
+                name, value = choice
+                self.trainer.send(ev.SetSetting(name=name, value=value))
+                self.dashboard.event_log.add(f"asked for {name} = {value:g} (from the next step)")
+
+        self.push_screen(SettingsScreen(config, dict(self.settings)), send)
+
+    def browsed_run_dir(self) -> Path | None:
+        """The run directory the checkpoint browser lists (a watcher's own, else the run's)."""
+        if self.watching:
+            return getattr(getattr(self.trainer, "run_dir", None), "path", None)
+        return self.run_dir
+
+    def action_checkpoints(self) -> None:
+        """Show the checkpoint browser (it samples in a model of its own: training goes on)."""
+        run_dir = self.browsed_run_dir()
+        assert run_dir is not None
+        val = self.dashboard.chart.val
+        val_losses = dict(zip(map(int, val.x.tolist()), val.y.tolist()))
+        sampling = {name: self.settings.get(name, getattr(self.run_config, name))
+                    for name in ("sample_len", "temperature", "top_k")}
+        self.push_screen(CheckpointsScreen(run_dir, val_losses, sampling))
+
     def action_export(self) -> None:
         """Write metrics.csv next to the run's metrics.jsonl (in a thread: it can be long)."""
         assert self.run_dir is not None
@@ -363,11 +441,19 @@ class TrainerApp(App[int]):
         self.push_screen(HelpScreen(list(keys.items())))
 
     def action_quit(self) -> None:
-        """Stop training (asking about unsaved steps) and exit once the trainer finishes."""
+        """Stop training (asking about unsaved steps) and exit once the trainer finishes; when
+        watching, leave (asking whether the run should save first) and let the run go on."""
         if not self.alive or self.phase == RunState.FINISHED:
             self.exit_run()
-        elif isinstance(self.screen, QuitScreen):  # ctrl+q works in dialogs too
+        elif isinstance(self.screen, (QuitScreen, LeaveScreen)):  # ctrl+q works in dialogs too
             return
+        elif self.watching:
+            if self.stopping:  # already leaving (the watcher detaches at once)
+                return
+            if self.unsaved and self.phase in (RunState.RUNNING, RunState.PAUSED) and not self.stopping:
+                self.push_screen(LeaveScreen(self.steps_done, self.saved_steps), self._answer_leave)
+            else:
+                self._leave(save=False)
         elif self.stopping:
             self.notify("Stopping after the current step...")
         elif self.phase in (RunState.STARTING, RunState.COMPILING):
@@ -387,6 +473,17 @@ class TrainerApp(App[int]):
         if answer in ("save", "discard"):
             self._stop(save=answer == "save")
 
+    def _answer_leave(self, answer: str | None) -> None:
+        if answer in ("save", "leave"):
+            self._leave(save=answer == "save")
+
+    def _leave(self, save: bool) -> None:
+        """Detach from the watched run (a watcher's Stop never stops the run)."""
+        self.stopping = True
+        self.trainer.send(ev.Stop(save=save, reason=ev.FinishReason.STOPPED))
+        asked = "; the run was asked to save a checkpoint" if save else ""
+        self.dashboard.event_log.add(f"stopped watching{asked}; the run goes on", "warning")
+
     def _stop(self, save: bool) -> None:
         self.stopping = True
         self.trainer.send(ev.Stop(save=save, reason=ev.FinishReason.STOPPED))
@@ -394,14 +491,18 @@ class TrainerApp(App[int]):
         self.dashboard.event_log.add(f"stopping after the current step{saving}...", "warning")
 
 
-def run_app(trainer: Trainer, history: list[dict] | None = None) -> int:
+def run_app(trainer: Trainer, history: list[dict] | None = None, watching: bool = False,
+            overlays: list | None = None, live_name: str = "") -> int:
     """Run the UI until the user quits or a signal stops the run; returns the exit status
-    (1 after a training error; 130 / 143 / 129 after SIGINT / SIGTERM / SIGHUP)."""
+    (1 after a training error; 130 / 143 / 129 after SIGINT / SIGTERM / SIGHUP). `watching`:
+    the trainer is a RunWatcher (`tui-llm watch`); quitting leaves the run going. `overlays`:
+    other runs' and reference curves on the chart (widgets/overlays.py), `live_name` this run's."""
     # The trainer thread needs the GIL back after every kernel and matmul (~100 per step). While
     # the UI thread renders, Python hands the GIL over only every switch interval (5 ms by
     # default): a shorter one keeps the UI's cost to training small.
     sys.setswitchinterval(0.0005)
-    app = TrainerApp(trainer, history, driver_class=HangupSafeDriver if sys.platform != "win32" else None)
+    app = TrainerApp(trainer, history, watching=watching, overlays=overlays, live_name=live_name,
+                     driver_class=HangupSafeDriver if sys.platform != "win32" else None)
 
     def abort_message() -> str:
         step, saved = getattr(trainer, "step", None), getattr(trainer, "last_saved_step", None)

@@ -59,6 +59,8 @@ def train_parser() -> Parser:
     p.add_argument("--format", dest="data_format", choices=("auto", "llmc", "int32", "uint16"),
                    help="token file format (default auto: llm.c header or legacy int32; uint16 must be asked for)")
     p.add_argument("--no-ui", action="store_true", help="headless: print one line per step")
+    p.add_argument("--compare", action="append", metavar="RUN_DIR", default=[],
+                   help="draw another run's curves over the chart (repeatable; o hides them; not with --no-ui)")
     g = p.add_argument_group("model")
     g.add_argument("--arch", choices=("gpt2", "llama"), help="a fresh model's architecture (default gpt2; llama "
                                                              "needs --tokenizer)")
@@ -142,6 +144,16 @@ def cmd_train(argv) -> int:
 
     args = train_parser().parse_args(argv)
     settings = given_settings(args)
+    overlays = []  # --compare: other runs' curves on the chart, read once here
+    if args.compare:
+        if args.no_ui:
+            raise UsageError("--compare draws on the dashboard; it does not go with --no-ui")
+        from tui_llm.widgets.overlays import OverlayError, Overlay, overlay_names
+
+        try:
+            overlays = [Overlay(path, name) for path, name in zip(args.compare, overlay_names(args.compare))]
+        except OverlayError as e:
+            raise UsageError(str(e)) from None
     if args.resume:
         if args.init_from:
             raise UsageError("--resume and --init-from cannot be combined (a resumed run keeps its weights)")
@@ -168,7 +180,7 @@ def cmd_train(argv) -> int:
     else:
         from tui_llm.app import run_app
 
-        code = run_app(trainer, trainer.history())
+        code = run_app(trainer, trainer.history(), overlays=overlays)
     if world.is_root:
         print_where(trainer)
     return code

@@ -2,6 +2,8 @@
 
     tui-llm watch runs/x              the dashboard: p pauses the run, s samples, c saves, q leaves it running
     tui-llm watch runs/x --no-ui      the lines a headless run prints, following metrics.jsonl (over ssh, in scripts)
+    tui-llm watch runs/x runs/y       compare: runs/x live, runs/y's curves drawn over its chart (o hides them)
+    tui-llm watch runs/x --reference ref/metrics.csv    a fixed reference curve too
 
 The watcher reads the run directory's files and steers the run through its control channel
 (engine/channel.py); quitting the watcher never stops the run. A finished run shows its history.
@@ -19,7 +21,10 @@ def watch_parser():
     from tui_llm.cli import Parser
 
     p = Parser(prog="tui-llm watch", description="Watch and steer a run that another process trains (or a finished one).")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directory (several: the first is shown)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run directory (several: the first is watched, the others are drawn over its chart)")
+    p.add_argument("--reference", metavar="FILE",
+                   help="a fixed reference curve: a metrics.jsonl, or a CSV with step and loss columns (metrics.csv)")
     p.add_argument("--no-ui", action="store_true", help="print the lines of a headless run instead of the dashboard")
     p.add_argument("--stale-after", type=float, default=30.0,
                    help="call a running run stale after this many seconds without an event (default 30, "
@@ -36,9 +41,16 @@ def cmd_watch(argv) -> int:
         raise UsageError(f"--stale-after must be a positive number of seconds, got {args.stale_after:g}")
     watchers = [RunWatcher(d, stale_after=args.stale_after) for d in args.run_dirs]  # each checked: one line, exit 2
     watcher = watchers[0]
-    if len(watchers) > 1:
-        print(f"watching {safe_text(args.run_dirs[0])}; several runs in one dashboard are not supported yet",
+    if args.no_ui and (len(watchers) > 1 or args.reference):
+        print(f"watching {safe_text(args.run_dirs[0])}; the other runs and --reference are drawn by the dashboard only",
               file=sys.stderr)
+    if not args.no_ui:
+        from tui_llm.widgets.overlays import OverlayError, load_overlays
+
+        try:
+            overlays, live_name = load_overlays(args.run_dirs[0], args.run_dirs[1:], args.reference)
+        except OverlayError as e:
+            raise UsageError(str(e)) from None
     if args.no_ui:
         previous = {s: signal.signal(s, lambda *_: watcher.stop()) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
@@ -51,7 +63,7 @@ def cmd_watch(argv) -> int:
             raise UsageError("the terminal UI needs a terminal; use tui-llm watch --no-ui")
         from tui_llm.app import run_app
 
-        run_app(watcher, watcher.history())
+        run_app(watcher, watcher.history(), watching=True, overlays=overlays, live_name=live_name)
     if watcher.live:
         print(f"stopped watching {watcher.run_dir.path}; the run goes on", file=sys.stderr)
     return EXIT_OK

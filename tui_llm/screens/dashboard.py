@@ -15,6 +15,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Label, ProgressBar
 
@@ -51,6 +52,8 @@ class DashboardScreen(Screen):
         Binding("m", "next_metric", "Metric", show=False,
                 tooltip="Chart the loss, lr, grad_norm, tok/s or the step's fwd/bwd/opt ms"),
         Binding("x", "next_x_axis", "x axis", show=False, tooltip="Chart against steps, tokens or training time"),
+        Binding("o", "toggle_overlays", "Overlays", show=False,
+                tooltip="Show or hide the other runs' curves and the reference curve (watch RUN_A RUN_B, --compare)"),
     ]
 
     def __init__(self, title: str) -> None:
@@ -70,11 +73,18 @@ class DashboardScreen(Screen):
             yield EventLog(id="log")
         yield Footer(compact=True)
 
+    class Ticked(Message):
+        """The once-a-second tick: the app reads a watched run's state on it (no timer of its own)."""
+
     def on_mount(self) -> None:
         self.set_interval(TICK_SECONDS, self.tick)
 
     def tick(self) -> None:
         """Repaint the step panels whose numbers changed since the last tick."""
+        self.post_message(self.Ticked())
+        chart = self.chart
+        if chart.overlays:
+            chart.poll_overlays()
         self.status_bar.tick()
         self.timings.tick()
         self.chart.redraw()
@@ -121,6 +131,14 @@ class DashboardScreen(Screen):
     def action_next_x_axis(self) -> None:
         """Chart against the next x axis: steps, tokens, training time."""
         self.chart.next_x_axis()
+
+    def action_toggle_overlays(self) -> None:
+        """Show or hide the overlays (other runs, the reference curve)."""
+        chart = self.chart
+        if chart.overlays:
+            chart.toggle_overlays()
+        else:
+            self.notify("no overlays: tui-llm watch RUN_A RUN_B, --compare RUN_DIR or --reference FILE", timeout=4)
 
     # -- what the app tells -------------------------------------------------------------
 
@@ -192,6 +210,9 @@ class DashboardScreen(Screen):
                 add(f"paused at step {step:,}")
             case ev.Resumed(step=step):
                 add(f"resumed at step {step:,}")
+            case ev.SettingChanged(step=step, name=name, value=value):
+                self.chart.add_marker(step, f"{name} = {value:g}")
+                add(f"step {step:,}: {name} = {value:g}", "good")
             case ev.Notice(text=text, level=level):
                 add(text, level)
             case ev.Error(step=step, message=message):

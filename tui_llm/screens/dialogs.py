@@ -15,7 +15,9 @@ PANELS = (
     ("chart", "the loss: raw per step (faint), EMA-smoothed and debiased (bright) and validation "
               "(orange, drawn last); m switches to lr, grad_norm, tok/s or the step's fwd/bwd/opt ms, "
               "x to tokens or training time on the x axis, l to a log y axis; a few outlying steps "
-              "may go off the top; each dot column shows the mean of its steps; redrawn once a second"),
+              "may go off the top; each dot column shows the mean of its steps; redrawn once a second; "
+              "a dotted vertical line marks a live setting's change (v); other runs' curves (watch RUN_A "
+              "RUN_B, --compare, --reference) in their own colours, named in the legend (o hides them)"),
     ("step time", "forward / backward / optimizer time of the last step, its share of the "
                   "step, sparklines of recent steps, tokens/s and steps/s; once a second"),
     ("status", "model, parameters, data, step/total, epoch, lr, grad_norm, training time (across "
@@ -153,3 +155,142 @@ class QuitScreen(ModalScreen[str | None]):
     @on(Button.Pressed)
     def answer(self, event: Button.Pressed) -> None:
         self.dismiss(None if event.button.id == "cancel" else event.button.id)
+
+
+class LeaveScreen(ModalScreen[str | None]):
+    """Watch mode: leaving never stops the run. Dismisses with "save" (ask the run to save a
+    checkpoint, then leave), "leave", or None to keep watching."""
+
+    DEFAULT_CSS = """
+    LeaveScreen {
+        align: center middle;
+    }
+    #leave-box {
+        width: 60;
+        max-width: 100%;
+        height: auto;
+        padding: 1 2;
+        border: round $warning;
+        background: $surface;
+    }
+    #leave-box Button {
+        width: 100%;
+        margin-top: 1;
+    }
+    #leave-question {
+        width: 100%;
+    }
+    """
+
+    BINDINGS = [
+        Binding("escape", "dismiss(None)", "Cancel"),
+        Binding("s,y", "dismiss('save')", "Save, then leave"),
+        Binding("l,n", "dismiss('leave')", "Just leave"),
+    ]
+
+    def __init__(self, step: int, saved_step: int) -> None:
+        super().__init__()
+        self.step = step
+        self.saved_step = saved_step
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="leave-box"):
+            saved = f"step {self.saved_step:,}" if self.saved_step else "none yet"
+            yield Label(f"The run is at step {self.step:,} (last checkpoint: {saved}); it goes on after you leave.",
+                        id="leave-question")
+            yield Button("Ask the run to save a checkpoint, then leave (s)", variant="primary", id="save")
+            yield Button("Just leave (l)", id="leave")
+            yield Button("Cancel (esc)", id="cancel")
+
+    @on(Button.Pressed)
+    def answer(self, event: Button.Pressed) -> None:
+        self.dismiss(None if event.button.id == "cancel" else event.button.id)
+
+
+def parse_number(text: str) -> int | float:
+    """A whole number if the text is one, else a float; ValueError if neither."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+class SettingsScreen(ModalScreen[tuple[str, int | float] | None]):
+    """The live settings (run_config.LIVE_SETTINGS) with their current values. Enter in one
+    checks the new value (run_config.live_setting) and dismisses with (name, value); a value that
+    cannot work shows its one-line error here instead. Escape: None."""
+
+    DEFAULT_CSS = """
+    SettingsScreen {
+        align: center middle;
+    }
+    #settings-box {
+        width: 70;
+        max-width: 100%;
+        height: auto;
+        max-height: 100%;
+        padding: 1 1 0 1;
+        border: round $accent;
+        background: $surface;
+    }
+    #settings-box Horizontal {
+        height: auto;
+    }
+    #settings-box .setting-name {
+        width: 16;
+        padding: 0 0 0 1;
+    }
+    #settings-box Input {
+        width: 1fr;
+    }
+    #settings-error {
+        color: $error;
+        height: auto;
+    }
+    """
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, config, values: dict[str, int | float]) -> None:
+        """`config`: the run's RunConfig (what a new value is checked against); `values`: the
+        live settings' current values."""
+        super().__init__()
+        self.config = config
+        self.values = values
+
+    def compose(self) -> ComposeResult:
+        from textual.containers import Horizontal
+
+        with VerticalScroll(id="settings-box"):
+            for name, value in self.values.items():
+                with Horizontal():
+                    yield Label(name, classes="setting-name")
+                    yield Input(f"{value:g}" if isinstance(value, float) else str(value), id=f"setting-{name}",
+                                compact=True)
+            yield Label("", id="settings-error")
+            yield Label(Text("enter sends a value (taken at the next step); escape closes", style="dim"))
+
+    def on_mount(self) -> None:
+        self.query_one("#settings-box").border_title = "live settings"
+        self.query_one(Input).focus()
+
+    @on(Input.Submitted)
+    def submit(self, event: Input.Submitted) -> None:
+        from tui_llm.engine.run_config import ConfigError, live_setting
+
+        name = (event.input.id or "").removeprefix("setting-")
+        error = self.query_one("#settings-error", Label)
+        try:
+            value = parse_number(event.value)
+        except ValueError:
+            error.update(Text(f"{name} must be a number, got {event.value!r}"))
+            return
+        if isinstance(getattr(self.config, name, None), float):
+            value = float(value)
+        try:
+            value = live_setting(self.config, name, value)
+        except ConfigError as e:
+            error.update(Text(str(e)))
+            return
+        self.dismiss((name, value))

@@ -23,7 +23,8 @@ from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tui_llm.widgets.plotext_charts import draw_chart, duration_label, human_number
+from tui_llm.widgets.overlays import Overlay
+from tui_llm.widgets.plotext_charts import MARKER, draw_chart, duration_label, human_number
 from tui_llm.widgets.text_charts import AXIS, Columns, Line, Points, Row, tick_label
 
 SMOOTHING_WEIGHTS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -56,7 +57,10 @@ X_AXES = {"step": ("step", tick_label), "tokens": ("tokens", human_number),
 CPU_SHARE = 0.02
 """At most this share of a core goes to drawing the chart for new steps."""
 
-STYLES = ("train", "smoothed", "val", "metric", "fwd", "bwd", "opt", AXIS)
+OVERLAY_STYLES = ("overlay1", "overlay2", "overlay3", "overlay4")
+"""The colours of other runs' curves, in turn."""
+
+STYLES = ("train", "smoothed", "val", "metric", "fwd", "bwd", "opt", MARKER, *OVERLAY_STYLES, "reference", AXIS)
 
 
 class MetricsChart(Widget):
@@ -94,6 +98,25 @@ class MetricsChart(Widget):
     MetricsChart > .metrics-chart--opt {
         color: $success;
     }
+    MetricsChart > .metrics-chart--marker {
+        color: $accent;
+    }
+    MetricsChart > .metrics-chart--overlay1 {
+        color: ansi_bright_magenta;
+    }
+    MetricsChart > .metrics-chart--overlay2 {
+        color: ansi_bright_green;
+    }
+    MetricsChart > .metrics-chart--overlay3 {
+        color: ansi_bright_red;
+    }
+    MetricsChart > .metrics-chart--overlay4 {
+        color: ansi_bright_yellow;
+    }
+    MetricsChart > .metrics-chart--reference {
+        color: $text;
+        text-style: dim;
+    }
     """
 
     COMPONENT_CLASSES = {f"metrics-chart--{name}" for name in STYLES}
@@ -110,6 +133,9 @@ class MetricsChart(Widget):
     x_axis: reactive[str] = reactive("step", repaint=False)
     """What the x axis counts: one of X_AXES."""
 
+    show_overlays: reactive[bool] = reactive(True, repaint=False)
+    """Draw the other runs' curves and the reference curve (`o`)."""
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.steps = Columns(FIELDS)
@@ -118,6 +144,12 @@ class MetricsChart(Widget):
         """The EMA of the train loss, by step."""
         self.val = Points()
         """Validation loss by step."""
+        self.overlays: list[Overlay] = []
+        """Other runs (compare) and reference curves, drawn under this run's."""
+        self.live_name = ""
+        """This run's name in the legend when there are overlays."""
+        self.markers: list[tuple[int, str]] = []
+        """(step, what changed) of each live setting change, drawn as a dotted vertical line."""
         self.drawn_points = 0
         """How many steps the last redraw drew."""
         self._ema, self._weight_power = 0.0, 1.0
@@ -174,9 +206,32 @@ class MetricsChart(Widget):
             self.val.append(step, loss)
             self._stale = True
 
+    def add_overlay(self, overlay: Overlay) -> None:
+        """Draw another run's (or a reference file's) curves too."""
+        self.overlays.append(overlay)
+        self._view_changed()
+
+    def poll_overlays(self) -> None:
+        """Read what live overlay runs appended (a stat each, and their new lines)."""
+        if any([overlay.poll() for overlay in self.overlays]) and self.show_overlays:
+            self._stale = True
+
+    def toggle_overlays(self) -> None:
+        self.show_overlays = not self.show_overlays
+
+    def watch_show_overlays(self) -> None:
+        self._view_changed()
+
+    def add_marker(self, step: int, label: str) -> None:
+        """Mark a step where a live setting changed (`label`: e.g. "lr_scale = 0.5")."""
+        self.markers.append((step, label))
+        self.border_subtitle = self._subtitle()
+        self._stale = True
+
     def drop_from(self, step: int) -> None:
         """A run resumes with `step` steps done: forget the steps after it and the validations
         from `step` on (the resumed run computes them again)."""
+        self.markers = [(s, label) for s, label in self.markers if s <= step]
         self.steps.drop_from(step + 1)
         self.val.drop_from(step)
         self._recompute_ema()
@@ -220,10 +275,19 @@ class MetricsChart(Widget):
 
     def _update_titles(self) -> None:
         self.border_title = self.metric
+        self.border_subtitle = self._subtitle()
+
+    def _subtitle(self) -> str:
+        """The x axis (unless steps), the log scale, and the latest setting change."""
         parts = [] if self.x_axis == "step" else [f"x: {self.x_axis}"]
         if self.log_scale:
             parts.append("log scale")
-        self.border_subtitle = ", ".join(parts)
+        if self.overlays and not self.show_overlays:
+            parts.append("overlays hidden (o)")
+        if self.markers:
+            step, label = self.markers[-1]
+            parts.append(f"┊ step {step:,}: {label}")
+        return ", ".join(parts)
 
     def _extend_ema(self, step: float, loss: float, weight: float) -> None:
         # Debiased as in TensorBoard: the EMA starts at 0, so divide by 1 - weight**n.
@@ -242,21 +306,60 @@ class MetricsChart(Widget):
     # -- drawing -----------------------------------------------------------------------
 
     def lines(self) -> list[Line]:
-        """The lines of the current view, against the current x axis."""
+        """The lines of the current view, against the current x axis (overlays first: under this run's)."""
         field, _ = X_AXES[self.x_axis]
         xs = self.steps[field]
+        overlays = self.overlay_lines()
         if self.metric == "loss":
-            lines = [Line(xs, self.steps["loss"], "train", "train", robust=True),
-                     Line(xs, self.smoothed.y, "smoothed", f"EMA {self.smoothing:g}", smooth=True)]
+            named = bool(overlays) and self.live_name
+            lines = [Line(xs, self.steps["loss"], "train", "" if named else "train", robust=True),
+                     Line(xs, self.smoothed.y, "smoothed",
+                          f"{self.live_name} (EMA {self.smoothing:g})" if named else f"EMA {self.smoothing:g}",
+                          smooth=True)]
             val_x = self.val.x
             if field != "step" and len(val_x):  # validations happen between steps: place them by step
                 val_x = np.interp(val_x, np.concatenate([[0.0], self.steps["step"]]), np.concatenate([[0.0], xs]))
-            return lines + [Line(val_x, self.val.y, "val", "val", on_top=True)]
+            return overlays + lines + [Line(val_x, self.val.y, "val", "val", on_top=True)]
         metric = next(m for m in METRICS if m.name == self.metric)
         if len(metric.fields) == 1:
-            return [Line(xs, self.steps[metric.fields[0]], "metric", self.metric, robust=True)]
+            label = self.live_name if overlays and self.live_name else self.metric
+            return overlays + [Line(xs, self.steps[metric.fields[0]], "metric", label, robust=True)]
         return [Line(xs, self.steps[f], f.removesuffix("_ms"), f.removesuffix("_ms"), robust=True)
                 for f in metric.fields]
+
+    def overlay_lines(self) -> list[Line]:
+        """The overlays' curves of the current metric (those that have it), in their colours."""
+        if not self.show_overlays:
+            return []
+        field, _ = X_AXES[self.x_axis]
+        metric = next(m for m in METRICS if m.name == self.metric)
+        if len(metric.fields) != 1:
+            return []
+        lines, others = [], 0
+        for overlay in self.overlays:
+            if overlay.reference:
+                style = "reference"
+            else:
+                style, others = OVERLAY_STYLES[others % len(OVERLAY_STYLES)], others + 1
+            if not overlay.has(field):
+                continue
+            xs = overlay.steps[field]
+            if self.metric == "loss":
+                lines.append(Line(xs, overlay.smoothed(self.smoothing), style, overlay.name, smooth=True))
+            elif overlay.has(metric.fields[0]):
+                lines.append(Line(xs, overlay.steps[metric.fields[0]], style, overlay.name, robust=True))
+        return lines
+
+    def marker_xs(self) -> list[float]:
+        """Where the setting changes fall on the current x axis."""
+        if not self.markers:
+            return []
+        steps = [float(step) for step, _ in self.markers]
+        field, _ = X_AXES[self.x_axis]
+        if field == "step" or not len(self.steps):
+            return steps
+        return np.interp(steps, np.concatenate([[0.0], self.steps["step"]]),
+                         np.concatenate([[0.0], self.steps[field]])).tolist()
 
     def on_resize(self) -> None:
         self._stale = self._restyle = True
@@ -283,7 +386,8 @@ class MetricsChart(Widget):
         self._stale = False
         x_name = self.x_axis
         rows, self._y_range = draw_chart(width, height, self.lines(), log_y=self.log_scale, x_name=x_name,
-                                         keep_y=self._y_range, x_label=X_AXES[self.x_axis][1])
+                                         keep_y=self._y_range, x_label=X_AXES[self.x_axis][1],
+                                         markers=self.marker_xs())
         styles = {name: self.get_component_rich_style(f"metrics-chart--{name}") for name in STYLES}
         styles[""] = self.rich_style
         strips = [Strip([Segment(text, styles.get(name, self.rich_style)) for text, name in row], width)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import plotext
@@ -32,6 +32,9 @@ from tui_llm.widgets.text_charts import (AXIS, GUESSED_LABEL_WIDTH, Line, Row, c
                                          tick_label, x_axis, y_axis)
 
 ROBUST_PERCENTILES = (0.5, 99.5)
+
+MARKER = "marker"
+"""Style name of the vertical markers (a live setting changed at that step)."""
 
 
 def new_figure():
@@ -74,12 +77,14 @@ def ansi_row(line: str, names: list[str], width: int) -> Row:
 def draw_chart(width: int, height: int, lines: list[Line], log_y: bool = False, x_name: str = "",
                keep_y: tuple[float, float] | None = None,
                x_label: Callable[[float, float], str] = tick_label,
+               markers: Sequence[float] = (),
                ) -> tuple[list[Row], tuple[float, float] | None]:
     """The chart as `height` rows of exactly `width` cells (legend, plot area, x axis, x labels),
     and the y range it used (pass it back as `keep_y` next time to keep the axis steady).
 
     Points that are not finite (or not positive, on a log axis) are left out. `x_name` goes at
-    the right end of the x labels when there is room; `x_label(value, step)` writes an x tick.
+    the right end of the x labels when there is room; `x_label(value, step)` writes an x tick;
+    `markers`: x values marked by a dotted vertical line (style MARKER) in the plot's empty cells.
     """
     if width < 1 or height < 1:
         return [], None
@@ -145,11 +150,30 @@ def draw_chart(width: int, height: int, lines: list[Line], log_y: bool = False, 
     output = figure.build().string().split("\n")
     rows += [ansi_row(line, names, width) for line in output[:height - 1]]
     rows += [fit([], width)] * (height - len(rows))
+    for x in markers:
+        if x_low <= x <= x_high:
+            col = label_width + 1 + round((x - x_low) / (x_high - x_low) * (plot_cols - 1))
+            for y in range(1, 1 + plot_rows):
+                rows[y] = set_blank_cell(rows[y], col, "┊", MARKER)
     if x_name:  # what the x axis counts, at the right end of the legend row
         head = "".join(text for text, _ in rows[0]).rstrip()
         if len(head) + 2 + len(x_name) <= width:
             rows[0] = fit(trim(rows[0], len(head)) + [(" " * (width - len(head) - len(x_name)), ""), (x_name, AXIS)], width)
     return rows[:height], (y_low, y_high)
+
+
+def set_blank_cell(row: Row, col: int, char: str, style: str) -> Row:
+    """The row with the cell at `col` set to `char` in `style`, if that cell is a blank."""
+    used = 0
+    for i, (text, old_style) in enumerate(row):
+        if used + len(text) > col:
+            at = col - used
+            if text[at] != " ":
+                return row
+            pieces = [(text[:at], old_style), (char, style), (text[at + 1:], old_style)]
+            return row[:i] + [piece for piece in pieces if piece[0]] + row[i + 1:]
+        used += len(text)
+    return row
 
 
 def trim(row: Row, width: int) -> Row:

@@ -22,6 +22,7 @@ STATE_STYLES = {
     RunState.STOPPING: "bold yellow",
     RunState.FINISHED: "bold blue",
     RunState.ERROR: "bold white on red",
+    RunState.STALE: "bold black on yellow",
 }
 
 ETA_SKIP_STEPS = 2
