@@ -61,6 +61,17 @@ def check(torch, transformers) -> None:
               f"(logits up to {np.abs(their_logits).max():.1f})")
 
 
+def timed(step, steps: int) -> Stats:
+    """One warm-up call, then `steps` timed ones."""
+    step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return Stats(times)
+
+
 def time_ours(cfg, B, T, steps) -> Stats:
     model = Llama.random_init(cfg, seed=1)
     opt = AdamW(model, AdamWConfig(lr=1e-4, weight_decay=0.1, grad_clip=1.0))
@@ -72,13 +83,7 @@ def time_ours(cfg, B, T, steps) -> Stats:
         model.backward()
         opt.update(1e-4)
 
-    step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return Stats(times)
+    return timed(step, steps)
 
 
 def time_theirs(torch, transformers, cfg, B, T, steps) -> Stats:
@@ -101,13 +106,7 @@ def time_theirs(torch, transformers, cfg, B, T, steps) -> Stats:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return Stats(times)
+    return timed(step, steps)
 
 
 def main() -> None:
