@@ -98,10 +98,10 @@ class Trainer:
         tokens_per_micro = c.batch_size * c.seq_len * world.size
         total = c.total_batch_size or tokens_per_micro
         if total % tokens_per_micro:
-            processes = f" * {world.size} processes" if world.size > 1 else ""
-            raise ConfigError("total_batch_size", f"{total} is not a multiple of batch_size * seq_len{processes} = "
-                                                  f"{c.batch_size} * {c.seq_len}{processes.replace(' processes', '')}"
-                                                  f" = {tokens_per_micro}")
+            factors = [("batch_size", c.batch_size), ("seq_len", c.seq_len)]
+            factors += [(f"{world.size} processes", world.size)] if world.size > 1 else []
+            raise ConfigError("total_batch_size", f"{total} is not a multiple of {' * '.join(n for n, _ in factors)} = "
+                                                  f"{' * '.join(str(v) for _, v in factors)} = {tokens_per_micro}")
         self.grad_accum = total // tokens_per_micro
         self.tokens_per_step = total
         self.loader = TrainLoader(self.train_tokens, c.batch_size, c.seq_len, shuffle=c.shuffle, seed=42,
