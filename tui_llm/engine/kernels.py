@@ -549,6 +549,11 @@ def compile_kernels(progress=None) -> None:
         ("adamw", lambda: (sum_of_squares(a1), accumulate(a1.copy(), a1), adamw_update(a1, a1, a1.copy(), a1.copy(), ranges, ranges,
                                                              1e-4, 0.9, 0.999, 1e-8, 0.0, 1, 1.0))),
     ]
+    compile_calls(calls, progress)
+
+
+def compile_calls(calls, progress=None) -> None:
+    """Run each (name, call) once, telling progress(done, total, name) before each and at the end."""
     for i, (name, call) in enumerate(calls):
         if progress is not None:
             progress(i, len(calls), name)

@@ -20,7 +20,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from tui_llm.engine.kernels import EXP_BLOCK, JIT, PJIT, attend, attend_backward, attention_cached, exp_block
+from tui_llm.engine.kernels import (EXP_BLOCK, JIT, PJIT, attend, attend_backward, attention_cached, compile_calls,
+                                    exp_block)
 
 
 # ---------------------------------------------------------------------------------------
@@ -223,9 +224,4 @@ def compile_llama_kernels(progress=None) -> None:
         ("attention (cached)", lambda: attention_cached(y3[0], qkv3[0], np.zeros((4, 4), f32),
                                                         np.zeros((4, 4), f32), 0, 2, 1)),
     ]
-    for i, (name, call) in enumerate(calls):
-        if progress is not None:
-            progress(i, len(calls), name)
-        call()
-    if progress is not None:
-        progress(len(calls), len(calls), "done")
+    compile_calls(calls, progress)
