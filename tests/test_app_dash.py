@@ -161,6 +161,7 @@ async def test_checkpoint_browser_lists_keeps_and_shows_the_resume_command(tmp_p
         await until(pilot, lambda: screen.samples_done == 2)
         assert len(loaded) == 1
         trainer.advance(5)
+        await until(pilot, lambda: app.steps_done == 15)  # save is enabled once a step is unsaved
         await pilot.press("c")  # a new checkpoint shows up in the open browser
         await until(pilot, lambda: len(screen.rows) == 3)
         await pilot.press("escape")
