@@ -1,11 +1,10 @@
 """Each Llama kernel against float64 numpy (tests/reference_llama.py) and finite differences."""
 
-import math
-
 import numpy as np
 import pytest
 
 from tests import reference_llama as ref
+from tests.test_attention import attention_reference
 from tui_llm.engine import llama_kernels as LK
 from tui_llm.engine.llama_config import LlamaConfig, rope_tables
 
@@ -116,38 +115,6 @@ def test_swiglu_forward_backward(rng):
     assert rel_err(dfch[1:3, :20], fd) < 1e-5
 
 
-def attention_reference(qkv, H, KV):
-    B, T, W = qkv.shape
-    hd = W // (H + 2 * KV)
-    q = qkv[..., :H * hd].reshape(B, T, H, hd).transpose(0, 2, 1, 3)
-    k = qkv[..., H * hd:(H + KV) * hd].reshape(B, T, KV, hd).transpose(0, 2, 1, 3)
-    v = qkv[..., (H + KV) * hd:].reshape(B, T, KV, hd).transpose(0, 2, 1, 3)
-    k, v = np.repeat(k, H // KV, 1), np.repeat(v, H // KV, 1)
-    s = np.where(np.tril(np.ones((T, T), bool)), q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd), -np.inf)
-    att = np.exp(s - s.max(-1, keepdims=True))
-    att /= att.sum(-1, keepdims=True)
-    return att, (att @ v).transpose(0, 2, 1, 3).reshape(B, T, H * hd)
-
-
-@pytest.mark.parametrize("H,KV", [(4, 4), (4, 2), (6, 1)])
-def test_gqa_attention_forward_backward(rng, H, KV):
-    B, T, hd = 2, 7, 8
-    W = (H + 2 * KV) * hd
-    qkv = f32(rng.standard_normal((B, T, W)))
-    att, atty = np.zeros((B, H, T, T), np.float32), np.empty((B, T, H * hd), np.float32)
-    LK.attention_forward(atty, att, qkv, H, KV)
-    eatt, eatty = attention_reference(qkv.astype(np.float64), H, KV)
-    assert rel_err(atty, eatty) < RTOL
-    assert rel_err(np.tril(att[0, 0]), eatt[0, 0]) < RTOL
-
-    datty = f32(rng.standard_normal((B, T, H * hd)))
-    dqkv = np.full_like(qkv, 5.0)  # overwritten, not accumulated
-    LK.attention_backward(dqkv, datty, att, qkv, H, KV)
-    q64, d64 = qkv.astype(np.float64), datty.astype(np.float64)
-    fd = numeric_grad(lambda x: (attention_reference(x, H, KV)[1] * d64).sum(), q64.copy())
-    assert rel_err(dqkv, fd) < 1e-5
-
-
 def test_cached_attention_matches_causal_attention(rng):
     H, KV, hd, T, t0 = 4, 2, 8, 9, 5
     W = (H + 2 * KV) * hd
@@ -173,4 +140,4 @@ def test_embedding_backward_accumulates_repeats(rng):
 def test_compile_llama_kernels_reports_progress():
     seen = []
     LK.compile_llama_kernels(lambda done, total, name: seen.append(name))
-    assert seen[-1] == "done" and "attention" in seen
+    assert seen[-1] == "done" and {"rmsnorm", "rope", "swiglu", "attention (cached)"} <= set(seen)

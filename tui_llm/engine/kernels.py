@@ -3,13 +3,13 @@
 Each kernel mirrors one function of llm.c's train_gpt2.c (same math, float32 throughout) and
 is compiled with `nogil=True` so a training thread never freezes the UI, and `cache=True` so
 the compile happens once per machine. Row-parallel kernels use `prange`; the matrix products
-themselves go through numpy's BLAS in model.py.
+themselves go through numpy's BLAS in model.py and attention.py (which uses the causal softmax here).
 
 Shapes use llm.c's letters: B batch, T time, C channels, NH heads, hs = C/NH, N = B*T rows,
 V real vocabulary, Vp padded vocabulary.
 
 (Over 400 lines on purpose: one kernel per llm.c function, read side by side with train_gpt2.c;
-the helpers the Llama kernels share — exp, attend, attend_backward, cached attention — live here.)
+the helpers the Llama kernels share — exp, attend, the causal softmax, cached attention — live here.)
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ def column_sum(out, x):
 
 
 # ---------------------------------------------------------------------------------------
-# Causal self-attention, one (batch, head) pair per parallel task.
+# One query's attention over positions 0..num-1 (the sampler's cached attention, below).
 
 @njit(inline="always", **JIT)
 def attend(out, probs, q, keys, k0, values, v0, num, scale, ibuf, pbuf):
@@ -289,70 +289,46 @@ def attend(out, probs, q, keys, k0, values, v0, num, scale, ibuf, pbuf):
             out[i] += a * v[i]
 
 
+# The causal softmax of training attention (attention.py does its products through BLAS) and its
+# backward, one (head, row) per parallel task. Rows are (head, query position t) of a (BH, T, T)
+# block: positions 0..t take part, the rest is set to zero so the products that follow ignore it.
+
 @njit(**PJIT)
-def attention_forward(atty, att, qkv, num_heads):
-    # qkv (B, T, 3C): [query | key | value], head h at columns h*hs..(h+1)*hs of each block
-    # att (B, NH, T, T): softmax probabilities (entries t2 > t are never read or written)
-    # atty (B, T, C): attention output, heads side by side
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    hs = C // num_heads
-    scale = np.float32(1.0 / math.sqrt(hs))
-    for bh in prange(B * num_heads):
-        b, h = bh // num_heads, bh % num_heads
-        q0, k0, v0 = h * hs, C + h * hs, 2 * C + h * hs
+def causal_softmax(scores, scale):
+    """In place over (BH, T, T): row t becomes softmax(scores[t, :t+1] * scale), then zeros."""
+    BH, T, _ = scores.shape
+    for i in prange(BH * T):
+        row, t = scores[i // T, i % T], i % T
         ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
-        for t in range(T):
-            attend(atty[b, t, q0:q0 + hs], att[b, h, t], qkv[b, t, q0:q0 + hs], qkv[b], k0, qkv[b], v0, t + 1,
-                   scale, ibuf, pbuf)
+        maxval = np.float32(-1e30)
+        for j in range(t + 1):
+            maxval = max(maxval, row[j])
+        total = np.float32(0.0)
+        for start in range(0, t + 1, EXP_BLOCK):
+            count = min(EXP_BLOCK, t + 1 - start)
+            exp_block(row[start:start + count], maxval, scale, ibuf, pbuf)
+            for j in range(count):
+                total += pbuf[j]
+            row[start:start + count] = pbuf[:count]
+        inv = np.float32(1.0) / total
+        for j in range(t + 1):
+            row[j] *= inv
+        row[t + 1:] = 0.0
 
 
 @njit(**PJIT)
-def attention_backward(dqkv, datty, att, qkv, num_heads):
-    """dqkv (B, T, 3C) is overwritten from datty (B, T, C) through the attention of the forward."""
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    hs = C // num_heads
-    scale = np.float32(1.0 / math.sqrt(hs))
-    for bh in prange(B * num_heads):
-        b, h = bh // num_heads, bh % num_heads
-        q0, k0, v0 = h * hs, C + h * hs, 2 * C + h * hs
-        for t in range(T):
-            dqkv[b, t, q0:q0 + hs] = 0.0
-            dqkv[b, t, k0:k0 + hs] = 0.0
-            dqkv[b, t, v0:v0 + hs] = 0.0
-        datt = np.empty(T, dtype=np.float32)
-        for t in range(T):
-            attend_backward(dqkv[b], datty[b, t, q0:q0 + hs], att[b, h, t], qkv[b], t, q0, k0, v0, hs, scale, datt)
-
-
-@njit(inline="always", **JIT)
-def attend_backward(dqkv_b, dy, row, qkv_b, t, q0, k0, v0, hs, scale, datt):
-    """One query row t of one head: add its part of dq, dk, dv (columns q0, k0, v0 of dqkv_b (T, W))
-    from dy (hs,), the gradient of its output, through its attention weights row (t+1 used)."""
-    # through out = sum_t2 att[t2] * v[t2]
-    for t2 in range(t + 1):
-        v = qkv_b[t2, v0:v0 + hs]
-        dv = dqkv_b[t2, v0:v0 + hs]
-        a = row[t2]
-        s = np.float32(0.0)
-        for i in range(hs):
-            s += dy[i] * v[i]
-            dv[i] += a * dy[i]
-        datt[t2] = s
-    # through the softmax: dpre = att * (datt - sum(att * datt))
-    dot = np.float32(0.0)
-    for t2 in range(t + 1):
-        dot += row[t2] * datt[t2]
-    q = qkv_b[t, q0:q0 + hs]
-    dq = dqkv_b[t, q0:q0 + hs]
-    for t2 in range(t + 1):
-        dpre = row[t2] * (datt[t2] - dot) * scale
-        k = qkv_b[t2, k0:k0 + hs]
-        dk = dqkv_b[t2, k0:k0 + hs]
-        for i in range(hs):
-            dq[i] += dpre * k[i]
-            dk[i] += dpre * q[i]
+def causal_softmax_backward(dscores, probs, scale):
+    """In place over (BH, T, T): dP (the gradient of the probabilities) becomes that of the
+    unscaled scores, dS = P * (dP - sum(P * dP)) * scale, on row t's positions 0..t; zeros beyond."""
+    BH, T, _ = dscores.shape
+    for i in prange(BH * T):
+        d, p, t = dscores[i // T, i % T], probs[i // T, i % T], i % T
+        dot = np.float32(0.0)
+        for j in range(t + 1):
+            dot += p[j] * d[j]
+        for j in range(t + 1):
+            d[j] = p[j] * (d[j] - dot) * scale
+        d[t + 1:] = 0.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -532,7 +508,7 @@ def compile_kernels(progress=None) -> None:
     f32 = np.float32
     a2, a1 = np.zeros((2, 6), f32), np.zeros(6, f32)
     a3, tok = np.zeros((1, 2, 6), f32), np.zeros((1, 2), np.int32)
-    qkv3, att4 = np.zeros((1, 2, 18), f32), np.zeros((1, 2, 2, 2), f32)
+    att4 = np.zeros((1, 2, 2, 2), f32)
     qkv2, cache = np.zeros((2, 18), f32), np.zeros((4, 6), f32)
     ranges = np.zeros(1, np.int64)
     calls = [
@@ -541,7 +517,7 @@ def compile_kernels(progress=None) -> None:
                                layernorm_backward(a2, a1, a1, a2, a2, np.zeros(2, f32), np.zeros(2, f32), a1))),
         ("bias and residual", lambda: (add_bias(a2, a1), residual_bias_forward(a2, a2, a2, a1), column_sum(a1, a2))),
         ("gelu", lambda: (bias_gelu_forward(a2, a2, a1), gelu_backward_inplace(a2, a2))),
-        ("attention", lambda: (attention_forward(a3, att4, qkv3, 2), attention_backward(qkv3, a3, att4, qkv3, 2))),
+        ("attention softmax", lambda: (causal_softmax(att4[0], f32(1.0)), causal_softmax_backward(att4[0], att4[0], f32(1.0)))),
         ("attention (cached)", lambda: attention_cached(a2, qkv2, cache, cache, 0, 2, 2)),
         ("softmax / cross-entropy", lambda: (
             softmax_crossentropy(a2, np.zeros(2, f32), np.zeros(2, np.int32), 5, f32(0.5), True),

@@ -16,7 +16,8 @@ Same API as model.GPT (forward/backward/decay_ranges/random_init, `params`, `gra
 cache path: `new_kv_cache()` and `extend(cache, tokens, t0)`. The block is written once
 (`_block`) and runs both the training forward (keys/values read from this step's buffer) and
 `extend` (keys/values appended to the cache). Products go through numpy's BLAS with `out=`;
-everything else is a numba kernel from llama_kernels.py.
+training attention is attention.py's (shared with GPT-2); everything else is a numba kernel
+from llama_kernels.py.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 
 from tui_llm.engine import kernels as K
 from tui_llm.engine import llama_kernels as LK
+from tui_llm.engine.attention import attention_backward, attention_forward
 from tui_llm.engine.llama_config import (MATRIX_PARAMS, LlamaConfig, LlamaConfigError, LlamaParams,
                                          check_fits_memory, num_parameters, rope_tables)
 
@@ -75,12 +77,15 @@ class Activations:
         self.d_qkv = np.empty((N, W), f32)
         self.d_f = np.empty((N, F), f32)
         self.d_2f = np.empty((N, 2 * F), f32)
+        self.d_att = np.empty((B, H, T, T), f32)        # d attention scores, one layer at a time
+        self.d_heads = np.empty((N, QD), f32) if cfg.num_kv_heads < H else None  # dK, dV per query head
 
     @staticmethod
     def nbytes_for(cfg: LlamaConfig, B: int, T: int) -> int:
         L, C, H, F, N = cfg.num_layers, cfg.channels, cfg.num_heads, cfg.ffn_channels, B * T
         per_layer = N * (4 * C + 2 + cfg.qkv_dim + cfg.q_dim + 3 * F) + B * H * T * T
-        rest = N * (C * 5 + 2 + cfg.padded_vocab_size + cfg.q_dim + cfg.qkv_dim + 3 * F)
+        d_heads = cfg.q_dim if cfg.num_kv_heads < H else 0
+        rest = N * (C * 5 + 2 + cfg.padded_vocab_size + cfg.q_dim + d_heads + cfg.qkv_dim + 3 * F) + B * H * T * T
         return 4 * (L * per_layer + rest)
 
     def layer(self, l: int) -> BlockBuffers:
@@ -199,7 +204,7 @@ class Llama:
             K.add_bias(b.qkv, p.qkvb[l])
         LK.rope_rotate(b.qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, t0, 1.0)
         if cache is None:
-            LK.attention_forward(b.atty.reshape(B, T, QD), b.att, b.qkv.reshape(B, T, -1), H, KV)
+            attention_forward(b.atty.reshape(B, T, QD), b.att, b.qkv.reshape(B, T, -1), H, KV)
         else:
             cache.k[l, t0:t0 + T] = b.qkv[:, QD:QD + KVD]
             cache.v[l, t0:t0 + T] = b.qkv[:, QD + KVD:]
@@ -285,8 +290,8 @@ class Llama:
             # attention block
             np.matmul(dres.T, a.atty[l], out=g.attprojw[l])       # (C, H hd)
             np.matmul(dres, p.attprojw[l], out=a.d_q)             # d attention output (N, H hd)
-            LK.attention_backward(a.d_qkv.reshape(B, T, -1), a.d_q.reshape(B, T, -1), a.att[l],
-                                  a.qkv[l].reshape(B, T, -1), H, KV)
+            attention_backward(a.d_qkv.reshape(B, T, -1), a.d_q.reshape(B, T, -1), a.att[l],
+                               a.qkv[l].reshape(B, T, -1), H, KV, a.d_att, a.d_heads)
             LK.rope_rotate(a.d_qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, 0, -1.0)
             if cfg.qkv_bias:
                 K.column_sum(g.qkvb[l], a.d_qkv)

@@ -1,27 +1,25 @@
-"""Numba kernels for the Llama block: RMSNorm, RoPE, SwiGLU, grouped-query attention, embedding.
+"""Numba kernels for the Llama block: RMSNorm, RoPE, SwiGLU, embedding.
 
 Same conventions as kernels.py (float32, `nogil` so the UI thread keeps running, `cache` so the
-compile happens once, `prange` over rows or heads); the softmax exponentials reuse its
-`exp_block` and one query's attention reuses its `attend`. Matrix products are not here: llama.py
-hands them to BLAS through numpy.
+compile happens once, `prange` over rows or heads); the sigmoid reuses its `exp_block`.
+Attention is shared with GPT-2: attention.py for training (grouped-query, through BLAS),
+kernels.attention_cached for sampling. Matrix products are not here: llama.py hands them to BLAS
+through numpy.
 
 Letters: B batch, T time, N = B*T rows, C channels, H query heads, KV key/value heads
 (H % KV == 0; query head h reads key/value head h // (H / KV)), hd head dim, F SwiGLU width.
 The fused q/k/v buffer of one row is [H*hd query | KV*hd key | KV*hd value], heads side by side.
 
-numba's on-disk cache keys these kernels on this file only: after editing `exp_block` or
-`attend` in kernels.py, touch this file (or delete its __pycache__ *.nbi/*.nbc) so they recompile.
+numba's on-disk cache keys these kernels on this file only: after editing `exp_block` in
+kernels.py, touch this file (or delete its __pycache__ *.nbi/*.nbc) so they recompile.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
-from tui_llm.engine.kernels import (EXP_BLOCK, JIT, PJIT, attend, attend_backward, attention_cached, compile_calls,
-                                    exp_block)
+from tui_llm.engine.kernels import EXP_BLOCK, JIT, PJIT, attention_cached, compile_calls, exp_block
 
 
 # ---------------------------------------------------------------------------------------
@@ -159,68 +157,18 @@ def swiglu_backward(dfch, dout, fch):
 
 
 # ---------------------------------------------------------------------------------------
-# Causal grouped-query attention. Keys and values are read in place from the fused q/k/v
-# buffer (or the cache): a key/value head is never copied for the query heads sharing it.
-
-@njit(**PJIT)
-def attention_forward(atty, att, qkv, num_heads, num_kv_heads):
-    # qkv (B, T, (H + 2KV) hd), q and k already rotated; att (B, H, T, T) softmax probabilities
-    # (entries t2 > t never read or written); atty (B, T, H hd)
-    B, T, W = qkv.shape
-    hd = W // (num_heads + 2 * num_kv_heads)
-    group = num_heads // num_kv_heads
-    scale = np.float32(1.0 / math.sqrt(hd))
-    for bh in prange(B * num_heads):
-        b, h = bh // num_heads, bh % num_heads
-        kvh = h // group
-        q0, k0, v0 = h * hd, (num_heads + kvh) * hd, (num_heads + num_kv_heads + kvh) * hd
-        ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
-        for t in range(T):
-            attend(atty[b, t, q0:q0 + hd], att[b, h, t], qkv[b, t, q0:q0 + hd], qkv[b], k0, qkv[b], v0, t + 1,
-                   scale, ibuf, pbuf)
-
-
-@njit(**PJIT)
-def attention_backward(dqkv, datty, att, qkv, num_heads, num_kv_heads):
-    """dqkv (B, T, W) is overwritten from datty (B, T, H hd) through the forward's attention.
-
-    One parallel task per (batch, key/value head): the query heads of a group all add into the
-    same dk/dv columns, so they run inside one task instead of racing across tasks.
-    """
-    B, T, W = qkv.shape
-    hd = W // (num_heads + 2 * num_kv_heads)
-    group = num_heads // num_kv_heads
-    scale = np.float32(1.0 / math.sqrt(hd))
-    for bk in prange(B * num_kv_heads):
-        b, kvh = bk // num_kv_heads, bk % num_kv_heads
-        k0, v0 = (num_heads + kvh) * hd, (num_heads + num_kv_heads + kvh) * hd
-        for t in range(T):
-            dqkv[b, t, kvh * group * hd:(kvh + 1) * group * hd] = 0.0
-            dqkv[b, t, k0:k0 + hd] = 0.0
-            dqkv[b, t, v0:v0 + hd] = 0.0
-        datt = np.empty(T, dtype=np.float32)
-        for h in range(kvh * group, (kvh + 1) * group):
-            q0 = h * hd
-            for t in range(T):
-                attend_backward(dqkv[b], datty[b, t, q0:q0 + hd], att[b, h, t], qkv[b], t, q0, k0, v0, hd, scale,
-                                datt)
-
-
-# ---------------------------------------------------------------------------------------
 
 def compile_llama_kernels(progress=None) -> None:
     """Compile (or load from numba's cache) every kernel with the model's argument types."""
     f32 = np.float32
     a2, a1, r1 = np.zeros((2, 4), f32), np.zeros(4, f32), np.zeros(2, f32)
-    qkv3, att4, y3 = np.zeros((1, 2, 16), f32), np.zeros((1, 2, 2, 2), f32), np.zeros((1, 2, 8), f32)
+    qkv3, y3 = np.zeros((1, 2, 16), f32), np.zeros((1, 2, 8), f32)
     cs = np.ones((4, 2), f32)
     calls = [
         ("embedding", lambda: embedding_backward(a2, a2, np.zeros(2, np.int32))),
         ("rmsnorm", lambda: (rmsnorm_forward(a2, r1, a2, a1, 1e-5), rmsnorm_backward(a2, a1, a2, a2, r1, a1))),
         ("rope", lambda: rope_rotate(qkv3, cs, cs, 3, 0, 1.0)),
         ("swiglu", lambda: (swiglu_forward(a2[:, :2], a2), swiglu_backward(a2, a2[:, :2].copy(), a2.copy()))),
-        ("attention", lambda: (attention_forward(y3, att4, qkv3, 2, 1),
-                               attention_backward(qkv3, y3, att4, qkv3.copy(), 2, 1))),
         ("attention (cached)", lambda: attention_cached(y3[0], qkv3[0], np.zeros((4, 4), f32),
                                                         np.zeros((4, 4), f32), 0, 2, 1)),
     ]

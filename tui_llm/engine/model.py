@@ -7,9 +7,10 @@
     loss = mean cross-entropy over the real vocabulary V
 
 Matrix products go through numpy's BLAS (np.matmul, always with a preallocated `out=`;
-transposes are views, which numpy hands to BLAS as flags, not copies). Everything else is a
-numba kernel from kernels.py. All activation buffers are allocated once per (B, T) and reused,
-so a training step allocates nothing large.
+transposes are views, which numpy hands to BLAS as flags, not copies). Training attention is
+attention.py's (its products through BLAS too); everything else is a numba kernel from
+kernels.py. All activation buffers are allocated once per (B, T) and reused, so a training step
+allocates nothing large.
 
 The two halves of a layer (_attention_block, _mlp_block) are written once and used by both the
 training forward (all T positions, causal attention over them) and extend() (new positions
@@ -21,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from tui_llm.engine import kernels as K
+from tui_llm.engine.attention import attention_backward, attention_forward
 from tui_llm.engine.config import MATRIX_PARAMS, GPTConfig, ParamTensors, init_params, num_parameters
 
 
@@ -60,6 +62,7 @@ class Activations:
         self.d_c = np.empty((N, C), f32)
         self.d_3c = np.empty((N, 3 * C), f32)
         self.d_4c = np.empty((N, 4 * C), f32)
+        self.d_att = np.empty((B, NH, T, T), f32)       # d attention scores, one layer at a time
 
     def nbytes(self) -> int:
         return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
@@ -126,7 +129,7 @@ class GPT:
             att = a.att[l]  # (B, NH, T, T) probabilities, kept for the backward pass
 
             def attend(out, qkv):  # causal attention over the T positions of each sequence
-                K.attention_forward(out.reshape(B, T, C), att, qkv.reshape(B, T, 3 * C), NH)
+                attention_forward(out.reshape(B, T, C), att, qkv.reshape(B, T, 3 * C), NH, NH)
 
             self._attention_block(l, a.residual2[l], residual, a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l],
                                   a.qkv[l], a.atty[l], a.proj_out, attend)
@@ -252,8 +255,8 @@ class GPT:
             np.matmul(dres.T, a.atty[l], out=g.attprojw[l])
             K.column_sum(g.attprojb[l], dres)
             np.matmul(dres, p.attprojw[l], out=a.d_c)          # d attention output
-            K.attention_backward(a.d_3c.reshape(B, T, 3 * C), a.d_c.reshape(B, T, C), a.att[l],
-                                 a.qkv[l].reshape(B, T, 3 * C), NH)
+            attention_backward(a.d_3c.reshape(B, T, 3 * C), a.d_c.reshape(B, T, C), a.att[l],
+                               a.qkv[l].reshape(B, T, 3 * C), NH, NH, a.d_att, None)
             np.matmul(a.d_3c.T, a.ln1[l], out=g.qkvw[l])
             K.column_sum(g.qkvb[l], a.d_3c)
             np.matmul(a.d_3c, p.qkvw[l], out=a.d_c)            # d ln1 output
