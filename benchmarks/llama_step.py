@@ -6,9 +6,10 @@
 A randomly initialised model of the given shape (default: 30 layers, 576 channels, 9 heads /
 3 key-value heads, SwiGLU 1536, vocab 49,152, tied) runs forward (with the fused
 softmax/cross-entropy), backward and the AdamW update, as the trainer does. The floor is the
-forward+backward's matrix products alone: every np.matmul call llama.py makes in one step is
-recorded (shapes, which operands are transposed views; the module's `np` is swapped for a
-stand-in whose matmul records, as benchmarks/step.py does for model.py) and replayed through
+forward+backward's matrix products alone: every np.matmul call of llama.py and grad_accumulation.py in one step is
+recorded (shapes, which operands are transposed views; the modules' `np` is swapped for a
+stand-in whose matmul records, benchmarks/step.py's matmuls_through; attention's products are
+not recorded: they count as kernel time) and replayed through
 np.matmul on fresh buffers of the same layout. Steps and replays alternate, so load changes hit both alike;
 fwd+bwd / floor is what the kernels and glue cost on top of the products.
 """
@@ -21,7 +22,7 @@ import time
 import common  # noqa: F401  (puts the repo root on sys.path)
 import numpy as np
 from common import Stats, command_line, fmt_ms, print_machine
-from step import _NumpyWithMatmul
+from step import matmuls_through
 
 import tui_llm.engine.llama as LM
 from tui_llm.engine.llama import Llama, LlamaConfig
@@ -40,12 +41,9 @@ def record_matmuls(model: Llama, inputs, targets) -> list[tuple]:
         calls.append(tuple((x.shape, x.strides[-1] != x.itemsize) for x in (a, b, out)))
         np.matmul(a, b, out=out)
 
-    LM.np = _NumpyWithMatmul(recording)
-    try:
+    with matmuls_through(recording, LM):
         model.forward(inputs, targets, training=True)
         model.backward()
-    finally:
-        LM.np = np
     return calls
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from common import (Stats, add_markdown_arg, command_line, emit_markdown, fmt_ms, machine_info,
                     machine_markdown, markdown_table, print_machine, text_table)
 
+import tui_llm.engine.grad_accumulation as GA
 import tui_llm.engine.kernels as K
 import tui_llm.engine.model as M
 from tui_llm.engine.config import preset_config
@@ -109,8 +110,10 @@ def time_steps(bench: Bench, steps: int, warmup: int) -> dict[str, Stats]:
 
 
 # ---------------------------------------------------------------------------------------
-# Seeing the model's matrix products. model.py calls np.matmul(a, b, out=out) directly; while a
-# step is recorded or profiled, the `np` name in that module is a stand-in whose matmul is ours.
+# Seeing the model's matrix products. model.py (and grad_accumulation.py, for the weight
+# gradients) call np.matmul(a, b, out=out) directly; while a step is recorded or profiled, the
+# `np` name in those modules is a stand-in whose matmul is ours. attention.py's products are not
+# routed: the floor is the model's weight products alone, attention counts as kernel time.
 
 class _NumpyWithMatmul:
     """numpy, except that matmul is `fn`."""
@@ -123,13 +126,15 @@ class _NumpyWithMatmul:
 
 
 @contextlib.contextmanager
-def matmuls_through(fn):
-    """Route every np.matmul(a, b, out=out) of tui_llm.engine.model through fn(a, b, out=out)."""
-    M.np = _NumpyWithMatmul(fn)
+def matmuls_through(fn, model_module=M):
+    """Route every np.matmul(a, b, out=out) of the model's module (tui_llm.engine.model by
+    default) and of grad_accumulation through fn(a, b, out=out)."""
+    stand_in = _NumpyWithMatmul(fn)
+    model_module.np = GA.np = stand_in
     try:
         yield
     finally:
-        M.np = np
+        model_module.np = GA.np = np
 
 
 # ---------------------------------------------------------------------------------------

@@ -69,11 +69,15 @@ def test_layernorm_forward_backward(rng):
     dout = f32(rng.standard_normal((N, C)))
     dx0 = f32(rng.standard_normal((N, C)))  # dx accumulates into what is there
     dx, dw, db = dx0.copy(), np.full(C, 7, np.float32), np.full(C, 7, np.float32)
-    K.layernorm_backward(dx, dw, db, dout, x, mean, rstd, w)
+    K.layernorm_backward(dx, dw, db, dout, x, mean, rstd, w, False)
     edx, edw, edb = ref.layernorm_back(dout.astype(np.float64), cache, w.astype(np.float64))
     assert rel_err(dx - dx0, edx) < 1e-4
     assert rel_err(dw, edw) < RTOL
     assert rel_err(db, edb) < RTOL
+    # accumulate=True adds the parameter gradients to what is there (dx adds as always)
+    K.layernorm_backward(dx, dw, db, dout, x, mean, rstd, w, True)
+    assert rel_err(dw, 2 * edw) < RTOL and rel_err(db, 2 * edb) < RTOL
+    assert rel_err(dx - dx0, 2 * edx) < 1e-4
 
 
 def test_bias_residual_and_column_sum(rng):
@@ -90,8 +94,10 @@ def test_bias_residual_and_column_sum(rng):
     assert rel_err(out2, res.astype(np.float64) + proj + bias) < RTOL
 
     colsum = np.full(C, 3, np.float32)
-    K.column_sum(colsum, res)
+    K.column_sum(colsum, res, False)
     assert rel_err(colsum, res.astype(np.float64).sum(0)) < RTOL
+    K.column_sum(colsum, proj, True)
+    assert rel_err(colsum, res.astype(np.float64).sum(0) + proj.sum(0)) < RTOL
 
 
 def test_gelu_forward_backward(rng):

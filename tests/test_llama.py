@@ -227,3 +227,26 @@ def test_backward_replaces_gradients_so_micro_batches_can_be_summed(name):
         model.backward()
         mean = (total.flat + scratch.flat) / 2
         np.testing.assert_allclose(mean, whole, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mha-tied", "gqa-untied", "gqa-bias"])
+def test_backward_accumulate_adds_a_second_batch_to_the_gradients(name):
+    """backward(accumulate=True) adds to every gradient what backward() would have written
+    (the output head in vocabulary blocks: more than one here)."""
+    model = random_model(CONFIGS[name])
+    batches = [make_batch(seed) for seed in (1, 2)]
+    alone = []
+    for x, y in batches:
+        model.forward(x, y, training=True)
+        model.backward()
+        alone.append(model.grads.flat.copy())
+    for i, (x, y) in enumerate(batches):
+        model.forward(x, y, training=True)
+        model.backward(accumulate=i > 0)
+    expected = alone[0].astype(np.float64) + alone[1]
+    for tensor, view in model.grads.items():
+        start = view.ctypes.data - model.grads.flat.ctypes.data
+        n = start // 4
+        want = expected[n:n + view.size]
+        err = np.max(np.abs(view.reshape(-1) - want)) / max(np.max(np.abs(want)), 1e-30)
+        assert err < 1e-6, f"{tensor}: relative error {err:.2e}"

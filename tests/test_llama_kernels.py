@@ -54,10 +54,12 @@ def test_rmsnorm_forward_backward(rng):
     dout = f32(rng.standard_normal((N, C)))
     dx0 = f32(rng.standard_normal((N, C)))  # dx accumulates into what is there
     dx, dw = dx0.copy(), np.full(C, 7, np.float32)
-    LK.rmsnorm_backward(dx, dw, dout, x, rstd, w)
+    LK.rmsnorm_backward(dx, dw, dout, x, rstd, w, False)
     edx, edw = ref.rmsnorm_back(dout.astype(np.float64), cache, w64)
     assert rel_err(dx - dx0, edx) < 1e-4
     assert rel_err(dw, edw) < RTOL
+    LK.rmsnorm_backward(dx, dw, dout, x, rstd, w, True)  # accumulate: dweight adds too
+    assert rel_err(dw, 2 * edw) < RTOL and rel_err(dx - dx0, 2 * edx) < 1e-4
     # the reference's derivative against finite differences
     xs = x64[:2].copy()
     fd = numeric_grad(lambda v: (ref.rmsnorm(v, w64, eps)[0] * dout[:2]).sum(), xs)

@@ -188,3 +188,26 @@ def test_learning_rate_schedules():
     assert mid == pytest.approx(5e-4)
     with pytest.raises(ValueError):
         learning_rate(0, 1e-3, 10, "linear-ish")
+
+
+def test_backward_accumulate_adds_a_second_batch_to_the_gradients():
+    """backward(accumulate=True) adds to every gradient what backward() would have written,
+    the output head included (done in vocabulary blocks: Vp is several times 4C here)."""
+    cfg = GPTConfig(max_seq_len=16, vocab_size=300, num_layers=2, num_heads=2, channels=16)
+    model = GPT.random_init(cfg, seed=4)
+    for name, view in model.params.items():  # biases and LayerNorm weights away from 0/1
+        if name.endswith("b") or name.startswith("ln"):
+            view[:] += 0.1 * np.random.default_rng(len(name)).standard_normal(view.shape).astype(np.float32)
+    batches = [make_batch(seed, V=300) for seed in (1, 2)]
+    alone = []
+    for x, y in batches:
+        model.forward(x, y, training=True)
+        model.backward()
+        alone.append(model.grads.flat.copy())
+    for i, (x, y) in enumerate(batches):
+        model.forward(x, y, training=True)
+        model.backward(accumulate=i > 0)
+    expected = alone[0].astype(np.float64) + alone[1]
+    for name, (start, end) in model.params.offsets.items():
+        err = np.max(np.abs(model.grads.flat[start:end] - expected[start:end])) / np.max(np.abs(expected[start:end]))
+        assert err < 1e-6, f"{name}: relative error {err:.2e}"

@@ -157,8 +157,9 @@ def layernorm_forward(out, mean, rstd, x, weight, bias):
 
 
 @njit(**PJIT)
-def layernorm_backward(dx, dweight, dbias, dout, x, mean, rstd, weight):
-    """dx += d(out)/dx . dout (rows in parallel); dweight, dbias are overwritten."""
+def layernorm_backward(dx, dweight, dbias, dout, x, mean, rstd, weight, accumulate):
+    """dx += d(out)/dx . dout (rows in parallel); dweight, dbias are overwritten (accumulate=False)
+    or added to (True: the next micro-batch of an accumulated step)."""
     N, C = x.shape
     for r in prange(N):
         m, s = mean[r], rstd[r]
@@ -178,8 +179,9 @@ def layernorm_backward(dx, dweight, dbias, dout, x, mean, rstd, weight):
             g = weight[c] * drow[c]
             dxr[c] += s * (g - g_mean - n * gn_mean)
     # parameter gradients: column sums over rows (serial over rows, vectorised over C)
-    dweight[:] = 0.0
-    dbias[:] = 0.0
+    if not accumulate:
+        dweight[:] = 0.0
+        dbias[:] = 0.0
     for r in range(N):
         m, s = mean[r], rstd[r]
         for c in range(C):
@@ -242,10 +244,11 @@ def gelu_backward_inplace(dx, x):
 
 
 @njit(**JIT)
-def column_sum(out, x):
-    """out (C,) = sum over rows of x (N, C): the bias gradient."""
+def column_sum(out, x, accumulate):
+    """out (C,) = sum over rows of x (N, C): the bias gradient (added to out when accumulate)."""
     N, C = x.shape
-    out[:] = 0.0
+    if not accumulate:
+        out[:] = 0.0
     for r in range(N):
         xr = x[r]
         for c in range(C):
@@ -514,8 +517,8 @@ def compile_kernels(progress=None) -> None:
     calls = [
         ("encoder", lambda: (encoder_forward(a3, tok, a2, a2), encoder_backward(a2, a2, a3, tok))),
         ("layernorm", lambda: (layernorm_forward(a2, np.zeros(2, f32), np.zeros(2, f32), a2, a1, a1),
-                               layernorm_backward(a2, a1, a1, a2, a2, np.zeros(2, f32), np.zeros(2, f32), a1))),
-        ("bias and residual", lambda: (add_bias(a2, a1), residual_bias_forward(a2, a2, a2, a1), column_sum(a1, a2))),
+                               layernorm_backward(a2, a1, a1, a2, a2, np.zeros(2, f32), np.zeros(2, f32), a1, False))),
+        ("bias and residual", lambda: (add_bias(a2, a1), residual_bias_forward(a2, a2, a2, a1), column_sum(a1, a2, False))),
         ("gelu", lambda: (bias_gelu_forward(a2, a2, a1), gelu_backward_inplace(a2, a2))),
         ("attention softmax", lambda: (causal_softmax(att4[0], f32(1.0)), causal_softmax_backward(att4[0], att4[0], f32(1.0)))),
         ("attention (cached)", lambda: attention_cached(a2, qkv2, cache, cache, 0, 2, 2)),

@@ -27,6 +27,7 @@ import numpy as np
 from tui_llm.engine import kernels as K
 from tui_llm.engine import llama_kernels as LK
 from tui_llm.engine.attention import attention_backward, attention_forward
+from tui_llm.engine.grad_accumulation import head_grad, matmul_grad
 from tui_llm.engine.llama_config import (MATRIX_PARAMS, LlamaConfig, LlamaConfigError, LlamaParams,
                                          check_fits_memory, num_parameters, rope_tables)
 
@@ -135,6 +136,7 @@ class Llama:
         self.num_parameters = num_parameters(config)
         self.params = LlamaParams(config, params)
         self.grads: LlamaParams | None = None
+        self.grad_scratch: np.ndarray | None = None   # backward(accumulate=True)'s, made on first use
         self.acts: Activations | None = None
         self.inputs: np.ndarray | None = None
         self.targets: np.ndarray | None = None
@@ -256,9 +258,10 @@ class Llama:
             self.grads = LlamaParams(self.config)
         return self.grads
 
-    def backward(self) -> None:
-        """Every parameter gradient for the last training forward (overwritten, not accumulated
-        across steps); the residual stream's gradient accumulates down the layers."""
+    def backward(self, accumulate: bool = False) -> None:
+        """Every parameter gradient for the last training forward: written into self.grads, or
+        added to them with accumulate=True (the next micro-batch of an accumulated step). The
+        residual stream's gradient accumulates down the layers."""
         if not self.trained_forward:
             raise RuntimeError("backward() needs a forward(inputs, targets, training=True) first")
         cfg, p, a = self.config, self.params, self.acts
@@ -266,38 +269,44 @@ class Llama:
         B, T = self.inputs.shape
         H, KV, L = cfg.num_heads, cfg.num_kv_heads, cfg.num_layers
         dlogits, dres = a.logits, a.dresidual    # (N, Vp) with zero padded columns; (N, C)
+        acc = accumulate
+        if acc and self.grad_scratch is None:   # one layer's largest weight gradient
+            C, W, F = cfg.channels, cfg.qkv_dim, cfg.ffn_channels
+            self.grad_scratch = np.empty(max(W, 2 * F, cfg.q_dim) * C, np.float32)
+        scratch = self.grad_scratch
 
         # output head and final RMSNorm
         if cfg.tied_embeddings:
-            np.matmul(dlogits.T, a.lnf, out=g.wte)  # (Vp, C); the embedding adds its part below
+            head_grad(g.wte, dlogits, a.lnf, scratch, acc)      # (Vp, C); the embedding adds its part below
         else:
-            np.matmul(dlogits.T, a.lnf, out=g.lm_head)
-            g.wte[:] = 0.0
+            head_grad(g.lm_head, dlogits, a.lnf, scratch, acc)
+            if not acc:
+                g.wte[:] = 0.0
         np.matmul(dlogits, self.head(), out=a.d_c)  # d lnf
         dres[:] = 0.0
         last = a.residual3[L - 1] if L > 0 else a.encoded
-        LK.rmsnorm_backward(dres, g.lnfw, a.d_c, last, a.lnf_rstd, p.lnfw)
+        LK.rmsnorm_backward(dres, g.lnfw, a.d_c, last, a.lnf_rstd, p.lnfw, acc)
 
         for l in reversed(range(L)):
             residual = a.encoded if l == 0 else a.residual3[l - 1]
             # MLP block
-            np.matmul(dres.T, a.fch_act[l], out=g.fcprojw[l])     # (C, F)
+            matmul_grad(g.fcprojw[l], dres.T, a.fch_act[l], scratch, acc)     # (C, F)
             np.matmul(dres, p.fcprojw[l], out=a.d_f)              # d swiglu output (N, F)
             LK.swiglu_backward(a.d_2f, a.d_f, a.fch[l])        # d [gate | up] (N, 2F)
-            np.matmul(a.d_2f.T, a.ln2[l], out=g.fcw[l])           # (2F, C)
+            matmul_grad(g.fcw[l], a.d_2f.T, a.ln2[l], scratch, acc)           # (2F, C)
             np.matmul(a.d_2f, p.fcw[l], out=a.d_c)                # d ln2 output
-            LK.rmsnorm_backward(dres, g.ln2w[l], a.d_c, a.residual2[l], a.ln2_rstd[l], p.ln2w[l])
+            LK.rmsnorm_backward(dres, g.ln2w[l], a.d_c, a.residual2[l], a.ln2_rstd[l], p.ln2w[l], acc)
             # attention block
-            np.matmul(dres.T, a.atty[l], out=g.attprojw[l])       # (C, H hd)
+            matmul_grad(g.attprojw[l], dres.T, a.atty[l], scratch, acc)       # (C, H hd)
             np.matmul(dres, p.attprojw[l], out=a.d_q)             # d attention output (N, H hd)
             attention_backward(a.d_qkv.reshape(B, T, -1), a.d_q.reshape(B, T, -1), a.att[l],
                                a.qkv[l].reshape(B, T, -1), H, KV, a.d_att, a.d_heads)
             LK.rope_rotate(a.d_qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, 0, -1.0)
             if cfg.qkv_bias:
-                K.column_sum(g.qkvb[l], a.d_qkv)
-            np.matmul(a.d_qkv.T, a.ln1[l], out=g.qkvw[l])         # ((H+2KV) hd, C)
+                K.column_sum(g.qkvb[l], a.d_qkv, acc)
+            matmul_grad(g.qkvw[l], a.d_qkv.T, a.ln1[l], scratch, acc)         # ((H+2KV) hd, C)
             np.matmul(a.d_qkv, p.qkvw[l], out=a.d_c)              # d ln1 output
-            LK.rmsnorm_backward(dres, g.ln1w[l], a.d_c, residual, a.ln1_rstd[l], p.ln1w[l])
+            LK.rmsnorm_backward(dres, g.ln1w[l], a.d_c, residual, a.ln1_rstd[l], p.ln1w[l], acc)
 
         LK.embedding_backward(g.wte, dres, self.inputs.reshape(-1))
         self.trained_forward = False

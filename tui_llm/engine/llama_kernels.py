@@ -55,8 +55,9 @@ def rmsnorm_forward(out, rstd, x, weight, eps):
 
 
 @njit(**PJIT)
-def rmsnorm_backward(dx, dweight, dout, x, rstd, weight):
-    """dx += d(out)/dx . dout (rows in parallel); dweight is overwritten.
+def rmsnorm_backward(dx, dweight, dout, x, rstd, weight, accumulate):
+    """dx += d(out)/dx . dout (rows in parallel); dweight is overwritten, or added to when
+    accumulate (the next micro-batch of an accumulated step).
 
     With g = weight * dout and xhat = x * s: dx = s * (g - xhat * mean(g * xhat)).
     """
@@ -70,7 +71,8 @@ def rmsnorm_backward(dx, dweight, dout, x, rstd, weight):
         gx = gx * s * s / C
         for c in range(C):
             dxr[c] += s * (weight[c] * drow[c] - row[c] * gx)
-    dweight[:] = 0.0
+    if not accumulate:
+        dweight[:] = 0.0
     for r in range(N):
         s = rstd[r]
         for c in range(C):
@@ -166,7 +168,7 @@ def compile_llama_kernels(progress=None) -> None:
     cs = np.ones((4, 2), f32)
     calls = [
         ("embedding", lambda: embedding_backward(a2, a2, np.zeros(2, np.int32))),
-        ("rmsnorm", lambda: (rmsnorm_forward(a2, r1, a2, a1, 1e-5), rmsnorm_backward(a2, a1, a2, a2, r1, a1))),
+        ("rmsnorm", lambda: (rmsnorm_forward(a2, r1, a2, a1, 1e-5), rmsnorm_backward(a2, a1, a2, a2, r1, a1, False))),
         ("rope", lambda: rope_rotate(qkv3, cs, cs, 3, 0, 1.0)),
         ("swiglu", lambda: (swiglu_forward(a2[:, :2], a2), swiglu_backward(a2, a2[:, :2].copy(), a2.copy()))),
         ("attention (cached)", lambda: attention_cached(y3[0], qkv3[0], np.zeros((4, 4), f32),

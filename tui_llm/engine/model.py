@@ -24,6 +24,7 @@ import numpy as np
 from tui_llm.engine import kernels as K
 from tui_llm.engine.attention import attention_backward, attention_forward
 from tui_llm.engine.config import MATRIX_PARAMS, GPTConfig, ParamTensors, init_params, num_parameters
+from tui_llm.engine.grad_accumulation import head_grad, matmul_grad
 
 
 class Activations:
@@ -74,6 +75,7 @@ class GPT:
         self.num_parameters = num_parameters(config)
         self.params = ParamTensors(config, params)
         self.grads: ParamTensors | None = None
+        self.grad_scratch: np.ndarray | None = None   # backward(accumulate=True)'s, made on first use
         self.acts: Activations | None = None
         self.inputs: np.ndarray | None = None
         self.targets: np.ndarray | None = None
@@ -215,8 +217,9 @@ class GPT:
             self.grads = ParamTensors(self.config)
         return self.grads
 
-    def backward(self) -> None:
-        """Every parameter gradient for the last training forward.
+    def backward(self, accumulate: bool = False) -> None:
+        """Every parameter gradient for the last training forward: written into self.grads, or
+        added to them with accumulate=True (the next micro-batch of an accumulated step).
 
         Weight gradients are written by BLAS (out=) and bias/LayerNorm gradients by the
         kernels, so each step's gradients replace the previous ones: no separate zeroing pass
@@ -231,39 +234,44 @@ class GPT:
         C, NH, L = cfg.channels, cfg.num_heads, cfg.num_layers
         dlogits = a.logits                      # (N, Vp), padded columns are zero
         dres = a.dresidual
+        acc = accumulate
+        if acc and self.grad_scratch is None:   # one layer's largest weight gradient (fc: 4C x C)
+            self.grad_scratch = np.empty(4 * C * C, np.float32)
+        scratch = self.grad_scratch
 
         # lm-head (tied with wte) and final LayerNorm
-        np.matmul(dlogits.T, a.lnf, out=g.wte)     # (Vp, C); the encoder adds its part below
-        np.matmul(dlogits, p.wte, out=a.d_c)       # d lnf
+        head_grad(g.wte, dlogits, a.lnf, scratch, acc)    # (Vp, C); the encoder adds its part below
+        np.matmul(dlogits, p.wte, out=a.d_c)                 # d lnf
         dres[:] = 0.0
         last = a.residual3[L - 1] if L > 0 else a.encoded
-        K.layernorm_backward(dres, g.lnfw, g.lnfb, a.d_c, last, a.lnf_mean, a.lnf_rstd, p.lnfw)
+        K.layernorm_backward(dres, g.lnfw, g.lnfb, a.d_c, last, a.lnf_mean, a.lnf_rstd, p.lnfw, acc)
 
         for l in reversed(range(L)):
             residual = a.encoded if l == 0 else a.residual3[l - 1]
             # MLP block
-            np.matmul(dres.T, a.fch_gelu[l], out=g.fcprojw[l])
-            K.column_sum(g.fcprojb[l], dres)
+            matmul_grad(g.fcprojw[l], dres.T, a.fch_gelu[l], scratch, acc)
+            K.column_sum(g.fcprojb[l], dres, acc)
             np.matmul(dres, p.fcprojw[l], out=a.d_4c)          # d gelu output
             K.gelu_backward_inplace(a.d_4c, a.fch[l])       # d fc output
-            np.matmul(a.d_4c.T, a.ln2[l], out=g.fcw[l])
-            K.column_sum(g.fcb[l], a.d_4c)
+            matmul_grad(g.fcw[l], a.d_4c.T, a.ln2[l], scratch, acc)
+            K.column_sum(g.fcb[l], a.d_4c, acc)
             np.matmul(a.d_4c, p.fcw[l], out=a.d_c)             # d ln2 output
             K.layernorm_backward(dres, g.ln2w[l], g.ln2b[l], a.d_c, a.residual2[l],
-                                 a.ln2_mean[l], a.ln2_rstd[l], p.ln2w[l])
+                                 a.ln2_mean[l], a.ln2_rstd[l], p.ln2w[l], acc)
             # attention block
-            np.matmul(dres.T, a.atty[l], out=g.attprojw[l])
-            K.column_sum(g.attprojb[l], dres)
+            matmul_grad(g.attprojw[l], dres.T, a.atty[l], scratch, acc)
+            K.column_sum(g.attprojb[l], dres, acc)
             np.matmul(dres, p.attprojw[l], out=a.d_c)          # d attention output
             attention_backward(a.d_3c.reshape(B, T, 3 * C), a.d_c.reshape(B, T, C), a.att[l],
                                a.qkv[l].reshape(B, T, 3 * C), NH, NH, a.d_att, None)
-            np.matmul(a.d_3c.T, a.ln1[l], out=g.qkvw[l])
-            K.column_sum(g.qkvb[l], a.d_3c)
+            matmul_grad(g.qkvw[l], a.d_3c.T, a.ln1[l], scratch, acc)
+            K.column_sum(g.qkvb[l], a.d_3c, acc)
             np.matmul(a.d_3c, p.qkvw[l], out=a.d_c)            # d ln1 output
             K.layernorm_backward(dres, g.ln1w[l], g.ln1b[l], a.d_c, residual,
-                                 a.ln1_mean[l], a.ln1_rstd[l], p.ln1w[l])
+                                 a.ln1_mean[l], a.ln1_rstd[l], p.ln1w[l], acc)
 
-        g.wpe[:] = 0.0
+        if not acc:
+            g.wpe[:] = 0.0
         K.encoder_backward(g.wte, g.wpe, dres.reshape(B, T, C), self.inputs)
         self.trained_forward = False
 

@@ -117,10 +117,6 @@ class Trainer:
 
         # optimizer, sampling RNG, run state
         self.optimizer = AdamW(self.model, AdamWConfig(lr=c.lr, weight_decay=c.weight_decay, grad_clip=c.grad_clip))
-        self.grads_sum = self.grads_micro = None
-        if self.grad_accum > 1:  # micro-batch 0 writes its gradients straight into the sum, the rest add theirs
-            self.grads_micro = self.model.allocate_grads()
-            self.grads_sum = type(self.grads_micro)(self.model.config, np.zeros(self.model.num_parameters, np.float32))
         world.bcast_(self.model.params.flat)  # rank 0's weights are the run's
         self.sample_rng = np.random.default_rng(c.seed)
         self.step = 0
@@ -318,11 +314,7 @@ class Trainer:
             loss_sum += loss
             if not math.isfinite(loss) and not world.is_distributed:
                 break  # under MPI every rank goes on to the all-reduce, which carries the NaN to all
-            if self.grads_sum is not None:
-                model.grads = self.grads_sum if micro == 0 else self.grads_micro
-            model.backward()
-            if micro > 0:
-                kernels.accumulate(self.grads_sum.flat, self.grads_micro.flat)
+            model.backward(accumulate=micro > 0)  # micro-batch 0 writes the gradients, the rest add theirs
             fwd_s, bwd_s = fwd_s + t2 - t1, bwd_s + time.perf_counter() - t2
         t3 = time.perf_counter()
         loss = loss_sum / self.grad_accum
@@ -331,7 +323,7 @@ class Trainer:
         if not math.isfinite(loss):
             raise TrainingError(f"non-finite loss ({loss}) at step {self.step + 1}: weights not updated")
         # the mean gradient of the whole batch: 1/K of this rank's sum, averaged over the ranks
-        grads = (self.grads_sum if self.grads_sum is not None else model.grads).flat
+        grads = model.grads.flat
         world.allreduce_mean_(grads)
         scale = 1.0 / self.grad_accum
         grad_norm = opt.grad_norm(grads, scale)
