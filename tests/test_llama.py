@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests import reference_llama as ref
+from tui_llm.engine import blas
 from tui_llm.engine.llama import Llama
 from tui_llm.engine.llama_config import LlamaConfig, LlamaConfigError, num_parameters, param_shapes
 from tui_llm.engine.optim import AdamW, AdamWConfig
@@ -230,9 +231,12 @@ def test_backward_replaces_gradients_so_micro_batches_can_be_summed(name):
 
 
 @pytest.mark.parametrize("name", ["mha-tied", "gqa-untied", "gqa-bias"])
-def test_backward_accumulate_adds_a_second_batch_to_the_gradients(name):
+@pytest.mark.parametrize("in_blas", [True, False])
+def test_backward_accumulate_adds_a_second_batch_to_the_gradients(name, in_blas, monkeypatch):
     """backward(accumulate=True) adds to every gradient what backward() would have written
-    (the output head in vocabulary blocks: more than one here)."""
+    (through the scratch, the output head in vocabulary blocks: more than one here)."""
+    if not in_blas:  # the scratch-buffer path, as with a BLAS whose sgemm cannot be called
+        monkeypatch.setattr(blas, "matmul_add", None)
     model = random_model(CONFIGS[name])
     batches = [make_batch(seed) for seed in (1, 2)]
     alone = []
