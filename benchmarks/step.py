@@ -326,7 +326,10 @@ def profile_steps(bench: Bench, steps: int) -> tuple[list[tuple[str, str, float,
     """
     seconds, calls = defaultdict(float), defaultdict(int)
     index = WeightIndex(bench.model)
-    originals = {name: getattr(K, name) for name in dir(K) if hasattr(getattr(K, name), "py_func")}
+    # every numba kernel model.py calls through K, and attention.py's two functions (its BLAS
+    # products and causal softmax together) as model.py imported them
+    originals = {(K, name): getattr(K, name) for name in dir(K) if hasattr(getattr(K, name), "py_func")}
+    originals.update({(M, name): getattr(M, name) for name in ("attention_forward", "attention_backward")})
 
     def timed_kernel(name, fn):
         def wrapper(*args, **kwargs):
@@ -344,8 +347,8 @@ def profile_steps(bench: Bench, steps: int) -> tuple[list[tuple[str, str, float,
         seconds[label] += time.perf_counter() - t0
         calls[label] += 1
 
-    for name, fn in originals.items():
-        setattr(K, name, timed_kernel(name, fn))
+    for (module, name), fn in originals.items():
+        setattr(module, name, timed_kernel(name, fn))
     try:
         with matmuls_through(timed_matmul):
             t0 = time.perf_counter()
@@ -353,8 +356,8 @@ def profile_steps(bench: Bench, steps: int) -> tuple[list[tuple[str, str, float,
                 bench.step()
             total = time.perf_counter() - t0
     finally:
-        for name, fn in originals.items():
-            setattr(K, name, fn)
+        for (module, name), fn in originals.items():
+            setattr(module, name, fn)
     rows = [(name, "matmul" if name.startswith("matmul") else KERNEL_GROUPS.get(name, "?"),
              s / steps, calls[name] // steps) for name, s in seconds.items()]
     other = total / steps - sum(r[2] for r in rows)
