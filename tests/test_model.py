@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tests import reference_gpt2 as ref
+from tui_llm.engine import blas
 from tui_llm.engine.config import PARAM_NAMES, GPTConfig, num_parameters, param_shapes, preset_config
 from tui_llm.engine.model import GPT
 from tui_llm.engine.optim import AdamW, AdamWConfig, learning_rate
@@ -190,9 +191,12 @@ def test_learning_rate_schedules():
         learning_rate(0, 1e-3, 10, "linear-ish")
 
 
-def test_backward_accumulate_adds_a_second_batch_to_the_gradients():
+@pytest.mark.parametrize("in_blas", [True, False])
+def test_backward_accumulate_adds_a_second_batch_to_the_gradients(in_blas, monkeypatch):
     """backward(accumulate=True) adds to every gradient what backward() would have written,
-    the output head included (done in vocabulary blocks: Vp is several times 4C here)."""
+    the output head included (through the scratch in vocabulary blocks: Vp is several times 4C here)."""
+    if not in_blas:  # the scratch-buffer path, as with a BLAS whose sgemm cannot be called
+        monkeypatch.setattr(blas, "matmul_add", None)
     cfg = GPTConfig(max_seq_len=16, vocab_size=300, num_layers=2, num_heads=2, channels=16)
     model = GPT.random_init(cfg, seed=4)
     for name, view in model.params.items():  # biases and LayerNorm weights away from 0/1
@@ -211,3 +215,30 @@ def test_backward_accumulate_adds_a_second_batch_to_the_gradients():
     for name, (start, end) in model.params.offsets.items():
         err = np.max(np.abs(model.grads.flat[start:end] - expected[start:end])) / np.max(np.abs(expected[start:end]))
         assert err < 1e-6, f"{name}: relative error {err:.2e}"
+
+
+def test_adamw_shards_update_exactly_as_the_whole():
+    """ZeRO-1's building block: AdamW over two slices of the parameters (cut inside a matrix, so a
+    weight-decayed range is split) gives the same weights, m and v as one AdamW over all of them."""
+    x, y = make_batch()
+    whole = GPT.random_init(CFG, seed=6)
+    whole.forward(x, y, training=True)
+    whole.backward()
+    n = whole.num_parameters
+    cut = sum(whole.params.offsets["qkvw"]) // 2  # the middle of the qkv matrices
+    config = AdamWConfig(lr=1e-2, weight_decay=0.1, grad_clip=0.5)
+    parts = [GPT(CFG, whole.params.flat.copy()) for _ in range(2)]
+    full_opt = AdamW(whole, config)
+    part_opts = [AdamW(parts[0], config, shard=(0, cut)), AdamW(parts[1], config, shard=(cut, n))]
+    for _ in range(3):
+        norm = full_opt.update(1e-2)
+        for model, opt in zip(parts, part_opts):
+            opt.update(1e-2, norm, grads=whole.grads.flat[opt.start:opt.end])
+    assert np.array_equal(parts[0].params.flat[:cut], whole.params.flat[:cut])
+    assert np.array_equal(parts[1].params.flat[cut:], whole.params.flat[cut:])
+    assert np.array_equal(np.concatenate([part_opts[0].m, part_opts[1].m]), full_opt.m)
+    assert np.array_equal(np.concatenate([part_opts[0].v, part_opts[1].v]), full_opt.v)
+    assert len(part_opts[0].decay_starts) + len(part_opts[1].decay_starts) == len(full_opt.decay_starts) + 1
+    restored = AdamW(GPT(CFG, whole.params.flat.copy()), config, shard=(cut, n))
+    restored.load_state(full_opt.m, full_opt.v)  # a checkpoint's whole state: the shard keeps its slice
+    assert np.array_equal(restored.m, full_opt.m[cut:]) and np.array_equal(restored.v, full_opt.v[cut:])

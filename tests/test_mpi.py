@@ -63,6 +63,26 @@ def test_allreduce_mean_and_sum(tmp_path):
     assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["2 4 " + share] * 2  # 8 cores, 2 ranks
 
 
+def test_zero_collectives_scatter_gather_and_gather_to_root(tmp_path):
+    """reduce_scatter_mean leaves each rank its slice of the mean; allgather_shards_ fills in the
+    others' slices; gather_shards assembles a sharded buffer on rank 0 only (n = 7: uneven slices)."""
+    done = run_ranks(tmp_path, """
+        n = 7
+        start, end = world.shard(n)
+        assert world.shard_bounds(n) == [(0, 3), (3, 7)] and (start, end) == world.shard_bounds(n)[world.rank]
+        grads = np.arange(n, dtype=np.float32) * (world.rank + 1)              # rank 0: g, rank 1: 2g
+        part = world.reduce_scatter_mean(grads, np.empty(end - start, np.float32))
+        assert np.array_equal(part, (np.arange(n, dtype=np.float32) * 1.5)[start:end]), part
+        params = np.full(n, -1.0, np.float32)
+        params[start:end] = 10 * world.rank + np.arange(start, end)           # each rank updated its slice
+        world.allgather_shards_(params)
+        assert params.tolist() == [0, 1, 2, 13, 14, 15, 16], params
+        full = world.gather_shards(params[start:end].copy(), n)
+        assert (full.tolist() == params.tolist()) if world.is_root else full is None
+    """)
+    assert done.returncode == 0, done.stderr
+
+
 def test_bcast_makes_every_rank_hold_roots_values(tmp_path):
     done = run_ranks(tmp_path, """
         params = np.full(5, world.rank, dtype=np.float32)
@@ -122,6 +142,10 @@ def test_single_process_world_methods_are_identities():
     assert world.allreduce_sum_(np.array([2.0])).tolist() == [2.0]
     assert world.bcast_obj("x") == "x" and world.allgather_obj(7) == [7] and world.agree(["stop"]) == ["stop"]
     world.barrier()
+    assert world.shard(10) == (0, 10) and world.gather_shards(g, 3) is g
+    assert world.reduce_scatter_mean(np.arange(3, dtype=np.float32), np.empty(3, np.float32)).tolist() == [0, 1, 2]
+    assert world.allgather_shards_(g) is g
+    assert World(rank=2, size=3).shard_bounds(10) == [(0, 3), (3, 6), (6, 10)]
     assert world.threads_per_rank(cores=3) == 3
     assert World(local_size=4).threads_per_rank(cores=2) == 1  # never 0 threads
     with pytest.raises(TypeError, match="expected float32, got float64"):

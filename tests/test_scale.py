@@ -48,6 +48,12 @@ def losses(run):
     return [r["loss"] for r in records(run, "train")], [r["loss"] for r in records(run, "val")]
 
 
+def test_zero_without_mpi_is_one_line(data, tmp_path):
+    r = cli(str(data / "s_train.bin"), *TINY, "--zero", "1", "--steps", "2", "--out-dir", str(tmp_path / "z"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--zero 1 needs an MPI run" in r.stderr
+    assert not (tmp_path / "z").exists()
+
+
 def test_accumulation_equals_the_whole_batch(data, tmp_path):
     whole = cli(str(data / "s_train.bin"), *TINY, "-b", "4", "--steps", "10", "--out-dir", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
@@ -114,6 +120,42 @@ def test_sigint_to_mpiexec_saves_and_resumes_with_identical_losses(data, tmp_pat
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
+def test_zero_1_is_the_same_run_and_its_checkpoints_resume_without_it(data, tmp_path):
+    """--zero 1 (AdamW state split between the ranks) trains as one process does, with weight
+    decay and clipping on; its checkpoint holds the whole state: resumed on 1 process it goes on
+    with the same losses, and it equals the unsharded 2-rank run's checkpoint."""
+    from tui_llm.engine.formats import load_training_checkpoint
+
+    common = [str(data / "s_train.bin"), *TINY, "--weight-decay", "0.1", "--grad-clip", "0.5", "--steps", "12"]
+    one = cli(*common, "-b", "4", "--out-dir", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    split = ["-b", "1", "-d", "64", "--save-every", "6", "--keep-checkpoints", "0"]  # 2 ranks x 2 micro-batches
+    zero = cli(*common, *split, "--zero", "1", "--out-dir", str(tmp_path / "zero"), ranks=2)
+    assert zero.returncode == 0, zero.stderr
+    plain = cli(*common, *split, "--out-dir", str(tmp_path / "plain"), ranks=2)
+    assert plain.returncode == 0, plain.stderr
+    (t1, v1), (tz, vz) = losses(tmp_path / "one"), losses(tmp_path / "zero")
+    np.testing.assert_allclose(tz, t1, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(vz, v1, rtol=0, atol=1e-5)
+    zero_ckpt = sorted((tmp_path / "zero").glob("*.safetensors"))[0]  # step 6
+    (za, zmeta), (pa, _) = load_training_checkpoint(zero_ckpt), load_training_checkpoint(tmp_path / "plain" / zero_ckpt.name)
+    assert zmeta["step"] == 6
+    for key in ("params", "adam_m", "adam_v"):
+        np.testing.assert_allclose(za[key], pa[key], rtol=1e-5, atol=1e-7, err_msg=key)
+
+    # the step-6 checkpoint of the ZeRO run, resumed on one process (4 micro-batches)
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copy(zero_ckpt, resumed_dir / zero_ckpt.name)
+    for name in ("config.json", "metrics.jsonl"):
+        shutil.copy(tmp_path / "zero" / name, resumed_dir / name)
+    rest = cli("--resume", str(resumed_dir), "--no-ui")
+    assert rest.returncode == 0, rest.stderr
+    tr, _ = losses(resumed_dir)
+    np.testing.assert_allclose(tr, t1, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
 def test_bad_splits_under_mpi_are_one_line(data, tmp_path):
     r = cli(str(data / "s_train.bin"), *TINY, "-b", "2", "-d", "48", "--steps", "2", "--out-dir", str(tmp_path / "x"),
             ranks=2, timeout=120)
@@ -125,11 +167,12 @@ def test_bad_splits_under_mpi_are_one_line(data, tmp_path):
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
-def test_weights_are_identical_on_every_rank(data, tmp_path):
+@pytest.mark.parametrize("zero", ["0", "1"])
+def test_weights_are_identical_on_every_rank(data, tmp_path, zero):
     script = Path(__file__).with_name("mpi_train_script.py")
     out = tmp_path / "digests.json"
     r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), str(data / "s_train.bin"), str(out),
-                        str(tmp_path / "run")], capture_output=True, text=True, timeout=180, env=ENV)
+                        str(tmp_path / "run"), zero], capture_output=True, text=True, timeout=180, env=ENV)
     assert r.returncode == 0, r.stderr
     digests = json.loads(out.read_text())
     assert len(digests) == 2 and digests[0] == digests[1]

@@ -107,6 +107,8 @@ def train_parser() -> Parser:
     g = p.add_argument_group("machine")
     g.add_argument("--seed", type=int, help=f"model init and sampling seed (default {SEED})")
     g.add_argument("--threads", type=int, help="threads for kernels and BLAS (default 0 = all cores)")
+    g.add_argument("--zero", type=int, choices=(0, 1),
+                   help="1: under mpiexec, split the AdamW state among the ranks (ZeRO-1; default 0)")
     g.add_argument("--no-shuffle", dest="shuffle", action="store_false", default=None,
                    help="train on the samples in file order (default: llm.c's shuffled order)")
     return p

@@ -80,8 +80,7 @@ def restore(trainer, arrays: dict, meta: dict) -> None:
         if arrays[key].dtype != np.float32 or arrays[key].shape != (n,):
             raise CheckpointError(path, f"{key} is {arrays[key].dtype} {arrays[key].shape}, expected float32 ({n},)")
     step = meta_int(meta, "step", path)
-    trainer.optimizer.m[:] = arrays["adam_m"]
-    trainer.optimizer.v[:] = arrays["adam_v"]
+    trainer.optimizer.load_state(arrays["adam_m"], arrays["adam_v"])  # this rank's slice under --zero 1
     trainer.step = trainer.optimizer.step = trainer.last_saved_step = step
     try:
         trainer.loader.load_state_dict(meta["loader"])

@@ -72,6 +72,7 @@ class RunConfig:
     out_dir: str | None = None          # None: runs/<date>-<model>
     seed: int = 42                      # model init and sampling; the loader uses llm.c's 42
     threads: int = 0                    # 0 = all cores (divided among the processes of an MPI run)
+    zero: int = 0                       # 1: ZeRO-1 under MPI, AdamW state split among the ranks; not kept on resume
     shuffle: bool = True
 
     @classmethod
@@ -122,7 +123,7 @@ class RunConfig:
                 bound = ">=" if low_ok else ">"
                 raise ConfigError(name, f"must be a number {bound} {low:g} and <= {high:g}, got {v!r}")
         choices = {"lr_schedule": ("constant", "cosine"), "init_style": ("llmc", "numpy"),
-                   "data_format": ("auto", "llmc", "int32", "uint16"), "arch": ARCHS}
+                   "data_format": ("auto", "llmc", "int32", "uint16"), "arch": ARCHS, "zero": (0, 1)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -144,6 +145,7 @@ class RunConfig:
         if changed:
             raise ConfigError(changed[0], "cannot change when resuming (it describes the model or the data)")
         values = {**asdict(self), **{k: v for k, v in overrides.items() if v is not None and k not in FIXED_ON_RESUME}}
+        values["zero"] = overrides.get("zero") or 0  # how this launch shares the optimizer: checkpoints do not care
         return RunConfig(**values)
 
 

@@ -115,8 +115,13 @@ class Trainer:
             self.val_loader = ValLoader(self.val_tokens, self.loader.rows, c.seq_len)
         self.val_file = val_file
 
-        # optimizer, sampling RNG, run state
-        self.optimizer = AdamW(self.model, AdamWConfig(lr=c.lr, weight_decay=c.weight_decay, grad_clip=c.grad_clip))
+        # optimizer (with --zero 1 each rank keeps AdamW's state for its slice of the parameters), sampling RNG, run state
+        if c.zero and world.size < 2:
+            raise ConfigError("zero", "1 needs an MPI run of 2 or more processes (mpiexec -n N tui-llm --no-ui ...)")
+        n = self.model.num_parameters
+        self.optimizer = AdamW(self.model, AdamWConfig(lr=c.lr, weight_decay=c.weight_decay, grad_clip=c.grad_clip),
+                               shard=world.shard(n) if c.zero else None)
+        self.grad_shard = np.empty(self.optimizer.end - self.optimizer.start, np.float32) if c.zero else None
         world.bcast_(self.model.params.flat)  # rank 0's weights are the run's
         self.sample_rng = np.random.default_rng(c.seed)
         self.step = 0
@@ -323,14 +328,21 @@ class Trainer:
         if not math.isfinite(loss):
             raise TrainingError(f"non-finite loss ({loss}) at step {self.step + 1}: weights not updated")
         # the mean gradient of the whole batch: 1/K of this rank's sum, averaged over the ranks
-        grads = model.grads.flat
-        world.allreduce_mean_(grads)
+        # (with --zero 1 only this rank's slice of it, and the norm summed over the slices)
         scale = 1.0 / self.grad_accum
-        grad_norm = opt.grad_norm(grads, scale)
+        if self.grad_shard is None:
+            grads = world.allreduce_mean_(model.grads.flat)
+            grad_norm = opt.grad_norm(grads, scale)
+        else:
+            grads = world.reduce_scatter_mean(model.grads.flat, self.grad_shard)
+            squares = world.allreduce_sum_(np.array([kernels.sum_of_squares(grads)], np.float64))
+            grad_norm = math.sqrt(squares[0]) * scale
         if not math.isfinite(grad_norm):
             raise TrainingError(f"non-finite gradient norm ({grad_norm}) at step {self.step + 1}: weights not updated")
         lr = learning_rate(self.step, c.lr, c.steps, c.lr_schedule, c.warmup, c.final_lr_fraction) * c.lr_scale
         opt.update(lr, grad_norm, grads=grads, grad_scale=scale)
+        if self.grad_shard is not None:
+            world.allgather_shards_(model.params.flat)  # every rank updated its slice: now all hold all
         t4 = time.perf_counter()
         step_s = t4 - t0
         self.step += 1
@@ -381,6 +393,10 @@ class Trainer:
     def _save(self, reason: ev.SaveReason) -> bool | None:
         """Write a checkpoint of the current step. False: it failed (the previous one is intact);
         None: nothing new to save."""
+        adam_m, adam_v = self.optimizer.m, self.optimizer.v
+        if self.grad_shard is not None:  # every rank sends its slice of AdamW's state to rank 0
+            n = self.model.num_parameters
+            adam_m, adam_v = self.world.gather_shards(adam_m, n), self.world.gather_shards(adam_v, n)
         if not self.world.is_root:
             return None
         if self.step == self.last_saved_step:
@@ -390,14 +406,13 @@ class Trainer:
         path = self.run_dir.checkpoint_path(self.step)
         t0 = time.perf_counter()
         try:
-            for name, buf in (("weights", self.model.params.flat), ("AdamW m", self.optimizer.m),
-                              ("AdamW v", self.optimizer.v)):
+            for name, buf in (("weights", self.model.params.flat), ("AdamW m", adam_m), ("AdamW v", adam_v)):
                 if not math.isfinite(kernels.sum_of_squares(buf)):
                     raise TrainingError(f"not saving step {self.step}: the {name} are not finite")
             self.run_dir.sync_metrics()
             meta = checkpoint_meta(self)
-            save_training_checkpoint(path, {"params": self.model.params.flat, "adam_m": self.optimizer.m,
-                                            "adam_v": self.optimizer.v}, meta)
+            save_training_checkpoint(path, {"params": self.model.params.flat, "adam_m": adam_m, "adam_v": adam_v},
+                                     meta)
         except (OSError, CheckpointError, TrainingError) as e:
             msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             self._emit(ev.Error(step=self.step, message=f"saving {path} failed: {msg}; the previous checkpoint is intact"))
