@@ -14,7 +14,7 @@ import pytest
 
 from tests.run_helpers import HeadlessRun, make_data, read_metrics
 from tui_llm.engine import events as ev
-from tui_llm.engine.channel import (ADDRESS, SOCKET, ChannelError, ControlClient, ControlServer, command_from_json,
+from tui_llm.engine.channel import (ADDRESS, SOCKET, ChannelError, ControlClient, ControlServer,
                                     peer_allowed, peer_uid)
 from tui_llm.engine.run_config import ConfigError, RunConfig, live_setting
 

