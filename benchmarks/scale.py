@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py accum                  # d12, 4,096 tokens/step = 16 micro-batches of 4x64
     python benchmarks/scale.py ranks                  # 2 ranks x 1 thread vs 1 process x 2 threads (d6, d12)
+    python benchmarks/scale.py zero                   # 2 ranks, d12: --zero 1 against the plain all-reduce
     mpiexec -n 2 python benchmarks/scale.py allreduce # all-reduce of a d12 gradient (0.5 GB), time and bandwidth
     python benchmarks/scale.py paper --step-s S --allreduce-gbps G   # the multi-machine estimate
 
@@ -10,6 +11,8 @@ AdamW update, timed through the trainer's own step; the floor is 16 x the same m
 products replayed alone (benchmarks/step.py's recorder), alternating with the steps.
 ranks: the same headless run (equal total batch, same data) launched both ways; median step time
 over the steps after the first few, from each run's metrics.jsonl.
+zero: the same 2-rank run with and without --zero 1; median step time and each rank's peak RSS
+(getrusage, written at exit by a small runner around `python -m tui_llm`).
 """
 
 from __future__ import annotations
@@ -160,6 +163,41 @@ def ranks(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# ZeRO-1 against the plain all-reduce
+
+PEAK_RSS_RUNNER = """
+import atexit, os, resource, runpy, sys
+out = sys.argv.pop(1)
+rank = os.environ.get("PMI_RANK", "0")
+atexit.register(lambda: open(os.path.join(out, "peak_rss_kib." + rank), "w").write(
+    str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+sys.argv[0] = "tui-llm"
+runpy.run_module("tui_llm", run_name="__main__")
+"""
+
+
+def zero(args) -> None:
+    """2 ranks x 1 thread, the same run with and without --zero 1: step time and each rank's peak RSS."""
+    work = Path(tempfile.mkdtemp(prefix="tui-llm-zero-"))
+    train = synthetic_tokens(work)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    common_args = [str(train), "--no-ui", "--model", args.model, "-b", str(args.batch), "-t", str(args.seq),
+                   "--steps", str(args.steps), "--val-every", "0", "--sample-every", "0", "--save-every", "0",
+                   "--init-style", "numpy", "--threads", "1", "--weight-decay", "0.1", "--grad-clip", "1.0"]
+    print(f"{args.model}, 2 ranks x 1 thread, -b {args.batch} -t {args.seq} per rank, {args.steps} steps "
+          f"(median of all but the first {args.skip})")
+    for label, extra in (("all-reduce, whole AdamW state per rank", []), ("--zero 1", ["--zero", "1"])):
+        out = work / ("zero" if extra else "plain")
+        out.mkdir()
+        subprocess.run([shutil.which("mpiexec"), "-n", "2", sys.executable, "-c", PEAK_RSS_RUNNER, str(out),
+                        *common_args, *extra, "--out-dir", str(out / "run")], check=True, capture_output=True, env=env)
+        rss = [int((out / f"peak_rss_kib.{r}").read_text()) * 1024 for r in range(2)]
+        print(f"  {label:40s} step {median_step_ms(out / 'run', args.skip):7,.0f} ms   peak RSS per rank "
+              + " / ".join(f"{b / 2**30:.2f} GiB" for b in rss))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
 # the all-reduce
 
 def allreduce(args) -> None:
@@ -217,6 +255,12 @@ def main() -> None:
     r.add_argument("--configs", nargs="+", default=["d6:8:64", "d12:4:64"])
     r.add_argument("--steps", type=int, default=12)
     r.add_argument("--skip", type=int, default=2)
+    z = sub.add_parser("zero")
+    z.add_argument("--model", default="d12")
+    z.add_argument("--batch", type=int, default=2)
+    z.add_argument("--seq", type=int, default=64)
+    z.add_argument("--steps", type=int, default=8)
+    z.add_argument("--skip", type=int, default=2)
     ar = sub.add_parser("allreduce")
     ar.add_argument("--params", type=int, default=D12_PARAMS)
     ar.add_argument("--repeats", type=int, default=5)
@@ -226,7 +270,7 @@ def main() -> None:
     args = p.parse_args()
     if args.what != "allreduce" or os.environ.get("PMI_RANK", "0") == "0":
         print_machine()
-    {"accum": accum, "ranks": ranks, "allreduce": allreduce, "paper": paper}[args.what](args)
+    {"accum": accum, "ranks": ranks, "zero": zero, "allreduce": allreduce, "paper": paper}[args.what](args)
 
 
 if __name__ == "__main__":

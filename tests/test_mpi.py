@@ -71,7 +71,8 @@ def test_zero_collectives_scatter_gather_and_gather_to_root(tmp_path):
         start, end = world.shard(n)
         assert world.shard_bounds(n) == [(0, 3), (3, 7)] and (start, end) == world.shard_bounds(n)[world.rank]
         grads = np.arange(n, dtype=np.float32) * (world.rank + 1)              # rank 0: g, rank 1: 2g
-        part = world.reduce_scatter_mean(grads, np.empty(end - start, np.float32))
+        part = world.reduce_scatter_mean_(grads)
+        assert np.shares_memory(part, grads) and part.size == end - start
         assert np.array_equal(part, (np.arange(n, dtype=np.float32) * 1.5)[start:end]), part
         params = np.full(n, -1.0, np.float32)
         params[start:end] = 10 * world.rank + np.arange(start, end)           # each rank updated its slice
@@ -79,6 +80,9 @@ def test_zero_collectives_scatter_gather_and_gather_to_root(tmp_path):
         assert params.tolist() == [0, 1, 2, 13, 14, 15, 16], params
         full = world.gather_shards(params[start:end].copy(), n)
         assert (full.tolist() == params.tolist()) if world.is_root else full is None
+        into = np.zeros(n + 2, np.float32)
+        full = world.gather_shards(params[start:end].copy(), n, into=into)
+        assert (np.shares_memory(full, into) and into[:n].tolist() == params.tolist()) if world.is_root else full is None
     """)
     assert done.returncode == 0, done.stderr
 
@@ -143,7 +147,7 @@ def test_single_process_world_methods_are_identities():
     assert world.bcast_obj("x") == "x" and world.allgather_obj(7) == [7] and world.agree(["stop"]) == ["stop"]
     world.barrier()
     assert world.shard(10) == (0, 10) and world.gather_shards(g, 3) is g
-    assert world.reduce_scatter_mean(np.arange(3, dtype=np.float32), np.empty(3, np.float32)).tolist() == [0, 1, 2]
+    assert world.reduce_scatter_mean_(np.arange(3, dtype=np.float32)).tolist() == [0, 1, 2]
     assert world.allgather_shards_(g) is g
     assert World(rank=2, size=3).shard_bounds(10) == [(0, 3), (3, 6), (6, 10)]
     assert world.threads_per_rank(cores=3) == 3

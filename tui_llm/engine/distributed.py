@@ -13,7 +13,7 @@ zero.cuh / train_gpt2.cu multi-process code:
 * gradients: `allreduce_mean_(grads)` sums the flat float32 buffer in place over all ranks
   (MPI.IN_PLACE) and divides by the number of ranks, so every rank holds the same mean gradient;
 * ZeRO-1 (`--zero 1`, as llm.c's zero.cuh): `shard(n)` is this rank's slice of the n parameters;
-  `reduce_scatter_mean(grads, out)` leaves in `out` only that slice of the mean gradient,
+  `reduce_scatter_mean_(grads)` leaves only this rank's slice of the mean gradient (in place),
   `allgather_shards_(params)` gives every rank the slices the others updated, and
   `gather_shards(part, n)` assembles a sharded buffer (AdamW's m or v) on rank 0 for a checkpoint;
 * small statistics (loss sums, counts, norms): `allreduce_sum_` on float64 arrays;
@@ -155,21 +155,20 @@ class World:
         bounds = self.shard_bounds(n)
         return [e - s for s, e in bounds], [s for s, _ in bounds]
 
-    def reduce_scatter_mean(self, buf: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """out = this rank's shard of (sum of buf over all ranks) / size; buf is left as it was or
-        overwritten (MPI's choice). buf: the flat float32 gradients; out: float32, the shard's size."""
-        _check_buffer(buf, np.float32, "reduce_scatter_mean")
-        _check_buffer(out, np.float32, "reduce_scatter_mean")
-        start, end = self.shard(buf.size)
-        if out.size != end - start:
-            raise ValueError(f"reduce_scatter_mean: out holds {out.size} elements, this rank's shard {end - start}")
+    def reduce_scatter_mean_(self, buf: np.ndarray) -> np.ndarray:
+        """This rank's shard of (sum of buf over all ranks) / size, as a view of buf: in place, the
+        result is the first shard-size elements of buf (MPI.IN_PLACE puts it there); the rest of
+        buf is left undefined. buf: the flat float32 gradients."""
+        _check_buffer(buf, np.float32, "reduce_scatter_mean_")
+        flat = buf.reshape(-1)
+        start, end = self.shard(flat.size)
         if self.comm is None or self.size == 1:
-            out[:] = buf.reshape(-1)[start:end]
-            return out
-        counts, _ = self._counts(buf.size)
-        self.comm.Reduce_scatter([buf.reshape(-1), self._mpi.FLOAT], [out, self._mpi.FLOAT], counts, op=self._mpi.SUM)
-        out /= np.float32(self.size)
-        return out
+            return flat
+        counts, _ = self._counts(flat.size)
+        self.comm.Reduce_scatter(self._mpi.IN_PLACE, [flat, self._mpi.FLOAT], counts, op=self._mpi.SUM)
+        part = flat[:end - start]
+        part /= np.float32(self.size)
+        return part
 
     def allgather_shards_(self, buf: np.ndarray) -> np.ndarray:
         """In place: every rank's slice of buf (shard(buf.size)) reaches every other rank."""
@@ -179,13 +178,14 @@ class World:
             self.comm.Allgatherv(self._mpi.IN_PLACE, [buf.reshape(-1), counts, displs, self._mpi.FLOAT])
         return buf
 
-    def gather_shards(self, part: np.ndarray, n: int) -> np.ndarray | None:
-        """Rank 0: the n-element float32 buffer whose slices are every rank's `part`; other ranks: None."""
+    def gather_shards(self, part: np.ndarray, n: int, into: np.ndarray | None = None) -> np.ndarray | None:
+        """Rank 0: the n-element float32 buffer whose slices are every rank's `part` (written into
+        `into` when given, else a new one); other ranks: None."""
         _check_buffer(part, np.float32, "gather_shards")
         if self.comm is None or self.size == 1:
             return part
         counts, displs = self._counts(n)
-        full = np.empty(n, np.float32) if self.is_root else None
+        full = (np.empty(n, np.float32) if into is None else into.reshape(-1)[:n]) if self.is_root else None
         self.comm.Gatherv(part, [full, counts, displs, self._mpi.FLOAT] if self.is_root else None, root=0)
         return full
 

@@ -121,7 +121,7 @@ class Trainer:
         n = self.model.num_parameters
         self.optimizer = AdamW(self.model, AdamWConfig(lr=c.lr, weight_decay=c.weight_decay, grad_clip=c.grad_clip),
                                shard=world.shard(n) if c.zero else None)
-        self.grad_shard = np.empty(self.optimizer.end - self.optimizer.start, np.float32) if c.zero else None
+        self.sharded = bool(c.zero)
         world.bcast_(self.model.params.flat)  # rank 0's weights are the run's
         self.sample_rng = np.random.default_rng(c.seed)
         self.step = 0
@@ -330,18 +330,18 @@ class Trainer:
         # the mean gradient of the whole batch: 1/K of this rank's sum, averaged over the ranks
         # (with --zero 1 only this rank's slice of it, and the norm summed over the slices)
         scale = 1.0 / self.grad_accum
-        if self.grad_shard is None:
+        if not self.sharded:
             grads = world.allreduce_mean_(model.grads.flat)
             grad_norm = opt.grad_norm(grads, scale)
         else:
-            grads = world.reduce_scatter_mean(model.grads.flat, self.grad_shard)
+            grads = world.reduce_scatter_mean_(model.grads.flat)
             squares = world.allreduce_sum_(np.array([kernels.sum_of_squares(grads)], np.float64))
             grad_norm = math.sqrt(squares[0]) * scale
         if not math.isfinite(grad_norm):
             raise TrainingError(f"non-finite gradient norm ({grad_norm}) at step {self.step + 1}: weights not updated")
         lr = learning_rate(self.step, c.lr, c.steps, c.lr_schedule, c.warmup, c.final_lr_fraction) * c.lr_scale
         opt.update(lr, grad_norm, grads=grads, grad_scale=scale)
-        if self.grad_shard is not None:
+        if self.sharded:
             world.allgather_shards_(model.params.flat)  # every rank updated its slice: now all hold all
         t4 = time.perf_counter()
         step_s = t4 - t0
@@ -394,9 +394,10 @@ class Trainer:
         """Write a checkpoint of the current step. False: it failed (the previous one is intact);
         None: nothing new to save."""
         adam_m, adam_v = self.optimizer.m, self.optimizer.v
-        if self.grad_shard is not None:  # every rank sends its slice of AdamW's state to rank 0
-            n = self.model.num_parameters
-            adam_m, adam_v = self.world.gather_shards(adam_m, n), self.world.gather_shards(adam_v, n)
+        if self.sharded:  # every rank sends its slice of AdamW's state to rank 0; m lands in the gradient
+            n = self.model.num_parameters  # buffer (free between steps, rewritten by the next backward)
+            adam_m = self.world.gather_shards(adam_m, n, into=self.model.allocate_grads().flat)
+            adam_v = self.world.gather_shards(adam_v, n)
         if not self.world.is_root:
             return None
         if self.step == self.last_saved_step:
