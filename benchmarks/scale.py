@@ -131,9 +131,10 @@ def torch_accum_step(args) -> Stats:
 # ---------------------------------------------------------------------------------------
 # ranks vs threads
 
-def median_step_ms(run: Path, skip: int) -> float:
+def median_step_ms(run: Path, skip: int, key: str = "step_ms") -> float:
+    """The median of a train record's `key` (step_ms, or fwd_ms/bwd_ms/opt_ms) after the first `skip` steps."""
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median([r["step_ms"] for r in steps if r["type"] == "train"][skip:])
+    return statistics.median([r[key] for r in steps if r["type"] == "train"][skip:])
 
 
 def ranks(args) -> None:
@@ -192,7 +193,9 @@ def zero(args) -> None:
         subprocess.run([shutil.which("mpiexec"), "-n", "2", sys.executable, "-c", PEAK_RSS_RUNNER, str(out),
                         *common_args, *extra, "--out-dir", str(out / "run")], check=True, capture_output=True, env=env)
         rss = [int((out / f"peak_rss_kib.{r}").read_text()) * 1024 for r in range(2)]
-        print(f"  {label:40s} step {median_step_ms(out / 'run', args.skip):7,.0f} ms   peak RSS per rank "
+        parts = " + ".join(f"{name} {median_step_ms(out / 'run', args.skip, key):,.0f}"
+                           for name, key in (("fwd", "fwd_ms"), ("bwd", "bwd_ms"), ("opt", "opt_ms")))
+        print(f"  {label:40s} step {median_step_ms(out / 'run', args.skip):7,.0f} ms ({parts})   peak RSS per rank "
               + " / ".join(f"{b / 2**30:.2f} GiB" for b in rss))
     shutil.rmtree(work, ignore_errors=True)
 
