@@ -116,6 +116,36 @@ def test_train_interrupt_resume_sample_export(llama, tmp_path):
     assert len(refused.stderr.strip().splitlines()) == 1
 
 
+def test_prepare_shards_with_the_models_tokenizer_equal_the_unsharded_files(llama, tmp_path, capsys):
+    """--tokenizer with --shard-size: the same documents, framed the same way, cut into shards;
+    the sidecar comes with them and training on the glob accepts them."""
+    model, _ = llama
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):  # three files; the second split into sections by blank lines
+        (corpus / f"part{i}.txt").write_text(CORPUS[i * 300:(i + 1) * 300] + ("\n\n" + CORPUS[:120]) * i,
+                                             encoding="utf-8")
+    flags = ["--tokenizer", str(model), "--split-on-blank-lines", "--name", "c"]
+    assert cli.main(["prepare", str(corpus), *flags, "--out-dir", str(tmp_path / "whole"),
+                     "--val-fraction", "0.3"]) == 0
+    assert cli.main(["prepare", str(corpus), *flags, "--out-dir", str(tmp_path / "shards"), "--shard-size", "60",
+                     "--val-tokens", "50"]) == 0
+    capsys.readouterr()
+    whole = np.concatenate([open_tokens(tmp_path / "whole" / f"c_{s}.bin", vocab_size=VOCAB).tokens
+                            for s in ("val", "train")])
+    shard_files = sorted((tmp_path / "shards").glob("c_val_*.bin")) + sorted((tmp_path / "shards").glob("c_train_*.bin"))
+    assert len(shard_files) > 3
+    sharded = np.concatenate([open_tokens(f, vocab_size=VOCAB).tokens for f in shard_files])
+    assert sharded.tolist() == whole.tolist()  # token for token
+    tok = HFTokenizer.from_dir(model)
+    documents = sum(len(f.read_text(encoding="utf-8").split("\n\n")) for f in corpus.iterdir())
+    assert (sharded == tok.bos_token_id).sum() == (sharded == tok.eos_token_id).sum() == documents  # [BOS] doc [EOS]
+    assert (tmp_path / "shards" / "c.tokenizer.json").read_bytes() == (tmp_path / "whole" / "c.tokenizer.json").read_bytes()
+    trained = run_cli(str(tmp_path / "shards" / "c_train_*.bin"), "--no-ui", "--init-from", str(model), *SMALL,
+                      "--steps", "2", "--out-dir", str(tmp_path / "run"))
+    assert trained.returncode == 0, trained.stderr
+
+
 def test_data_of_another_tokenizer_is_refused_in_one_line(llama, tmp_path, capsys):
     model, data = llama
     write_tokens(tmp_path / "gpt2_train.bin", np.arange(300) % 50)  # no sidecar: GPT-2's tokens

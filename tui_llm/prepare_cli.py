@@ -114,22 +114,20 @@ def _run(args) -> None:
         return
     if args.source is not None:
         raise PrepareError(f"--from only applies to '{TINY_SHAKESPEARE}'; give your files as inputs instead")
-    if args.shard_size is not None:
-        if args.tokenizer is not None:
-            raise PrepareError("--tokenizer does not work with --shard-size yet; prepare without shards")
-        if args.val_fraction is not None:
-            raise PrepareError("--val-fraction needs the whole corpus in memory; with --shard-size give --val-tokens")
-        prepare_corpus_shards(args.inputs, out_dir=args.out_dir, name=args.name, shard_size=args.shard_size,
-                              val_tokens=args.val_tokens, split_on_blank_lines=args.split_on_blank_lines,
-                              fmt=args.format, errors=args.errors)
-        return
-    if args.val_tokens is not None:
-        raise PrepareError("--val-tokens only applies with --shard-size (otherwise use --val-fraction)")
-    val_fraction = DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction
     tokenizer = None
     if args.tokenizer is not None:
         from .engine.model_tokenizer import load_tokenizer
         tokenizer = load_tokenizer(args.tokenizer)
+    if args.shard_size is not None:
+        if args.val_fraction is not None:
+            raise PrepareError("--val-fraction needs the whole corpus in memory; with --shard-size give --val-tokens")
+        prepare_corpus_shards(args.inputs, out_dir=args.out_dir, name=args.name, shard_size=args.shard_size,
+                              val_tokens=args.val_tokens, split_on_blank_lines=args.split_on_blank_lines,
+                              fmt=args.format, errors=args.errors, tokenizer=tokenizer)
+        return
+    if args.val_tokens is not None:
+        raise PrepareError("--val-tokens only applies with --shard-size (otherwise use --val-fraction)")
+    val_fraction = DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction
     prepare_corpus(args.inputs, out_dir=args.out_dir, name=args.name, split_on_blank_lines=args.split_on_blank_lines,
                    val_fraction=val_fraction, fmt=args.format, errors=args.errors, tokenizer=tokenizer)
 

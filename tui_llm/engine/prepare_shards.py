@@ -13,6 +13,13 @@ Each split is cut into shards of `shard_size` tokens; its last shard takes the r
 between half and one and a half shard sizes (unless the split has a single shard), so no shard is
 too small to hold a batch. Train with `tui-llm "data/<name>_train_*.bin"`.
 All shards appear together at the end (DatasetWriter); a failure leaves the previous dataset as it was.
+
+With a model's own tokenizer (`--tokenizer`, hf_tokenizer.HFTokenizer) each document is framed as
+its family does ([BOS] text [EOS], encode_document) and encoded whole, because cutting a document
+changes what some tokenizers make of it (SentencePiece-style ones mark each text's start): memory
+then holds one document at a time, plus a batch of short ones. Token files are uint32 beyond a
+65,536-token vocabulary, and the tokenizer's sidecar (<name>.tokenizer.json) is written with the
+shards.
 """
 
 from __future__ import annotations
@@ -111,6 +118,32 @@ def stream_pieces(files, split_on_blank_lines: bool, errors: str, log, piece_cha
             yield from pieces_of(buf, not in_doc)
 
 
+def documents_of(pieces):
+    """Every document's whole text, in order: stream_pieces' (starts_document, text) pieces joined back."""
+    document: list[str] = []
+    for starts_document, piece in pieces:
+        if starts_document and document:
+            yield "".join(document)
+            document = []
+        document.append(piece)
+    if document:
+        yield "".join(document)
+
+
+def stream_model_tokens(documents, tokenizer, batch_chars: int = 4 * PIECE_CHARS):
+    """Token arrays of documents encoded by a model's tokenizer (encode_documents: framed, in
+    parallel inside `tokenizers`), a batch of about batch_chars characters at a time."""
+    batch, chars = [], 0
+    for document in documents:
+        batch.append(document)
+        chars += len(document)
+        if chars >= batch_chars:
+            yield tokenizer.encode_documents(batch)
+            batch, chars = [], 0
+    if batch:
+        yield tokenizer.encode_documents(batch)
+
+
 def _units(pieces, piece_chars: int):
     unit, chars = [], 0
     for piece in pieces:
@@ -195,11 +228,14 @@ class ShardSink:
 
 def prepare_corpus_shards(inputs, out_dir="data", name: str | None = None, shard_size: int = 100_000_000,
                           val_tokens: int | None = None, split_on_blank_lines: bool = False, fmt: str = "llmc",
-                          errors: str = "strict", log=print) -> PreparedDataset:
-    """Tokenize UTF-8 text files, streaming, into <name>_val_NNNNNN.bin and <name>_train_NNNNNN.bin shards.
+                          errors: str = "strict", log=print, tokenizer=None) -> PreparedDataset:
+    """Tokenize UTF-8 text files, streaming, into <name>_val_NNNNNN.bin and <name>_train_NNNNNN.bin shards,
+    with GPT-2's tokenizer or (`tokenizer`, an HFTokenizer) a model's own.
 
     Returns the two glob patterns (as paths) in PreparedDataset.train_path / val_path.
     """
+    from .model_tokenizer import sidecar_bytes, sidecar_path
+
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or not 0 < shard_size <= MAX_LLMC_SHARD:
         raise PrepareError(f"--shard-size must be a number of tokens in 1..{MAX_LLMC_SHARD:,}, got {shard_size}")
     val_tokens = shard_size if val_tokens is None else val_tokens
@@ -215,10 +251,15 @@ def prepare_corpus_shards(inputs, out_dir="data", name: str | None = None, shard
     except OSError as e:
         raise PrepareError(f"cannot create output directory {out_dir}: {e.strerror}") from None
 
-    get_tokenizer()  # build it before the clock starts
+    wide = tokenizer is not None and tokenizer.vocab_size > 65536
+    if wide and fmt == "uint16":
+        raise PrepareError(f"--format uint16 cannot hold this tokenizer's {tokenizer.vocab_size:,} token ids; "
+                           f"use llmc (uint32 tokens) or int32")
+    if tokenizer is None:
+        get_tokenizer()  # build it before the clock starts
     start = time.perf_counter()
     try:
-        with DatasetWriter(out_dir, fmt) as writer:  # every shard appears at commit(), or none does
+        with DatasetWriter(out_dir, fmt, wide) as writer:  # every shard appears at commit(), or none does
             sink = ShardSink(writer, name, shard_size, val_tokens, log)
             documents = 0
 
@@ -228,7 +269,12 @@ def prepare_corpus_shards(inputs, out_dir="data", name: str | None = None, shard
                     documents += piece[0]
                     yield piece
 
-            for ids in stream_tokens(counted(stream_pieces(files, split_on_blank_lines, errors, log))):
+            pieces = counted(stream_pieces(files, split_on_blank_lines, errors, log))
+            if tokenizer is None:
+                token_arrays = stream_tokens(pieces)
+            else:
+                token_arrays = stream_model_tokens(documents_of(pieces), tokenizer)
+            for ids in token_arrays:
                 sink.add(ids)
             total = sink.totals["val"] + sink.totals["train"]
             if total == 0:
@@ -237,7 +283,11 @@ def prepare_corpus_shards(inputs, out_dir="data", name: str | None = None, shard
                 raise PrepareError(f"the split leaves the training set empty ({total:,} tokens in all, up to "
                                    f"{val_tokens:,} for validation; use a smaller --val-tokens)")
             sink.finish()
+            if tokenizer is not None:
+                writer.write_bytes(sidecar_path(out_dir / f"{name}_train_000000.bin").name, sidecar_bytes(tokenizer))
             writer.commit(stale_shards_of=name)
+        if tokenizer is None:  # GPT-2's tokens: an older sidecar of this name would mislabel them
+            sidecar_path(out_dir / f"{name}_train_000000.bin").unlink(missing_ok=True)
     except OSError as e:
         raise PrepareError(f"cannot write {_real_name(e.filename) or out_dir}: {e.strerror}") from None
     seconds = time.perf_counter() - start
