@@ -82,6 +82,7 @@ class HeadlessPrinter:
                   f"batches of {c['batch_size']}x{c['seq_len']}) | val {val}")
         accum = event.tokens_per_step // (c["batch_size"] * c["seq_len"] * event.world_size)
         batch = f"{event.tokens_per_step:,} tokens per step" + (f" ({accum} micro-batches)" if accum > 1 else "") \
-            + (f" over {event.world_size} processes" if event.world_size > 1 else "")
+            + (f" over {event.world_size} processes" if event.world_size > 1 else "") \
+            + (" (AdamW state split among them: --zero 1)" if c.get("zero") else "")
         start = f", resuming at step {event.step}" if event.step else ""
         self.line(f"run: {event.run_dir} | {event.steps} steps, {batch}, lr {c['lr']:g}{start}")

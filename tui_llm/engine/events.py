@@ -80,7 +80,7 @@ class RunStarted(Event):
     run_config: dict      # the resolved RunConfig (what config.json holds)
     model_config: dict    # the model's architecture (GPTConfig.to_dict())
     num_params: int
-    memory_bytes: int     # params + grads + AdamW m and v
+    memory_bytes: int     # params + grads + AdamW m and v (this rank's slice of m and v with --zero 1)
     train_file: str
     train_tokens: int
     val_file: str | None

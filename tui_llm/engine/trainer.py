@@ -458,7 +458,8 @@ class Trainer:
         c, m = self.config, self.model
         return ev.RunStarted(
             run_dir=str(self.run_dir.path), model_name=self.model_name, run_config=c.to_dict(),
-            model_config=m.config.to_dict(), num_params=m.num_parameters, memory_bytes=4 * 4 * m.num_parameters,
+            model_config=m.config.to_dict(), num_params=m.num_parameters,
+            memory_bytes=m.params.flat.nbytes + m.num_parameters * 4 + self.optimizer.m.nbytes + self.optimizer.v.nbytes,
             train_file=str(c.train_file), train_tokens=self.train_tokens.num_tokens,
             val_file=self.val_file, val_tokens=self.val_tokens.num_tokens if self.val_tokens else 0,
             batches_per_epoch=self.loader.num_samples, tokens_per_step=self.tokens_per_step,
