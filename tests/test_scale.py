@@ -99,6 +99,33 @@ def test_two_ranks_equal_one_process_and_resume_on_any_world_size(data, tmp_path
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
+def test_sharded_data_crosses_shards_and_resumes_on_another_world_size(tmp_path):
+    """Shards of ~3 total batches each: 12 steps cross several shard boundaries (and an epoch).
+    Stopped at step 5 on 2 ranks and resumed on 1 process, the losses are the uninterrupted ones."""
+    tokens = np.tile(np.random.default_rng(6).integers(0, 50257, 41), 20)
+    for i in range(4):
+        write_tokens(tmp_path / f"sh_train_{i:06d}.bin", tokens[i * 110:(i + 1) * 110])
+    write_tokens(tmp_path / "sh_val_000000.bin", tokens[500:700])
+    common = [str(tmp_path / "sh_train_*.bin"), *TINY, "-d", "32"]
+    one = cli(*common, "-b", "2", "--steps", "12", "--out-dir", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    assert "(440 tokens, 12 batches of 2x16)" in one.stdout  # 4 shards x 3 total batches
+    part = cli(*common, "-b", "1", "--steps", "5", "--out-dir", str(tmp_path / "split"), ranks=2)
+    assert part.returncode == 0, part.stderr
+    from tui_llm.engine.formats import load_training_checkpoint
+    _, meta = load_training_checkpoint(tmp_path / "split" / "ckpt_00000005.safetensors", names=[])
+    assert meta["loader"]["shard"] >= 1  # stopped past a shard boundary
+    rest = cli("--resume", str(tmp_path / "split"), "--no-ui", "--steps", "12")  # 1 process x 2 micro-batches
+    assert rest.returncode == 0, rest.stderr
+    (t1, _), (t2, _) = losses(tmp_path / "one"), losses(tmp_path / "split")
+    assert len(t1) == 12
+    np.testing.assert_allclose(t2, t1, rtol=0, atol=1e-5)
+    val_one = {r["step"]: r["loss"] for r in records(tmp_path / "one", "val")}
+    val_split = {r["step"]: r["loss"] for r in records(tmp_path / "split", "val")}
+    np.testing.assert_allclose([val_split[k] for k in val_one], list(val_one.values()), rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
 def test_sigint_to_mpiexec_saves_and_resumes_with_identical_losses(data, tmp_path):
     common = [str(data / "s_train.bin"), *TINY, "-b", "2", "--steps", "30"]
     straight = cli(*common, "--out-dir", str(tmp_path / "straight"), ranks=2)
