@@ -7,7 +7,7 @@ transformers and torch are benchmark-only: install them into a throwaway venv, n
     /tmp/benchvenv/bin/python benchmarks/llama_vs_torch.py --check          # logits agree? (tiny random models)
     /tmp/benchvenv/bin/python benchmarks/llama_vs_torch.py                  # SmolLM2-135M shape, B=4, T=64 and 256
 
---check writes small random Llama and Qwen2 (q/k/v biases, untied head, GQA, llama3 RoPE scaling)
+--check writes small random Llama, Qwen2 (q/k/v biases, untied head, GQA, llama3 RoPE scaling) and Qwen3 (q/k norms)
 models with our HF writer, loads them with transformers, and compares the logits of the same
 tokens with ours (max |diff|). The timing runs one training step (forward with the loss,
 backward, AdamW) of the same shape in each, ours first, then transformers', in one process.
@@ -36,6 +36,7 @@ CHECKS = {
     "llama (GQA, tied, llama3 RoPE)": dict(num_kv_heads=2, rope_scaling=LLAMA3),
     "qwen2 (q/k/v bias, untied)": dict(num_kv_heads=1, qkv_bias=True, tied_embeddings=False),
     "mha (untied)": dict(tied_embeddings=False),
+    "qwen3 (q/k norm, head_dim 32, untied)": dict(num_kv_heads=2, qk_norm=True, head_dim=32, tied_embeddings=False),
 }
 
 

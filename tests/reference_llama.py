@@ -23,6 +23,7 @@ def layer_names(i: int) -> dict[str, str]:
             "v": pre + "self_attn.v_proj.weight", "o": pre + "self_attn.o_proj.weight",
             "bq": pre + "self_attn.q_proj.bias", "bk": pre + "self_attn.k_proj.bias",
             "bv": pre + "self_attn.v_proj.bias",
+            "qn": pre + "self_attn.q_norm.weight", "kn": pre + "self_attn.k_norm.weight",
             "gate": pre + "mlp.gate_proj.weight", "up": pre + "mlp.up_proj.weight", "down": pre + "mlp.down_proj.weight"}
 
 
@@ -68,7 +69,8 @@ def rmsnorm_back(dy, cache, w):
 
 
 def forward_backward(P: dict, cfg: dict, tokens, targets):
-    """cfg: num_heads, num_kv_heads, head_dim, eps, theta, rope_scaling, vocab_size, tied, bias.
+    """cfg: num_heads, num_kv_heads, head_dim, eps, theta, rope_scaling, vocab_size, tied, bias,
+    and optionally qk_norm (Qwen3: RMSNorm of each q and k head, weights (hd,), before RoPE).
 
     Returns (logits (B, T, rows of the head), loss, grads keyed like P)."""
     B, T = tokens.shape
@@ -96,6 +98,9 @@ def forward_backward(P: dict, cfg: dict, tokens, targets):
         if cfg["bias"]:
             q, k, v = q + P[n["bq"]], k + P[n["bk"]], v + P[n["bv"]]
         q, k, v = heads(q, H), heads(k, KV), heads(v, KV)
+        cq = ck = None
+        if cfg.get("qk_norm"):
+            (q, cq), (k, ck) = rmsnorm(q, P[n["qn"]], eps), rmsnorm(k, P[n["kn"]], eps)
         qr, kr = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         krr, vr = np.repeat(kr, rep, axis=1), np.repeat(v, rep, axis=1)
         s = np.where(mask, qr @ krr.transpose(0, 1, 3, 2) / math.sqrt(hd), -np.inf)
@@ -107,7 +112,7 @@ def forward_backward(P: dict, cfg: dict, tokens, targets):
         gt, up = h2 @ P[n["gate"]].T, h2 @ P[n["up"]].T
         sg = 1.0 / (1.0 + np.exp(-gt))
         act = gt * sg * up
-        caches.append((x, h1, c1, qr, krr, vr, att, y, x2, h2, c2, gt, up, sg, act))
+        caches.append((x, h1, c1, qr, krr, vr, att, y, x2, h2, c2, gt, up, sg, act, cq, ck))
         x = x2 + act @ P[n["down"]].T
     hf, cf = rmsnorm(x, P["model.norm.weight"], eps)
     logits = hf @ W_head.T
@@ -135,7 +140,7 @@ def forward_backward(P: dict, cfg: dict, tokens, targets):
 
     for i in reversed(range(L)):
         n = layer_names(i)
-        x, h1, c1, qr, krr, vr, att, y, x2, h2, c2, gt, up, sg, act = caches[i]
+        x, h1, c1, qr, krr, vr, att, y, x2, h2, c2, gt, up, sg, act, cq, ck = caches[i]
         G[n["down"]] = wgrad(dx, act)
         dact = dx @ P[n["down"]]
         dup = dact * gt * sg
@@ -154,6 +159,9 @@ def forward_backward(P: dict, cfg: dict, tokens, targets):
         dv = dvr.reshape(B, KV, rep, T, hd).sum(2)
         dq = dqr * cos + rotate_half_t(dqr * sin)
         dk = dkr * cos + rotate_half_t(dkr * sin)
+        if cfg.get("qk_norm"):
+            dq, G[n["qn"]] = rmsnorm_back(dq, cq, P[n["qn"]])
+            dk, G[n["kn"]] = rmsnorm_back(dk, ck, P[n["kn"]])
         dq, dk, dv = unheads(dq), unheads(dk), unheads(dv)
         G[n["q"]], G[n["k"]], G[n["v"]] = wgrad(dq, h1), wgrad(dk, h1), wgrad(dv, h1)
         if cfg["bias"]:
@@ -179,6 +187,8 @@ def random_params(cfg: dict, L: int, C: int, F: int, rng, std: float = 0.3) -> d
             P[n[key]] = rng.standard_normal(shape) * std
         if cfg["bias"]:
             P[n["bq"]], P[n["bk"]], P[n["bv"]] = (rng.standard_normal(d) * std for d in (H * hd, KV * hd, KV * hd))
+        if cfg.get("qk_norm"):
+            P[n["qn"]], P[n["kn"]] = 1 + 0.1 * rng.standard_normal(hd), 1 + 0.1 * rng.standard_normal(hd)
     if not cfg["tied"]:
         P["lm_head.weight"] = rng.standard_normal((V, C)) * std
     return P
@@ -196,6 +206,8 @@ def from_engine(params, cfg) -> dict:
         if cfg.qkv_bias:
             b = params.qkvb[i].astype(f64)
             P[n["bq"]], P[n["bk"]], P[n["bv"]] = b[:QD], b[QD:QD + KVD], b[QD + KVD:]
+        if cfg.qk_norm:
+            P[n["qn"]], P[n["kn"]] = params.qnormw[i].astype(f64), params.knormw[i].astype(f64)
         P[n["o"]] = params.attprojw[i].astype(f64)
         P[n["gate"]], P[n["up"]] = params.fcw[i, :F].astype(f64), params.fcw[i, F:].astype(f64)
         P[n["down"]] = params.fcprojw[i].astype(f64)
@@ -208,4 +220,4 @@ def ref_config(cfg) -> dict:
     """The reference's cfg dict for an engine LlamaConfig."""
     return dict(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, eps=cfg.rms_norm_eps,
                 theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, vocab_size=cfg.vocab_size,
-                tied=cfg.tied_embeddings, bias=cfg.qkv_bias)
+                tied=cfg.tied_embeddings, bias=cfg.qkv_bias, qk_norm=cfg.qk_norm)

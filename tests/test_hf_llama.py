@@ -68,7 +68,8 @@ def make_hf_dir(tmp_path, hf, dtype="F32", shards=1, seed=0):
     scaling = None if not scaling or scaling.get("rope_type") == "default" else scaling
     cfg = dict(num_heads=H, num_kv_heads=KV, head_dim=hf.get("head_dim") or C // H, eps=hf["rms_norm_eps"],
                theta=hf.get("rope_theta") or hf["rope_parameters"]["rope_theta"], rope_scaling=scaling,
-               vocab_size=V, tied=hf["tie_word_embeddings"], bias=hf["model_type"] == "qwen2")
+               vocab_size=V, tied=hf["tie_word_embeddings"], bias=hf["model_type"] == "qwen2",
+               qk_norm=hf["model_type"] == "qwen3")
     P = ref.random_params(cfg, L, C, F, np.random.default_rng(seed))
     tensors, P_stored = {}, {}
     for name, val in P.items():
@@ -95,6 +96,8 @@ VARIANTS = {
     "qwen2-bias-f16-gqa": (dict(model_type="qwen2", KV=1, use_sliding_window=False, sliding_window=4), "F16", 1),
     "mistral-headdim-linear-4x": (dict(model_type="mistral", head_dim=6, sliding_window=None,
                                        scaling={"type": "linear", "factor": 2.0}), "BF16", 2),
+    "qwen3-qk-norm-headdim-5x": (dict(model_type="qwen3", head_dim=8, spelling="5.x", attention_bias=False,
+                                      use_sliding_window=False, sliding_window=None, tied=False), "BF16", 1),
 }
 
 
@@ -106,7 +109,7 @@ def test_load_matches_float64_reference(tmp_path, name):
     cfg, flat = read_hf_llama(tmp_path)
     assert (cfg.vocab_size, cfg.channels, cfg.num_layers, cfg.ffn_channels) == (V, C, L, F)
     assert cfg.num_kv_heads == rcfg["num_kv_heads"] and cfg.head_dim == rcfg["head_dim"]
-    assert cfg.tied_embeddings == rcfg["tied"] and cfg.qkv_bias == rcfg["bias"]
+    assert cfg.tied_embeddings == rcfg["tied"] and cfg.qkv_bias == rcfg["bias"] and cfg.qk_norm == rcfg["qk_norm"]
     assert (cfg.bos_token_id, cfg.eos_token_id, cfg.max_seq_len) == (1, 2, MAX_POS)
     model = Llama(cfg, flat)
     x, y = (np.random.default_rng(4).integers(0, V, (2, 8)).astype(np.int32) for _ in range(2))
@@ -133,6 +136,17 @@ def test_write_then_read_is_identical_and_hf_shaped(tmp_path):
     tensors = load_file(out / "model.safetensors")
     assert tensors["model.embed_tokens.weight"].shape == (V, C) and "lm_head.weight" in tensors
     assert tensors["model.layers.1.self_attn.k_proj.bias"].shape == (8,)
+    # qwen3: its q/k norms are written and read back, under its own model type
+    src3 = tmp_path / "src3"
+    src3.mkdir()
+    make_hf_dir(src3, hf_config(model_type="qwen3", head_dim=8, attention_bias=False), "F32", 1)
+    cfg4, flat4 = read_hf_llama(src3)
+    write_hf_llama(tmp_path / "qwen3_out", cfg4, flat4)
+    cfg5, flat5 = read_hf_llama(tmp_path / "qwen3_out")
+    assert cfg5 == cfg4 and cfg4.qk_norm and np.array_equal(flat5, flat4)
+    written = json.loads((tmp_path / "qwen3_out" / "config.json").read_text())
+    assert written["model_type"] == "qwen3" and written["architectures"] == ["Qwen3ForCausalLM"]
+    assert load_file(tmp_path / "qwen3_out" / "model.safetensors")["model.layers.0.self_attn.k_norm.weight"].shape == (8,)
     # tied llama: no lm_head written
     cfg3, flat3 = read_hf_llama(make_tied(tmp_path / "tied"))
     write_hf_llama(tmp_path / "tied_out", cfg3, flat3)
@@ -150,7 +164,8 @@ def make_tied(d):
 
 @pytest.mark.parametrize("change,message", [
     (dict(model_type="gpt_neox"), "model_type 'gpt_neox' is not supported"),
-    (dict(model_type="qwen3"), "qwen3"),
+    (dict(model_type="gemma"), "model_type 'gemma' is not supported"),
+    (dict(model_type="qwen3", attention_bias=True), "attention_bias"),
     (dict(num_local_experts=8), "mixture-of-experts"),
     (dict(rope_scaling={"type": "dynamic", "factor": 2.0}), "'dynamic' is not supported"),
     (dict(rope_scaling=None, rope_parameters={"rope_theta": 1e4, "rope_type": "yarn", "factor": 4}), "'yarn'"),

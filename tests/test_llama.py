@@ -21,6 +21,7 @@ CONFIGS = {
     "gqa-bias": LlamaConfig(**BASE, num_kv_heads=1, qkv_bias=True),
     "llama3-rope": LlamaConfig(**BASE, num_kv_heads=2, rope_scaling=LLAMA3),
     "linear-rope-headdim": LlamaConfig(**BASE, num_kv_heads=2, head_dim=6, rope_scaling={"type": "linear", "factor": 2}),
+    "qwen3-qk-norm": LlamaConfig(**BASE, num_kv_heads=2, head_dim=12, qk_norm=True, tied_embeddings=False),
 }
 
 
@@ -34,7 +35,7 @@ def random_model(cfg, seed=3, std=0.2):
     model = Llama.random_init(cfg, seed=seed)
     rng = np.random.default_rng(seed)
     for name, view in model.params.items():
-        if name in ("ln1w", "ln2w", "lnfw"):
+        if name in ("ln1w", "ln2w", "lnfw", "qnormw", "knormw"):
             view[:] = 1 + 0.1 * rng.standard_normal(view.shape)
         elif name in ("wte", "lm_head"):
             view[:cfg.vocab_size] = std * rng.standard_normal((cfg.vocab_size, cfg.channels))
@@ -47,9 +48,10 @@ def rel_err(ours, expected):
     return float(np.max(np.abs(np.asarray(ours, np.float64) - expected)) / np.max(np.abs(expected)))
 
 
-def test_reference_gradients_match_finite_differences():
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_reference_gradients_match_finite_differences(qk_norm):
     cfg = dict(num_heads=4, num_kv_heads=2, head_dim=6, eps=1e-5, theta=100.0, rope_scaling=LLAMA3,
-               vocab_size=23, tied=False, bias=True)
+               vocab_size=23, tied=False, bias=True, qk_norm=qk_norm)
     rng = np.random.default_rng(0)
     P = ref.random_params(cfg, L=2, C=12, F=10, rng=rng)
     x, y = make_batch(1, B=2, T=6, V=23)
@@ -110,7 +112,7 @@ def test_adamw_steps_reduce_the_loss():
     assert losses[-1] < losses[0] - 0.5, losses
 
 
-@pytest.mark.parametrize("name", ["mha-tied", "gqa-bias", "gqa-untied", "llama3-rope"])
+@pytest.mark.parametrize("name", ["mha-tied", "gqa-bias", "gqa-untied", "llama3-rope", "qwen3-qk-norm"])
 def test_kv_cache_extend_matches_full_forward(name):
     cfg = CONFIGS[name]
     model = random_model(cfg)
@@ -206,10 +208,10 @@ def test_arch_dispatch_rebuilds_either_model():
         config_from_dict({"arch": "mamba"})
 
 
-@pytest.mark.parametrize("name", ["mha-tied", "gqa-untied", "gqa-bias"])
+@pytest.mark.parametrize("name", ["mha-tied", "gqa-untied", "gqa-bias", "qwen3-qk-norm"])
 def test_backward_replaces_gradients_so_micro_batches_can_be_summed(name):
-    """The trainer's gradient accumulation lets micro-batch 0 write straight into the sum and the
-    others into a scratch buffer: backward must overwrite every gradient, never add to old ones."""
+    """backward() without accumulate (micro-batch 0 of an accumulated step) must overwrite every
+    gradient, never add to old ones: two half batches in two buffers average to the whole batch's."""
     from tui_llm.engine.llama_config import LlamaParams
 
     cfg = CONFIGS[name]
@@ -230,7 +232,7 @@ def test_backward_replaces_gradients_so_micro_batches_can_be_summed(name):
         np.testing.assert_allclose(mean, whole, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["mha-tied", "gqa-untied", "gqa-bias"])
+@pytest.mark.parametrize("name", ["mha-tied", "gqa-untied", "gqa-bias", "qwen3-qk-norm"])
 @pytest.mark.parametrize("in_blas", [True, False])
 def test_backward_accumulate_adds_a_second_batch_to_the_gradients(name, in_blas, monkeypatch):
     """backward(accumulate=True) adds to every gradient what backward() would have written

@@ -34,7 +34,8 @@ def make_llama_dir(d, model_type="llama", spelling="4.x", seed=0, **extra):
     hf = hf_config(model_type=model_type, spelling=spelling, vocab_size=VOCAB, max_position_embeddings=MAX_POS,
                    bos_token_id=1, eos_token_id=0, **extra)
     cfg = dict(num_heads=hf["num_attention_heads"], num_kv_heads=hf["num_key_value_heads"], head_dim=C // 4,
-               eps=1e-5, theta=100.0, rope_scaling=None, vocab_size=VOCAB, tied=True, bias=model_type == "qwen2")
+               eps=1e-5, theta=100.0, rope_scaling=None, vocab_size=VOCAB, tied=True, bias=model_type == "qwen2",
+               qk_norm=model_type == "qwen3")
     P = ref.random_params(cfg, L, C, F, np.random.default_rng(seed), std=0.1)
     write_safetensors(d / "model.safetensors", {n: ("F32", v.astype(np.float32)) for n, v in P.items()})
     (d / "config.json").write_text(json.dumps(hf))
@@ -146,6 +147,26 @@ def test_prepare_shards_with_the_models_tokenizer_equal_the_unsharded_files(llam
     assert trained.returncode == 0, trained.stderr
 
 
+def test_a_qwen3_model_trains_and_exports(llama, tmp_path):
+    """Qwen3 (per-head q/k RMSNorm before RoPE): loaded from its HF layout, trained (the loss
+    falls), exported back under its own model type with the same weights."""
+    _, data = llama
+    model = make_llama_dir(tmp_path / "qwen3", model_type="qwen3", seed=1, attention_bias=False)
+    run = tmp_path / "run"
+    trained = run_cli(str(data / "story_train.bin"), "--no-ui", "--init-from", str(model), *SMALL, "--steps", "12",
+                      "--lr", "1e-2", "--out-dir", str(run))
+    assert trained.returncode == 0, trained.stderr
+    assert "model: Hugging Face qwen3 " in trained.stdout
+    losses = [m["loss"] for m in read_metrics(run) if m["type"] == "train"]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5
+    exported = run_cli("export", "--init-from", str(run), str(tmp_path / "out"), "--to", "hf")
+    assert exported.returncode == 0, exported.stderr
+    cfg, flat = read_hf_llama(tmp_path / "out")
+    arrays, _ = load_training_checkpoint(sorted(run.glob("ckpt_*"))[-1], names=["params"])
+    assert cfg.qk_norm and np.array_equal(flat, arrays["params"])
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "qwen3"
+
+
 def test_data_of_another_tokenizer_is_refused_in_one_line(llama, tmp_path, capsys):
     model, data = llama
     write_tokens(tmp_path / "gpt2_train.bin", np.arange(300) % 50)  # no sidecar: GPT-2's tokens
@@ -174,7 +195,7 @@ def test_a_fresh_llama_trains_and_needs_a_tokenizer(llama, tmp_path, capsys):
 
 
 UNSUPPORTED = [
-    (dict(model_type="qwen3"), "model_type 'qwen3'"),
+    (dict(model_type="phi3"), "model_type 'phi3'"),
     (dict(model_type="gpt_neox"), "model_type 'gpt_neox' is not supported"),
     (dict(num_local_experts=8), "mixture-of-experts"),
     (dict(hidden_act="gelu"), "hidden_act 'gelu'"),

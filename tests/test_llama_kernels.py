@@ -143,3 +143,29 @@ def test_compile_llama_kernels_reports_progress():
     seen = []
     LK.compile_llama_kernels(lambda done, total, name: seen.append(name))
     assert seen[-1] == "done" and {"rmsnorm", "rope", "swiglu", "attention (cached)"} <= set(seen)
+
+
+def test_head_rmsnorm_in_place_on_a_view_of_the_qkv_buffer(rng):
+    """Qwen3's q/k norm: each head of each row RMS-normed in place (a strided view), the input kept."""
+    N, H, hd, eps = 5, 3, 8, 1e-6
+    qkv = f32(rng.standard_normal((N, H * hd + 10)) * 2)
+    before = qkv.copy()
+    heads = qkv[:, :H * hd].reshape(N, H, hd)  # a view: the norm writes into qkv
+    pre, rstd = np.empty((N, H, hd), np.float32), np.empty((N, H), np.float32)
+    w = f32(1 + 0.2 * rng.standard_normal(hd))
+    LK.head_rmsnorm_forward(heads, pre, rstd, w, eps)
+    x64, w64 = before[:, :H * hd].reshape(N, H, hd).astype(np.float64), w.astype(np.float64)
+    expected, cache = ref.rmsnorm(x64, w64, eps)
+    assert rel_err(qkv[:, :H * hd].reshape(N, H, hd), expected) < RTOL
+    assert np.array_equal(qkv[:, H * hd:], before[:, H * hd:])  # the other columns untouched
+    assert np.array_equal(pre, before[:, :H * hd].reshape(N, H, hd)) and rel_err(rstd, cache[1][..., 0]) < RTOL
+
+    dout = f32(rng.standard_normal((N, H, hd)))
+    d = np.zeros_like(qkv)
+    d[:, :H * hd] = dout.reshape(N, -1)
+    dw = np.full(hd, 9, np.float32)
+    LK.head_rmsnorm_backward(d[:, :H * hd].reshape(N, H, hd), dw, pre, rstd, w, False)
+    edx, edw = ref.rmsnorm_back(dout.astype(np.float64), cache, w64)
+    assert rel_err(d[:, :H * hd].reshape(N, H, hd), edx) < 1e-4 and rel_err(dw, edw) < RTOL
+    LK.head_rmsnorm_backward(dout.copy(), dw, pre, rstd, w, True)  # accumulate: dweight adds
+    assert rel_err(dw, 2 * edw) < RTOL

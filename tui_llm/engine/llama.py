@@ -4,6 +4,7 @@
     for each layer:
         a = rmsnorm(x, ln1w)
         q, k, v = split(a @ qkvw.T (+ qkvb))         one product for all three; KV <= H heads
+        q, k = rmsnorm(q, qnormw), rmsnorm(k, knormw) per head, Qwen3 only (qk_norm)
         q, k = rope(q, pos), rope(k, pos)            half-split rotation, as transformers
         x = x + attention(q, k, v) @ attprojw.T      query head h reads key/value head h // (H/KV)
         m = rmsnorm(x, ln2w)
@@ -39,10 +40,13 @@ class BlockBuffers:
     """The buffers one block writes. Training: layer l's slices of Activations (kept for the
     backward). extend: the cache's scratch, the same for every layer, residuals updated in place."""
 
-    def __init__(self, ln1, ln1_rstd, qkv, att, atty, residual2, ln2, ln2_rstd, fch, fch_act, residual3, proj):
+    def __init__(self, ln1, ln1_rstd, qkv, att, atty, residual2, ln2, ln2_rstd, fch, fch_act, residual3, proj,
+                 qk_norm=None):
         self.ln1, self.ln1_rstd, self.qkv, self.att, self.atty = ln1, ln1_rstd, qkv, att, atty
         self.residual2, self.ln2, self.ln2_rstd = residual2, ln2, ln2_rstd
         self.fch, self.fch_act, self.residual3, self.proj = fch, fch_act, residual3, proj
+        # Qwen3: (q before its norm (N, H, hd), its rstd (N, H), k before (N, KV, hd), its rstd (N, KV))
+        self.qk_norm = qk_norm
 
 
 class Activations:
@@ -80,6 +84,7 @@ class Activations:
         self.d_2f = np.empty((N, 2 * F), f32)
         self.d_att = np.empty((B, H, T, T), f32)        # d attention scores, one layer at a time
         self.d_heads = np.empty((N, QD), f32) if cfg.num_kv_heads < H else None  # dK, dV per query head
+        self.qk_norm = qk_norm_buffers(cfg, N, L) if cfg.qk_norm else None    # Qwen3: q, k before their norm
 
     @staticmethod
     def nbytes_for(cfg: LlamaConfig, B: int, T: int) -> int:
@@ -87,15 +92,25 @@ class Activations:
         per_layer = N * (4 * C + 2 + cfg.qkv_dim + cfg.q_dim + 3 * F) + B * H * T * T
         d_heads = cfg.q_dim if cfg.num_kv_heads < H else 0
         rest = N * (C * 5 + 2 + cfg.padded_vocab_size + cfg.q_dim + d_heads + cfg.qkv_dim + 3 * F) + B * H * T * T
+        if cfg.qk_norm:
+            per_layer += N * (cfg.q_dim + cfg.kv_dim + H + cfg.num_kv_heads)
         return 4 * (L * per_layer + rest)
 
     def layer(self, l: int) -> BlockBuffers:
         return BlockBuffers(self.ln1[l], self.ln1_rstd[l], self.qkv[l], self.att[l], self.atty[l],
                             self.residual2[l], self.ln2[l], self.ln2_rstd[l], self.fch[l], self.fch_act[l],
-                            self.residual3[l], self.proj)
+                            self.residual3[l], self.proj, self.qk_norm and tuple(buf[l] for buf in self.qk_norm))
 
     def nbytes(self) -> int:
-        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+        arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)] + list(self.qk_norm or ())
+        return sum(a.nbytes for a in arrays)
+
+
+def qk_norm_buffers(cfg: LlamaConfig, n: int, layers: int) -> tuple[np.ndarray, ...]:
+    """Qwen3's q/k norm keeps, per layer: q before the norm (n, H, hd), its rstd (n, H), k before (n, KV, hd), its rstd."""
+    H, KV, hd, f32 = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, np.float32
+    return (np.empty((layers, n, H, hd), f32), np.empty((layers, n, H), f32),
+            np.empty((layers, n, KV, hd), f32), np.empty((layers, n, KV), f32))
 
 
 def training_memory_bytes(cfg: LlamaConfig, B: int, T: int) -> int:
@@ -124,10 +139,12 @@ class KVCache:
             self._b = [np.empty((n, C), f32), np.empty(n, f32), np.empty((n, cfg.qkv_dim), f32),
                        np.empty((n, cfg.q_dim), f32), np.empty((n, C), f32), np.empty(n, f32),
                        np.empty((n, 2 * F), f32), np.empty((n, F), f32), np.empty((n, C), f32)]
+            self._qk_norm = qk_norm_buffers(cfg, n, 1) if cfg.qk_norm else None
             self.rows = n
         ln, rstd, qkv, atty, ln2, rstd2, fch, fch_act, proj = (buf[:n] for buf in self._b)
         x = self._x[:n]
-        return x, BlockBuffers(ln, rstd, qkv, None, atty, x, ln2, rstd2, fch, fch_act, x, proj)
+        qk_norm = self._qk_norm and tuple(buf[0, :n] for buf in self._qk_norm)
+        return x, BlockBuffers(ln, rstd, qkv, None, atty, x, ln2, rstd2, fch, fch_act, x, proj, qk_norm)
 
 
 class Llama:
@@ -168,6 +185,9 @@ class Llama:
         p.ln1w[:] = 1.0
         p.ln2w[:] = 1.0
         p.lnfw[:] = 1.0
+        if config.qk_norm:
+            p.qnormw[:] = 1.0
+            p.knormw[:] = 1.0
         return model
 
     def decay_ranges(self) -> tuple[np.ndarray, np.ndarray]:
@@ -204,6 +224,11 @@ class Llama:
         np.matmul(b.ln1, p.qkvw[l].T, out=b.qkv)                                  # (N, (H+2KV) hd)
         if cfg.qkv_bias:
             K.add_bias(b.qkv, p.qkvb[l])
+        if cfg.qk_norm:  # Qwen3: every q head and every k head RMS-normed (weights per layer), then RoPE
+            q_pre, q_rstd, k_pre, k_rstd = b.qk_norm
+            hd = cfg.head_dim
+            LK.head_rmsnorm_forward(b.qkv[:, :QD].reshape(-1, H, hd), q_pre, q_rstd, p.qnormw[l], self.eps)
+            LK.head_rmsnorm_forward(b.qkv[:, QD:QD + KVD].reshape(-1, KV, hd), k_pre, k_rstd, p.knormw[l], self.eps)
         LK.rope_rotate(b.qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, t0, 1.0)
         if cache is None:
             attention_forward(b.atty.reshape(B, T, QD), b.att, b.qkv.reshape(B, T, -1), H, KV)
@@ -302,6 +327,13 @@ class Llama:
             attention_backward(a.d_qkv.reshape(B, T, -1), a.d_q.reshape(B, T, -1), a.att[l],
                                a.qkv[l].reshape(B, T, -1), H, KV, a.d_att, a.d_heads)
             LK.rope_rotate(a.d_qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, 0, -1.0)
+            if cfg.qk_norm:
+                QD, KVD, hd = cfg.q_dim, cfg.kv_dim, cfg.head_dim
+                q_pre, q_rstd, k_pre, k_rstd = (buf[l] for buf in a.qk_norm)
+                LK.head_rmsnorm_backward(a.d_qkv[:, :QD].reshape(-1, H, hd), g.qnormw[l], q_pre, q_rstd, p.qnormw[l],
+                                         acc)
+                LK.head_rmsnorm_backward(a.d_qkv[:, QD:QD + KVD].reshape(-1, KV, hd), g.knormw[l], k_pre, k_rstd,
+                                         p.knormw[l], acc)
             if cfg.qkv_bias:
                 K.column_sum(g.qkvb[l], a.d_qkv, acc)
             matmul_grad(g.qkvw[l], a.d_qkv.T, a.ln1[l], scratch, acc)         # ((H+2KV) hd, C)

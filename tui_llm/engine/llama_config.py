@@ -8,6 +8,8 @@ another, so each is a single BLAS product:
     ln1w      (L, C)                RMSNorm before attention   (HF input_layernorm)
     qkvw      (L, (H + 2KV) hd, C)  [q_proj | k_proj | v_proj] rows
     qkvb      (L, (H + 2KV) hd)     only with qkv_bias (Qwen2)
+    qnormw    (L, hd)               only with qk_norm (Qwen3): RMSNorm of each query head, before RoPE
+    knormw    (L, hd)               only with qk_norm: the same for each key head
     attprojw  (L, C, H hd)          o_proj
     ln2w      (L, C)                RMSNorm before the MLP     (HF post_attention_layernorm)
     fcw       (L, 2F, C)            [gate_proj | up_proj] rows
@@ -66,6 +68,7 @@ class LlamaConfig:
     rope_scaling: dict | None = field(default=None, hash=False)  # None, {"rope_type": "linear", ...}
     tied_embeddings: bool = True
     qkv_bias: bool = False           # Qwen2
+    qk_norm: bool = False            # Qwen3: RMSNorm over each q and k head (own weights) before RoPE
     bos_token_id: int | None = None
     eos_token_id: int | None = None
 
@@ -134,7 +137,7 @@ class LlamaConfig:
         return (f"llama | {self.num_layers} layers, {self.num_heads} heads{kv}, {self.channels} channels, "
                 f"SwiGLU {self.ffn_channels}, max {self.max_seq_len} positions{rope}, vocab {self.vocab_size} "
                 f"(padded {self.padded_vocab_size}), {'tied' if self.tied_embeddings else 'untied'} head"
-                f"{', q/k/v bias' if self.qkv_bias else ''}")
+                f"{', q/k/v bias' if self.qkv_bias else ''}{', q/k norm' if self.qk_norm else ''}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -207,6 +210,8 @@ def param_shapes(cfg: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
     shapes = [("wte", (Vp, C)), ("ln1w", (L, C)), ("qkvw", (L, cfg.qkv_dim, C))]
     if cfg.qkv_bias:
         shapes.append(("qkvb", (L, cfg.qkv_dim)))
+    if cfg.qk_norm:
+        shapes += [("qnormw", (L, cfg.head_dim)), ("knormw", (L, cfg.head_dim))]
     shapes += [("attprojw", (L, C, cfg.q_dim)), ("ln2w", (L, C)),
                ("fcw", (L, 2 * F, C)), ("fcprojw", (L, C, F)), ("lnfw", (C,))]
     if not cfg.tied_embeddings:

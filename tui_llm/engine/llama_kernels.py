@@ -1,4 +1,4 @@
-"""Numba kernels for the Llama block: RMSNorm, RoPE, SwiGLU, embedding.
+"""Numba kernels for the Llama block: RMSNorm (and Qwen3's per-head q/k norm), RoPE, SwiGLU, embedding.
 
 Same conventions as kernels.py (float32, `nogil` so the UI thread keeps running, `cache` so the
 compile happens once, `prange` over rows or heads); the sigmoid reuses its `exp_block`.
@@ -77,6 +77,50 @@ def rmsnorm_backward(dx, dweight, dout, x, rstd, weight, accumulate):
         s = rstd[r]
         for c in range(C):
             dweight[c] += dout[r, c] * x[r, c] * s
+
+
+# Qwen3's q/k norm: the same RMSNorm over each head of each row, in place in the q/k/v buffer.
+# heads (N, nh, hd) is a view of q's (or k's) columns; pre keeps its values before the norm.
+
+@njit(**PJIT)
+def head_rmsnorm_forward(heads, pre, rstd, weight, eps):
+    # heads, pre (N, nh, hd); rstd (N, nh); weight (hd,)
+    N, nh, hd = heads.shape
+    eps = np.float32(eps)
+    for r in prange(N):
+        for h in range(nh):
+            x, p = heads[r, h], pre[r, h]
+            ss = np.float32(0.0)
+            for c in range(hd):
+                p[c] = x[c]
+                ss += x[c] * x[c]
+            s = np.float32(1.0) / np.sqrt(ss / hd + eps)
+            for c in range(hd):
+                x[c] = p[c] * s * weight[c]
+            rstd[r, h] = s
+
+
+@njit(**PJIT)
+def head_rmsnorm_backward(dheads, dweight, pre, rstd, weight, accumulate):
+    """In place: dheads (N, nh, hd), the gradient of the normed heads, becomes that of the heads
+    before the norm; dweight (hd,) is overwritten, or added to when accumulate."""
+    N, nh, hd = dheads.shape
+    if not accumulate:
+        dweight[:] = 0.0
+    for r in range(N):  # the weight's gradient first (it needs d of the output), serial: one sum
+        for h in range(nh):
+            s, x, d = rstd[r, h], pre[r, h], dheads[r, h]
+            for c in range(hd):
+                dweight[c] += d[c] * x[c] * s
+    for r in prange(N):
+        for h in range(nh):
+            s, x, d = rstd[r, h], pre[r, h], dheads[r, h]
+            gx = np.float32(0.0)
+            for c in range(hd):
+                gx += weight[c] * d[c] * x[c]
+            gx = gx * s * s / hd
+            for c in range(hd):
+                d[c] = s * (weight[c] * d[c] - x[c] * gx)
 
 
 # ---------------------------------------------------------------------------------------
@@ -170,6 +214,10 @@ def compile_llama_kernels(progress=None) -> None:
         ("embedding", lambda: embedding_backward(a2, a2, np.zeros(2, np.int32))),
         ("rmsnorm", lambda: (rmsnorm_forward(a2, r1, a2, a1, 1e-5), rmsnorm_backward(a2, a1, a2, a2, r1, a1, False))),
         ("rope", lambda: rope_rotate(qkv3, cs, cs, 3, 0, 1.0)),
+        ("q/k norm", lambda: (head_rmsnorm_forward(qkv3[0][:, :8].reshape(2, 2, 4), np.zeros((2, 2, 4), f32),
+                                                   np.zeros((2, 2), f32), a1, 1e-5),
+                              head_rmsnorm_backward(qkv3[0][:, :8].reshape(2, 2, 4), a1.copy(),
+                                                    np.zeros((2, 2, 4), f32), np.ones((2, 2), f32), a1, False))),
         ("swiglu", lambda: (swiglu_forward(a2[:, :2], a2), swiglu_backward(a2, a2[:, :2].copy(), a2.copy()))),
         ("attention (cached)", lambda: attention_cached(y3[0], qkv3[0], np.zeros((4, 4), f32),
                                                         np.zeros((4, 4), f32), 0, 2, 1)),

@@ -1,4 +1,4 @@
-"""Hugging Face Llama-family models (llama, mistral, qwen2): read and write without torch.
+"""Hugging Face Llama-family models (llama, mistral, qwen2, qwen3): read and write without torch.
 
 A model directory holds `config.json` and `model.safetensors` (or shards listed by
 `model.safetensors.index.json`). Reading maps HF's tensors onto the engine's flat layout
@@ -6,13 +6,14 @@ A model directory holds `config.json` and `model.safetensors` (or shards listed 
 bfloat16 tensors are converted to float32 in chunks, straight into the flat buffer. Both config
 spellings are read: transformers 4.x (`rope_theta`, `rope_scaling` at the top level) and 5.x
 (`rope_parameters`). What the engine cannot run exactly is refused with one line naming it:
-other model types (including qwen3's per-head q/k norms), mixture-of-experts, sliding windows
-shorter than the sequence used, RoPE scaling other than linear/llama3, biases other than
-Qwen2's q/k/v, missing or misshapen tensors.
+other model types, mixture-of-experts, sliding windows shorter than the sequence used, RoPE
+scaling other than linear/llama3, biases other than Qwen2's q/k/v, missing or misshapen tensors.
+Qwen3 is Qwen2 without the q/k/v biases and with an RMSNorm over each q and k head
+(`self_attn.q_norm` / `k_norm`, weights (hd,)) before RoPE.
 
 Writing produces what transformers' AutoModelForCausalLM loads: model_type `llama`
-(`qwen2` when the model has q/k/v biases), 4.x field names (which 5.x still reads), float32
-weights, no lm_head when tied.
+(`qwen2` when the model has q/k/v biases, `qwen3` when it has the q/k norms), 4.x field names
+(which 5.x still reads), float32 weights, no lm_head when tied.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tui_llm.engine.llama_config import LlamaConfig, LlamaConfigError, LlamaPara
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
-MODEL_TYPES = ("llama", "mistral", "qwen2")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size", "num_experts_per_tok")
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # a constant some older checkpoints stored
 # safetensors dtype -> (stored numpy dtype, conversion to float32)
@@ -69,11 +70,8 @@ def config_from_hf(hf: dict, path=CONFIG, max_seq_len: int | None = None) -> Lla
     max_seq_len: the longest sequence that will be used (default max_position_embeddings).
     """
     model_type = hf.get("model_type")
-    if model_type == "qwen3":
-        raise CheckpointError(path, "model_type 'qwen3' (per-head q/k RMSNorm) is not supported; "
-                                    "llama, mistral and qwen2 are")
     if model_type not in MODEL_TYPES:
-        raise CheckpointError(path, f"model_type {model_type!r} is not supported (llama, mistral, qwen2)")
+        raise CheckpointError(path, f"model_type {model_type!r} is not supported ({', '.join(MODEL_TYPES)})")
     for key in MOE_KEYS:
         if hf.get(key):
             raise CheckpointError(path, f"{key} = {hf[key]}: mixture-of-experts models are not supported")
@@ -92,7 +90,7 @@ def config_from_hf(hf: dict, path=CONFIG, max_seq_len: int | None = None) -> Lla
     if T > max_pos:
         raise CheckpointError(path, f"sequence length {T} exceeds max_position_embeddings {max_pos}")
     window = hf.get("sliding_window")
-    uses_window = model_type == "mistral" or (model_type == "qwen2" and hf.get("use_sliding_window"))
+    uses_window = model_type == "mistral" or (model_type in ("qwen2", "qwen3") and hf.get("use_sliding_window"))
     if uses_window and window is not None and window < T:
         raise CheckpointError(path, f"sliding_window {window} is shorter than the {T} positions used: sliding-window "
                                     f"attention is not implemented (use sequences of at most {window})")
@@ -111,17 +109,21 @@ def config_from_hf(hf: dict, path=CONFIG, max_seq_len: int | None = None) -> Lla
             ffn_channels=hf["intermediate_size"], head_dim=hf.get("head_dim") or 0,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=scaling,
             tied_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=model_type == "qwen2",
+            qk_norm=model_type == "qwen3",
             bos_token_id=token("bos_token_id"), eos_token_id=token("eos_token_id"))
     except LlamaConfigError as e:
         raise CheckpointError(path, str(e)) from None
 
 
 def hf_config_dict(cfg: LlamaConfig) -> dict:
-    """config.json for transformers' LlamaForCausalLM (Qwen2ForCausalLM when qkv_bias)."""
-    qwen2 = cfg.qkv_bias
+    """config.json for transformers' LlamaForCausalLM (Qwen2ForCausalLM when qkv_bias,
+    Qwen3ForCausalLM when qk_norm)."""
+    if cfg.qkv_bias and cfg.qk_norm:
+        raise LlamaConfigError("q/k/v biases together with q/k norms have no Hugging Face model type")
+    model_type = "qwen2" if cfg.qkv_bias else "qwen3" if cfg.qk_norm else "llama"
     d = {
-        "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
-        "model_type": "qwen2" if qwen2 else "llama",
+        "architectures": [{"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}.get(model_type, "LlamaForCausalLM")],
+        "model_type": model_type,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.channels,
         "intermediate_size": cfg.ffn_channels,
@@ -142,9 +144,11 @@ def hf_config_dict(cfg: LlamaConfig) -> dict:
         "use_cache": True,
         "torch_dtype": "float32",
     }
-    if qwen2:
+    if model_type in ("qwen2", "qwen3"):
         d.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_layers)
-    else:
+    if model_type == "qwen3":
+        d.update(attention_bias=False)
+    if model_type == "llama":
         d.update(attention_bias=False, mlp_bias=False, pretraining_tp=1)
     return d
 
@@ -167,6 +171,9 @@ def hf_tensor_map(p: LlamaParams) -> list[tuple[str, np.ndarray]]:
             mapping += [(pre + "self_attn.q_proj.bias", p.qkvb[i, :QD]),
                         (pre + "self_attn.k_proj.bias", p.qkvb[i, QD:QD + KVD]),
                         (pre + "self_attn.v_proj.bias", p.qkvb[i, QD + KVD:])]
+        if cfg.qk_norm:
+            mapping += [(pre + "self_attn.q_norm.weight", p.qnormw[i]),
+                        (pre + "self_attn.k_norm.weight", p.knormw[i])]
         mapping += [(pre + "self_attn.o_proj.weight", p.attprojw[i]),
                     (pre + "post_attention_layernorm.weight", p.ln2w[i]),
                     (pre + "mlp.gate_proj.weight", p.fcw[i, :F]),
