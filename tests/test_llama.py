@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests import reference_llama as ref
+from tests.accumulation_check import assert_accumulate_adds
 from tui_llm.engine import blas
 from tui_llm.engine.llama import Llama
 from tui_llm.engine.llama_config import LlamaConfig, LlamaConfigError, num_parameters, param_shapes
@@ -239,20 +240,4 @@ def test_backward_accumulate_adds_a_second_batch_to_the_gradients(name, in_blas,
     (through the scratch, the output head in vocabulary blocks: more than one here)."""
     if not in_blas:  # the scratch-buffer path, as with a BLAS whose sgemm cannot be called
         monkeypatch.setattr(blas, "matmul_add", None)
-    model = random_model(CONFIGS[name])
-    batches = [make_batch(seed) for seed in (1, 2)]
-    alone = []
-    for x, y in batches:
-        model.forward(x, y, training=True)
-        model.backward()
-        alone.append(model.grads.flat.copy())
-    for i, (x, y) in enumerate(batches):
-        model.forward(x, y, training=True)
-        model.backward(accumulate=i > 0)
-    expected = alone[0].astype(np.float64) + alone[1]
-    for tensor, view in model.grads.items():
-        start = view.ctypes.data - model.grads.flat.ctypes.data
-        n = start // 4
-        want = expected[n:n + view.size]
-        err = np.max(np.abs(view.reshape(-1) - want)) / max(np.max(np.abs(want)), 1e-30)
-        assert err < 1e-6, f"{tensor}: relative error {err:.2e}"
+    assert_accumulate_adds(random_model(CONFIGS[name]), [make_batch(seed) for seed in (1, 2)])

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tests import reference_gpt2 as ref
+from tests.accumulation_check import assert_accumulate_adds
 from tui_llm.engine import blas
 from tui_llm.engine.config import PARAM_NAMES, GPTConfig, num_parameters, param_shapes, preset_config
 from tui_llm.engine.model import GPT
@@ -202,19 +203,7 @@ def test_backward_accumulate_adds_a_second_batch_to_the_gradients(in_blas, monke
     for name, view in model.params.items():  # biases and LayerNorm weights away from 0/1
         if name.endswith("b") or name.startswith("ln"):
             view[:] += 0.1 * np.random.default_rng(len(name)).standard_normal(view.shape).astype(np.float32)
-    batches = [make_batch(seed, V=300) for seed in (1, 2)]
-    alone = []
-    for x, y in batches:
-        model.forward(x, y, training=True)
-        model.backward()
-        alone.append(model.grads.flat.copy())
-    for i, (x, y) in enumerate(batches):
-        model.forward(x, y, training=True)
-        model.backward(accumulate=i > 0)
-    expected = alone[0].astype(np.float64) + alone[1]
-    for name, (start, end) in model.params.offsets.items():
-        err = np.max(np.abs(model.grads.flat[start:end] - expected[start:end])) / np.max(np.abs(expected[start:end]))
-        assert err < 1e-6, f"{name}: relative error {err:.2e}"
+    assert_accumulate_adds(model, [make_batch(seed, V=300) for seed in (1, 2)])
 
 
 def test_adamw_shards_update_exactly_as_the_whole():
