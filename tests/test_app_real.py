@@ -58,8 +58,8 @@ async def test_real_trainer_pause_sample_save_and_quit(tmp_path):
         assert meta["step"] == paused_at and arrays["params"].size == app.trainer.model.num_parameters
 
         await pilot.press("p")
-        await until(pilot, lambda: steps_in(run) > paused_at + 2)
-        await pilot.press("q")  # unsaved steps: asks
+        await until(pilot, lambda: steps_in(run) > paused_at + 2 and app.steps_done > paused_at and app.unsaved)
+        await pilot.press("q")  # unsaved steps (the app has seen them): asks
         await until(pilot, lambda: isinstance(app.screen, QuitScreen))
         await pilot.press("s")  # save and quit
         await until(pilot, lambda: not app.is_running, timeout=60)
