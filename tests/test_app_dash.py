@@ -13,16 +13,6 @@ from tui_llm.engine.run_dir import RunDir, checkpoint_name
 from tui_llm.screens.dialogs import LeaveScreen
 
 
-@pytest.fixture
-def locked(tmp_path):
-    """A run directory with its lock held, as by a training process (the test writes its records)."""
-    run = RunDir(tmp_path / "run")
-    run.create()
-    run.lock()
-    yield run
-    run.close()
-
-
 def watcher_of(run: RunDir, sent: list, **kwargs) -> RunWatcher:
     return RunWatcher(run.path, interval=0.05, connect=lambda path: FakeClient(sent, []), **kwargs)
 

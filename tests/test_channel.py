@@ -227,22 +227,28 @@ def test_a_live_lr_change_is_kept_by_the_checkpoint_and_resume(train_file, tmp_p
     assert sorted(train) == list(range(1, steps + 1))
     assert {lr for step, (_, lr) in train.items() if step > changed_at} == {3e-3 * 0.25}
 
+    straight = train_changing_lr_scale(train_file, tmp_path / "straight", batch_size=2, steps=steps,
+                                       changed_at=changed_at)
+    assert straight == train  # bit-identical
+
+
+def train_changing_lr_scale(train_file, out_dir, batch_size: int, steps: int, changed_at: int) -> dict:
+    """{step: (loss, lr)} of an in-process run whose lr_scale becomes 0.25 after step changed_at."""
     from tui_llm.engine.trainer import Trainer
 
-    config = RunConfig(train_file=str(train_file), model="d2", batch_size=2, seq_len=16, max_seq_len=32, threads=1,
-                       init_style="numpy", steps=steps, lr=3e-3, val_every=0, sample_every=0, save_every=0,
-                       out_dir=str(tmp_path / "straight"))
-    trainer = Trainer(config)
-    straight = {}
+    trainer = Trainer(RunConfig(train_file=str(train_file), model="d2", batch_size=batch_size, seq_len=16,
+                                max_seq_len=32, threads=1, init_style="numpy", steps=steps, lr=3e-3, val_every=0,
+                                sample_every=0, save_every=0, out_dir=str(out_dir)))
+    losses = {}
 
     def emit(event):
         if isinstance(event, ev.TrainStep):
-            straight[event.step] = (event.loss, event.lr)
+            losses[event.step] = (event.loss, event.lr)
             if event.step == changed_at:
                 trainer.send(ev.SetSetting(name="lr_scale", value=0.25))
 
     trainer.run(emit)
-    assert straight == train  # bit-identical
+    return losses
 
 
 @pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec is not installed (pip install mpich)")
@@ -279,20 +285,7 @@ def test_under_mpi_every_rank_applies_a_setting_at_the_same_step(train_file, tmp
             proc.wait()
     two = {m["step"]: (m["loss"], m["lr"]) for m in read_metrics(run_dir) if m["type"] == "train"}
 
-    from tui_llm.engine.trainer import Trainer
-
-    trainer = Trainer(RunConfig(train_file=str(train_file), model="d2", batch_size=4, seq_len=16, max_seq_len=32,
-                                threads=1, init_style="numpy", steps=max(two), lr=3e-3, val_every=0, sample_every=0,
-                                save_every=0, out_dir=str(tmp_path / "one")))
-    one = {}
-
-    def emit(event):
-        if isinstance(event, ev.TrainStep):
-            one[event.step] = (event.loss, event.lr)
-            if event.step == changed_at:
-                trainer.send(ev.SetSetting(name="lr_scale", value=0.25))
-
-    trainer.run(emit)
+    one = train_changing_lr_scale(train_file, tmp_path / "one", batch_size=4, steps=max(two), changed_at=changed_at)
     assert sorted(one) == sorted(two)
     assert [lr for _, lr in two.values()] == [lr for _, lr in one.values()]
     np.testing.assert_allclose([loss for loss, _ in two.values()], [loss for loss, _ in one.values()], rtol=0, atol=1e-5)

@@ -37,6 +37,19 @@ def run_cli(*args, cwd=None):
                           env=env, timeout=600)
 
 
+def interrupt_at_step(step: int, *args) -> str:
+    """Run `tui-llm ARGS` headless, send SIGINT when it prints step `step`; asserts exit 130, returns stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "tui_llm", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in proc.stdout:
+        if line.startswith(f"step {step}/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    return err
+
+
 def step_losses(stdout):
     return {int(m.group(1)): float(m.group(3)) for m in map(STEP_LINE.match, stdout.splitlines()) if m}
 
@@ -89,15 +102,7 @@ def test_sigint_saves_and_resume_continues_with_identical_losses(data, tmp_path)
     expected = [m["loss"] for m in read_metrics(tmp_path / "straight") if m["type"] == "train"]
 
     run = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, "-m", "tui_llm", *common, "--out-dir", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    for line in proc.stdout:
-        if line.startswith("step 3/"):
-            proc.send_signal(signal.SIGINT)
-            break
-    rest, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err
+    err = interrupt_at_step(3, *common, "--out-dir", str(run))
     assert "last checkpoint: " in err and "continue with: tui-llm --resume" in err and "Traceback" not in err
     stopped = [m for m in read_metrics(run) if m["type"] == "train"]
     assert 3 <= len(stopped) < 14

@@ -8,7 +8,7 @@ import pytest
 
 from tui_llm.engine import events as ev
 from tui_llm.engine.follow import RemoteTrainer, RunWatcher
-from tui_llm.engine.run_dir import RunDir, RunDirError
+from tui_llm.engine.run_dir import RunDirError
 
 
 def start(step=0):
@@ -58,15 +58,6 @@ class Following:
         self.thread.join(timeout)
         assert not self.thread.is_alive()
 
-
-@pytest.fixture
-def locked(tmp_path):
-    """A run directory with its lock held, as by a training process."""
-    run = RunDir(tmp_path / "run")
-    run.create()
-    run.lock()
-    yield run
-    run.close()
 
 
 def test_a_finished_run_is_read_only_history(tmp_path):

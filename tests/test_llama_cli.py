@@ -3,17 +3,13 @@ directory (numpy weights, a BPE tokenizer.json trained here) -> prepare --tokeni
 interrupt, resume, sample, export; wrong data and unsupported configs are one line, exit 2."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import tui_llm
 from tests import reference_llama as ref
-from tests.test_cli import bad, read_metrics, run_cli
+from tests.test_cli import bad, interrupt_at_step, read_metrics, run_cli
 from tests.test_hf_llama import C, F, L, hf_config, write_safetensors
 from tests.test_hf_tokenizer import CORPUS, train as train_tokenizer
 from tui_llm import cli
@@ -84,15 +80,7 @@ def test_train_interrupt_resume_sample_export(llama, tmp_path):
     assert len(expected) == 12 and np.mean(expected[-3:]) < np.mean(expected[:3]) - 0.5  # it learns
 
     run = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, "-m", "tui_llm", *common, "--out-dir", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    for line in proc.stdout:
-        if line.startswith("step 3/"):
-            proc.send_signal(signal.SIGINT)
-            break
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err
+    interrupt_at_step(3, *common, "--out-dir", str(run))
     resumed = run_cli("--resume", str(run), "--no-ui", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert [m["loss"] for m in read_metrics(run) if m["type"] == "train"] == expected  # bit-identical
