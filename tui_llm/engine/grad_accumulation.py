@@ -24,6 +24,11 @@ from tui_llm.engine import blas
 from tui_llm.engine.kernels import accumulate as add_into
 
 
+def needs_scratch() -> bool:
+    """Whether accumulating goes through a scratch buffer (numpy's BLAS cannot add in place)."""
+    return blas.matmul_add is None
+
+
 def matmul_grad(out: np.ndarray, a: np.ndarray, b: np.ndarray, scratch: np.ndarray | None, accumulate: bool) -> None:
     """out = a @ b, or out += a @ b when accumulating (scratch: at least out.size floats, used
     when numpy's BLAS cannot add in place)."""

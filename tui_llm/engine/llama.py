@@ -28,7 +28,7 @@ import numpy as np
 from tui_llm.engine import kernels as K
 from tui_llm.engine import llama_kernels as LK
 from tui_llm.engine.attention import attention_backward, attention_forward
-from tui_llm.engine.grad_accumulation import head_grad, matmul_grad
+from tui_llm.engine.grad_accumulation import head_grad, matmul_grad, needs_scratch
 from tui_llm.engine.llama_config import (MATRIX_PARAMS, LlamaConfig, LlamaConfigError, LlamaParams,
                                          check_fits_memory, num_parameters, rope_tables)
 
@@ -153,7 +153,7 @@ class Llama:
         self.num_parameters = num_parameters(config)
         self.params = LlamaParams(config, params)
         self.grads: LlamaParams | None = None
-        self.grad_scratch: np.ndarray | None = None   # backward(accumulate=True)'s, made on first use
+        self.grad_scratch: np.ndarray | None = None   # backward(accumulate=True)'s, made on first use if needed
         self.acts: Activations | None = None
         self.inputs: np.ndarray | None = None
         self.targets: np.ndarray | None = None
@@ -295,7 +295,7 @@ class Llama:
         H, KV, L = cfg.num_heads, cfg.num_kv_heads, cfg.num_layers
         dlogits, dres = a.logits, a.dresidual    # (N, Vp) with zero padded columns; (N, C)
         acc = accumulate
-        if acc and self.grad_scratch is None:   # one layer's largest weight gradient
+        if acc and self.grad_scratch is None and needs_scratch():  # one layer's largest weight gradient
             C, W, F = cfg.channels, cfg.qkv_dim, cfg.ffn_channels
             self.grad_scratch = np.empty(max(W, 2 * F, cfg.q_dim) * C, np.float32)
         scratch = self.grad_scratch

@@ -24,7 +24,7 @@ import numpy as np
 from tui_llm.engine import kernels as K
 from tui_llm.engine.attention import attention_backward, attention_forward
 from tui_llm.engine.config import MATRIX_PARAMS, GPTConfig, ParamTensors, init_params, num_parameters
-from tui_llm.engine.grad_accumulation import head_grad, matmul_grad
+from tui_llm.engine.grad_accumulation import head_grad, matmul_grad, needs_scratch
 
 
 class Activations:
@@ -75,7 +75,7 @@ class GPT:
         self.num_parameters = num_parameters(config)
         self.params = ParamTensors(config, params)
         self.grads: ParamTensors | None = None
-        self.grad_scratch: np.ndarray | None = None   # backward(accumulate=True)'s, made on first use
+        self.grad_scratch: np.ndarray | None = None   # backward(accumulate=True)'s, made on first use if needed
         self.acts: Activations | None = None
         self.inputs: np.ndarray | None = None
         self.targets: np.ndarray | None = None
@@ -235,7 +235,7 @@ class GPT:
         dlogits = a.logits                      # (N, Vp), padded columns are zero
         dres = a.dresidual
         acc = accumulate
-        if acc and self.grad_scratch is None:   # one layer's largest weight gradient (fc: 4C x C)
+        if acc and self.grad_scratch is None and needs_scratch():  # one layer's largest weight gradient (4C x C)
             self.grad_scratch = np.empty(4 * C * C, np.float32)
         scratch = self.grad_scratch
 
