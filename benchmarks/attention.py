@@ -25,7 +25,7 @@ import common  # noqa: F401  (puts the repo root on sys.path)
 import numpy as np
 from common import REPO_ROOT, command_line, print_machine
 
-import tui_llm.engine.attention as A
+import tui_llm.engine.kernels.attention as A
 
 # name, layers, heads, key/value heads, head dim
 SHAPES = [("GPT-2 d12", 12, 12, 12, 64), ("SmolLM2-135M", 30, 9, 3, 64)]

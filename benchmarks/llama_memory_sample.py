@@ -19,11 +19,11 @@ from common import fmt_bytes, print_machine
 from llama_step import SMOLLM2_135M
 from memory import proc_status_bytes
 
-from tui_llm.engine.llama import Llama, LlamaConfig
-from tui_llm.engine.llama_kernels import compile_llama_kernels
-from tui_llm.engine.optim import AdamW, AdamWConfig
-from tui_llm.engine.sampler import Sampler
-from tui_llm.engine.threads import set_threads
+from tui_llm.engine.models.llama import Llama, LlamaConfig
+from tui_llm.engine.kernels.llama import compile_llama_kernels
+from tui_llm.engine.training.optim import AdamW, AdamWConfig
+from tui_llm.engine.training.sampler import Sampler
+from tui_llm.engine.machine import set_threads
 
 
 def main() -> None:

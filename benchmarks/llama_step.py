@@ -24,10 +24,10 @@ import numpy as np
 from common import Stats, command_line, fmt_ms, print_machine
 from step import matmuls_through
 
-import tui_llm.engine.llama as LM
-from tui_llm.engine.llama import Llama, LlamaConfig
-from tui_llm.engine.llama_kernels import compile_llama_kernels
-from tui_llm.engine.optim import AdamW, AdamWConfig
+import tui_llm.engine.models.llama as LM
+from tui_llm.engine.models.llama import Llama, LlamaConfig
+from tui_llm.engine.kernels.llama import compile_llama_kernels
+from tui_llm.engine.training.optim import AdamW, AdamWConfig
 
 SMOLLM2_135M = dict(vocab_size=49152, max_seq_len=2048, num_layers=30, num_heads=9, num_kv_heads=3,
                     channels=576, ffn_channels=1536, rms_norm_eps=1e-5, rope_theta=100000.0, tied_embeddings=True)

@@ -5,7 +5,7 @@
 
 The reference numbers are llm.c's, measured on the d12 random init that train_gpt2.py
 `--model d12` writes (docs: /work/shared/docs/llmc-formats.md, sections 4.4 and 5.1). We rebuild
-that init bit for bit with tui_llm.engine.torch_init.llmc_random_init (no file, no torch), prepare
+that init bit for bit with tui_llm.engine.models.torch_init.llmc_random_init (no file, no torch), prepare
 Tiny Shakespeare exactly as llm.c (32,768 val + 305,260 train tokens) and run llm.c's loop with the
 engine pieces (GPT, AdamW, TrainLoader, ValLoader):
 
@@ -37,13 +37,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tui_llm.engine.config import preset_config  # noqa: E402
-from tui_llm.engine.data import TrainLoader, ValLoader, open_tokens  # noqa: E402
-from tui_llm.engine.model import GPT  # noqa: E402
-from tui_llm.engine.optim import AdamW, AdamWConfig  # noqa: E402
-from tui_llm.engine.prepare import prepare_tinyshakespeare  # noqa: E402
-from tui_llm.engine.threads import set_threads  # noqa: E402
-from tui_llm.engine.torch_init import llmc_random_init, torch_kernel  # noqa: E402
+from tui_llm.engine.models.gpt2_config import preset_config  # noqa: E402
+from tui_llm.engine.data.tokens import TrainLoader, ValLoader, open_tokens  # noqa: E402
+from tui_llm.engine.models.gpt2 import GPT  # noqa: E402
+from tui_llm.engine.training.optim import AdamW, AdamWConfig  # noqa: E402
+from tui_llm.engine.data.prepare import prepare_tinyshakespeare  # noqa: E402
+from tui_llm.engine.machine import set_threads  # noqa: E402
+from tui_llm.engine.models.torch_init import llmc_random_init, torch_kernel  # noqa: E402
 
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 

@@ -24,8 +24,8 @@ import common
 from common import (add_markdown_arg, command_line, emit_markdown, machine_info, machine_markdown,
                     markdown_table, print_machine, text_table)
 
-from tui_llm.engine import prepare as P
-from tui_llm.engine.tokenizer import get_tokenizer
+from tui_llm.engine.data import prepare as P
+from tui_llm.engine.tokenizers.gpt2 import get_tokenizer
 
 DEFAULT_TEXT = common.REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 

@@ -20,10 +20,10 @@ import numpy as np
 from common import (add_markdown_arg, command_line, emit_markdown, machine_info, machine_markdown,
                     markdown_table, print_machine, text_table)
 
-from tui_llm.engine.config import preset_config
-from tui_llm.engine.model import GPT
-from tui_llm.engine.sampler import Sampler
-from tui_llm.engine.threads import set_threads
+from tui_llm.engine.models.gpt2_config import preset_config
+from tui_llm.engine.models.gpt2 import GPT
+from tui_llm.engine.training.sampler import Sampler
+from tui_llm.engine.machine import set_threads
 
 
 def prompt_ids(context: int, vocab_size: int, seed: int) -> list[int]:

@@ -36,7 +36,7 @@ D12_PARAMS = 124_475_904
 
 
 def synthetic_tokens(directory: Path, n: int = 400_000) -> Path:
-    from tui_llm.engine.data import write_tokens
+    from tui_llm.engine.data.tokens import write_tokens
 
     path = directory / "scale_train.bin"
     write_tokens(path, np.random.default_rng(0).integers(0, 50257, n))
@@ -50,7 +50,7 @@ def accum(args) -> None:
     from step import Bench, Replay, RunSpec, record_matmuls  # noqa: E402  (benchmarks/step.py)
 
     import tui_llm
-    from tui_llm.engine.threads import set_threads
+    from tui_llm.engine.machine import set_threads
 
     set_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="tui-llm-scale-"))
@@ -96,7 +96,7 @@ def torch_accum_step(args) -> Stats:
     torch_environment()
     import torch
 
-    from tui_llm.engine.threads import set_threads
+    from tui_llm.engine.machine import set_threads
 
     torch.set_num_threads(set_threads(args.threads))
     bench = Bench(RunSpec(args.model, args.batch, args.seq))
@@ -204,7 +204,7 @@ def zero(args) -> None:
 # the all-reduce
 
 def allreduce(args) -> None:
-    from tui_llm.engine.distributed import World
+    from tui_llm.engine.training.distributed import World
 
     world = World.detect()
     buf = np.ones(args.params, np.float32)

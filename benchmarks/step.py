@@ -28,12 +28,12 @@ import numpy as np
 from common import (Stats, add_markdown_arg, command_line, emit_markdown, fmt_ms, machine_info,
                     machine_markdown, markdown_table, print_machine, text_table)
 
-import tui_llm.engine.grad_accumulation as GA
-import tui_llm.engine.kernels as K
-import tui_llm.engine.model as M
-from tui_llm.engine.config import preset_config
-from tui_llm.engine.optim import AdamW, AdamWConfig
-from tui_llm.engine.threads import set_threads
+import tui_llm.engine.kernels.grad_accumulation as GA
+from tui_llm.engine.kernels import common as K
+import tui_llm.engine.models.gpt2 as M
+from tui_llm.engine.models.gpt2_config import preset_config
+from tui_llm.engine.training.optim import AdamW, AdamWConfig
+from tui_llm.engine.machine import set_threads
 
 DEFAULT_RUNS = ["d12:4:64", "d6:8:256"]
 # Optimizer hyper-parameters shared with vs_torch.py (nanoGPT's defaults, clipping on).
@@ -127,7 +127,7 @@ class _NumpyWithMatmul:
 
 @contextlib.contextmanager
 def matmuls_through(fn, model_module=M):
-    """Route every np.matmul(a, b, out=out) of the model's module (tui_llm.engine.model by
+    """Route every np.matmul(a, b, out=out) of the model's module (tui_llm.engine.models.gpt2 by
     default) and of grad_accumulation through fn(a, b, out=out)."""
     stand_in = _NumpyWithMatmul(fn)
     model_module.np = GA.np = stand_in

@@ -36,7 +36,7 @@ from common import (Stats, add_markdown_arg, command_line, emit_markdown, machin
                     machine_markdown, markdown_table, print_machine, text_table)
 from step import DEFAULT_RUNS, HPARAMS, PHASES, Bench, RunSpec, time_steps
 
-from tui_llm.engine.threads import set_threads
+from tui_llm.engine.machine import set_threads
 
 TORCH_INSTALL = "python -m venv /tmp/benchvenv --system-site-packages && /tmp/benchvenv/bin/pip install torch==2.13.0"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tui_llm  # noqa: F401  (thread settings first)
 from tui_llm.app import TrainerApp
-from tui_llm.engine.trainer import RunConfig, Trainer
+from tui_llm.engine.training.trainer import RunConfig, Trainer
 
 
 async def shoot(args) -> None:

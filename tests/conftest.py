@@ -2,7 +2,7 @@
 import tui_llm  # noqa: F401
 import pytest
 
-from tui_llm.engine.run_dir import RunDir
+from tui_llm.engine.run.run_dir import RunDir
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 import sys
 
 import tui_llm
-from tui_llm.engine.distributed import World
+from tui_llm.engine.training.distributed import World
 
 world = World.detect()
 config = tui_llm.RunConfig(train_file=sys.argv[1], out_dir=sys.argv[3], model="d2", batch_size=1, seq_len=16,

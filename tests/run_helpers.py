@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tui_llm.engine.data import write_tokens
+from tui_llm.engine.data.tokens import write_tokens
 
 TINY = ["--model", "d2", "-b", "2", "-t", "16", "--max-seq-len", "32", "--threads", "1", "--init-style", "numpy"]
 

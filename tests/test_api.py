@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tui_llm
-from tui_llm.engine.data import write_tokens
+from tui_llm.engine.data.tokens import write_tokens
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_train_resume_and_sample_from_python(train_file, tmp_path):
 def test_engine_errors_name_the_field(train_file, tmp_path):
     with pytest.raises(tui_llm.ConfigError) as info:
         tui_llm.Trainer(tiny(train_file, tmp_path / "r", temperature=float("nan")))
-    assert info.value.field == "temperature" and "--temperature" in info.value.flag_message()
+    assert info.value.field == "temperature" and "--temperature" in info.value.cli_message()
 
 
 def test_a_run_paused_on_error_resumes_headless_and_stops(train_file, tmp_path):

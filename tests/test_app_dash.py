@@ -8,8 +8,8 @@ from tests.test_follow import FakeClient, finished, start, train, write
 
 from tui_llm.app import TrainerApp
 from tui_llm.engine import events as ev
-from tui_llm.engine.follow import RunWatcher
-from tui_llm.engine.run_dir import RunDir, checkpoint_name
+from tui_llm.engine.run.watcher import RunWatcher
+from tui_llm.engine.run.run_dir import RunDir, checkpoint_name
 from tui_llm.screens.dialogs import LeaveScreen
 
 
@@ -115,7 +115,7 @@ async def test_settings_dialog_checks_the_value_and_sends_it(tmp_path):
 async def test_checkpoint_browser_lists_keeps_and_shows_the_resume_command(tmp_path, monkeypatch):
     from tests.fake_trainer import FakeTrainer
     from tui_llm.engine import api
-    from tui_llm.engine.sampler import SampleResult
+    from tui_llm.engine.training.sampler import SampleResult
     from tui_llm.screens.checkpoints import KEPT_MARK, CheckpointsScreen
 
     loaded = []
@@ -178,7 +178,7 @@ def other_run(path, steps: int):
 
 
 async def test_watch_two_runs_overlays_legend_toggle_reference_and_live_refresh(locked, tmp_path):
-    from tui_llm.widgets.overlays import load_overlays
+    from tui_llm.engine.run.overlays import load_overlays
 
     write(locked.path, start(), *[train(s) for s in range(1, 30)])
     beta = other_run(tmp_path / "beta", 40)
@@ -230,7 +230,7 @@ def test_bad_overlays_are_one_line_and_status_2(tmp_path):
 
 
 def test_reference_from_metrics_csv_and_jsonl(tmp_path):
-    from tui_llm.widgets.overlays import Overlay
+    from tui_llm.engine.run.overlays import Overlay
 
     run = other_run(tmp_path / "run", 12)
     write(run, ev.Validation(step=12, loss=3.0))
@@ -244,7 +244,7 @@ def test_reference_from_metrics_csv_and_jsonl(tmp_path):
 
 async def test_training_with_compare_draws_the_other_run_under_this_one(tmp_path):
     from tests.fake_trainer import FakeTrainer
-    from tui_llm.widgets.overlays import Overlay
+    from tui_llm.engine.run.overlays import Overlay
 
     beta = other_run(tmp_path / "beta", 20)
     trainer = FakeTrainer(tmp_path / "run")

@@ -8,8 +8,8 @@ import numpy as np
 from tests.test_app_real import until
 
 from tui_llm.app import TrainerApp
-from tui_llm.engine.data import write_tokens
-from tui_llm.engine.trainer import RunConfig, Trainer
+from tui_llm.engine.data.tokens import write_tokens
+from tui_llm.engine.training.trainer import RunConfig, Trainer
 from tui_llm.screens.dialogs import QuitScreen, SettingsScreen
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tui_llm.engine.attention import attention_backward, attention_forward
+from tui_llm.engine.kernels.attention import attention_backward, attention_forward
 
 RTOL = 1e-5
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tui_llm.engine import blas
+from tui_llm.engine.kernels import blas
 
 needs_sgemm = pytest.mark.skipif(blas.matmul_add is None, reason="numpy's BLAS has no 64-bit cblas_sgemm to call")
 

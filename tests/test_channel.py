@@ -14,9 +14,9 @@ import pytest
 
 from tests.run_helpers import HeadlessRun, make_data, read_metrics
 from tui_llm.engine import events as ev
-from tui_llm.engine.channel import (ADDRESS, SOCKET, ChannelError, ControlClient, ControlServer,
+from tui_llm.engine.run.channel import (ADDRESS, SOCKET, ChannelError, ControlClient, ControlServer,
                                     peer_allowed, peer_uid)
-from tui_llm.engine.run_config import ConfigError, RunConfig, live_setting
+from tui_llm.engine.training.run_config import ConfigError, RunConfig, live_setting
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,7 @@ def test_a_live_lr_change_is_kept_by_the_checkpoint_and_resume(train_file, tmp_p
 
 def train_changing_lr_scale(train_file, out_dir, batch_size: int, steps: int, changed_at: int) -> dict:
     """{step: (loss, lr)} of an in-process run whose lr_scale becomes 0.25 after step changed_at."""
-    from tui_llm.engine.trainer import Trainer
+    from tui_llm.engine.training.trainer import Trainer
 
     trainer = Trainer(RunConfig(train_file=str(train_file), model="d2", batch_size=batch_size, seq_len=16,
                                 max_seq_len=32, threads=1, init_style="numpy", steps=steps, lr=3e-3, val_every=0,

@@ -10,7 +10,7 @@ from safetensors.numpy import load_file, save_file
 
 from tui_llm.engine import formats as ck
 from tui_llm.engine.formats import CheckpointError
-from tui_llm.engine.config import GPTConfig, ParamTensors, num_parameters, preset_config
+from tui_llm.engine.models.gpt2_config import GPTConfig, ParamTensors, num_parameters, preset_config
 
 CFG = GPTConfig(max_seq_len=16, vocab_size=97, num_layers=2, num_heads=2, channels=32)  # Vp = 128
 V, VP, C, L = 97, 128, 32, 2

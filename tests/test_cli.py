@@ -13,7 +13,7 @@ import pytest
 
 from tui_llm import cli
 from tui_llm.engine.formats import load_model_weights, read_llmc
-from tui_llm.engine.data import write_tokens
+from tui_llm.engine.data.tokens import write_tokens
 
 TINY = ["--model", "d2", "-b", "2", "-t", "16", "--max-seq-len", "32", "--threads", "1"]
 STEP_LINE = re.compile(r"^step (\d+)/(\d+) \| loss (\d+\.\d{4}) \| fwd [\d,]+ ms \| bwd [\d,]+ ms \| opt [\d,]+ ms \| [\d,]+ tok/s")

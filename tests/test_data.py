@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tui_llm.engine import data
-from tui_llm.engine.data import DataError, TrainLoader, ValLoader, open_tokens, write_tokens
+from tui_llm.engine.data import tokens as data
+from tui_llm.engine.data.tokens import DataError, TrainLoader, ValLoader, open_tokens, write_tokens
 from tui_llm.engine.mt19937 import mt19937
 
 SHARED_TEXT = Path(os.environ.get("TUI_LLM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data")) \
@@ -213,7 +213,7 @@ def test_val_loader_restarts_every_time():
 
 @pytest.mark.skipif(not SHARED_TEXT.is_file(), reason="shared Tiny Shakespeare text not present")
 def test_llmc_tiny_shakespeare_order(tmp_path):
-    from tui_llm.engine.prepare import prepare_tinyshakespeare
+    from tui_llm.engine.data.prepare import prepare_tinyshakespeare
 
     result = prepare_tinyshakespeare(tmp_path, source=SHARED_TEXT, log=lambda *_: None)
     train = open_tokens(result.train_path)

@@ -9,7 +9,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from tui_llm.engine import formats as ck
-from tui_llm.engine.config import GPTConfig, num_parameters
+from tui_llm.engine.run.export import check_export_destination
+from tui_llm.engine.models.gpt2_config import GPTConfig, num_parameters
 from tui_llm.engine.formats import CheckpointError, atomic_files, atomic_write, remove_stale_temp_files, require
 from tui_llm.engine.formats.atomic import temp_name
 from tui_llm.engine.formats.safetensors import read_header
@@ -146,7 +147,7 @@ def test_nothing_non_finite_is_written(tmp_path):
 def test_export_destination_rules(tmp_path):
     src = tmp_path / "model.bin"
     ck.write_llmc(src, CFG, flat_params())
-    check = ck.check_export_destination
+    check = check_export_destination
     assert check(src, tmp_path / "new.bin", "llmc") == tmp_path / "new.bin"
     assert check(src, tmp_path / "deep" / "er" / "new.bin", "llmc")  # parents are created
     assert check(src, tmp_path / "hf_out", "hf")
@@ -180,7 +181,7 @@ def test_run_directory_detected_by_its_config_alone(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(json.dumps({"run_config": {}, "model_config": {}}))
     with pytest.raises(CheckpointError, match="run directory"):
-        ck.check_export_destination(tmp_path / "x.bin", tmp_path / "run", "hf", force=True)
+        check_export_destination(tmp_path / "x.bin", tmp_path / "run", "hf", force=True)
 
 
 # ---------------------------------------------------------------------------------------

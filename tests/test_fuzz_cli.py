@@ -3,8 +3,9 @@ ConfigError naming the flag), never another exception."""
 
 from hypothesis import given, settings, strategies as st
 
-from tui_llm import cli
-from tui_llm.engine.run_config import ConfigError, RunConfig
+from tui_llm.cli.parser import UsageError
+from tui_llm.cli.train import given_settings, train_parser
+from tui_llm.engine.training.run_config import ConfigError, RunConfig
 
 NUMERIC_FLAGS = ["--batch-size", "--seq-len", "--total-batch-size", "--steps", "--lr", "--warmup",
                  "--final-lr-fraction", "--weight-decay", "--grad-clip", "--val-every", "--val-batches",
@@ -22,13 +23,13 @@ OUTCOMES = {"accepted": 0, "refused": 0}
 @given(flag=st.sampled_from(NUMERIC_FLAGS), value=VALUES)
 def test_every_number_is_accepted_or_refused_in_one_line(flag, value):
     try:
-        args = cli.train_parser().parse_args(["data.bin", f"{flag}={value}"])
-        RunConfig(**cli.given_settings(args)).validate()
+        args = train_parser().parse_args(["data.bin", f"{flag}={value}"])
+        RunConfig(**given_settings(args)).validate()
         OUTCOMES["accepted"] += 1
     except ConfigError as e:
-        assert "\n" not in e.flag_message() and e.flag_message().startswith(flag), e.flag_message()
+        assert "\n" not in e.cli_message() and e.cli_message().startswith(flag), e.cli_message()
         OUTCOMES["refused"] += 1
-    except cli.UsageError as e:
+    except UsageError as e:
         assert "\n" not in str(e)
         OUTCOMES["refused"] += 1
 

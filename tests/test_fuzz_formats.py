@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tui_llm.engine.config import GPTConfig, num_parameters
-from tui_llm.engine.data import DataError, open_tokens, write_tokens
+from tui_llm.engine.models.gpt2_config import GPTConfig, num_parameters
+from tui_llm.engine.data.tokens import DataError, open_tokens, write_tokens
 from tui_llm.engine.formats import (CheckpointError, load_model_weights, load_training_checkpoint, read_hf,
                                     read_llmc, save_training_checkpoint, write_hf, write_llmc)
 

@@ -4,9 +4,11 @@ import dataclasses
 import re
 from pathlib import Path
 
-from tui_llm import cli
+from tui_llm.cli.export import export_parser
+from tui_llm.cli.sample import sample_parser
+from tui_llm.cli.train import train_parser
 from tui_llm.engine import events as ev
-from tui_llm.engine.run_config import RunConfig
+from tui_llm.engine.training.run_config import RunConfig
 
 GLOSSARY = (Path(__file__).resolve().parent.parent / "docs" / "glossary.md").read_text()
 NAMES = set(re.findall(r"`([a-z_]+)`", GLOSSARY))
@@ -21,9 +23,9 @@ def test_every_event_field_is_in_the_glossary():
 
 def test_every_run_setting_and_cli_flag_is_in_the_glossary():
     assert {f.name for f in dataclasses.fields(RunConfig)} <= NAMES
-    from tui_llm.watch_cli import watch_parser
+    from tui_llm.cli.watch import watch_parser
 
-    parsers = [cli.train_parser(), cli.sample_parser(), cli.export_parser(), watch_parser()]
+    parsers = [train_parser(), sample_parser(), export_parser(), watch_parser()]
     flags = set()
     for parser in parsers:
         for action in parser._actions:

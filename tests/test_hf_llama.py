@@ -10,7 +10,7 @@ from safetensors.numpy import load_file
 from tests import reference_llama as ref
 from tui_llm.engine.formats import CheckpointError
 from tui_llm.engine.formats.hf_llama import config_from_hf, hf_model_type, read_hf_llama, write_hf_llama
-from tui_llm.engine.llama import Llama
+from tui_llm.engine.models.llama import Llama
 
 V, C, L, F, MAX_POS = 50, 16, 2, 24, 16
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

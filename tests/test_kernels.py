@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests import reference_gpt2 as ref
-from tui_llm.engine import kernels as K
+from tui_llm.engine.kernels import common as K
 
 RTOL = 1e-5
 

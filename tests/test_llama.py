@@ -7,10 +7,10 @@ import pytest
 
 from tests import reference_llama as ref
 from tests.accumulation_check import assert_accumulate_adds
-from tui_llm.engine import blas
-from tui_llm.engine.llama import Llama
-from tui_llm.engine.llama_config import LlamaConfig, LlamaConfigError, num_parameters, param_shapes
-from tui_llm.engine.optim import AdamW, AdamWConfig
+from tui_llm.engine.kernels import blas
+from tui_llm.engine.models.llama import Llama
+from tui_llm.engine.models.llama_config import LlamaConfig, LlamaConfigError, num_parameters, param_shapes
+from tui_llm.engine.training.optim import AdamW, AdamWConfig
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 32}
@@ -181,8 +181,8 @@ def test_config_round_trip_and_errors():
 
 
 def test_activation_size_is_known_before_allocating():
-    from tui_llm.engine.llama import Activations
-    from tui_llm.engine.llama import training_memory_bytes
+    from tui_llm.engine.models.llama import Activations
+    from tui_llm.engine.models.llama import training_memory_bytes
     for cfg in CONFIGS.values():
         assert Activations(cfg, 3, 5).nbytes() == Activations.nbytes_for(cfg, 3, 5)
     model = Llama.random_init(CONFIGS["gqa-untied"])
@@ -194,9 +194,9 @@ def test_activation_size_is_known_before_allocating():
 
 
 def test_arch_dispatch_rebuilds_either_model():
-    from tui_llm.engine.arch import build_model, config_from_dict
-    from tui_llm.engine.config import GPTConfig
-    from tui_llm.engine.model import GPT
+    from tui_llm.engine.models.build import build_model, config_from_dict
+    from tui_llm.engine.models.gpt2_config import GPTConfig
+    from tui_llm.engine.models.gpt2 import GPT
     cfg = CONFIGS["gqa-untied"]
     model = random_model(cfg)
     again = build_model(config_from_dict(cfg.to_dict()), model.params.flat.copy())
@@ -213,7 +213,7 @@ def test_arch_dispatch_rebuilds_either_model():
 def test_backward_replaces_gradients_so_micro_batches_can_be_summed(name):
     """backward() without accumulate (micro-batch 0 of an accumulated step) must overwrite every
     gradient, never add to old ones: two half batches in two buffers average to the whole batch's."""
-    from tui_llm.engine.llama_config import LlamaParams
+    from tui_llm.engine.models.llama_config import LlamaParams
 
     cfg = CONFIGS[name]
     model = random_model(cfg)

@@ -13,11 +13,11 @@ from tests.test_cli import bad, interrupt_at_step, read_metrics, run_cli
 from tests.test_hf_llama import C, F, L, hf_config, write_safetensors
 from tests.test_hf_tokenizer import CORPUS, train as train_tokenizer
 from tui_llm import cli
-from tui_llm.engine.data import open_tokens, write_tokens
+from tui_llm.engine.data.tokens import open_tokens, write_tokens
 from tui_llm.engine.formats import load_training_checkpoint
 from tui_llm.engine.formats.hf_llama import read_hf_llama
-from tui_llm.engine.hf_tokenizer import HFTokenizer
-from tui_llm.engine.llama import Llama
+from tui_llm.engine.tokenizers.hf import HFTokenizer
+from tui_llm.engine.models.llama import Llama
 
 VOCAB, MAX_POS = 400, 64  # the trained tokenizer's vocabulary; positions
 SMALL = ["-b", "2", "-t", "16", "--threads", "1", "--val-every", "5", "--sample-every", "0", "--save-every", "0"]
@@ -226,9 +226,9 @@ def test_python_api_trains_loads_and_generates_with_a_llama(llama, tmp_path):
 
 
 def test_sampling_a_long_context_model_allocates_only_the_positions_it_needs(llama):
-    from tui_llm.engine.llama import LlamaConfig
-    from tui_llm.engine.model_tokenizer import load_tokenizer
-    from tui_llm.engine.sampler import Sampler
+    from tui_llm.engine.models.llama import LlamaConfig
+    from tui_llm.engine.tokenizers.lookup import load_tokenizer
+    from tui_llm.engine.training.sampler import Sampler
 
     model_dir, _ = llama
     cfg = LlamaConfig(vocab_size=VOCAB, max_seq_len=131072, num_layers=1, num_heads=2, channels=16, ffn_channels=32)
@@ -259,7 +259,7 @@ def test_a_cached_name_gives_the_model_and_its_tokenizer(llama, tmp_path, monkey
 
 
 def test_sidecar_names_cover_splits_and_shards():
-    from tui_llm.engine.model_tokenizer import sidecar_path
+    from tui_llm.engine.tokenizers.lookup import sidecar_path
 
     for name in ("data/web_train.bin", "data/web_val.bin", "data/web_train_000003.bin", "data/web_train_*.bin"):
         assert str(sidecar_path(name)) == "data/web.tokenizer.json"
@@ -269,10 +269,10 @@ def test_sidecar_names_cover_splits_and_shards():
 def test_gpt2_hf_exports_carry_gpt2s_tokenizer_files(tmp_path):
     from tokenizers import ByteLevelBPETokenizer
 
-    from tui_llm.engine.config import GPTConfig
+    from tui_llm.engine.models.gpt2_config import GPTConfig
     from tui_llm.engine.formats import write_hf
-    from tui_llm.engine.model import GPT
-    from tui_llm.engine.tokenizer import get_tokenizer
+    from tui_llm.engine.models.gpt2 import GPT
+    from tui_llm.engine.tokenizers.gpt2 import get_tokenizer
 
     cfg = GPTConfig(max_seq_len=8, vocab_size=50257, num_layers=1, num_heads=1, channels=8)
     write_hf(tmp_path / "hf", cfg, GPT.random_init(cfg).params.flat)
@@ -300,7 +300,7 @@ def test_a_llama_without_a_tokenizer_is_refused_in_one_line(llama, tmp_path, cap
 
 
 def test_uint32_token_files_train(llama, tmp_path):
-    from tui_llm.engine.data import TrainLoader, open_dataset
+    from tui_llm.engine.data.tokens import TrainLoader, open_dataset
 
     write_tokens(tmp_path / "w_train.bin", np.arange(200) % VOCAB, "llmc", wide=True)
     loader = TrainLoader(open_dataset(str(tmp_path / "w_train.bin"), vocab_size=VOCAB), 2, 8, shuffle=False)

@@ -5,8 +5,8 @@ import pytest
 
 from tests import reference_llama as ref
 from tests.test_attention import attention_reference
-from tui_llm.engine import llama_kernels as LK
-from tui_llm.engine.llama_config import LlamaConfig, rope_tables
+from tui_llm.engine.kernels import llama as LK
+from tui_llm.engine.models.llama_config import LlamaConfig, rope_tables
 
 RTOL = 1e-5
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tui_llm.engine.data import DataError, TrainLoader, ValLoader, open_dataset, open_tokens, write_tokens
+from tui_llm.engine.data.tokens import DataError, TrainLoader, ValLoader, open_dataset, open_tokens, write_tokens
 
 T = 3
 SPLITS = [(4, 1, 1), (1, 4, 1), (2, 1, 2), (1, 2, 2), (2, 2, 1), (1, 1, 4)]  # all R = 4 rows
@@ -337,9 +337,13 @@ def test_val_shares_add_up_to_the_single_process_batches(num):
 # ----------------------------------------------------------------------------------------------------
 # prepare --shard-size: streaming shards, all appearing together
 
-from tui_llm import cli, prepare_cli  # noqa: E402
-from tui_llm.engine import dataset_writer, prepare, prepare_shards  # noqa: E402
-from tui_llm.engine.tokenizer import decode  # noqa: E402
+from tui_llm import cli  # noqa: E402
+
+from tui_llm.cli import prepare as prepare_cli
+from tui_llm.engine.data import writer as dataset_writer  # noqa: E402
+from tui_llm.engine.data import prepare
+from tui_llm.engine.data import prepare_shards
+from tui_llm.engine.tokenizers.gpt2 import decode  # noqa: E402
 
 EOT = 50256
 TEXTS = {

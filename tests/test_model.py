@@ -5,10 +5,10 @@ import pytest
 
 from tests import reference_gpt2 as ref
 from tests.accumulation_check import assert_accumulate_adds
-from tui_llm.engine import blas
-from tui_llm.engine.config import PARAM_NAMES, GPTConfig, num_parameters, param_shapes, preset_config
-from tui_llm.engine.model import GPT
-from tui_llm.engine.optim import AdamW, AdamWConfig, learning_rate
+from tui_llm.engine.kernels import blas
+from tui_llm.engine.models.gpt2_config import PARAM_NAMES, GPTConfig, num_parameters, param_shapes, preset_config
+from tui_llm.engine.models.gpt2 import GPT
+from tui_llm.engine.training.optim import AdamW, AdamWConfig, learning_rate
 
 # tiny config from the engine issue: vocab 97 padded to 128
 CFG = GPTConfig(max_seq_len=16, vocab_size=97, num_layers=2, num_heads=2, channels=32)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tui_llm.engine import distributed
-from tui_llm.engine.distributed import DistributedError, World
+from tui_llm.engine.training import distributed
+from tui_llm.engine.training.distributed import DistributedError, World
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 60
@@ -38,7 +38,7 @@ def _mpiexec() -> str:
 
 def run_ranks(tmp_path, body: str, n: int = 2) -> subprocess.CompletedProcess:
     script = tmp_path / "job.py"
-    script.write_text("import numpy as np\nfrom tui_llm.engine.distributed import World\n"
+    script.write_text("import numpy as np\nfrom tui_llm.engine.training.distributed import World\n"
                       "world = World.detect()\nworld.install_excepthook()  # a failed assert ends the job at once\n"
                       + textwrap.dedent(body))
     return subprocess.run([_mpiexec(), "-n", str(n), sys.executable, str(script)], env=_plain_env(),
@@ -131,7 +131,7 @@ def test_a_rank_that_raises_ends_the_whole_job(tmp_path, where):
 
 
 def test_detect_outside_mpiexec_is_single_and_imports_no_mpi():
-    code = ("import sys\nfrom tui_llm.engine.distributed import World\nw = World.detect()\n"
+    code = ("import sys\nfrom tui_llm.engine.training.distributed import World\nw = World.detect()\n"
             "print(w.rank, w.size, w.is_root, w.is_distributed, 'mpi4py' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], env=_plain_env(), capture_output=True, text=True,
                           timeout=TIMEOUT_S)
@@ -168,7 +168,7 @@ def test_launcher_without_mpi4py_is_one_clear_error(monkeypatch):
 
 def test_loaders_under_mpi_split_the_single_process_batches(tmp_path):
     done = run_ranks(tmp_path, """
-        from tui_llm.engine.data import TrainLoader, ValLoader
+        from tui_llm.engine.data.tokens import TrainLoader, ValLoader
         tokens = np.random.default_rng(0).integers(0, 50257, size=7 * 8 * 4 + 1).astype(np.uint16)
         single = TrainLoader(tokens, B=8, T=4)
         mine = TrainLoader(tokens, B=2, T=4, grad_accum=2, rank=world.rank, world_size=world.size)

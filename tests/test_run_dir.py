@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tui_llm.engine.formats import save_training_checkpoint
-from tui_llm.engine.run_dir import RunDir, RunDirError, checkpoint_name, read_records
+from tui_llm.engine.run.run_dir import RunDir, RunDirError, checkpoint_name, read_records
 
 
 def test_a_fresh_run_refuses_a_directory_with_a_run_in_it(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tui_llm.engine.data import write_tokens
+from tui_llm.engine.data.tokens import write_tokens
 
 TINY = ["--no-ui", "--model", "d2", "-t", "16", "--max-seq-len", "32", "--threads", "1", "--init-style", "numpy",
         "--lr", "3e-3", "--val-every", "4", "--val-batches", "3", "--sample-every", "0", "--save-every", "0"]

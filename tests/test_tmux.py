@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import tui_llm
-from tui_llm.engine.data import write_tokens
+from tui_llm.engine.data.tokens import write_tokens
 
 SOURCE_ROOT = Path(tui_llm.__file__).resolve().parent.parent
 """The tree under test: the tmux server may have been started by someone else, with their environment."""

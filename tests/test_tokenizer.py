@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tui_llm.engine import tokenizer
-from tui_llm.engine.tokenizer import StreamDecoder, decode, decode_token_bytes, encode, get_tokenizer, token_pieces
+from tui_llm.engine.tokenizers import gpt2 as tokenizer
+from tui_llm.engine.tokenizers.gpt2 import StreamDecoder, decode, decode_token_bytes, encode, get_tokenizer, token_pieces
 
 FIRST_CITIZEN = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
 FIRST_CITIZEN_IDS = [5962, 22307, 25, 198, 8421, 356, 5120, 597, 2252, 11, 3285, 502, 2740, 13, 628]

@@ -16,10 +16,10 @@ import math
 import numpy as np
 import pytest
 
-from tui_llm.engine.config import GPTConfig, ParamTensors
-from tui_llm.engine.config import init_draws
+from tui_llm.engine.models.gpt2_config import GPTConfig, ParamTensors
+from tui_llm.engine.models.gpt2_config import init_draws
 from tui_llm.engine.mt19937 import init_genrand_key, mt19937
-from tui_llm.engine.torch_init import TorchGenerator, llmc_random_init, torch_kernel, torch_normal
+from tui_llm.engine.models.torch_init import TorchGenerator, llmc_random_init, torch_kernel, torch_normal
 
 KERNELS = ("avx2", "scalar")
 
@@ -119,7 +119,7 @@ def test_manual_seed_resets_everything():
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_normal_shape_std_and_chunking(kernel, monkeypatch):
-    import tui_llm.engine.torch_init as ti
+    import tui_llm.engine.models.torch_init as ti
     whole = torch_normal((37, 48), 0.5, 0.7, seed=3, kernel=kernel)
     assert whole.shape == (37, 48)
     scaled = torch_normal((37, 48), 0.0, 1.0, seed=3, kernel=kernel)

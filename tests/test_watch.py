@@ -9,7 +9,7 @@ import pytest
 
 from tests.run_helpers import HeadlessRun, make_data, read_metrics
 from tui_llm.engine import events as ev
-from tui_llm.engine.channel import SOCKET, ControlClient
+from tui_llm.engine.run.channel import SOCKET, ControlClient
 
 
 @pytest.fixture(scope="module")

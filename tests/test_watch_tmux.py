@@ -15,7 +15,7 @@ import tui_llm
 from tests.run_helpers import TINY, make_data, read_metrics
 from tests.test_tmux import Terminal
 from tui_llm.engine import events as ev
-from tui_llm.engine.channel import SOCKET, ControlClient
+from tui_llm.engine.run.channel import SOCKET, ControlClient
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 

@@ -22,13 +22,13 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # 2**4 cycles of spinning
 __version__ = "0.2.0"
 
 _API = {
-    "RunConfig": "tui_llm.engine.run_config", "ConfigError": "tui_llm.engine.run_config",
-    "Trainer": "tui_llm.engine.trainer", "TrainingError": "tui_llm.engine.trainer",
+    "RunConfig": "tui_llm.engine.training.run_config", "ConfigError": "tui_llm.engine.training.run_config",
+    "Trainer": "tui_llm.engine.training.trainer", "TrainingError": "tui_llm.engine.training.trainer",
     "load_model": "tui_llm.engine.api", "generate": "tui_llm.engine.api",
-    "Sampler": "tui_llm.engine.sampler", "SampleResult": "tui_llm.engine.sampler",
-    "RunDir": "tui_llm.engine.run_dir",
-    "RunWatcher": "tui_llm.engine.follow", "RemoteTrainer": "tui_llm.engine.follow",
-    "ControlClient": "tui_llm.engine.channel", "ChannelError": "tui_llm.engine.channel",
+    "Sampler": "tui_llm.engine.training.sampler", "SampleResult": "tui_llm.engine.training.sampler",
+    "RunDir": "tui_llm.engine.run.run_dir",
+    "RunWatcher": "tui_llm.engine.run.watcher", "RemoteTrainer": "tui_llm.engine.run.watcher",
+    "ControlClient": "tui_llm.engine.run.channel", "ChannelError": "tui_llm.engine.run.channel",
     **{name: "tui_llm.engine.events" for name in (
         "Event", "Compiling", "RunStarted", "TrainStep", "Validation", "Sample", "CheckpointSaved", "Paused",
         "Resumed", "Notice", "Error", "SettingChanged", "Finished", "Command", "Pause", "Resume", "SampleNow",

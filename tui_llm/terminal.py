@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 from textual.drivers.linux_driver import LinuxDriver
 
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
-"""Exit status after each signal (as the headless command)."""
+from tui_llm.signals import SIGNAL_EXIT, StopSignals
+
 
 RESET = "\x1b[<u\x1b[?1000l\x1b[?1003l\x1b[?1015l\x1b[?1006l\x1b[?2004l\x1b[?1004l\x1b[?7h\x1b[?1049l\x1b[?25h"
 """Leave Textual's modes: keyboard protocol, mouse, paste, focus events, line wrap, alt screen, cursor."""
@@ -98,45 +98,29 @@ def detach_from_terminal() -> None:
         driver.exit_event.set()
 
 
-class SignalHandlers:
-    """Install in `run_app`: handlers for SIGINT, SIGTERM and SIGHUP while the app runs.
+class SignalHandlers(StopSignals):
+    """Install in `run_app`: tui_llm.signals' policy while the app runs, for a terminal.
 
     `stop()` is called on the first signal (queues the trainer's Stop); `tell(signum, count)` on
-    every signal, from the handler (it must only hand over to the event loop); the third signal
-    restores the terminal and exits at once with `abort_message`.
+    every signal, from the handler (it must only hand over to the event loop); after SIGHUP the
+    process lets go of the terminal; the third signal restores the terminal and exits at once with
+    `abort_message`.
     """
 
     def __init__(self, stop: Callable[[], None], tell: Callable[[int, int], None],
                  abort_message: Callable[[], str]) -> None:
-        self.received: list[int] = []
-        self._stop, self._tell, self._abort_message = stop, tell, abort_message
-        self._previous: dict = {}
+        super().__init__(tell=self._tell_after_hangup, abort=self.abort)
+        self.bind(stop)
+        self._tell_app, self._abort_message = tell, abort_message
         try:
             self._tty_attrs = termios.tcgetattr(sys.__stdin__.fileno())
         except (termios.error, AttributeError, ValueError, OSError):
             self._tty_attrs = None
 
-    @property
-    def exit_code(self) -> int | None:
-        return SIGNAL_EXIT[self.received[0]] if self.received else None
-
-    def __enter__(self) -> "SignalHandlers":
-        self._previous = {s: signal.signal(s, self._handle) for s in SIGNAL_EXIT}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum: int, _frame) -> None:
-        self.received.append(signum)
+    def _tell_after_hangup(self, signum: int, count: int) -> None:
         if signum == signal.SIGHUP:
             detach_from_terminal()
-        if len(self.received) == 1:
-            self._stop()
-        elif len(self.received) >= 3:
-            self.abort()
-        self._tell(signum, len(self.received))
+        self._tell_app(signum, count)
 
     def abort(self) -> None:
         """Give the terminal back as it was and exit now (the trainer thread cannot be stopped)."""

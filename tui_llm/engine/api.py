@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from tui_llm.engine.arch import build_model
-from tui_llm.engine.llama import Llama
-from tui_llm.engine.model import GPT
-from tui_llm.engine.model_source import load_model_source
-from tui_llm.engine.model_tokenizer import load_tokenizer
-from tui_llm.engine.sampler import SampleResult, Sampler
+from tui_llm.engine.models.build import build_model
+from tui_llm.engine.models.llama import Llama
+from tui_llm.engine.models.gpt2 import GPT
+from tui_llm.engine.training.model_source import load_model_source
+from tui_llm.engine.tokenizers.lookup import load_tokenizer
+from tui_llm.engine.training.sampler import SampleResult, Sampler
 
 
 def load_model(source, tokenizer=None) -> GPT | Llama:

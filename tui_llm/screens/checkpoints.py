@@ -23,7 +23,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 from textual.worker import Worker, WorkerState
 
-from tui_llm.engine.run_dir import RunDir
+from tui_llm.engine.run.run_dir import RunDir
 from tui_llm.widgets.status_bar import human_count
 
 KEPT_MARK = "★"

@@ -277,7 +277,7 @@ class SettingsScreen(ModalScreen[tuple[str, int | float] | None]):
 
     @on(Input.Submitted)
     def submit(self, event: Input.Submitted) -> None:
-        from tui_llm.engine.run_config import ConfigError, live_setting
+        from tui_llm.engine.training.run_config import ConfigError, live_setting
 
         name = (event.input.id or "").removeprefix("setting-")
         error = self.query_one("#settings-error", Label)

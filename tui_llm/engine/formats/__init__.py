@@ -1,7 +1,7 @@
 """Reading and writing model weights and training state, one module per format.
 
 Everything works on a (config, flat) pair: `flat` is the contiguous float32 buffer holding the
-parameter tensors in llm.c's order (config.py), or in llama_config.py's layout when the config is a
+parameter tensors in llm.c's order (models/gpt2_config.py), or in models/llama_config.py's layout when the config is a
 LlamaConfig (Hugging Face llama/mistral/qwen2 dirs, checkpoints whose model_config says
 "arch": "llama"). Modules:
 
@@ -11,25 +11,24 @@ LlamaConfig (Hugging Face llama/mistral/qwen2 dirs, checkpoints whose model_conf
     llmc.py         llm.c model files v1/v3/v5
     hf_gpt2.py      Hugging Face GPT-2 (mapping, config.json, local cache lookup, tokenizer files)
     hf_llama.py     Hugging Face Llama family (llama, mistral, qwen2)
-    training.py     our resumable training checkpoints
+    checkpoint.py   our resumable training checkpoints
     detect.py       load_model_weights: any of the above, by magic bytes
-    export.py       check_export_destination: refuse to overwrite what an export must not
 
 Every read validates sizes before allocating and refuses NaN/inf weights; every problem with a
 file is a CheckpointError whose str() is one line, '<file>: <problem>'.
 """
 
-from .atomic import atomic_files, atomic_write, remove_stale_temp_files
-from .common import CheckpointError
-from .detect import detect_checkpoint_kind, load_model_weights
-from .export import check_export_destination
-from .hf_gpt2 import find_hf_cached, hf_cache_dir, hf_config_dict, parse_hf_config, read_hf, write_hf
-from .llmc import LLMC_MAGIC, LLMC_VERSIONS, fp32_to_bf16_bits, llmc_file_nbytes, read_llmc, write_llmc
-from .training import (TRAINING_FORMAT, TRAINING_MODEL_CONFIG_KEY, TRAINING_PARAMS_KEY, load_training_checkpoint,
-                       load_training_params, require, save_training_checkpoint, training_model_config)
+from tui_llm.engine.formats.atomic import atomic_files, atomic_write, remove_stale_temp_files
+from tui_llm.engine.formats.common import CheckpointError
+from tui_llm.engine.formats.detect import detect_checkpoint_kind, load_model_weights
+from tui_llm.engine.formats.hf_gpt2 import find_hf_cached, hf_cache_dir, hf_config_dict, parse_hf_config, read_hf, write_hf
+from tui_llm.engine.formats.llmc import LLMC_MAGIC, LLMC_VERSIONS, fp32_to_bf16_bits, llmc_file_nbytes, read_llmc, write_llmc
+from tui_llm.engine.formats.checkpoint import (TRAINING_FORMAT, TRAINING_MODEL_CONFIG_KEY, TRAINING_PARAMS_KEY,
+                                               load_training_checkpoint, load_training_params, require,
+                                               save_training_checkpoint, training_model_config)
 
 __all__ = [
-    "CheckpointError", "atomic_files", "atomic_write", "check_export_destination", "detect_checkpoint_kind",
+    "CheckpointError", "atomic_files", "atomic_write", "detect_checkpoint_kind",
     "find_hf_cached", "fp32_to_bf16_bits", "hf_cache_dir", "hf_config_dict", "llmc_file_nbytes",
     "load_model_weights", "load_training_checkpoint", "load_training_params", "parse_hf_config", "read_hf", "read_llmc",
     "remove_stale_temp_files", "require", "save_training_checkpoint", "training_model_config", "write_hf", "write_llmc",

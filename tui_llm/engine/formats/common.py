@@ -11,19 +11,20 @@ import os
 
 import numpy as np
 
-from ..config import GPTConfig, num_parameters, param_ranges, physical_memory_bytes
+from tui_llm.engine.errors import TuiLlmError
+
+from tui_llm.engine.models.gpt2_config import GPTConfig, num_parameters, param_ranges, physical_memory_bytes
 
 # Values converted per chunk when encoding/decoding bf16 or scanning for NaN: bounds temporaries to a few MB.
 CHUNK = 1 << 20
 
 
-class CheckpointError(Exception):
+class CheckpointError(TuiLlmError):
     """A model or checkpoint file cannot be read, found or written. str() is one line: '<file>: <problem>'."""
 
     def __init__(self, path, problem: str):
-        self.path = str(path)
-        self.problem = " ".join(str(problem).split())  # one line, whatever the cause said
-        super().__init__(f"{self.path}: {self.problem}")
+        self.problem = " ".join(str(problem).split())
+        super().__init__(f"{path}: {self.problem}", path=path)
 
 
 def write_array(f, arr: np.ndarray) -> None:

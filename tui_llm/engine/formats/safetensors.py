@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import CHUNK, CheckpointError, check_fits_in_memory, read_exact, write_array
+from tui_llm.engine.formats.common import CHUNK, CheckpointError, check_fits_in_memory, read_exact, write_array
 
 # Storage dtype of each safetensors code (BF16 is stored as its bit pattern).
 DTYPES = {

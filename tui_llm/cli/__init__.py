@@ -1,0 +1,55 @@
+"""The `tui-llm` command, one module per subcommand.
+
+    tui-llm [TRAIN_BIN] [options]             train in the terminal UI (or headless with --no-ui)   train.py
+    tui-llm prepare ...                       make token files from text                             prepare.py
+    tui-llm sample --init-from MODEL          generate text from a model                             sample.py
+    tui-llm export --init-from MODEL OUT      write a model as llm.c .bin or a Hugging Face directory export.py
+    tui-llm watch RUN_DIR                     watch and steer a run another process trains           watch.py
+
+parser.py holds what they share (the one-line argparse, exit codes, defaults), headless.py the
+lines a headless run prints. The CLI only maps flags to the engine's RunConfig fields (`--seq-len`
+is `seq_len`). Every error a user can fix is an engine TuiLlmError (or a UsageError here): `main`
+prints it as one line and exits with its code (2: bad input) in one place, below. A training
+error exits 1; an interrupted run (Ctrl-C, SIGTERM, SIGHUP) saves a checkpoint and exits 130 /
+143 / 129.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tui_llm.cli.headless import safe_text
+    from tui_llm.engine.errors import TuiLlmError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = argv[0] if argv and argv[0] in ("prepare", "sample", "export", "watch") else "train"
+    if name != "train":
+        argv = argv[1:]
+    root = os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")) == "0"  # MPI: one line, not N
+    try:
+        return _command(name)(argv)
+    except TuiLlmError as e:
+        if root:
+            print(f"error: {safe_text(e.cli_message())}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _command(name: str):
+    """The subcommand's entry, imported only when it runs (so `--help` stays quick)."""
+    if name == "prepare":
+        from tui_llm.cli.prepare import cmd_prepare as command
+    elif name == "sample":
+        from tui_llm.cli.sample import cmd_sample as command
+    elif name == "export":
+        from tui_llm.cli.export import cmd_export as command
+    elif name == "watch":
+        from tui_llm.cli.watch import cmd_watch as command
+    else:
+        from tui_llm.cli.train import cmd_train as command
+    return command

@@ -1,0 +1,51 @@
+"""`tui-llm sample --init-from MODEL`: generate text from a model (the KV-cache sampler)."""
+
+from __future__ import annotations
+
+from tui_llm.cli.headless import safe_text
+from tui_llm.cli.parser import EXIT_OK, SAMPLE_LEN, SEED, Parser, UsageError
+
+
+def sample_parser() -> Parser:
+    p = Parser(prog="tui-llm sample", description="Generate text from a model (KV-cache sampler).")
+    p.add_argument("--init-from", required=True, metavar="MODEL",
+                   help="our run directory or checkpoint, llm.c .bin, Hugging Face dir or cached name")
+    p.add_argument("--prompt", default="", help="text to continue (default: start from end-of-text)")
+    p.add_argument("--sample-len", type=int, default=SAMPLE_LEN, help=f"tokens to generate (default {SAMPLE_LEN})")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    p.add_argument("--top-k", type=int, default=0, help="0 = all tokens (default 0)")
+    p.add_argument("--seed", type=int, default=SEED, help=f"random seed (default {SEED})")
+    p.add_argument("--num-samples", type=int, default=1, help="how many samples (default 1)")
+    p.add_argument("--threads", type=int, default=0, help="threads (default 0 = all cores)")
+    p.add_argument("--tokenizer", metavar="DIR|NAME", help="the model's tokenizer (default: the one recorded with it)")
+    return p
+
+
+def cmd_sample(argv) -> int:
+    args = sample_parser().parse_args(argv)
+    from tui_llm.engine.training.run_config import RunConfig
+
+    RunConfig(sample_len=args.sample_len, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+              threads=args.threads).validate()
+    if args.num_samples <= 0:
+        raise UsageError(f"--num-samples must be positive, got {args.num_samples}")
+    from tui_llm.engine.models.build import build_model
+    from tui_llm.engine.training.model_source import load_model_source
+    from tui_llm.engine.models.llama import LlamaConfig
+    from tui_llm.engine.tokenizers.lookup import load_tokenizer
+    from tui_llm.engine.training.sampler import Sampler
+    from tui_llm.engine.machine import set_threads
+    import numpy as np
+
+    cfg, flat, name, tokenizer_dir = load_model_source(args.init_from)
+    tokenizer_dir = args.tokenizer or tokenizer_dir
+    if isinstance(cfg, LlamaConfig) and tokenizer_dir is None:
+        raise UsageError(f"{args.init_from}: no tokenizer.json with this Llama model; give --tokenizer DIR")
+    set_threads(args.threads)
+    sampler = Sampler(build_model(cfg, flat), load_tokenizer(tokenizer_dir))
+    rng = np.random.default_rng(args.seed)
+    for i in range(args.num_samples):
+        result = sampler.generate(args.prompt, args.sample_len, temperature=args.temperature, top_k=args.top_k, rng=rng)
+        print(f"--- sample {i + 1} from {safe_text(name)} ({len(result.token_ids)} tokens, {result.tok_per_s:.1f} tok/s)")
+        print(safe_text(result.prompt + result.text, keep_newlines=True), flush=True)
+    return EXIT_OK

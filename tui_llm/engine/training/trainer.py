@@ -1,0 +1,470 @@
+"""The training loop, shared by the headless command, the Textual UI and notebooks.
+
+    trainer = Trainer(RunConfig(train_file=..., steps=100))   # loads data and weights; raises on bad input
+    trainer.run(emit)                      # blocking; emit(event) for every event in events.py
+    trainer.send(Pause())                  # from any thread; applied between steps
+    trainer = Trainer.resume("runs/x", steps=200)             # continue a saved run exactly
+
+Step k (0-based; k steps are done) runs in llm.c's train_gpt2.c order: validation if due,
+a sample if due (k > 0), then the training step. After the last step a final validation and
+sample evaluate the final weights (train_gpt2.cu's order). A step may accumulate gradients over
+several micro-batches (`total_batch_size`). Everything a run needs to continue exactly (weights,
+AdamW moments, step, loader position, sampling RNG, where the history stood) goes into its
+checkpoints; the history itself is the run directory's metrics.jsonl.
+
+(About 450 lines: the loop, the commands it serves between steps and its saves read best
+together. What a checkpoint holds is in resume_state.py, where weights come from in
+model_source.py.)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from tui_llm.engine import events as ev
+from tui_llm.engine.errors import TuiLlmError
+from tui_llm.engine.kernels import common as kernels
+from tui_llm.engine.models.build import build_model
+from tui_llm.engine.run.channel import ControlServer
+from tui_llm.engine.training.control import Control
+from tui_llm.engine.data.tokens import TrainLoader, ValLoader, open_dataset
+from tui_llm.engine.training.distributed import World
+from tui_llm.engine.formats import CheckpointError, save_training_checkpoint
+from tui_llm.engine.models.llama import Llama
+from tui_llm.engine.kernels.llama import compile_llama_kernels
+from tui_llm.engine.training.model_source import fresh_model, load_model_source
+from tui_llm.engine.tokenizers.lookup import check_data_tokenizer, find_tokenizer_dir, load_tokenizer
+from tui_llm.engine.training.optim import AdamW, AdamWConfig, learning_rate
+from tui_llm.engine.training.state import checkpoint_meta, model_config, read_resume_checkpoint, restore
+from tui_llm.engine.training.run_config import ConfigError, RunConfig, default_val_file, live_setting
+from tui_llm.engine.run.run_dir import RunDir, RunDirError
+from tui_llm.engine.training.sampler import Sampler
+from tui_llm.engine.machine import set_threads
+
+__all__ = ["Trainer", "RunConfig", "ConfigError", "TrainingError"]
+
+
+class TrainingError(TuiLlmError):
+    """The step cannot go on (non-finite loss or gradient); the weights were not updated."""
+
+    exit_code = 1  # a training error, not bad input
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, *, world: World | None = None, _resume: tuple[dict, dict] | None = None):
+        """Load the model and data and claim the run directory now, so bad input fails before
+        anything starts. The caller's config is not modified (see `self.config`).
+
+        world: the processes of a data-parallel MPI run (World.detect()); default one process.
+        Every rank builds the same Trainer; rank 0 alone writes the run directory and emits events.
+        """
+        config.validate()
+        c = self.config = replace(config)
+        self.world = world = world or World.single()
+        self.control = Control()
+
+        # model, and the tokenizer it speaks (recorded absolute, so a resume and `sample` find it)
+        tokenizer_dir = c.tokenizer
+        if _resume is not None:
+            arrays, meta = _resume
+            self.model = build_model(model_config(meta), arrays["params"])
+            self.model_name = str(meta.get("model_name", "checkpoint"))
+        elif c.init_from:
+            model_cfg, flat, self.model_name, recorded = load_model_source(c.init_from)
+            self.model = build_model(model_cfg, flat)
+            tokenizer_dir = tokenizer_dir or recorded
+        else:
+            self.model, self.model_name = fresh_model(c)
+        c.tokenizer = str(find_tokenizer_dir(tokenizer_dir)) if tokenizer_dir else None
+        self.encoding = load_tokenizer(c.tokenizer)
+        if isinstance(self.model, Llama) and c.tokenizer is None:
+            raise ConfigError("tokenizer", "is needed: a Llama model has no GPT-2 vocabulary; give the directory "
+                                           "holding its tokenizer.json")
+        if c.tokenizer and self.encoding.vocab_size > self.model.config.vocab_size:
+            raise ConfigError("tokenizer", f"{c.tokenizer} has {self.encoding.vocab_size:,} tokens, more than the "
+                                           f"model's vocabulary of {self.model.config.vocab_size:,}")
+        mc = self.model.config
+        if c.seq_len > mc.max_seq_len:
+            raise ConfigError("seq_len", f"{c.seq_len} is larger than the model's maximum sequence length {mc.max_seq_len}")
+
+        # data (paths made absolute, so a resume works from any directory)
+        c.train_file = str(Path(c.train_file).absolute())
+        c.val_file = c.val_file and str(Path(c.val_file).absolute())
+        check_data_tokenizer(c.train_file, self.encoding)
+        self.train_tokens = open_dataset(c.train_file, c.data_format, vocab_size=mc.vocab_size)
+        tokens_per_micro = c.batch_size * c.seq_len * world.size
+        total = c.total_batch_size or tokens_per_micro
+        if total % tokens_per_micro:
+            factors = [("batch_size", c.batch_size), ("seq_len", c.seq_len)]
+            factors += [(f"{world.size} processes", world.size)] if world.size > 1 else []
+            raise ConfigError("total_batch_size", f"{total} is not a multiple of {' * '.join(n for n, _ in factors)} = "
+                                                  f"{' * '.join(str(v) for _, v in factors)} = {tokens_per_micro}")
+        self.grad_accum = total // tokens_per_micro
+        self.tokens_per_step = total
+        self.loader = TrainLoader(self.train_tokens, c.batch_size, c.seq_len, shuffle=c.shuffle, seed=42,
+                                  grad_accum=self.grad_accum, rank=world.rank, world_size=world.size)
+        val_file = c.val_file or default_val_file(c.train_file)
+        self.val_tokens = self.val_loader = None
+        if val_file:
+            check_data_tokenizer(val_file, self.encoding)
+            self.val_tokens = open_dataset(val_file, c.data_format, vocab_size=mc.vocab_size)
+            # whole total batches, as one process with the whole batch would see them (split below)
+            self.val_loader = ValLoader(self.val_tokens, self.loader.rows, c.seq_len)
+        self.val_file = val_file
+
+        # optimizer (with --zero 1 each rank keeps AdamW's state for its slice of the parameters), sampling RNG, run state
+        if c.zero and world.size < 2:
+            raise ConfigError("zero", "1 needs an MPI run of 2 or more processes (mpiexec -n N tui-llm --no-ui ...)")
+        n = self.model.num_parameters
+        self.optimizer = AdamW(self.model, AdamWConfig(lr=c.lr, weight_decay=c.weight_decay, grad_clip=c.grad_clip),
+                               shard=world.shard(n) if c.zero else None)
+        self.sharded = bool(c.zero)
+        world.bcast_(self.model.params.flat)  # rank 0's weights are the run's
+        self.sample_rng = np.random.default_rng(c.seed)
+        self.step = 0
+        self.elapsed_s = 0.0        # training time, continued across resumes
+        self.tokens = 0             # tokens trained on
+        self.last_saved_step = -1
+        self.last_checkpoint: Path | None = None
+        self.history_bytes = 0      # how much of metrics.jsonl to keep when opening it
+        if _resume is not None:
+            restore(self, *_resume)
+        if c.steps <= self.step and _resume is not None:
+            raise ConfigError("steps", f"{c.steps}: this run has already done {self.step} steps; "
+                                       f"give a larger total to continue it")
+
+        # run directory: a fresh run needs a new or empty one; a resume continues its checkpoint's
+        if _resume is None:
+            c.out_dir = str(Path(c.out_dir).absolute()) if c.out_dir else \
+                str(Path("runs").absolute() / f"{datetime.now():%Y%m%d-%H%M%S}-{self._short_name()}")
+        self.run_dir = RunDir(world.bcast_obj(c.out_dir))
+        problem = None
+        if world.is_root:  # rank 0 alone writes the run directory
+            try:
+                if _resume is None:
+                    self.run_dir.create()
+                self.run_dir.lock()
+            except RunDirError as e:
+                problem = e
+        problem = world.bcast_obj(str(problem) if problem else None)
+        if problem:
+            raise RunDirError(problem)
+        self.sampler: Sampler | None = None
+        self._emit = None
+        self._history_error: OSError | None = None
+        self._history_opened = False
+        self.channel: ControlServer | None = None  # rank 0's control channel while run() runs
+
+    @classmethod
+    def resume(cls, path, *, world: World | None = None, **overrides) -> "Trainer":
+        """Continue the run saved at `path` (a run directory: its newest checkpoint; or a checkpoint
+        file). `overrides` may change run settings (steps, lr, cadences, ...) but not the model or
+        the data (ConfigError names the field)."""
+        saved, arrays, meta = read_resume_checkpoint(path)
+        return cls(saved.resumed_with(overrides), world=world, _resume=(arrays, meta))
+
+    def _short_name(self) -> str:
+        import re
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.model_name).name)[:40] or "model"
+
+    # -------------------------------------------------------------------------------------
+    # commands (any thread)
+
+    def send(self, command: ev.Command) -> None:
+        self.control.send(command)
+
+    def _serve_commands(self) -> None:
+        """Apply the commands sent since the last step; under MPI rank 0's, on every rank at once."""
+        poll = self._poll_commands
+        if self.world.is_distributed:
+            poll = lambda waiting: self.world.agree(self._poll_commands(waiting) if self.world.is_root else None)  # noqa: E731
+        self.control.serve(self._on_command, lambda: self.step, self._emit, poll=poll)
+
+    def _poll_commands(self, waiting: bool) -> list[ev.Command]:
+        """The control channel's requests join the queue, then the queue's commands (waiting ~0.1 s if paused)."""
+        if self.channel is not None:
+            self.channel.poll()
+        return self.control._poll(waiting)
+
+    def _on_command(self, cmd: ev.Command) -> None:
+        if isinstance(cmd, ev.SampleNow):
+            self._sample(cmd.prompt or self.config.prompt)
+        elif isinstance(cmd, ev.SaveNow):
+            self._save(ev.SaveReason.REQUEST)
+        elif isinstance(cmd, ev.SetSetting):
+            try:
+                value = live_setting(self.config, cmd.name, cmd.value)
+            except ConfigError as e:
+                self._emit(ev.Notice(step=self.step, text=f"setting not changed: {e}", level=ev.Level.WARNING))
+                return
+            setattr(self.config, cmd.name, value)  # every rank: the schedule and cadences stay the same everywhere
+            self._emit(ev.SettingChanged(step=self.step, name=cmd.name, value=value))
+
+    def _start_channel(self) -> None:
+        """Rank 0 listens for commands from other processes (watchers); without it the run goes on."""
+        channel = ControlServer(self.run_dir.path, self.control.send, lambda name, value: live_setting(self.config, name, value))
+        try:
+            channel.start()
+        except OSError as e:
+            self._emit(ev.Notice(step=self.step, level=ev.Level.WARNING,
+                                 text=f"no control channel (tui-llm watch cannot steer this run): {e.strerror or e}"))
+            return
+        self.channel = channel
+
+    def _close_channel(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+    # -------------------------------------------------------------------------------------
+    # the loop
+
+    def run(self, emit, on_error: str = "stop") -> ev.FinishReason:
+        """Train until done or stopped; returns why it finished.
+
+        on_error: "stop" ends the run on a non-finite loss or a failed save (headless);
+        "pause" pauses it so a person can decide (the UI).
+        """
+        if on_error not in ("stop", "pause"):
+            raise ValueError(f"on_error must be 'stop' or 'pause', got {on_error!r}")
+        self._on_error = on_error
+        self._emit = (lambda event: self._record(event, emit)) if self.world.is_root else (lambda event: None)
+        c = self.config
+        reason = ev.FinishReason.ERROR
+        try:
+            set_threads(c.threads or self.world.threads_per_rank())
+            progress = lambda done, total, name: emit(ev.Compiling(done=done, total=total, name=name))  # noqa: E731
+            kernels.compile_kernels(progress)
+            if isinstance(self.model, Llama):
+                compile_llama_kernels(progress)
+            if self.world.is_root:
+                self._open_history()
+                self.run_dir.write_config({"run_config": c.to_dict(), "model_config": self.model.config.to_dict(),
+                                           "model_name": self.model_name, "num_params": self.model.num_parameters})
+                self._start_channel()  # before RunStarted: a watcher that sees it can connect at once
+            self._emit(self._run_started())
+            reason = self._loop()
+        except Exception as e:  # anything unexpected still reaches the consumer as one event
+            if self.world.is_distributed:  # the other ranks wait in a collective: end the whole job
+                self.world.abort(f"{type(e).__name__}: {e}")
+            self._emit(ev.Error(step=self.step, message=f"{type(e).__name__}: {e}"))
+            reason = ev.FinishReason.ERROR
+        finally:  # also on a third Ctrl-C (KeyboardInterrupt): no socket is left behind
+            self._close_channel()
+        lost = self.step - max(self.last_saved_step, 0) if self.step > 0 else 0
+        self._emit(ev.Finished(step=self.step, reason=reason, lost_steps=lost,
+                               checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None))
+        if self.step == 0 and self.last_checkpoint is None:
+            self.run_dir.discard()  # quit before the first step: leave nothing behind
+        self.run_dir.close()
+        return reason
+
+    def _loop(self) -> ev.FinishReason:
+        c = self.config
+        while self.step < c.steps:
+            self._serve_commands()
+            if self.control.stop is not None:
+                break
+            k = self.step
+            if self.val_loader and c.val_every and k % c.val_every == 0:
+                self._validate()
+            if c.sample_every and k > 0 and k % c.sample_every == 0:
+                self._sample(c.prompt)
+            try:
+                self._train_step()
+            except TrainingError as e:
+                self._emit(ev.Error(step=self.step, message=str(e)))
+                if self._on_error == "stop":
+                    return self._finish(ev.FinishReason.ERROR)
+                self.control.pause(self.step, self._emit)
+                continue
+            if self._history_error is not None and self.control.stop is None:  # stop at the next boundary
+                self._emit(ev.Error(step=self.step, message=f"cannot write {self.run_dir.metrics_path}: "
+                                                            f"{self._history_error.strerror or self._history_error}"))
+                self.control.send(ev.Stop(save=True, reason=ev.FinishReason.ERROR))
+            if c.save_every and self.step % c.save_every == 0 and self.step < c.steps:
+                self._save(ev.SaveReason.PERIODIC)
+        stop = self.control.stop
+        if stop is None:  # completed: evaluate the final weights
+            if self.val_loader and c.val_every:
+                self._validate()
+            if c.sample_every:
+                self._sample(c.prompt)
+            return self._finish(ev.FinishReason.COMPLETED)
+        if not stop.save:
+            return ev.FinishReason(stop.reason)
+        return self._finish(ev.FinishReason(stop.reason))
+
+    def _finish(self, reason: ev.FinishReason) -> ev.FinishReason:
+        """The final save; a run that could not save its final state finished in error."""
+        if self._save(ev.SaveReason.FINAL) is False:
+            return ev.FinishReason.ERROR
+        return reason
+
+    def _train_step(self) -> None:
+        """One optimizer step: grad_accum micro-batches on every rank, their mean gradient
+        averaged over the ranks (one all-reduce), then the same AdamW update everywhere."""
+        c, model, opt, world = self.config, self.model, self.optimizer, self.world
+        t0 = time.perf_counter()
+        fwd_s = bwd_s = 0.0
+        loss_sum = 0.0
+        for micro in range(self.grad_accum):
+            x, y = self.loader.next_batch()
+            t1 = time.perf_counter()
+            loss = model.forward(x, y, training=True)
+            t2 = time.perf_counter()
+            loss_sum += loss
+            if not math.isfinite(loss) and not world.is_distributed:
+                break  # under MPI every rank goes on to the all-reduce, which carries the NaN to all
+            model.backward(accumulate=micro > 0)  # micro-batch 0 writes the gradients, the rest add theirs
+            fwd_s, bwd_s = fwd_s + t2 - t1, bwd_s + time.perf_counter() - t2
+        t3 = time.perf_counter()
+        loss = loss_sum / self.grad_accum
+        if world.is_distributed:  # the mean loss over all ranks (float64), NaN if any rank's is
+            loss = float(world.allreduce_sum_(np.array([loss], np.float64))[0]) / world.size
+        if not math.isfinite(loss):
+            raise TrainingError(f"non-finite loss ({loss}) at step {self.step + 1}: weights not updated")
+        # the mean gradient of the whole batch: 1/K of this rank's sum, averaged over the ranks
+        # (with --zero 1 only this rank's slice of it, and the norm summed over the slices)
+        scale = 1.0 / self.grad_accum
+        if not self.sharded:
+            grads = world.allreduce_mean_(model.grads.flat)
+            grad_norm = opt.grad_norm(grads, scale)
+        else:
+            grads = world.reduce_scatter_mean_(model.grads.flat)
+            squares = world.allreduce_sum_(np.array([kernels.sum_of_squares(grads)], np.float64))
+            grad_norm = math.sqrt(squares[0]) * scale
+        if not math.isfinite(grad_norm):
+            raise TrainingError(f"non-finite gradient norm ({grad_norm}) at step {self.step + 1}: weights not updated")
+        lr = learning_rate(self.step, c.lr, c.steps, c.lr_schedule, c.warmup, c.final_lr_fraction) * c.lr_scale
+        opt.update(lr, grad_norm, grads=grads, grad_scale=scale)
+        if self.sharded:
+            world.allgather_shards_(model.params.flat)  # every rank updated its slice: now all hold all
+        t4 = time.perf_counter()
+        step_s = t4 - t0
+        self.step += 1
+        self.elapsed_s += step_s
+        self.tokens += self.tokens_per_step
+        self._emit(ev.TrainStep(
+            step=self.step, loss=loss, fwd_ms=fwd_s * 1e3, bwd_ms=bwd_s * 1e3, opt_ms=(t4 - t3) * 1e3,
+            step_ms=step_s * 1e3, tok_per_s=self.tokens_per_step / step_s, lr=lr, grad_norm=grad_norm,
+            epoch=self.loader.epoch, tokens=self.tokens, elapsed_s=round(self.elapsed_s, 3)))
+
+    def _validate(self) -> None:
+        """The mean loss of the first val_batches total batches: each is cut into micro-batches of
+        batch_size rows, dealt out to the ranks in turn, so any split gives the same mean."""
+        B, world = self.config.batch_size, self.world
+        loss_sum, count = 0.0, 0
+        for x, y in self.val_loader.batches(self.config.val_batches):  # (rows, T) each
+            for j in range(world.rank, x.shape[0] // B, world.size):
+                loss_sum += self.model.forward(x[j * B:(j + 1) * B], y[j * B:(j + 1) * B])
+                count += 1
+        total = world.allreduce_sum_(np.array([loss_sum, count], np.float64))
+        self._emit(ev.Validation(step=self.step, loss=float(total[0] / total[1])))
+
+    def _sample(self, prompt: str) -> None:
+        if not self.world.is_root:
+            return
+        c = self.config
+        if self.sampler is None:
+            self.sampler = Sampler(self.model, self.encoding)
+        result = self.sampler.generate(prompt, c.sample_len, temperature=c.temperature, top_k=c.top_k,
+                                       rng=self.sample_rng)
+        self._emit(ev.Sample(step=self.step, prompt=prompt, text=result.text, token_ids=result.token_ids,
+                             token_texts=result.token_texts, token_probs=[round(p, 5) for p in result.token_probs],
+                             tok_per_s=result.tok_per_s))
+
+    def sample(self, prompt: str = "", **settings) -> ev.Sample:
+        """Sample from the current weights (the model stays loaded after a run finishes)."""
+        events = []
+        emit, self._emit = self._emit, events.append
+        try:
+            self._sample(prompt)
+        finally:
+            self._emit = emit
+        return events[0]
+
+    # -------------------------------------------------------------------------------------
+    # checkpoints and history
+
+    def _save(self, reason: ev.SaveReason) -> bool | None:
+        """Write a checkpoint of the current step. False: it failed (the previous one is intact);
+        None: nothing new to save."""
+        adam_m, adam_v = self.optimizer.m, self.optimizer.v
+        if self.sharded:  # every rank sends its slice of AdamW's state to rank 0; m lands in the gradient
+            n = self.model.num_parameters  # buffer (free between steps, rewritten by the next backward)
+            adam_m = self.world.gather_shards(adam_m, n, into=self.model.allocate_grads().flat)
+            adam_v = self.world.gather_shards(adam_v, n)
+        if not self.world.is_root:
+            return None
+        if self.step == self.last_saved_step:
+            if reason == ev.SaveReason.REQUEST:
+                self._emit(ev.Notice(step=self.step, text=f"checkpoint for step {self.step} already saved"))
+            return None
+        path = self.run_dir.checkpoint_path(self.step)
+        t0 = time.perf_counter()
+        try:
+            for name, buf in (("weights", self.model.params.flat), ("AdamW m", adam_m), ("AdamW v", adam_v)):
+                if not math.isfinite(kernels.sum_of_squares(buf)):
+                    raise TrainingError(f"not saving step {self.step}: the {name} are not finite")
+            self.run_dir.sync_metrics()
+            meta = checkpoint_meta(self)
+            save_training_checkpoint(path, {"params": self.model.params.flat, "adam_m": adam_m, "adam_v": adam_v},
+                                     meta)
+        except (OSError, CheckpointError, TrainingError) as e:
+            msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            self._emit(ev.Error(step=self.step, message=f"saving {path} failed: {msg}; the previous checkpoint is intact"))
+            if self._on_error == "pause" and self.control.stop is None and reason != ev.SaveReason.FINAL:
+                self.control.pause(self.step, self._emit)
+            return False
+        self.last_saved_step = self.step
+        self.last_checkpoint = path
+        self._emit(ev.CheckpointSaved(step=self.step, path=str(path), seconds=time.perf_counter() - t0, reason=reason))
+        self.run_dir.prune(self.config.keep_checkpoints, protect=path)
+        return True
+
+    def _history_keep(self) -> int:
+        """How many bytes of metrics.jsonl belong to this run's past: on resume, up to where the
+        checkpoint's history stood (plus that checkpoint's own record); a fresh run has none."""
+        if self.step == 0:
+            return 0
+        if self.history_bytes is None:  # a checkpoint from before history offsets: keep the records up to its step
+            return self.run_dir.history_end_at_step(self.step)
+        return self.run_dir.history_end(self.history_bytes, self.last_checkpoint)
+
+    def _open_history(self) -> None:
+        """metrics.jsonl: cut back to this run's past, then appended to."""
+        self.run_dir.open_metrics(self._history_keep())
+        self._history_opened = True
+
+    def history(self) -> list[dict]:
+        """The run's records so far: before run() what a resume continues from (the UI shows it)."""
+        if not self._history_opened:
+            return self.run_dir.read_metrics(self._history_keep())
+        return self.run_dir.read_metrics()
+
+    def _record(self, event: ev.Event, emit) -> None:
+        if event.kind != "compiling" and self.run_dir._metrics_fd is not None and self._history_error is None:
+            try:
+                self.run_dir.append(event.to_json())
+            except OSError as e:
+                self._history_error = e
+        emit(event)
+
+    def _run_started(self) -> ev.RunStarted:
+        c, m = self.config, self.model
+        return ev.RunStarted(
+            run_dir=str(self.run_dir.path), model_name=self.model_name, run_config=c.to_dict(),
+            model_config=m.config.to_dict(), num_params=m.num_parameters,
+            memory_bytes=m.params.flat.nbytes + m.num_parameters * 4 + self.optimizer.m.nbytes + self.optimizer.v.nbytes,
+            train_file=str(c.train_file), train_tokens=self.train_tokens.num_tokens,
+            val_file=self.val_file, val_tokens=self.val_tokens.num_tokens if self.val_tokens else 0,
+            batches_per_epoch=self.loader.num_samples, tokens_per_step=self.tokens_per_step,
+            world_size=self.world.size,
+            step=self.step, steps=c.steps, elapsed_s=self.elapsed_s)
