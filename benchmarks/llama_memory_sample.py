@@ -20,7 +20,7 @@ from llama_step import SMOLLM2_135M
 from memory import proc_status_bytes
 
 from tui_llm.engine.models.llama import Llama, LlamaConfig
-from tui_llm.engine.kernels.llama import compile_llama_kernels
+from tui_llm.engine.kernels.compile import compile_kernels
 from tui_llm.engine.training.optim import AdamW, AdamWConfig
 from tui_llm.engine.training.sampler import Sampler
 from tui_llm.engine.machine import set_threads
@@ -35,7 +35,7 @@ def main() -> None:
     args = p.parse_args()
     print_machine()
     set_threads(args.threads)
-    compile_llama_kernels()
+    compile_kernels("llama")
     base = proc_status_bytes("VmHWM")
     cfg = LlamaConfig(**SMOLLM2_135M)
     model = Llama.random_init(cfg, seed=1)

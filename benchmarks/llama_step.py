@@ -26,7 +26,7 @@ from step import matmuls_through
 
 import tui_llm.engine.models.llama as LM
 from tui_llm.engine.models.llama import Llama, LlamaConfig
-from tui_llm.engine.kernels.llama import compile_llama_kernels
+from tui_llm.engine.kernels.compile import compile_kernels
 from tui_llm.engine.training.optim import AdamW, AdamWConfig
 
 SMOLLM2_135M = dict(vocab_size=49152, max_seq_len=2048, num_layers=30, num_heads=9, num_kv_heads=3,
@@ -67,7 +67,7 @@ def main() -> None:
     B, T = args.batch, args.seq
     print(f"model: SmolLM2-135M shape | {cfg.num_layers} layers, {cfg.channels} channels, {cfg.num_heads} heads / "
           f"{cfg.num_kv_heads} KV, SwiGLU {cfg.ffn_channels}, vocab {cfg.vocab_size} | B={B} T={T}\n")
-    compile_llama_kernels()
+    compile_kernels("llama")
     model = Llama.random_init(cfg, seed=1337)
     print(f"parameters: {model.num_parameters:,}")
     opt = AdamW(model, AdamWConfig(lr=6e-4, weight_decay=0.1, grad_clip=1.0))

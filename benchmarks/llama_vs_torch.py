@@ -26,7 +26,7 @@ from llama_step import SMOLLM2_135M
 
 from tui_llm.engine.formats.hf_llama import write_hf_llama
 from tui_llm.engine.models.llama import Llama, LlamaConfig
-from tui_llm.engine.kernels.llama import compile_llama_kernels
+from tui_llm.engine.kernels.compile import compile_kernels
 from tui_llm.engine.training.optim import AdamW, AdamWConfig
 from tui_llm.engine.machine import set_threads
 
@@ -131,7 +131,7 @@ def main() -> None:
     if args.check:
         check(torch, transformers)
         return
-    compile_llama_kernels()
+    compile_kernels("llama")
     cfg = LlamaConfig(**SMOLLM2_135M)
     for T in args.seq:
         ours = time_ours(cfg, args.batch, T, args.steps)

@@ -38,7 +38,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tui_llm.engine.models.gpt2_config import preset_config  # noqa: E402
-from tui_llm.engine.data.tokens import TrainLoader, ValLoader, open_tokens  # noqa: E402
+from tui_llm.engine.data.tokens import open_tokens
+from tui_llm.engine.data.loader import TrainLoader, ValLoader  # noqa: E402
 from tui_llm.engine.models.gpt2 import GPT  # noqa: E402
 from tui_llm.engine.training.optim import AdamW, AdamWConfig  # noqa: E402
 from tui_llm.engine.data.prepare import prepare_tinyshakespeare  # noqa: E402

@@ -47,14 +47,14 @@ def child(args) -> None:
     mark("python started")
     import numpy as np
 
-    from tui_llm.engine.kernels import common as K
+    from tui_llm.engine.kernels.compile import compile_kernels
     from tui_llm.engine.formats import save_training_checkpoint
     from tui_llm.engine.models.gpt2_config import preset_config
     from tui_llm.engine.models.gpt2 import GPT
     from tui_llm.engine.training.optim import AdamW, AdamWConfig
     from tui_llm.engine.machine import set_threads
     set_threads(args.threads)
-    K.compile_kernels()
+    compile_kernels()
     mark("engine imported, kernels loaded")
 
     cfg = preset_config(args.model)

@@ -32,14 +32,14 @@ def mark(name): marks.append((name, time.time()))
 mark("interpreter up")
 import tui_llm  # first, as the CLI does: it sets the thread-pool environment before numpy loads
 import numpy as np
-from tui_llm.engine.kernels import common as K
+from tui_llm.engine.kernels.compile import compile_kernels
 from tui_llm.engine.models.gpt2_config import preset_config
 from tui_llm.engine.models.gpt2 import GPT
 from tui_llm.engine.training.optim import AdamW, AdamWConfig
 from tui_llm.engine.machine import set_threads
 mark("engine imported")
 set_threads({threads})
-K.compile_kernels()
+compile_kernels()
 mark("kernels compiled/loaded")
 model = GPT.random_init(preset_config({model!r}), seed=42)
 opt = AdamW(model, AdamWConfig())

@@ -30,6 +30,8 @@ from common import (Stats, add_markdown_arg, command_line, emit_markdown, fmt_ms
 
 import tui_llm.engine.kernels.grad_accumulation as GA
 from tui_llm.engine.kernels import common as K
+from tui_llm.engine.kernels import gpt2 as GK
+
 import tui_llm.engine.models.gpt2 as M
 from tui_llm.engine.models.gpt2_config import preset_config
 from tui_llm.engine.training.optim import AdamW, AdamWConfig
@@ -326,9 +328,10 @@ def profile_steps(bench: Bench, steps: int) -> tuple[list[tuple[str, str, float,
     """
     seconds, calls = defaultdict(float), defaultdict(int)
     index = WeightIndex(bench.model)
-    # every numba kernel model.py calls through K, and attention.py's two functions (its BLAS
-    # products and causal softmax together) as model.py imported them
-    originals = {(K, name): getattr(K, name) for name in dir(K) if hasattr(getattr(K, name), "py_func")}
+    # every numba kernel models/gpt2.py calls through K and GK, and attention.py's two functions
+    # (its BLAS products and causal softmax together) as models/gpt2.py imported them
+    originals = {(mod, name): getattr(mod, name) for mod in (K, GK) for name in dir(mod)
+                 if hasattr(getattr(mod, name), "py_func")}
     originals.update({(M, name): getattr(M, name) for name in ("attention_forward", "attention_backward")})
 
     def timed_kernel(name, fn):

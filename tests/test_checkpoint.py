@@ -9,6 +9,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from tui_llm.engine import formats as ck
+from tui_llm.engine.hf_cache import find_hf_cached
 from tui_llm.engine.formats import CheckpointError
 from tui_llm.engine.models.gpt2_config import GPTConfig, ParamTensors, num_parameters, preset_config
 
@@ -308,14 +309,14 @@ def test_hf_model_name_from_local_cache(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError) as info:
         ck.load_model_weights("gpt2")
     assert "not in the local Hugging Face cache" in str(info.value) and "no network" in str(info.value)
-    assert ck.find_hf_cached("gpt2") is None
+    assert find_hf_cached("gpt2") is None
 
     repo = tmp_path / "hf" / "hub" / "models--openai-community--gpt2"
     write_hand_made_hf(repo / "snapshots" / "old", config={"n_layer": 99})  # stale, not refs/main
     write_hand_made_hf(repo / "snapshots" / "abc123")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("abc123")
-    assert ck.find_hf_cached("gpt2") == repo / "snapshots" / "abc123"
+    assert find_hf_cached("gpt2") == repo / "snapshots" / "abc123"
     cfg, flat, description = ck.load_model_weights("gpt2")
     assert cfg == CFG and "cache" in description
 

@@ -294,6 +294,6 @@ def test_fuzz_gpt_config():
 def test_config_sizes_that_cannot_fit_are_refused_before_allocating():
     for fields in ({"num_layers": 10**9}, {"channels": 2147483648, "num_heads": 1}, {"vocab_size": 2**31 - 1},
                    {"max_seq_len": 2**31 - 1}):
-        with pytest.raises(ValueError, match="GB|at most") as info:
+        with pytest.raises(ValueError, match="GiB|at most") as info:
             GPTConfig(**{**CFG.to_dict(), "padded_vocab_size": 0, **fields})
         assert "\n" not in str(info.value)

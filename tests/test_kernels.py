@@ -12,6 +12,8 @@ import pytest
 from tests import reference_gpt2 as ref
 from tui_llm.engine.kernels import common as K
 
+from tui_llm.engine.kernels import gpt2 as GK
+from tui_llm.engine.kernels import optimizer
 RTOL = 1e-5
 
 
@@ -32,7 +34,7 @@ def f32(a):
 def test_fast_tanh_is_accurate_to_float32_rounding():
     x = np.linspace(-12, 12, 200001).astype(np.float32)
     out = np.empty_like(x)
-    K.tanh_array(out, x)
+    GK.tanh_array(out, x)
     assert np.max(np.abs(out.astype(np.float64) - np.tanh(x.astype(np.float64)))) < 1e-6
     assert np.all(np.abs(out) <= 1.0)
 
@@ -43,11 +45,11 @@ def test_encoder_forward_backward(rng):
     tokens = rng.integers(0, 12, (B, T)).astype(np.int32)
     tokens[0, 0] = tokens[1, 3] = 4  # a repeated token must accumulate
     out = np.empty((B, T, C), np.float32)
-    K.encoder_forward(out, tokens, wte, wpe)
+    GK.encoder_forward(out, tokens, wte, wpe)
     assert rel_err(out, wte.astype(np.float64)[tokens] + wpe[:T]) < RTOL
     dout = f32(rng.standard_normal((B, T, C)))
     dwte, dwpe = np.zeros_like(wte), np.zeros_like(wpe)
-    K.encoder_backward(dwte, dwpe, dout, tokens)
+    GK.encoder_backward(dwte, dwpe, dout, tokens)
     exp_wte = np.zeros((Vp, C))
     np.add.at(exp_wte, tokens.reshape(-1), dout.reshape(-1, C).astype(np.float64))
     assert rel_err(dwte, exp_wte) < RTOL
@@ -60,7 +62,7 @@ def test_layernorm_forward_backward(rng):
     x = f32(rng.standard_normal((N, C)) * 3 + 1)
     w, b = f32(rng.standard_normal(C)), f32(rng.standard_normal(C))
     out, mean, rstd = np.empty_like(x), np.empty(N, np.float32), np.empty(N, np.float32)
-    K.layernorm_forward(out, mean, rstd, x, w, b)
+    GK.layernorm_forward(out, mean, rstd, x, w, b)
     exp, cache = ref.layernorm(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
     assert rel_err(out, exp) < RTOL
     assert rel_err(mean, x.astype(np.float64).mean(1)) < RTOL
@@ -69,13 +71,13 @@ def test_layernorm_forward_backward(rng):
     dout = f32(rng.standard_normal((N, C)))
     dx0 = f32(rng.standard_normal((N, C)))  # dx accumulates into what is there
     dx, dw, db = dx0.copy(), np.full(C, 7, np.float32), np.full(C, 7, np.float32)
-    K.layernorm_backward(dx, dw, db, dout, x, mean, rstd, w, False)
+    GK.layernorm_backward(dx, dw, db, dout, x, mean, rstd, w, False)
     edx, edw, edb = ref.layernorm_back(dout.astype(np.float64), cache, w.astype(np.float64))
     assert rel_err(dx - dx0, edx) < 1e-4
     assert rel_err(dw, edw) < RTOL
     assert rel_err(db, edb) < RTOL
     # accumulate=True adds the parameter gradients to what is there (dx adds as always)
-    K.layernorm_backward(dx, dw, db, dout, x, mean, rstd, w, True)
+    GK.layernorm_backward(dx, dw, db, dout, x, mean, rstd, w, True)
     assert rel_err(dw, 2 * edw) < RTOL and rel_err(db, 2 * edb) < RTOL
     assert rel_err(dx - dx0, 2 * edx) < 1e-4
 
@@ -90,7 +92,7 @@ def test_bias_residual_and_column_sum(rng):
 
     res, proj = f32(rng.standard_normal((N, C))), f32(rng.standard_normal((N, C)))
     out2 = np.empty_like(res)
-    K.residual_bias_forward(out2, res, proj, bias)
+    GK.residual_bias_forward(out2, res, proj, bias)
     assert rel_err(out2, res.astype(np.float64) + proj + bias) < RTOL
 
     colsum = np.full(C, 3, np.float32)
@@ -105,13 +107,13 @@ def test_gelu_forward_backward(rng):
     x0 = f32(rng.standard_normal((N, C)) * 4)
     bias = f32(rng.standard_normal(C))
     x, out = x0.copy(), np.empty_like(x0)
-    K.bias_gelu_forward(out, x, bias)
+    GK.bias_gelu_forward(out, x, bias)
     pre = x0.astype(np.float64) + bias
     assert rel_err(x, pre) < RTOL
     assert rel_err(out, ref.gelu(pre)) < RTOL
     dout = f32(rng.standard_normal((N, C)))
     d = dout.copy()
-    K.gelu_backward_inplace(d, x)
+    GK.gelu_backward_inplace(d, x)
     assert rel_err(d, ref.gelu_back(dout.astype(np.float64), x.astype(np.float64))) < RTOL
     # and the analytic derivative matches finite differences of the float64 formula
     h = 1e-6
@@ -151,14 +153,14 @@ def test_softmax_crossentropy_loss_and_gradient(rng):
 def test_sum_of_squares_and_adamw(rng):
     n = 200_003  # several chunks and a ragged tail
     g = f32(rng.standard_normal(n))
-    assert abs(K.sum_of_squares(g) - float((g.astype(np.float64) ** 2).sum())) < 1e-4 * n
+    assert abs(optimizer.sum_of_squares(g) - float((g.astype(np.float64) ** 2).sum())) < 1e-4 * n
 
     p0 = f32(rng.standard_normal(n))
     m0, v0 = f32(rng.standard_normal(n) * 0.1), f32(rng.random(n) * 0.1)
     starts, ends = np.array([10, 150_000], np.int64), np.array([70_000, 180_000], np.int64)
     p, m, v = p0.copy(), m0.copy(), v0.copy()
     lr, b1, b2, eps, wd, t, scale = 1e-3, 0.9, 0.999, 1e-8, 0.1, 3, 0.5
-    K.adamw_update(p, g, m, v, starts, ends, lr, b1, b2, eps, wd, t, scale)
+    optimizer.adamw_update(p, g, m, v, starts, ends, lr, b1, b2, eps, wd, t, scale)
 
     gg = g.astype(np.float64) * scale
     em = b1 * m0 + (1 - b1) * gg

@@ -5,6 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
+from tui_llm.engine.machine import NotEnoughMemory
+
 from tests import reference_llama as ref
 from tests.accumulation_check import assert_accumulate_adds
 from tui_llm.engine.kernels import blas
@@ -167,11 +169,12 @@ def test_config_round_trip_and_errors():
         (dict(channels=30, head_dim=0), "divisible"),
         (dict(vocab_size=0), "vocab_size"),
         (dict(eos_token_id=500), "outside the vocabulary"),
-        (dict(num_layers=10_000, channels=8192, num_heads=64, ffn_channels=32768), "GiB"),
     ]
     for change, message in bad:
         with pytest.raises(LlamaConfigError, match=message):
             dataclasses.replace(cfg, **change)
+    with pytest.raises(NotEnoughMemory, match="GiB"):  # refused before the weights are allocated
+        dataclasses.replace(cfg, num_layers=10_000, channels=8192, num_heads=64, ffn_channels=32768)
     with pytest.raises(LlamaConfigError, match="unknown Llama config fields: colour"):
         LlamaConfig.from_dict({**d, "colour": 1})
     with pytest.raises(LlamaConfigError, match="arch 'gpt2'"):

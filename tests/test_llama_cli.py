@@ -259,7 +259,7 @@ def test_a_cached_name_gives_the_model_and_its_tokenizer(llama, tmp_path, monkey
 
 
 def test_sidecar_names_cover_splits_and_shards():
-    from tui_llm.engine.tokenizers.lookup import sidecar_path
+    from tui_llm.engine.data.sidecar import sidecar_path
 
     for name in ("data/web_train.bin", "data/web_val.bin", "data/web_train_000003.bin", "data/web_train_*.bin"):
         assert str(sidecar_path(name)) == "data/web.tokenizer.json"
@@ -300,7 +300,8 @@ def test_a_llama_without_a_tokenizer_is_refused_in_one_line(llama, tmp_path, cap
 
 
 def test_uint32_token_files_train(llama, tmp_path):
-    from tui_llm.engine.data.tokens import TrainLoader, open_dataset
+    from tui_llm.engine.data.tokens import open_dataset
+    from tui_llm.engine.data.loader import TrainLoader
 
     write_tokens(tmp_path / "w_train.bin", np.arange(200) % VOCAB, "llmc", wide=True)
     loader = TrainLoader(open_dataset(str(tmp_path / "w_train.bin"), vocab_size=VOCAB), 2, 8, shuffle=False)

@@ -5,7 +5,9 @@ import pytest
 
 from tests import reference_llama as ref
 from tests.test_attention import attention_reference
+from tui_llm.engine.kernels import common as K
 from tui_llm.engine.kernels import llama as LK
+from tui_llm.engine.kernels.compile import compile_kernels
 from tui_llm.engine.models.llama_config import LlamaConfig, rope_tables
 
 RTOL = 1e-5
@@ -125,7 +127,7 @@ def test_cached_attention_matches_causal_attention(rng):
     k_cache, v_cache = np.zeros((12, KV * hd), np.float32), np.zeros((12, KV * hd), np.float32)
     k_cache[:T], v_cache[:T] = qkv[0, :, H * hd:(H + KV) * hd], qkv[0, :, (H + KV) * hd:]
     atty = np.empty((T - t0, H * hd), np.float32)
-    LK.attention_cached(atty, qkv[0, t0:], k_cache, v_cache, t0, H, KV)
+    K.attention_cached(atty, qkv[0, t0:], k_cache, v_cache, t0, H, KV)
     assert rel_err(atty, eatty[0, t0:]) < RTOL
 
 
@@ -141,7 +143,7 @@ def test_embedding_backward_accumulates_repeats(rng):
 
 def test_compile_llama_kernels_reports_progress():
     seen = []
-    LK.compile_llama_kernels(lambda done, total, name: seen.append(name))
+    compile_kernels("llama", lambda done, total, name: seen.append(name))
     assert seen[-1] == "done" and {"rmsnorm", "rope", "swiglu", "attention (cached)"} <= set(seen)
 
 

@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tui_llm.engine.data.tokens import DataError, TrainLoader, ValLoader, open_dataset, open_tokens, write_tokens
+from tui_llm.engine.data.tokens import DataError, open_dataset, open_tokens, write_tokens
+
+from tui_llm.engine.data.loader import TrainLoader, ValLoader
 
 T = 3
 SPLITS = [(4, 1, 1), (1, 4, 1), (2, 1, 2), (1, 2, 2), (2, 2, 1), (1, 1, 4)]  # all R = 4 rows

@@ -168,7 +168,7 @@ def test_launcher_without_mpi4py_is_one_clear_error(monkeypatch):
 
 def test_loaders_under_mpi_split_the_single_process_batches(tmp_path):
     done = run_ranks(tmp_path, """
-        from tui_llm.engine.data.tokens import TrainLoader, ValLoader
+        from tui_llm.engine.data.loader import TrainLoader, ValLoader
         tokens = np.random.default_rng(0).integers(0, 50257, size=7 * 8 * 4 + 1).astype(np.uint16)
         single = TrainLoader(tokens, B=8, T=4)
         mine = TrainLoader(tokens, B=2, T=4, grad_accum=2, rank=world.rank, world_size=world.size)

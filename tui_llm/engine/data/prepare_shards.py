@@ -234,7 +234,7 @@ def prepare_corpus_shards(inputs, out_dir="data", name: str | None = None, shard
 
     Returns the two glob patterns (as paths) in PreparedDataset.train_path / val_path.
     """
-    from tui_llm.engine.tokenizers.lookup import sidecar_bytes, sidecar_path
+    from tui_llm.engine.data.sidecar import sidecar_bytes, sidecar_path
 
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or not 0 < shard_size <= MAX_LLMC_SHARD:
         raise PrepareError(f"--shard-size must be a number of tokens in 1..{MAX_LLMC_SHARD:,}, got {shard_size}")

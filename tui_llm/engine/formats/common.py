@@ -13,7 +13,7 @@ import numpy as np
 
 from tui_llm.engine.errors import TuiLlmError
 
-from tui_llm.engine.models.gpt2_config import GPTConfig, num_parameters, param_ranges, physical_memory_bytes
+from tui_llm.engine.models.gpt2_config import GPTConfig, num_parameters, param_ranges
 
 # Values converted per chunk when encoding/decoding bf16 or scanning for NaN: bounds temporaries to a few MB.
 CHUNK = 1 << 20
@@ -66,13 +66,6 @@ def file_size(path) -> int:
     if not os.path.isfile(path):
         raise CheckpointError(path, "not a regular file")
     return st.st_size
-
-
-def check_fits_in_memory(path, nbytes: int, what: str) -> None:
-    """Refuse to allocate `nbytes` (declared by a file) when they exceed this machine's memory."""
-    have = physical_memory_bytes()
-    if have and nbytes > have:
-        raise CheckpointError(path, f"{what} would take {nbytes / 1e9:,.1f} GB; this machine has {have / 1e9:,.1f} GB")
 
 
 def millions(cfg: GPTConfig) -> str:

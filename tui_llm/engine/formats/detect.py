@@ -18,7 +18,7 @@ from tui_llm.engine.formats.llmc import LLMC_MAGIC, LLMC_VERSIONS, OTHER_LLMC_MA
 from tui_llm.engine.formats.safetensors import MAX_HEADER_BYTES, read_header
 from tui_llm.engine.formats.checkpoint import TRAINING_FORMAT, load_training_params
 from tui_llm.engine.formats.hf_llama import hf_model_type, read_hf_llama
-from tui_llm.engine.formats.hf_gpt2 import find_hf_cached
+from tui_llm.engine.hf_cache import find_hf_cached
 
 
 def detect_checkpoint_kind(path) -> str:

@@ -9,7 +9,6 @@ Written: what transformers' GPT2LMHeadModel.from_pretrained loads.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,8 @@ from tui_llm.engine.models.gpt2_config import EOT_TOKEN, GPTConfig, ParamTensors
 from tui_llm.engine.formats.atomic import atomic_files, atomic_write
 from tui_llm.engine.formats.common import CheckpointError, check_finite, file_size
 from tui_llm.engine.formats.safetensors import read_header, read_tensor, write_safetensors
+from tui_llm.engine.hf_cache import HF_CONFIG, HF_WEIGHTS, find_hf_cached, hf_cache_dir
 
-HF_WEIGHTS = "model.safetensors"
-HF_CONFIG = "config.json"
 MAX_CONFIG_BYTES = 1 << 20  # a GPT-2 config.json is ~1 KB
 # Per-layer tensors: (HF name under h.{l}., our name, stored as Conv1D (in, out) = transposed).
 _HF_LAYER_KEYS = (
@@ -51,36 +49,6 @@ def _hf_tensor_map(p: ParamTensors) -> list[tuple[str, np.ndarray, bool]]:
 
 # ---------------------------------------------------------------------------------------
 # Finding the files
-
-
-def hf_cache_dir() -> Path:
-    """Where huggingface_hub keeps downloaded repos (same environment variables, same order)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg).expanduser() / "huggingface" / "hub"
-
-
-def find_hf_cached(name: str) -> Path | None:
-    """The snapshot directory of a model in the local HF cache holding both config.json and
-    model.safetensors, or None. 'gpt2' also finds 'openai-community/gpt2' (the repo's newer name)."""
-    names = [name] if "/" in name else [name, f"openai-community/{name}", f"distilbert/{name}"]
-    for repo in names:
-        repo_dir = hf_cache_dir() / ("models--" + repo.replace("/", "--"))
-        snapshots = repo_dir / "snapshots"
-        if not snapshots.is_dir():
-            continue
-        complete = [d for d in snapshots.iterdir() if (d / HF_CONFIG).is_file() and (d / HF_WEIGHTS).is_file()]
-        # Prefer the revision refs/main points at; otherwise the most recently downloaded one.
-        ref = repo_dir / "refs" / "main"
-        main = snapshots / ref.read_text().strip() if ref.is_file() else None
-        if main in complete:
-            return main
-        if complete:
-            return max(complete, key=lambda d: d.stat().st_mtime)
-    return None
 
 
 def hf_files(path_or_name) -> tuple[Path, Path]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tui_llm.engine.formats.common import CheckpointError, check_finite
+from tui_llm.engine.machine import NotEnoughMemory
 from tui_llm.engine.models.llama_config import LlamaConfig, LlamaConfigError, LlamaParams, check_rope_scaling
 
 WEIGHTS = "model.safetensors"
@@ -111,7 +112,7 @@ def config_from_hf(hf: dict, path=CONFIG, max_seq_len: int | None = None) -> Lla
             tied_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=model_type == "qwen2",
             qk_norm=model_type == "qwen3",
             bos_token_id=token("bos_token_id"), eos_token_id=token("eos_token_id"))
-    except LlamaConfigError as e:
+    except (LlamaConfigError, NotEnoughMemory) as e:
         raise CheckpointError(path, str(e)) from None
 
 

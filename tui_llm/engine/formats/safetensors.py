@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tui_llm.engine.formats.common import CHUNK, CheckpointError, check_fits_in_memory, read_exact, write_array
+from tui_llm.engine.formats.common import CHUNK, CheckpointError, read_exact, write_array
+from tui_llm.engine.machine import check_fits_memory
 
 # Storage dtype of each safetensors code (BF16 is stored as its bit pattern).
 DTYPES = {
@@ -126,7 +127,7 @@ def read_header(f, path) -> tuple[dict[str, Entry], dict[str, str], int]:
 
 def read_tensor(f, path, data_start: int, name: str, entry: Entry) -> np.ndarray:
     """A fresh native-endian array (BF16 widened to float32) holding one tensor of the file."""
-    check_fits_in_memory(path, (entry.end - entry.start) * (2 if entry.dtype == "BF16" else 1), f"tensor {name!r}")
+    check_fits_memory((entry.end - entry.start) * (2 if entry.dtype == "BF16" else 1), f"tensor {name!r}", path=path)
     f.seek(data_start + entry.start)
     if entry.dtype == "BF16":
         out = np.empty(entry.shape, np.float32)

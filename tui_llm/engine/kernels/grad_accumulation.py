@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from tui_llm.engine.kernels import blas
-from tui_llm.engine.kernels.common import accumulate as add_into
+from tui_llm.engine.kernels.optimizer import accumulate as add_into
 
 
 def needs_scratch() -> bool:

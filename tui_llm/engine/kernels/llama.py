@@ -3,7 +3,7 @@
 Same conventions as kernels.py (float32, `nogil` so the UI thread keeps running, `cache` so the
 compile happens once, `prange` over rows or heads); the sigmoid reuses its `exp_block`.
 Attention is shared with GPT-2: attention.py for training (grouped-query, through BLAS),
-kernels.attention_cached for sampling. Matrix products are not here: llama.py hands them to BLAS
+common.attention_cached for sampling. Matrix products are not here: llama.py hands them to BLAS
 through numpy.
 
 Letters: B batch, T time, N = B*T rows, C channels, H query heads, KV key/value heads
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from tui_llm.engine.kernels.common import EXP_BLOCK, JIT, PJIT, attention_cached, compile_calls, exp_block
+from tui_llm.engine.kernels.common import EXP_BLOCK, JIT, PJIT, exp_block
 
 
 # ---------------------------------------------------------------------------------------
@@ -200,26 +200,3 @@ def swiglu_backward(dfch, dout, fch):
                 # silu(g) = g * s, silu'(g) = s * (1 + g * (1 - s))
                 du[j] = db[j] * g[j] * s
                 dg[j] = db[j] * u[j] * s * (one + g[j] * (one - s))
-
-
-# ---------------------------------------------------------------------------------------
-
-def compile_llama_kernels(progress=None) -> None:
-    """Compile (or load from numba's cache) every kernel with the model's argument types."""
-    f32 = np.float32
-    a2, a1, r1 = np.zeros((2, 4), f32), np.zeros(4, f32), np.zeros(2, f32)
-    qkv3, y3 = np.zeros((1, 2, 16), f32), np.zeros((1, 2, 8), f32)
-    cs = np.ones((4, 2), f32)
-    calls = [
-        ("embedding", lambda: embedding_backward(a2, a2, np.zeros(2, np.int32))),
-        ("rmsnorm", lambda: (rmsnorm_forward(a2, r1, a2, a1, 1e-5), rmsnorm_backward(a2, a1, a2, a2, r1, a1, False))),
-        ("rope", lambda: rope_rotate(qkv3, cs, cs, 3, 0, 1.0)),
-        ("q/k norm", lambda: (head_rmsnorm_forward(qkv3[0][:, :8].reshape(2, 2, 4), np.zeros((2, 2, 4), f32),
-                                                   np.zeros((2, 2), f32), a1, 1e-5),
-                              head_rmsnorm_backward(qkv3[0][:, :8].reshape(2, 2, 4), a1.copy(),
-                                                    np.zeros((2, 2, 4), f32), np.ones((2, 2), f32), a1, False))),
-        ("swiglu", lambda: (swiglu_forward(a2[:, :2], a2), swiglu_backward(a2, a2[:, :2].copy(), a2.copy()))),
-        ("attention (cached)", lambda: attention_cached(y3[0], qkv3[0], np.zeros((4, 4), f32),
-                                                        np.zeros((4, 4), f32), 0, 2, 1)),
-    ]
-    compile_calls(calls, progress)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from tui_llm.engine.kernels import common as K
+
+from tui_llm.engine.kernels import gpt2 as GK
 from tui_llm.engine.kernels.attention import attention_backward, attention_forward
 from tui_llm.engine.models.gpt2_config import MATRIX_PARAMS, GPTConfig, ParamTensors, init_params, num_parameters
 from tui_llm.engine.kernels.grad_accumulation import head_grad, matmul_grad, needs_scratch
@@ -125,7 +127,7 @@ class GPT:
         inputs = np.ascontiguousarray(inputs, dtype=np.int32)
         self.inputs = inputs
 
-        K.encoder_forward(a.encoded.reshape(B, T, C), inputs, p.wte, p.wpe)
+        GK.encoder_forward(a.encoded.reshape(B, T, C), inputs, p.wte, p.wpe)
         residual = a.encoded
         for l in range(L):
             att = a.att[l]  # (B, NH, T, T) probabilities, kept for the backward pass
@@ -138,7 +140,7 @@ class GPT:
             self._mlp_block(l, a.residual3[l], a.residual2[l], a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l],
                             a.fch[l], a.fch_gelu[l], a.proj_out)
             residual = a.residual3[l]
-        K.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb)
+        GK.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb)
         np.matmul(a.lnf, p.wte.T, out=a.logits)  # (N, Vp)
 
         self.trained_forward = False
@@ -158,21 +160,21 @@ class GPT:
     def _attention_block(self, l, out, x, ln, mean, rstd, qkv, atty, proj, attend) -> None:
         """out = x + attproj(attend(qkv(ln1(x)))). x, out, ln, atty, proj: (N, C); qkv: (N, 3C); mean, rstd: (N,)."""
         p = self.params
-        K.layernorm_forward(ln, mean, rstd, x, p.ln1w[l], p.ln1b[l])
+        GK.layernorm_forward(ln, mean, rstd, x, p.ln1w[l], p.ln1b[l])
         np.matmul(ln, p.qkvw[l].T, out=qkv)
         K.add_bias(qkv, p.qkvb[l])
         attend(atty, qkv)
         np.matmul(atty, p.attprojw[l].T, out=proj)
-        K.residual_bias_forward(out, x, proj, p.attprojb[l])
+        GK.residual_bias_forward(out, x, proj, p.attprojb[l])
 
     def _mlp_block(self, l, out, x, ln, mean, rstd, fch, fch_gelu, proj) -> None:
         """out = x + fcproj(gelu(fc(ln2(x)))). x, out, ln, proj: (N, C); fch, fch_gelu: (N, 4C)."""
         p = self.params
-        K.layernorm_forward(ln, mean, rstd, x, p.ln2w[l], p.ln2b[l])
+        GK.layernorm_forward(ln, mean, rstd, x, p.ln2w[l], p.ln2b[l])
         np.matmul(ln, p.fcw[l].T, out=fch)          # pre-activation, bias added by the next kernel
-        K.bias_gelu_forward(fch_gelu, fch, p.fcb[l])
+        GK.bias_gelu_forward(fch_gelu, fch, p.fcb[l])
         np.matmul(fch_gelu, p.fcprojw[l].T, out=proj)
-        K.residual_bias_forward(out, x, proj, p.fcprojb[l])
+        GK.residual_bias_forward(out, x, proj, p.fcprojb[l])
 
     # -----------------------------------------------------------------------------------
     # Generation: positions t0.. appended to a key/value cache
@@ -207,7 +209,7 @@ class GPT:
             self._attention_block(l, x, x, b["ln"], b["mean"], b["rstd"], b["qkv"], b["atty"], b["proj"], attend)
             self._mlp_block(l, x, x, b["ln"], b["mean"], b["rstd"], b["fch"], b["fch_gelu"], b["proj"])
         last = slice(n - 1, n)
-        K.layernorm_forward(b["ln"][last], b["mean"][last], b["rstd"][last], x[last], p.lnfw, p.lnfb)
+        GK.layernorm_forward(b["ln"][last], b["mean"][last], b["rstd"][last], x[last], p.lnfw, p.lnfb)
         np.matmul(b["ln"][last], p.wte.T, out=cache.logits)
         return cache.logits[0]
 
@@ -244,7 +246,7 @@ class GPT:
         np.matmul(dlogits, p.wte, out=a.d_c)                 # d lnf
         dres[:] = 0.0
         last = a.residual3[L - 1] if L > 0 else a.encoded
-        K.layernorm_backward(dres, g.lnfw, g.lnfb, a.d_c, last, a.lnf_mean, a.lnf_rstd, p.lnfw, acc)
+        GK.layernorm_backward(dres, g.lnfw, g.lnfb, a.d_c, last, a.lnf_mean, a.lnf_rstd, p.lnfw, acc)
 
         for l in reversed(range(L)):
             residual = a.encoded if l == 0 else a.residual3[l - 1]
@@ -252,11 +254,11 @@ class GPT:
             matmul_grad(g.fcprojw[l], dres.T, a.fch_gelu[l], scratch, acc)
             K.column_sum(g.fcprojb[l], dres, acc)
             np.matmul(dres, p.fcprojw[l], out=a.d_4c)          # d gelu output
-            K.gelu_backward_inplace(a.d_4c, a.fch[l])       # d fc output
+            GK.gelu_backward_inplace(a.d_4c, a.fch[l])       # d fc output
             matmul_grad(g.fcw[l], a.d_4c.T, a.ln2[l], scratch, acc)
             K.column_sum(g.fcb[l], a.d_4c, acc)
             np.matmul(a.d_4c, p.fcw[l], out=a.d_c)             # d ln2 output
-            K.layernorm_backward(dres, g.ln2w[l], g.ln2b[l], a.d_c, a.residual2[l],
+            GK.layernorm_backward(dres, g.ln2w[l], g.ln2b[l], a.d_c, a.residual2[l],
                                  a.ln2_mean[l], a.ln2_rstd[l], p.ln2w[l], acc)
             # attention block
             matmul_grad(g.attprojw[l], dres.T, a.atty[l], scratch, acc)
@@ -267,12 +269,12 @@ class GPT:
             matmul_grad(g.qkvw[l], a.d_3c.T, a.ln1[l], scratch, acc)
             K.column_sum(g.qkvb[l], a.d_3c, acc)
             np.matmul(a.d_3c, p.qkvw[l], out=a.d_c)            # d ln1 output
-            K.layernorm_backward(dres, g.ln1w[l], g.ln1b[l], a.d_c, residual,
+            GK.layernorm_backward(dres, g.ln1w[l], g.ln1b[l], a.d_c, residual,
                                  a.ln1_mean[l], a.ln1_rstd[l], p.ln1w[l], acc)
 
         if not acc:
             g.wpe[:] = 0.0
-        K.encoder_backward(g.wte, g.wpe, dres.reshape(B, T, C), self.inputs)
+        GK.encoder_backward(g.wte, g.wpe, dres.reshape(B, T, C), self.inputs)
         self.trained_forward = False
 
 

@@ -8,10 +8,10 @@ moments use exactly the same layout, so one flat loop updates everything.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from tui_llm.engine.machine import check_fits_memory
 
 GPT2_VOCAB_SIZE = 50257
 EOT_TOKEN = 50256
@@ -62,10 +62,8 @@ class GPTConfig:
             raise ValueError(f"channels ({self.channels}) must be divisible by heads ({self.num_heads})")
         if self.padded_vocab_size < self.vocab_size:
             raise ValueError(f"padded vocab {self.padded_vocab_size} < vocab {self.vocab_size}")
-        need, have = training_bytes(self), physical_memory_bytes()
-        if have and need > have:
-            raise ValueError(f"{num_parameters(self):,} parameters need {need / 1e9:,.1f} GB for weights, gradients "
-                             f"and AdamW state; this machine has {have / 1e9:,.1f} GB")
+        check_fits_memory(training_bytes(self), f"training {num_parameters(self):,} parameters (weights, "
+                                                "gradients and AdamW state)")
 
     @property
     def head_size(self) -> int:
@@ -154,14 +152,6 @@ def num_parameters(cfg: GPTConfig) -> int:
 def training_bytes(cfg: GPTConfig) -> int:
     """float32 params + grads + AdamW m and v: the least memory training this model takes."""
     return 4 * 4 * num_parameters(cfg)
-
-
-def physical_memory_bytes() -> int:
-    """Physical memory of this machine (0 when the OS does not say: then nothing is refused)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # Windows has no sysconf
-        return 0
 
 
 class ParamTensors:

@@ -29,8 +29,9 @@ from tui_llm.engine.kernels import common as K
 from tui_llm.engine.kernels import llama as LK
 from tui_llm.engine.kernels.attention import attention_backward, attention_forward
 from tui_llm.engine.kernels.grad_accumulation import head_grad, matmul_grad, needs_scratch
+from tui_llm.engine.machine import check_fits_memory
 from tui_llm.engine.models.llama_config import (MATRIX_PARAMS, LlamaConfig, LlamaConfigError, LlamaParams,
-                                         check_fits_memory, num_parameters, rope_tables)
+                                                num_parameters, rope_tables)
 
 
 __all__ = ["Llama", "LlamaConfig", "LlamaConfigError", "KVCache", "training_memory_bytes"]
@@ -235,7 +236,7 @@ class Llama:
         else:
             cache.k[l, t0:t0 + T] = b.qkv[:, QD:QD + KVD]
             cache.v[l, t0:t0 + T] = b.qkv[:, QD + KVD:]
-            LK.attention_cached(b.atty, b.qkv, cache.k[l], cache.v[l], t0, H, KV)
+            K.attention_cached(b.atty, b.qkv, cache.k[l], cache.v[l], t0, H, KV)
         np.matmul(b.atty, p.attprojw[l].T, out=b.proj)                             # (N, C)
         np.add(residual, b.proj, out=b.residual2)
         # MLP: residual3 = residual2 + fcproj(silu(gate) * up), [gate | up] = fc(rmsnorm(residual2))

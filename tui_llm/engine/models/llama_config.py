@@ -21,13 +21,13 @@ another, so each is a single BLAS product:
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from tui_llm.engine.models.gpt2_config import ParamTensors, pad_vocab
 from tui_llm.engine.errors import TuiLlmError
+from tui_llm.engine.machine import check_fits_memory
 
 ROPE_TYPES = ("linear", "llama3")
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -36,21 +36,6 @@ MATRIX_PARAMS = ("wte", "qkvw", "attprojw", "fcw", "fcprojw", "lm_head")  # weig
 
 class LlamaConfigError(TuiLlmError, ValueError):
     """A Llama configuration that cannot be built. str() is one line."""
-
-
-def physical_memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX
-        return None
-
-
-def check_fits_memory(nbytes: int, what: str) -> None:
-    """Refuse (one line) before allocating something larger than this machine's memory."""
-    ram = physical_memory_bytes()
-    if ram is not None and nbytes > ram:
-        raise LlamaConfigError(f"{what} needs {nbytes / 2**30:.1f} GiB, more than this machine's "
-                               f"{ram / 2**30:.1f} GiB of memory")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ import math
 from pathlib import Path
 
 from tui_llm.engine.models.gpt2_config import GPTConfig, preset_config
-from tui_llm.engine.formats import detect_checkpoint_kind, find_hf_cached, load_model_weights, load_training_checkpoint
+from tui_llm.engine.formats import detect_checkpoint_kind, load_model_weights, load_training_checkpoint
+from tui_llm.engine.hf_cache import find_hf_cached
+from tui_llm.engine.machine import NotEnoughMemory
 from tui_llm.engine.formats.hf_llama import hf_model_type
 from tui_llm.engine.models.llama import Llama, LlamaConfig, LlamaConfigError
 from tui_llm.engine.models.gpt2 import GPT
@@ -77,7 +79,7 @@ def fresh_model(c: RunConfig) -> tuple[GPT | Llama, str]:
             cfg = LlamaConfig(**sizes, num_kv_heads=c.kv_heads or 0,
                               ffn_channels=c.ffn_channels or 64 * math.ceil(8 * C / 3 / 64),
                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-        except LlamaConfigError as e:
+        except (LlamaConfigError, NotEnoughMemory) as e:
             raise ConfigError(None, f"a Llama of these sizes cannot be built: {e}") from None
         return Llama.random_init(cfg, seed=c.seed), f"llama-{name}"
     try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tui_llm.engine.kernels import common as K
+from tui_llm.engine.kernels.optimizer import adamw_update, sum_of_squares
 from tui_llm.engine.models.gpt2 import GPT
 
 
@@ -51,7 +51,7 @@ class AdamW:
         """L2 norm (float64 accumulation) of grad_scale * grads (default: the model's gradients);
         with a shard, the caller adds up the shards' squares (the norm is global)."""
         grads = self.model.grads.flat if grads is None else grads
-        return math.sqrt(K.sum_of_squares(grads)) * grad_scale
+        return math.sqrt(sum_of_squares(grads)) * grad_scale
 
     def update(self, lr: float, grad_norm: float | None = None, grads: np.ndarray | None = None,
                grad_scale: float = 1.0) -> float:
@@ -67,7 +67,7 @@ class AdamW:
         if cfg.grad_clip > 0 and grad_norm > cfg.grad_clip:
             scale *= cfg.grad_clip / grad_norm
         self.step += 1
-        K.adamw_update(self.model.params.flat[self.start:self.end], grads, self.m, self.v,
+        adamw_update(self.model.params.flat[self.start:self.end], grads, self.m, self.v,
                        self.decay_starts, self.decay_ends, lr, cfg.beta1, cfg.beta2, cfg.eps,
                        cfg.weight_decay, self.step, scale)
         return grad_norm

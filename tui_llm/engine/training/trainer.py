@@ -29,17 +29,19 @@ import numpy as np
 
 from tui_llm.engine import events as ev
 from tui_llm.engine.errors import TuiLlmError
-from tui_llm.engine.kernels import common as kernels
+from tui_llm.engine.kernels.compile import compile_kernels
+from tui_llm.engine.kernels.optimizer import sum_of_squares
 from tui_llm.engine.models.build import build_model
 from tui_llm.engine.run.channel import ControlServer
 from tui_llm.engine.training.control import Control
-from tui_llm.engine.data.tokens import TrainLoader, ValLoader, open_dataset
+from tui_llm.engine.data.tokens import open_dataset
+from tui_llm.engine.data.loader import TrainLoader, ValLoader
 from tui_llm.engine.training.distributed import World
 from tui_llm.engine.formats import CheckpointError, save_training_checkpoint
 from tui_llm.engine.models.llama import Llama
-from tui_llm.engine.kernels.llama import compile_llama_kernels
 from tui_llm.engine.training.model_source import fresh_model, load_model_source
-from tui_llm.engine.tokenizers.lookup import check_data_tokenizer, find_tokenizer_dir, load_tokenizer
+from tui_llm.engine.data.sidecar import check_data_tokenizer
+from tui_llm.engine.tokenizers.lookup import find_tokenizer_dir, load_tokenizer
 from tui_llm.engine.training.optim import AdamW, AdamWConfig, learning_rate
 from tui_llm.engine.training.state import checkpoint_meta, model_config, read_resume_checkpoint, restore
 from tui_llm.engine.training.run_config import ConfigError, RunConfig, default_val_file, live_setting
@@ -240,9 +242,7 @@ class Trainer:
         try:
             set_threads(c.threads or self.world.threads_per_rank())
             progress = lambda done, total, name: emit(ev.Compiling(done=done, total=total, name=name))  # noqa: E731
-            kernels.compile_kernels(progress)
-            if isinstance(self.model, Llama):
-                compile_llama_kernels(progress)
+            compile_kernels("llama" if isinstance(self.model, Llama) else "gpt2", progress)
             if self.world.is_root:
                 self._open_history()
                 self.run_dir.write_config({"run_config": c.to_dict(), "model_config": self.model.config.to_dict(),
@@ -338,7 +338,7 @@ class Trainer:
             grad_norm = opt.grad_norm(grads, scale)
         else:
             grads = world.reduce_scatter_mean_(model.grads.flat)
-            squares = world.allreduce_sum_(np.array([kernels.sum_of_squares(grads)], np.float64))
+            squares = world.allreduce_sum_(np.array([sum_of_squares(grads)], np.float64))
             grad_norm = math.sqrt(squares[0]) * scale
         if not math.isfinite(grad_norm):
             raise TrainingError(f"non-finite gradient norm ({grad_norm}) at step {self.step + 1}: weights not updated")
@@ -411,7 +411,7 @@ class Trainer:
         t0 = time.perf_counter()
         try:
             for name, buf in (("weights", self.model.params.flat), ("AdamW m", adam_m), ("AdamW v", adam_v)):
-                if not math.isfinite(kernels.sum_of_squares(buf)):
+                if not math.isfinite(sum_of_squares(buf)):
                     raise TrainingError(f"not saving step {self.step}: the {name} are not finite")
             self.run_dir.sync_metrics()
             meta = checkpoint_meta(self)
