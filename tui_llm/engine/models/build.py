@@ -1,7 +1,7 @@
 """Which architecture a saved model config describes, and the model class that runs it.
 
 GPTConfig.to_dict() has no "arch" key (checkpoints written before Llama support neither);
-LlamaConfig.to_dict() says "arch": "llama". Both model classes share one API (model.GPT).
+LlamaConfig.to_dict() says "arch": "llama". Both model classes share one API (base.Model).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from tui_llm.engine.models import gpt2_config as gpt_config
 from tui_llm.engine.models import llama_config
 from tui_llm.engine.models.gpt2_config import GPTConfig
 from tui_llm.engine.models.llama import Llama, LlamaConfig
+from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.gpt2 import GPT
 
 
@@ -25,7 +26,7 @@ def config_from_dict(d: dict) -> GPTConfig | LlamaConfig:
     raise ValueError(f"unknown model architecture {arch!r} (gpt2 or llama)")
 
 
-def build_model(config: GPTConfig | LlamaConfig, params: np.ndarray | None = None) -> GPT | Llama:
+def build_model(config: GPTConfig | LlamaConfig, params: np.ndarray | None = None) -> Model:
     """A model over the given flat parameters (zeros if None)."""
     return (Llama if isinstance(config, LlamaConfig) else GPT)(config, params)
 

@@ -25,7 +25,8 @@ from tui_llm.engine.kernels import common as K
 
 from tui_llm.engine.kernels import gpt2 as GK
 from tui_llm.engine.kernels.attention import attention_backward, attention_forward
-from tui_llm.engine.models.gpt2_config import MATRIX_PARAMS, GPTConfig, ParamTensors, init_params, num_parameters
+from tui_llm.engine.models.base import Model
+from tui_llm.engine.models.gpt2_config import MATRIX_PARAMS, GPTConfig, ParamTensors, init_params
 from tui_llm.engine.kernels.grad_accumulation import head_grad, matmul_grad, needs_scratch
 
 
@@ -71,17 +72,15 @@ class Activations:
         return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
 
 
-class GPT:
-    def __init__(self, config: GPTConfig, params: np.ndarray | None = None):
-        self.config = config
-        self.num_parameters = num_parameters(config)
-        self.params = ParamTensors(config, params)
-        self.grads: ParamTensors | None = None
-        self.grad_scratch: np.ndarray | None = None   # backward(accumulate=True)'s, made on first use if needed
-        self.acts: Activations | None = None
-        self.inputs: np.ndarray | None = None
-        self.targets: np.ndarray | None = None
-        self.trained_forward = False
+class GPT(Model):
+    MATRIX_PARAMS = MATRIX_PARAMS
+
+    @staticmethod
+    def make_params(config: GPTConfig, params: np.ndarray | None = None) -> ParamTensors:
+        return ParamTensors(config, params)
+
+    def make_activations(self, B: int, T: int) -> Activations:
+        return Activations(self.config, B, T)
 
     # -----------------------------------------------------------------------------------
     @classmethod
@@ -96,20 +95,6 @@ class GPT:
             view *= np.float32(std)
 
         return cls(config, init_params(config, normal))
-
-    def decay_ranges(self) -> tuple[np.ndarray, np.ndarray]:
-        """[start, end) offsets of the matrix tensors in the flat buffer (weight-decayed ones)."""
-        ranges = sorted(self.params.offsets[name] for name in MATRIX_PARAMS)
-        return (np.array([r[0] for r in ranges], np.int64), np.array([r[1] for r in ranges], np.int64))
-
-    def _ensure_buffers(self, B: int, T: int) -> Activations:
-        cfg = self.config
-        if T > cfg.max_seq_len:
-            raise ValueError(f"sequence length {T} exceeds the model's maximum {cfg.max_seq_len}")
-        if self.acts is None or (self.acts.B, self.acts.T) != (B, T):
-            self.acts = None  # free the old buffers before allocating new ones
-            self.acts = Activations(cfg, B, T)
-        return self.acts
 
     # -----------------------------------------------------------------------------------
     def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False):
@@ -214,11 +199,6 @@ class GPT:
         return cache.logits[0]
 
     # -----------------------------------------------------------------------------------
-    def allocate_grads(self) -> ParamTensors:
-        if self.grads is None:
-            self.grads = ParamTensors(self.config)
-        return self.grads
-
     def backward(self, accumulate: bool = False) -> None:
         """Every parameter gradient for the last training forward: written into self.grads, or
         added to them with accumulate=True (the next micro-batch of an accumulated step).

@@ -30,6 +30,7 @@ from tui_llm.engine.kernels import llama as LK
 from tui_llm.engine.kernels.attention import attention_backward, attention_forward
 from tui_llm.engine.kernels.grad_accumulation import head_grad, matmul_grad, needs_scratch
 from tui_llm.engine.machine import check_fits_memory
+from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.llama_config import (MATRIX_PARAMS, LlamaConfig, LlamaConfigError, LlamaParams,
                                                 num_parameters, rope_tables)
 
@@ -148,19 +149,21 @@ class KVCache:
         return x, BlockBuffers(ln, rstd, qkv, None, atty, x, ln2, rstd2, fch, fch_act, x, proj, qk_norm)
 
 
-class Llama:
+class Llama(Model):
+    MATRIX_PARAMS = MATRIX_PARAMS
+
     def __init__(self, config: LlamaConfig, params: np.ndarray | None = None):
-        self.config = config
-        self.num_parameters = num_parameters(config)
-        self.params = LlamaParams(config, params)
-        self.grads: LlamaParams | None = None
-        self.grad_scratch: np.ndarray | None = None   # backward(accumulate=True)'s, made on first use if needed
-        self.acts: Activations | None = None
-        self.inputs: np.ndarray | None = None
-        self.targets: np.ndarray | None = None
-        self.trained_forward = False
+        super().__init__(config, params)
         self.rope_cos, self.rope_sin = rope_tables(config, config.max_seq_len)  # (maxT, hd/2)
         self.eps = np.float32(config.rms_norm_eps)
+
+    @staticmethod
+    def make_params(config: LlamaConfig, params: np.ndarray | None = None) -> LlamaParams:
+        return LlamaParams(config, params)
+
+    def make_activations(self, B: int, T: int) -> Activations:
+        check_fits_memory(Activations.nbytes_for(self.config, B, T), f"batch {B} x {T}'s activations")
+        return Activations(self.config, B, T)
 
     # -----------------------------------------------------------------------------------
     @classmethod
@@ -191,26 +194,10 @@ class Llama:
             p.knormw[:] = 1.0
         return model
 
-    def decay_ranges(self) -> tuple[np.ndarray, np.ndarray]:
-        """[start, end) offsets of the matrix tensors in the flat buffer (weight-decayed ones)."""
-        ranges = sorted(self.params.offsets[name] for name in MATRIX_PARAMS if name in self.params.offsets)
-        return (np.array([r[0] for r in ranges], np.int64), np.array([r[1] for r in ranges], np.int64))
-
     def head(self) -> np.ndarray:
         """The output matrix (Vp, C): wte when tied."""
         return self.params.wte if self.config.tied_embeddings else self.params.lm_head
 
-    def _ensure_buffers(self, B: int, T: int) -> Activations:
-        cfg = self.config
-        if T > cfg.max_seq_len:
-            raise ValueError(f"sequence length {T} exceeds the model's maximum {cfg.max_seq_len}")
-        if self.acts is None or (self.acts.B, self.acts.T) != (B, T):
-            self.acts = None  # free the old buffers before allocating new ones
-            check_fits_memory(Activations.nbytes_for(cfg, B, T), f"batch {B} x {T}'s activations")
-            self.acts = Activations(cfg, B, T)
-        return self.acts
-
-    # -----------------------------------------------------------------------------------
     def _block(self, l: int, residual: np.ndarray, b: BlockBuffers, B: int, T: int, t0: int,
                cache: KVCache | None) -> None:
         """Layer l on rows (B*T, C) at positions t0..t0+T-1; writes b.residual3.
@@ -279,11 +266,6 @@ class Llama:
         return float(a.losses.sum(dtype=np.float32) / N)
 
     # -----------------------------------------------------------------------------------
-    def allocate_grads(self) -> LlamaParams:
-        if self.grads is None:
-            self.grads = LlamaParams(self.config)
-        return self.grads
-
     def backward(self, accumulate: bool = False) -> None:
         """Every parameter gradient for the last training forward: written into self.grads, or
         added to them with accumulate=True (the next micro-batch of an accumulated step). The

@@ -20,6 +20,7 @@ from tui_llm.engine.hf_cache import find_hf_cached
 from tui_llm.engine.machine import NotEnoughMemory
 from tui_llm.engine.formats.hf_llama import hf_model_type
 from tui_llm.engine.models.llama import Llama, LlamaConfig, LlamaConfigError
+from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.gpt2 import GPT
 from tui_llm.engine.tokenizers.lookup import load_tokenizer
 from tui_llm.engine.training.run_config import ConfigError, RunConfig
@@ -58,7 +59,7 @@ def recorded_tokenizer(target: str) -> str | None:
     return None
 
 
-def fresh_model(c: RunConfig) -> tuple[GPT | Llama, str]:
+def fresh_model(c: RunConfig) -> tuple[Model, str]:
     """A new model of the preset's sizes (or the given ones), and its name."""
     tokenizer = load_tokenizer(c.tokenizer) if c.tokenizer else None
     try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tui_llm.engine.kernels.optimizer import adamw_update, sum_of_squares
-from tui_llm.engine.models.gpt2 import GPT
+from tui_llm.engine.models.base import Model
 
 
 @dataclass
@@ -29,7 +29,7 @@ class AdamW:
     gathers the weights after each update and the state for a checkpoint).
     """
 
-    def __init__(self, model: GPT, config: AdamWConfig | None = None, shard: tuple[int, int] | None = None):
+    def __init__(self, model: Model, config: AdamWConfig | None = None, shard: tuple[int, int] | None = None):
         self.model = model
         self.config = config or AdamWConfig()
         self.start, self.end = shard if shard is not None else (0, model.num_parameters)
