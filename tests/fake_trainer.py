@@ -103,7 +103,7 @@ class FakeTrainer:
     # -- the protocol --------------------------------------------------------------------
 
     def history(self) -> list[dict]:
-        return self._history + self.run_dir.read_metrics()
+        return self._history + self.run_dir.metrics.read()
 
     def sample(self, prompt: str = "") -> ev.Sample:
         return self._sample_event(prompt)
@@ -115,8 +115,8 @@ class FakeTrainer:
         self._compiled.wait()  # commands sent meanwhile wait in the inbox
         if not self.run_dir.path.exists():
             self.run_dir.create()
-        metrics = self.run_dir.metrics_path
-        self.run_dir.open_metrics(metrics.stat().st_size if self.step and metrics.exists() else 0)
+        metrics = self.run_dir.metrics.path
+        self.run_dir.metrics.open(metrics.stat().st_size if self.step and metrics.exists() else 0)
         self._record(ev.RunStarted(
             run_dir=str(self.run_dir.path), model_name="fake-tiny", run_config={}, model_config={},
             num_params=123_456, memory_bytes=4 * 4 * 123_456, train_file="fake.txt",
@@ -185,7 +185,7 @@ class FakeTrainer:
 
     def _record(self, event: ev.Event) -> None:
         if not isinstance(event, ev.Compiling):
-            self.run_dir.append(event.to_json())
+            self.run_dir.metrics.append(event.to_json())
         self._emit(event)
 
     def _train_step(self) -> None:

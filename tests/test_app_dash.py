@@ -178,7 +178,7 @@ def other_run(path, steps: int):
 
 
 async def test_watch_two_runs_overlays_legend_toggle_reference_and_live_refresh(locked, tmp_path):
-    from tui_llm.engine.run.overlays import load_overlays
+    from tui_llm.widgets.overlays import load_overlays
 
     write(locked.path, start(), *[train(s) for s in range(1, 30)])
     beta = other_run(tmp_path / "beta", 40)
@@ -230,7 +230,7 @@ def test_bad_overlays_are_one_line_and_status_2(tmp_path):
 
 
 def test_reference_from_metrics_csv_and_jsonl(tmp_path):
-    from tui_llm.engine.run.overlays import Overlay
+    from tui_llm.widgets.overlays import Overlay
 
     run = other_run(tmp_path / "run", 12)
     write(run, ev.Validation(step=12, loss=3.0))
@@ -244,7 +244,7 @@ def test_reference_from_metrics_csv_and_jsonl(tmp_path):
 
 async def test_training_with_compare_draws_the_other_run_under_this_one(tmp_path):
     from tests.fake_trainer import FakeTrainer
-    from tui_llm.engine.run.overlays import Overlay
+    from tui_llm.widgets.overlays import Overlay
 
     beta = other_run(tmp_path / "beta", 20)
     trainer = FakeTrainer(tmp_path / "run")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from tui_llm.engine.formats import save_training_checkpoint
-from tui_llm.engine.run.run_dir import RunDir, RunDirError, checkpoint_name, read_records
+from tui_llm.engine.run.metrics_log import MetricsLog
+from tui_llm.engine.run.run_dir import RunDir, RunDirError, checkpoint_name
 
 
 def test_a_fresh_run_refuses_a_directory_with_a_run_in_it(tmp_path):
@@ -52,21 +53,21 @@ def test_lock_refuses_a_second_trainer_and_temp_files_are_cleaned(tmp_path):
 
 def test_history_is_cut_back_to_the_checkpoint_and_a_torn_line_is_never_read(tmp_path):
     d = RunDir(tmp_path)
-    d.open_metrics(0)
+    d.metrics.open(0)
     for step in range(1, 4):
-        d.append({"type": "train", "step": step, "loss": 1.0})
-    mark = d.metrics_size()
-    d.append({"type": "checkpoint", "step": 3, "path": str(tmp_path / checkpoint_name(3))})
-    d.append({"type": "sample", "step": 3, "text": "kept? no: after the checkpoint"})
-    d.append({"type": "train", "step": 4, "loss": 1.0})
+        d.metrics.append({"type": "train", "step": step, "loss": 1.0})
+    mark = d.metrics.size()
+    d.metrics.append({"type": "checkpoint", "step": 3, "path": str(tmp_path / checkpoint_name(3))})
+    d.metrics.append({"type": "sample", "step": 3, "text": "kept? no: after the checkpoint"})
+    d.metrics.append({"type": "train", "step": 4, "loss": 1.0})
     d.close()
     with open(tmp_path / "metrics.jsonl", "ab") as f:
         f.write(b'{"type": "train", "st')  # a crash in the middle of a write
-    assert [r["step"] for r in read_records(tmp_path / "metrics.jsonl")] == [1, 2, 3, 3, 3, 4]
-    end = d.history_end(mark, tmp_path / checkpoint_name(3))
-    d.open_metrics(end)
+    assert [r["step"] for r in MetricsLog(tmp_path / "metrics.jsonl").read()] == [1, 2, 3, 3, 3, 4]
+    end = d.metrics.history_end(mark, tmp_path / checkpoint_name(3))
+    d.metrics.open(end)
     d.close()
-    records = read_records(tmp_path / "metrics.jsonl")
+    records = MetricsLog(tmp_path / "metrics.jsonl").read()
     assert [r["type"] for r in records] == ["train", "train", "train", "checkpoint"]
 
 
@@ -74,11 +75,11 @@ def test_checkpoint_size_does_not_grow_with_the_history(tmp_path):
     """A checkpoint stores where the history stood, never the history: same header at step 10
     and after 100,000 recorded steps."""
     d = RunDir(tmp_path)
-    d.open_metrics(0)
+    d.metrics.open(0)
     arrays = {"params": np.ones(1000, np.float32)}
 
     def save(step):
-        meta = {"step": step, "history_bytes": d.metrics_size()}
+        meta = {"step": step, "history_bytes": d.metrics.size()}
         path = tmp_path / checkpoint_name(step)
         t0 = time.perf_counter()
         save_training_checkpoint(path, arrays, meta)
@@ -86,7 +87,7 @@ def test_checkpoint_size_does_not_grow_with_the_history(tmp_path):
         return header, time.perf_counter() - t0
 
     for step in range(1, 11):
-        d.append({"type": "train", "step": step, "loss": 2.5, "lr": 1e-4, "grad_norm": 1.0})
+        d.metrics.append({"type": "train", "step": step, "loss": 2.5, "lr": 1e-4, "grad_norm": 1.0})
     small, _ = save(10)
     with open(tmp_path / "metrics.jsonl", "ab") as f:
         f.write(b"".join(json.dumps({"type": "train", "step": s, "loss": 2.5}).encode() + b"\n"
@@ -97,10 +98,10 @@ def test_checkpoint_size_does_not_grow_with_the_history(tmp_path):
 
 def test_csv_export_has_one_row_per_step(tmp_path):
     d = RunDir(tmp_path)
-    d.open_metrics(0)
-    d.append({"type": "val", "step": 0, "loss": 3.0})
-    d.append({"type": "train", "step": 1, "loss": 2.0, "lr": 0.1})
-    d.append({"type": "sample", "step": 1, "text": "x"})
+    d.metrics.open(0)
+    d.metrics.append({"type": "val", "step": 0, "loss": 3.0})
+    d.metrics.append({"type": "train", "step": 1, "loss": 2.0, "lr": 0.1})
+    d.metrics.append({"type": "sample", "step": 1, "text": "x"})
     out = d.export_csv()
     lines = out.read_text().splitlines()
     assert lines[0].startswith("step,loss,val_loss")

@@ -128,7 +128,7 @@ def _train(argv, signals: StopSignals) -> int:
     if args.compare:
         if args.no_ui:
             raise UsageError("--compare draws on the dashboard; it does not go with --no-ui")
-        from tui_llm.engine.run.overlays import Overlay, overlay_names
+        from tui_llm.widgets.overlays import Overlay, overlay_names
 
         overlays = [Overlay(path, name) for path, name in zip(args.compare, overlay_names(args.compare))]
     if args.resume:

@@ -43,7 +43,7 @@ def cmd_watch(argv) -> int:
         print(f"watching {safe_text(args.run_dirs[0])}; the other runs and --reference are drawn by the dashboard only",
               file=sys.stderr)
     if not args.no_ui:
-        from tui_llm.engine.run.overlays import load_overlays
+        from tui_llm.widgets.overlays import load_overlays
 
         overlays, live_name = load_overlays(args.run_dirs[0], args.run_dirs[1:], args.reference)
     if args.no_ui:

@@ -13,7 +13,7 @@ and checkpoint metadata.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 
 
@@ -124,9 +124,9 @@ class Sample(Event):
     step: int
     prompt: str
     text: str
-    token_ids: list = field(default_factory=list)
-    token_texts: list = field(default_factory=list)   # decoded text of each generated token
-    token_probs: list = field(default_factory=list)   # probability each token was drawn with
+    token_ids: list[int] = field(default_factory=list)
+    token_texts: list[str] = field(default_factory=list)   # decoded text of each generated token
+    token_probs: list[float] = field(default_factory=list)  # probability each token was drawn with
     tok_per_s: float = 0.0
     kind = "sample"
 
@@ -194,14 +194,48 @@ EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in (
 
 
 def event_from_json(record: dict) -> Event | None:
-    """The event a metrics.jsonl record was written from (None for an unknown or malformed record)."""
+    """The event a metrics.jsonl record was written from, or None for an unknown or malformed
+    record: every field must be present (unless it has a default) and of its declared type, so
+    whoever shows the event can trust it (a record is data from a file); other keys are ignored."""
     cls = EVENT_TYPES.get(record.get("type")) if isinstance(record, dict) else None
     if cls is None:
         return None
-    try:
-        return cls(**{k: v for k, v in record.items() if k != "type"})
-    except TypeError:
+    checks = _field_checks(cls)
+    values = {k: v for k, v in record.items() if k in checks}  # keys of other versions are ignored
+    if not all(checks[k](v) for k, v in values.items()):
         return None
+    try:
+        return cls(**values)
+    except TypeError:  # a field without a default is missing
+        return None
+
+
+_ENUMS = {"FinishReason": FinishReason, "SaveReason": SaveReason, "Level": Level}
+_SCALARS = {"int": lambda v: type(v) is int, "float": lambda v: type(v) in (int, float),
+            "str": lambda v: isinstance(v, str), "dict": lambda v: isinstance(v, dict), "None": lambda v: v is None}
+
+
+def _accepts(annotation: str):
+    """A check for a value of the annotated type: `int`, `float`, `str | None`, `list[int]`, an enum, ..."""
+    options = []
+    for option in (a.strip() for a in annotation.split("|")):
+        if option.startswith("list[") and option.endswith("]"):
+            item = _SCALARS[option[5:-1]]
+            options.append(lambda v, item=item: isinstance(v, list) and all(item(x) for x in v))
+        elif option in _ENUMS:
+            options.append(lambda v, enum=_ENUMS[option]: v in {m.value for m in enum})
+        else:
+            options.append(_SCALARS[option])
+    return lambda v: any(check(v) for check in options)
+
+
+_CHECKS: dict[type, dict] = {}
+
+
+def _field_checks(cls: type) -> dict:
+    if cls not in _CHECKS:
+        _CHECKS[cls] = {f.name: _accepts(str(f.type)) for f in fields(cls)}
+    return _CHECKS[cls]
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tui_llm.engine.run.overlays import Overlay
+from tui_llm.widgets.overlays import Overlay
 from tui_llm.widgets.plotext_charts import MARKER, draw_chart, duration_label, human_number
 from tui_llm.widgets.text_charts import AXIS, Columns, Line, Points, Row, tick_label
 

@@ -38,6 +38,7 @@ from tui_llm.engine import events as ev
 from tui_llm.engine.formats.atomic import atomic_write
 from tui_llm.engine.run.run_dir import CONTROL_ADDRESS, CONTROL_SOCKET
 from tui_llm.engine.errors import TuiLlmError
+from tui_llm.engine.jsonline import BadLine, parse_object
 
 SOCKET, ADDRESS = CONTROL_SOCKET, CONTROL_ADDRESS
 MAX_PATH = 107          # sun_path is 108 bytes with its terminating NUL
@@ -220,10 +221,14 @@ class ControlServer:
             self._drop(conn)
 
     def _answer(self, line: bytes) -> dict:
+        """The reply to one request line. Nothing a client sends escapes as an exception: the run
+        must go on whatever arrives (bad bytes, deep or huge JSON, wrong types, unknown commands)."""
         try:
-            command = command_from_json(json.loads(line), self.check_setting)
-        except ValueError as e:  # JSONDecodeError, ConfigError and our own are ValueErrors
+            command = command_from_json(parse_object(line, MAX_LINE), self.check_setting)
+        except (ValueError, TypeError, OverflowError) as e:  # BadLine, ConfigError and our own are ValueErrors
             return {"ok": False, "error": str(e).splitlines()[0] if str(e) else type(e).__name__}
+        except Exception as e:  # a check that failed in a way nobody foresaw: still only this request's error
+            return {"ok": False, "error": f"cannot apply this request ({type(e).__name__})"}
         if command is not None:
             self.submit(command)
         return {"ok": True}
@@ -315,10 +320,9 @@ class ControlClient:
             raise ChannelError(f"the control channel failed: {e.strerror or e}") from None
         line, self._buf = self._buf.split(b"\n", 1)
         try:
-            reply = json.loads(line)
-        except ValueError:
+            return parse_object(line, MAX_LINE)
+        except BadLine:
             raise ChannelError("the trainer sent an unreadable reply") from None
-        return reply if isinstance(reply, dict) else {"ok": False, "error": "unexpected reply"}
 
     def send(self, command: ev.Command) -> dict:
         return self.request(command_to_json(command))

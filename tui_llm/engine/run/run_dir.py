@@ -7,26 +7,26 @@
         keep.json                    checkpoints marked to keep (never pruned)
         .lock                        held (flock) while a process trains here
 
-`metrics.jsonl` is the run's only history. A checkpoint records how many bytes of it existed
-when it was written; resuming from that checkpoint cuts the file back to there, so the history
-and the weights always agree. Each record is appended with one write; a torn last line (a crash
-or a full disk in the middle of a write) is cut off, never parsed.
+`metrics.jsonl` is the run's only history, read and written by metrics_log.MetricsLog
+(`run_dir.metrics`): a checkpoint records how much of it existed, and a resume cuts it back there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import fcntl
 import json
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 from tui_llm.engine.formats.atomic import atomic_write, remove_stale_temp_files
 from tui_llm.engine.errors import TuiLlmError
+from tui_llm.engine.jsonline import BadLine, parse_json
+from tui_llm.engine.run.metrics_log import MetricsLog
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -64,10 +64,23 @@ def is_run_dir(path: Path) -> bool:
     if (path / METRICS).exists() or any(path.glob(CHECKPOINT_GLOB)):
         return True
     try:
-        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        config = read_json_file(path / CONFIG)
+    except (OSError, BadLine):
         return False
     return isinstance(config, dict) and "run_config" in config
+
+
+def read_json_file(path: Path, max_bytes: int = 16 << 20) -> object:
+    """A small JSON file of ours (config.json, keep.json): a regular file of at most max_bytes.
+    OSError or BadLine (one line) otherwise; never blocks on a FIFO."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadLine("not a regular file")
+        if st.st_size > max_bytes:
+            raise BadLine(f"larger than {max_bytes:,} bytes")
+        return parse_json(f.read(max_bytes + 1), max_bytes)
 
 
 def resolve_checkpoint(path) -> Path:
@@ -87,7 +100,7 @@ class RunDir:
     def __init__(self, path) -> None:
         self.path = Path(path).absolute()
         self._lock_fd: int | None = None
-        self._metrics_fd: int | None = None
+        self.metrics = MetricsLog(self.path / METRICS)   # the run's history
         self.created = False   # this process made the directory (a fresh run)
 
     def __repr__(self) -> str:
@@ -137,9 +150,7 @@ class RunDir:
             os.close(fd)
 
     def close(self) -> None:
-        if self._metrics_fd is not None:
-            os.close(self._metrics_fd)
-            self._metrics_fd = None
+        self.metrics.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -173,8 +184,8 @@ class RunDir:
     def kept(self) -> set[str]:
         """Names of checkpoints marked to keep."""
         try:
-            names = json.loads((self.path / KEEP).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            names = read_json_file(self.path / KEEP)
+        except (OSError, BadLine):
             return set()
         return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
 
@@ -208,109 +219,21 @@ class RunDir:
 
     def read_config(self) -> dict:
         try:
-            config = json.loads((self.path / CONFIG).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise RunDirError(f"{self.path / CONFIG}: cannot read it ({e})") from None
+            config = read_json_file(self.path / CONFIG)
+        except OSError as e:
+            raise RunDirError(f"{self.path / CONFIG}: cannot read it ({e.strerror or e})") from None
+        except BadLine as e:
+            raise RunDirError(f"{self.path / CONFIG}: {e}") from None
         if not isinstance(config, dict):
             raise RunDirError(f"{self.path / CONFIG}: not a JSON object")
         return config
-
-    # -- metrics.jsonl -------------------------------------------------------------------------
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / METRICS
-
-    def open_metrics(self, keep_bytes: int = 0) -> None:
-        """Start appending; the history is cut back to its first `keep_bytes` bytes (0: a fresh file)."""
-        path = self.metrics_path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            size = os.fstat(fd).st_size
-            if keep_bytes > size:
-                raise RunDirError(f"{path}: the history is shorter ({size} bytes) than the checkpoint "
-                                  f"recorded ({keep_bytes} bytes)")
-            os.ftruncate(fd, keep_bytes)
-            os.fsync(fd)
-            os.lseek(fd, 0, os.SEEK_END)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._metrics_fd = fd
-
-    def metrics_size(self) -> int:
-        return os.fstat(self._metrics_fd).st_size if self._metrics_fd is not None else 0
-
-    def append(self, record: dict) -> None:
-        """One record, written whole or not at all (a partial write is cut back off)."""
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        fd = self._metrics_fd
-        start = os.lseek(fd, 0, os.SEEK_END)
-        try:
-            written = os.write(fd, line)
-            if written != len(line):
-                raise OSError(errno.ENOSPC, "short write")
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, start)
-            raise
-
-    def sync_metrics(self) -> None:
-        if self._metrics_fd is not None:
-            os.fsync(self._metrics_fd)
-
-    def _whole_records(self, start: int = 0):
-        """(record, line length) of each whole, parseable line from byte `start` on; stops at the first other."""
-        try:
-            with open(self.metrics_path, "rb") as f:
-                f.seek(start)
-                for line in f:
-                    if not line.endswith(b"\n"):
-                        return
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        return
-                    if not isinstance(record, dict):
-                        return
-                    yield record, len(line)
-        except OSError:
-            return
-
-    def history_end(self, checkpoint_bytes: int, checkpoint_path: Path | None = None) -> int:
-        """Where to cut metrics.jsonl for a resume from a checkpoint that recorded `checkpoint_bytes`:
-        there, plus the record of that checkpoint itself (written just after the save)."""
-        end = checkpoint_bytes
-        for record, length in self._whole_records(checkpoint_bytes):
-            if record.get("type") == "checkpoint" and checkpoint_path is not None \
-                    and Path(str(record.get("path"))).name == Path(checkpoint_path).name:
-                return end + length
-            if record.get("type") not in ("checkpoint", "notice"):
-                break
-            end += length
-        return end
-
-    def history_end_at_step(self, step: int) -> int:
-        """The cut for a checkpoint from before history offsets were recorded: the records up to
-        its step (such old train records count from 0, so one with step >= `step` came after it)."""
-        end = 0
-        for record, length in self._whole_records():
-            s = record.get("step")
-            if isinstance(s, int) and (s > step or (record.get("type") == "train" and s >= step)):
-                break
-            end += length
-        return end
-
-    def read_metrics(self, limit_bytes: int | None = None) -> list[dict]:
-        """Every whole record (a torn or unreadable line is skipped)."""
-        return read_records(self.metrics_path, limit_bytes)
 
     # -- CSV export ---------------------------------------------------------------------------
 
     def export_csv(self) -> Path:
         """metrics.csv next to metrics.jsonl: one row per step, validation in its own column."""
         rows: dict[int, dict] = {}
-        for record in self.read_metrics():
+        for record in self.metrics.read():
             kind, step = record.get("type"), record.get("step")
             if not isinstance(step, int):
                 continue
@@ -324,20 +247,3 @@ class RunDir:
             writer.writeheader()
             writer.writerows({**rows[step], "step": step} for step in sorted(rows))
         return out
-
-
-def read_records(path: Path, limit_bytes: int | None = None) -> list[dict]:
-    records = []
-    try:
-        with open(path, "rb") as f:
-            data = f.read() if limit_bytes is None else f.read(limit_bytes)
-    except OSError:
-        return records
-    for line in data.split(b"\n")[:-1]:  # the part after the last newline is torn (or empty)
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records

@@ -18,7 +18,6 @@ times, whichever is longer). Nothing here writes to the run directory or stops t
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from tui_llm.engine import events as ev
 from tui_llm.engine.run.channel import ChannelError, ControlClient, command_to_json
-from tui_llm.engine.run.run_dir import LOCK, METRICS, RunDir, RunDirError, is_run_dir
+from tui_llm.engine.run.run_dir import LOCK, RunDir, RunDirError, is_run_dir
 
 
 class RunWatcher:
@@ -40,6 +39,7 @@ class RunWatcher:
         if not is_run_dir(path) and not (path / LOCK).exists():
             raise RunDirError(f"{run_dir}: not a run directory (no config.json, metrics.jsonl or checkpoint)")
         self.run_dir = RunDir(path)
+        self.run_dir.metrics.check()  # a FIFO or a device would block or never end: refused here
         self.interval, self.stale_after = interval, stale_after
         self.state = ev.RunState.STARTING
         self.step = 0
@@ -60,13 +60,12 @@ class RunWatcher:
     def history(self) -> list[dict]:
         """The records before the run's last `start` (earlier segments of a resumed run); run()
         then replays from that start on, so the App's state comes from real events."""
-        lines = _lines(self._read_from(0))
-        records = [_parse(line) for line in lines]
+        lines = list(self.run_dir.metrics.lines(0))
+        records = [self.run_dir.metrics.parse(line) for _, line in lines]
         starts = [i for i, r in enumerate(records) if r is not None and r.get("type") == "start"]
         if not starts:
             return []
-        lines = lines[:starts[-1]]
-        self._remember(lines, 0)
+        self._remember(lines[:starts[-1]])
         self._offset = self._ends[-1] if self._ends else 0
         return [r for r in records[:starts[-1]] if r is not None]
 
@@ -111,36 +110,25 @@ class RunWatcher:
 
     # -- following the file ------------------------------------------------------------
 
-    def _read_from(self, offset: int) -> bytes:
-        try:
-            with open(self.run_dir.path / METRICS, "rb") as f:
-                f.seek(offset)
-                return f.read()
-        except OSError:
-            return b""
-
     def _poll_file(self) -> None:
+        log = self.run_dir.metrics
         if self._cut_back():
-            data = self._read_from(0)
-            lines = _lines(data)
-            kept, end = 0, 0
-            for i, line in enumerate(lines):
-                end += len(line)
-                if i >= len(self._ends) or self._ends[i] != end or self._crcs[i] != zlib.crc32(line):
+            kept = 0
+            for i, (end, line) in enumerate(log.lines(0, self._offset)):
+                if i >= len(self._ends) or self._ends[i] != end or self._crcs[i] != _crc(line):
                     break
                 kept = i + 1
             del self._ends[kept:], self._crcs[kept:]
             self._offset = self._ends[-1] if self._ends else 0
             self._emit(ev.Notice(step=self.step, level=ev.Level.WARNING,
                                  text="the run's history was cut back (resumed from an earlier checkpoint)"))
-        data = self._read_from(self._offset)
-        lines = _lines(data)
+        lines = list(log.lines(self._offset))
         if not lines:
             return
-        self._remember(lines, self._offset)
-        self._offset += sum(len(line) for line in lines)
-        for line in lines:
-            record = _parse(line)
+        self._remember(lines)
+        self._offset = lines[-1][0]
+        for _, line in lines:
+            record = log.parse(line)
             event = ev.event_from_json(record) if record is not None else None
             if event is not None:
                 self._update(event)
@@ -150,21 +138,16 @@ class RunWatcher:
         """The file is shorter than what was read, or its last line read is no longer there."""
         if not self._ends:
             return False
-        try:
-            with open(self.run_dir.path / METRICS, "rb") as f:
-                if os.fstat(f.fileno()).st_size < self._offset:
-                    return True
-                start = self._ends[-2] if len(self._ends) > 1 else 0
-                f.seek(start)
-                return zlib.crc32(f.read(self._offset - start)) != self._crcs[-1]
-        except OSError:
+        if self.run_dir.metrics.file_size() < self._offset:
             return True
+        start = self._ends[-2] if len(self._ends) > 1 else 0
+        last = list(self.run_dir.metrics.lines(start, self._offset))
+        return len(last) != 1 or last[0][0] != self._offset or _crc(last[0][1]) != self._crcs[-1]
 
-    def _remember(self, lines: list[bytes], offset: int) -> None:
-        for line in lines:
-            offset += len(line)
-            self._ends.append(offset)
-            self._crcs.append(zlib.crc32(line))
+    def _remember(self, lines: list[tuple[int, bytes | None]]) -> None:
+        for end, line in lines:
+            self._ends.append(end)
+            self._crcs.append(_crc(line))
 
     # -- state ---------------------------------------------------------------------------
 
@@ -239,17 +222,8 @@ class RunWatcher:
                                      text=f"the run refused {type(command).__name__}: {reply.get('error')}"))
 
 
-def _lines(data: bytes) -> list[bytes]:
-    """The whole lines of `data`, each with its newline (a torn last line is left out)."""
-    return [line + b"\n" for line in data.split(b"\n")[:-1]]
-
-
-def _parse(line: bytes) -> dict | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
+def _crc(line: bytes | None) -> int:
+    return zlib.crc32(line or b"")
 
 
 RemoteTrainer = RunWatcher

@@ -29,7 +29,7 @@ def checkpoint_meta(trainer) -> dict:
         "model_name": trainer.model_name,
         "loader": trainer.loader.state_dict(),
         "sample_rng": trainer.sample_rng.bit_generator.state,
-        "history_bytes": trainer.run_dir.metrics_size(),  # how much of metrics.jsonl is this run's past
+        "history_bytes": trainer.run_dir.metrics.size(),  # how much of metrics.jsonl is this run's past
         "elapsed_s": trainer.elapsed_s,
         "tokens": trainer.tokens,
     }

@@ -161,6 +161,7 @@ class Trainer:
         self._emit = None
         self._history_error: OSError | None = None
         self._history_opened = False
+        self._history_note: str | None = None
         self.channel: ControlServer | None = None  # rank 0's control channel while run() runs
 
     @classmethod
@@ -249,6 +250,8 @@ class Trainer:
                                            "model_name": self.model_name, "num_params": self.model.num_parameters})
                 self._start_channel()  # before RunStarted: a watcher that sees it can connect at once
             self._emit(self._run_started())
+            if self._history_note:  # the history lost records: the checkpoint still holds the run
+                self._emit(ev.Notice(step=self.step, level=ev.Level.WARNING, text=self._history_note))
             reason = self._loop()
         except Exception as e:  # anything unexpected still reaches the consumer as one event
             if self.world.is_distributed:  # the other ranks wait in a collective: end the whole job
@@ -285,7 +288,7 @@ class Trainer:
                 self.control.pause(self.step, self._emit)
                 continue
             if self._history_error is not None and self.control.stop is None:  # stop at the next boundary
-                self._emit(ev.Error(step=self.step, message=f"cannot write {self.run_dir.metrics_path}: "
+                self._emit(ev.Error(step=self.step, message=f"cannot write {self.run_dir.metrics.path}: "
                                                             f"{self._history_error.strerror or self._history_error}"))
                 self.control.send(ev.Stop(save=True, reason=ev.FinishReason.ERROR))
             if c.save_every and self.step % c.save_every == 0 and self.step < c.steps:
@@ -413,7 +416,7 @@ class Trainer:
             for name, buf in (("weights", self.model.params.flat), ("AdamW m", adam_m), ("AdamW v", adam_v)):
                 if not math.isfinite(sum_of_squares(buf)):
                     raise TrainingError(f"not saving step {self.step}: the {name} are not finite")
-            self.run_dir.sync_metrics()
+            self.run_dir.metrics.sync()
             meta = checkpoint_meta(self)
             save_training_checkpoint(path, {"params": self.model.params.flat, "adam_m": adam_m, "adam_v": adam_v},
                                      meta)
@@ -435,24 +438,24 @@ class Trainer:
         if self.step == 0:
             return 0
         if self.history_bytes is None:  # a checkpoint from before history offsets: keep the records up to its step
-            return self.run_dir.history_end_at_step(self.step)
-        return self.run_dir.history_end(self.history_bytes, self.last_checkpoint)
+            return self.run_dir.metrics.history_end_at_step(self.step)
+        return self.run_dir.metrics.history_end(self.history_bytes, self.last_checkpoint)
 
     def _open_history(self) -> None:
         """metrics.jsonl: cut back to this run's past, then appended to."""
-        self.run_dir.open_metrics(self._history_keep())
+        self._history_note = self.run_dir.metrics.open(self._history_keep())
         self._history_opened = True
 
     def history(self) -> list[dict]:
         """The run's records so far: before run() what a resume continues from (the UI shows it)."""
         if not self._history_opened:
-            return self.run_dir.read_metrics(self._history_keep())
-        return self.run_dir.read_metrics()
+            return self.run_dir.metrics.read(self._history_keep())
+        return self.run_dir.metrics.read()
 
     def _record(self, event: ev.Event, emit) -> None:
-        if event.kind != "compiling" and self.run_dir._metrics_fd is not None and self._history_error is None:
+        if event.kind != "compiling" and self.run_dir.metrics.is_open and self._history_error is None:
             try:
-                self.run_dir.append(event.to_json())
+                self.run_dir.metrics.append(event.to_json())
             except OSError as e:
                 self._history_error = e
         emit(event)

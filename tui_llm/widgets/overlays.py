@@ -11,16 +11,15 @@ file cut back by a resume is read again whole). No Textual here.
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from tui_llm.engine.errors import TuiLlmError
+from tui_llm.engine.run.metrics_log import MetricsLog, MetricsLogError
 from tui_llm.engine.run.run_dir import METRICS
 from tui_llm.widgets.text_charts import Columns, Points
-from tui_llm.engine.errors import TuiLlmError
 
 FIELDS = ("step", "tokens", "elapsed_s", "loss", "lr", "grad_norm", "tok_per_s", "fwd_ms", "bwd_ms", "opt_ms")
 """What an overlay keeps of each step (the chart's FIELDS)."""
@@ -52,6 +51,7 @@ class Overlay:
         self.steps = Columns(FIELDS)
         self.val = Points()
         self._file = self.path / METRICS if self.path.is_dir() else self.path
+        self._log = MetricsLog(self._file)  # the one reader of metrics.jsonl (also for --reference FILE)
         self._offset = 0
         self._size = -1
         self._ema_cache = None
@@ -71,10 +71,7 @@ class Overlay:
         """Read what a live run appended since the last read; True if the curves changed."""
         if self.reference:
             return False
-        try:
-            size = os.stat(self._file).st_size
-        except OSError:
-            return False
+        size = self._log.file_size()
         if size == self._size:
             return False
         return self._read_jsonl(reset=size < self._offset)
@@ -85,23 +82,16 @@ class Overlay:
             self.steps = Columns(FIELDS)
             self.val = Points()
             self._ema_cache = None
-        try:
-            with open(self._file, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-                self._size = self._offset + len(data)
-        except OSError:
-            return False
-        whole = data[:data.rfind(b"\n") + 1]  # a torn last line waits for its end
-        self._offset += len(whole)
+        self._size = self._log.file_size()
         changed = False
-        for line in whole.split(b"\n")[:-1]:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                changed = self._add(record) or changed
+        try:
+            for end, record in self._log.records(self._offset):  # whole lines; bad ones are skipped
+                self._offset = end
+                if record is not None:
+                    changed = self._add(record) or changed
+        except MetricsLogError as e:
+            if not self._offset:
+                raise OverlayError(str(e)) from None
         return changed
 
     def _read_csv(self) -> None:
