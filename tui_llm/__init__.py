@@ -1,4 +1,5 @@
-"""tui-llm: train GPT-2-class language models on the CPU from a terminal, or from Python.
+"""tui-llm: train and fine-tune GPT-2 and Llama-family models (SmolLM2, Llama 3.x, Qwen2.5, Qwen3,
+Mistral) on the CPU, from a terminal or from Python.
 
     import tui_llm
     trainer = tui_llm.Trainer(tui_llm.RunConfig(train_file="data/tiny_shakespeare_train.bin",

@@ -18,13 +18,18 @@ class TuiLlmError(Exception):
     def __init__(self, message: str, *, field: str | None = None, path: object = None):
         self.field = field
         self.path = None if path is None else str(path)
-        super().__init__(" ".join(str(message).split()))  # one line, whatever the cause said
+        self.problem = " ".join(str(message).split())  # one line, whatever the cause said
+        super().__init__(f"{field} {self.problem}" if field else self.problem)
 
     def cli_message(self) -> str:
-        """The message as the command line says it: a field spelled as its flag."""
-        return str(self)
+        """The message as the command line says it: the field spelled as its flag (--seq-len)."""
+        return f"{flag_name(self.field)} {self.problem}" if self.field else str(self)
+
+
+FLAGS = {"data_format": "--format", "val_file": "--val", "train_file": "TRAIN_BIN", "shuffle": "--no-shuffle"}
+"""The fields whose flag is not the field's name with - for _ (docs/glossary.md)."""
 
 
 def flag_name(field: str) -> str:
-    """A RunConfig field as its command-line flag: seq_len -> --seq-len."""
-    return "--" + field.replace("_", "-")
+    """A setting's command-line spelling: seq_len -> --seq-len, data_format -> --format."""
+    return FLAGS.get(field, "--" + field.replace("_", "-"))

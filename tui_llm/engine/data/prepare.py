@@ -164,8 +164,8 @@ def write_split(tokens: np.ndarray, num_val: int, out_dir: Path, name: str, fmt:
 
     wide = tokenizer is not None and tokenizer.vocab_size > 65536
     if wide and fmt == "uint16":
-        raise PrepareError(f"--format uint16 cannot hold this tokenizer's {tokenizer.vocab_size:,} token ids; "
-                           f"use llmc (uint32 tokens) or int32")
+        raise PrepareError(f"uint16 cannot hold this tokenizer's {tokenizer.vocab_size:,} token ids; "
+                           f"use llmc (uint32 tokens) or int32", field="data_format")
     if num_val <= 0:
         raise PrepareError(f"the split leaves the validation set empty ({len(tokens):,} tokens in all)")
     if num_val >= len(tokens):
@@ -338,7 +338,7 @@ def prepare_corpus(inputs, out_dir="data", name: str | None = None, split_on_bla
     `tokenizer` (hf_tokenizer.HFTokenizer) each is framed as its family does instead (encode_document).
     """
     if not 0.0 < val_fraction < 1.0:
-        raise PrepareError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+        raise PrepareError(f"must be between 0 and 1 (exclusive), got {val_fraction}", field="val_fraction")
     files = collect_text_files(inputs)
     name = name or Path(inputs[0]).resolve().stem or "corpus"
     if not re.fullmatch(r"[\w.-]+", name):

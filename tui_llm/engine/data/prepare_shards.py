@@ -237,10 +237,10 @@ def prepare_corpus_shards(inputs, out_dir="data", name: str | None = None, shard
     from tui_llm.engine.data.sidecar import sidecar_bytes, sidecar_path
 
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or not 0 < shard_size <= MAX_LLMC_SHARD:
-        raise PrepareError(f"--shard-size must be a number of tokens in 1..{MAX_LLMC_SHARD:,}, got {shard_size}")
+        raise PrepareError(f"must be a number of tokens in 1..{MAX_LLMC_SHARD:,}, got {shard_size}", field="shard_size")
     val_tokens = shard_size if val_tokens is None else val_tokens
     if isinstance(val_tokens, bool) or not isinstance(val_tokens, int) or val_tokens < 1:
-        raise PrepareError(f"--val-tokens must be a positive number of tokens, got {val_tokens}")
+        raise PrepareError(f"must be a positive number of tokens, got {val_tokens}", field="val_tokens")
     files = collect_text_files(inputs)
     name = name or Path(inputs[0]).resolve().stem or "corpus"
     if not re.fullmatch(r"[\w.-]+", name):
@@ -253,8 +253,8 @@ def prepare_corpus_shards(inputs, out_dir="data", name: str | None = None, shard
 
     wide = tokenizer is not None and tokenizer.vocab_size > 65536
     if wide and fmt == "uint16":
-        raise PrepareError(f"--format uint16 cannot hold this tokenizer's {tokenizer.vocab_size:,} token ids; "
-                           f"use llmc (uint32 tokens) or int32")
+        raise PrepareError(f"uint16 cannot hold this tokenizer's {tokenizer.vocab_size:,} token ids; "
+                           f"use llmc (uint32 tokens) or int32", field="data_format")
     if tokenizer is None:
         get_tokenizer()  # build it before the clock starts
     start = time.perf_counter()

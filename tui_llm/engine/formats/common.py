@@ -23,8 +23,8 @@ class CheckpointError(TuiLlmError):
     """A model or checkpoint file cannot be read, found or written. str() is one line: '<file>: <problem>'."""
 
     def __init__(self, path, problem: str):
-        self.problem = " ".join(str(problem).split())
-        super().__init__(f"{path}: {self.problem}", path=path)
+        super().__init__(f"{path}: {problem}", path=path)
+        self.problem = " ".join(str(problem).split())  # without the path
 
 
 def write_array(f, arr: np.ndarray) -> None:

@@ -111,15 +111,15 @@ class RunDir:
     def create(self) -> None:
         """For a fresh run: the directory must not exist yet or be empty."""
         if self.path.exists() and not self.path.is_dir():
-            raise RunDirError(f"--out-dir {self.path}: exists and is not a directory")
+            raise RunDirError(f"{self.path}: exists and is not a directory", field="out_dir")
         if self.path.is_dir() and any(self.path.iterdir()):
             hint = " (it holds a run: continue it with --resume)" if is_run_dir(self.path) else ""
-            raise RunDirError(f"--out-dir {self.path}: directory is not empty{hint}")
+            raise RunDirError(f"{self.path}: directory is not empty{hint}", field="out_dir")
         try:
             self.created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise RunDirError(f"--out-dir {self.path}: cannot create it ({e.strerror})") from None
+            raise RunDirError(f"{self.path}: cannot create it ({e.strerror})", field="out_dir") from None
 
     def lock(self) -> None:
         """Hold the directory for this process; a second trainer gets a clear error."""

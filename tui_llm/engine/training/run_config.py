@@ -10,7 +10,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
-from tui_llm.engine.errors import TuiLlmError, flag_name
+from tui_llm.engine.errors import TuiLlmError
 
 # Fields that describe the model or the data stream: fixed once a run exists.
 FIXED_ON_RESUME = frozenset({"arch", "model", "init_from", "init_style", "layers", "heads", "kv_heads", "channels",
@@ -27,12 +27,7 @@ class ConfigError(TuiLlmError, ValueError):
     """A run configuration that cannot work. `field` names the RunConfig field (None: several)."""
 
     def __init__(self, field: str | None, problem: str):
-        self.problem = problem
-        super().__init__(f"{field} {problem}" if field else problem, field=field)
-
-    def cli_message(self) -> str:
-        """The same message with the field spelled as its CLI flag."""
-        return f"{flag_name(self.field)} {self.problem}" if self.field else self.problem
+        super().__init__(problem, field=field)
 
 
 @dataclass

@@ -1,97 +1,100 @@
-"""What a training checkpoint holds besides the weights, and getting it back with every value checked.
+"""TrainingState: everything a run needs to continue exactly, and the one mapping between it and
+a checkpoint file.
 
-    meta = checkpoint_meta(trainer)                          # when saving
-    saved_config, arrays, meta = read_resume_checkpoint(p)   # on --resume, before the Trainer exists
-    restore(trainer, arrays, meta)                           # once it does
+    state = trainer.state()                   # when saving (the trainer fills it)
+    state.save(path)                          # formats/checkpoint.py: one safetensors file, atomically
+    state = TrainingState.load(path)          # on --resume: a run directory's newest checkpoint, or a file
+    Trainer.resume(path)                      # = Trainer(state.run_config, _resume=state), which restores it
 
+A checkpoint holds the weights and AdamW's m and v (flat float32, the model's layout) and, in its
+metadata, the step, the run settings (live ones included), the architecture, the data loader's
+position, the sampling RNG, where metrics.jsonl stood (`history_bytes`), training time and tokens.
 Nothing read from a checkpoint is used unchecked: a crafted file gives one CheckpointError line.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from tui_llm.engine.formats import CheckpointError, load_training_checkpoint, save_training_checkpoint
 from tui_llm.engine.models.build import config_from_dict
-from tui_llm.engine.data.tokens import DataError
-from tui_llm.engine.formats import CheckpointError, load_training_checkpoint
-from tui_llm.engine.training.run_config import ConfigError, RunConfig
 from tui_llm.engine.run.run_dir import resolve_checkpoint
+from tui_llm.engine.training.run_config import ConfigError, RunConfig
 
 
-def checkpoint_meta(trainer) -> dict:
-    """Everything besides params and AdamW m/v that continuing the run exactly needs."""
-    return {
-        "step": trainer.step,
-        "run_config": trainer.config.to_dict(),
-        "model_config": trainer.model.config.to_dict(),
-        "model_name": trainer.model_name,
-        "loader": trainer.loader.state_dict(),
-        "sample_rng": trainer.sample_rng.bit_generator.state,
-        "history_bytes": trainer.run_dir.metrics.size(),  # how much of metrics.jsonl is this run's past
-        "elapsed_s": trainer.elapsed_s,
-        "tokens": trainer.tokens,
-    }
+@dataclass
+class TrainingState:
+    step: int                    # optimizer steps done
+    run_config: RunConfig        # the run's settings, live settings as they stood
+    model_config: Any            # GPTConfig or LlamaConfig
+    model_name: str
+    params: np.ndarray           # (num_parameters,) float32
+    adam_m: np.ndarray           # (num_parameters,) float32: AdamW's first moment ...
+    adam_v: np.ndarray           # ... and second
+    loader: dict                 # TrainLoader.state_dict(): checked by the loader that loads it
+    sample_rng: dict             # numpy's bit-generator state of the sampling RNG
+    history_bytes: int | None    # bytes of metrics.jsonl that existed (None: a checkpoint from before)
+    elapsed_s: float             # training time so far
+    tokens: int                  # tokens trained on so far
+    path: Path | None = None     # the checkpoint file it was read from
+
+    # -- to and from a file -----------------------------------------------------------------
+
+    def save(self, path) -> None:
+        """Atomically write this state as a checkpoint (refused if anything is not finite)."""
+        meta = {"step": self.step, "run_config": self.run_config.to_dict(), "model_config": self.model_config.to_dict(),
+                "model_name": self.model_name, "loader": self.loader, "sample_rng": self.sample_rng,
+                "history_bytes": self.history_bytes, "elapsed_s": self.elapsed_s, "tokens": self.tokens}
+        save_training_checkpoint(path, {"params": self.params, "adam_m": self.adam_m, "adam_v": self.adam_v}, meta)
+
+    @classmethod
+    def load(cls, path) -> "TrainingState":
+        """The state in a run directory's newest checkpoint, or in a checkpoint file, every value checked."""
+        checkpoint = resolve_checkpoint(path)
+        arrays, meta = load_training_checkpoint(checkpoint)
+        for key in ("params", "adam_m", "adam_v"):
+            if key not in arrays:
+                raise CheckpointError(checkpoint, f"not a resumable training checkpoint (no {key})")
+        if not isinstance(meta.get("run_config"), dict):
+            raise CheckpointError(checkpoint, "not a resumable training checkpoint (no run_config in its metadata)")
+        try:
+            run_config = RunConfig.from_dict(meta["run_config"])
+        except ConfigError as e:
+            raise CheckpointError(checkpoint, str(e)) from None
+        run_config.out_dir = str(checkpoint.parent.absolute())
+        if not isinstance(meta.get("model_config"), dict):
+            raise CheckpointError(checkpoint, "not a resumable training checkpoint (no model_config in its metadata)")
+        try:
+            model_config = config_from_dict(meta["model_config"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(checkpoint, f"bad model_config: {e}") from None
+        n = arrays["params"].size
+        for key in ("adam_m", "adam_v"):
+            if arrays[key].dtype != np.float32 or arrays[key].shape != (n,):
+                raise CheckpointError(checkpoint, f"{key} is {arrays[key].dtype} {arrays[key].shape}, "
+                                                  f"expected float32 ({n},)")
+        for key in ("loader", "sample_rng"):
+            if not isinstance(meta.get(key), dict):
+                raise CheckpointError(checkpoint, f"bad {key} state in the checkpoint's metadata")
+        step = _meta_int(meta, "step", checkpoint)
+        elapsed = meta.get("elapsed_s", 0.0)
+        return cls(
+            step=step, run_config=run_config, model_config=model_config,
+            model_name=str(meta.get("model_name", "checkpoint")),
+            params=arrays["params"], adam_m=arrays["adam_m"], adam_v=arrays["adam_v"],
+            loader=meta["loader"], sample_rng=meta["sample_rng"],
+            history_bytes=_meta_int(meta, "history_bytes", checkpoint) if meta.get("history_bytes") is not None else None,
+            elapsed_s=float(elapsed) if type(elapsed) in (int, float) and 0 <= elapsed < float("inf") else 0.0,
+            tokens=_meta_int(meta, "tokens", checkpoint) if "tokens" in meta else -1,  # -1: from before tokens
+            path=checkpoint.absolute())
 
 
-def read_resume_checkpoint(path) -> tuple[RunConfig, dict, dict]:
-    """(the saved run config, arrays, meta) of a run directory's newest checkpoint or a checkpoint file."""
-    checkpoint = resolve_checkpoint(path)
-    arrays, meta = load_training_checkpoint(checkpoint)
-    for key in ("params", "adam_m", "adam_v"):
-        if key not in arrays:
-            raise CheckpointError(checkpoint, f"not a resumable training checkpoint (no {key})")
-    if not isinstance(meta.get("run_config"), dict):
-        raise CheckpointError(checkpoint, "not a resumable training checkpoint (no run_config in its metadata)")
-    try:
-        saved = RunConfig.from_dict(meta["run_config"])
-    except ConfigError as e:
-        raise CheckpointError(checkpoint, str(e)) from None
-    saved.out_dir = str(checkpoint.parent.absolute())
-    meta["path"] = str(checkpoint.absolute())
-    return saved, arrays, meta
-
-
-def model_config(meta: dict):
-    """The architecture (GPTConfig or LlamaConfig) a checkpoint's metadata describes."""
-    path = meta["path"]
-    mc = meta.get("model_config")
-    if not isinstance(mc, dict):
-        raise CheckpointError(path, "not a resumable training checkpoint (no model_config in its metadata)")
-    try:
-        return config_from_dict(mc)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(path, f"bad model_config: {e}") from None
-
-
-def meta_int(meta: dict, key: str, path) -> int:
+def _meta_int(meta: dict, key: str, path) -> int:
     v = meta.get(key)
     if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**62:
         raise CheckpointError(path, f"bad {key} in the checkpoint's metadata: {v!r}")
     return v
-
-
-def restore(trainer, arrays: dict, meta: dict) -> None:
-    """Optimizer, step, loader, RNG and history position of a checkpoint, into a fresh trainer."""
-    path = meta["path"]
-    n = trainer.model.num_parameters
-    for key in ("adam_m", "adam_v"):
-        if arrays[key].dtype != np.float32 or arrays[key].shape != (n,):
-            raise CheckpointError(path, f"{key} is {arrays[key].dtype} {arrays[key].shape}, expected float32 ({n},)")
-    step = meta_int(meta, "step", path)
-    trainer.optimizer.load_state(arrays["adam_m"], arrays["adam_v"])  # this rank's slice under --zero 1
-    trainer.step = trainer.optimizer.step = trainer.last_saved_step = step
-    try:
-        trainer.loader.load_state_dict(meta["loader"])
-    except (DataError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(path, f"bad loader state: {e}") from None
-    try:
-        trainer.sample_rng.bit_generator.state = meta["sample_rng"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(path, f"bad sample_rng state: {e}") from None
-    elapsed = meta.get("elapsed_s", 0.0)
-    trainer.elapsed_s = float(elapsed) if isinstance(elapsed, (int, float)) and elapsed >= 0 else 0.0
-    trainer.tokens = meta_int(meta, "tokens", path) if "tokens" in meta else step * trainer.tokens_per_step
-    trainer.history_bytes = meta_int(meta, "history_bytes", path) if "history_bytes" in meta else None
-    trainer.last_checkpoint = Path(path)

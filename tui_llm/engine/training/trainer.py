@@ -37,13 +37,14 @@ from tui_llm.engine.training.control import Control
 from tui_llm.engine.data.tokens import open_dataset
 from tui_llm.engine.data.loader import TrainLoader, ValLoader
 from tui_llm.engine.training.distributed import World
-from tui_llm.engine.formats import CheckpointError, save_training_checkpoint
+from tui_llm.engine.data.tokens import DataError
+from tui_llm.engine.formats import CheckpointError
 from tui_llm.engine.models.llama import Llama
 from tui_llm.engine.training.model_source import fresh_model, load_model_source
 from tui_llm.engine.data.sidecar import check_data_tokenizer
 from tui_llm.engine.tokenizers.lookup import find_tokenizer_dir, load_tokenizer
 from tui_llm.engine.training.optim import AdamW, AdamWConfig, learning_rate
-from tui_llm.engine.training.state import checkpoint_meta, model_config, read_resume_checkpoint, restore
+from tui_llm.engine.training.state import TrainingState
 from tui_llm.engine.training.run_config import ConfigError, RunConfig, default_val_file, live_setting
 from tui_llm.engine.run.run_dir import RunDir, RunDirError
 from tui_llm.engine.training.sampler import Sampler
@@ -59,7 +60,7 @@ class TrainingError(TuiLlmError):
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, *, world: World | None = None, _resume: tuple[dict, dict] | None = None):
+    def __init__(self, config: RunConfig, *, world: World | None = None, _resume: TrainingState | None = None):
         """Load the model and data and claim the run directory now, so bad input fails before
         anything starts. The caller's config is not modified (see `self.config`).
 
@@ -67,16 +68,42 @@ class Trainer:
         Every rank builds the same Trainer; rank 0 alone writes the run directory and emits events.
         """
         config.validate()
-        c = self.config = replace(config)
-        self.world = world = world or World.single()
+        self.config = replace(config)
+        self.world = world or World.single()
         self.control = Control()
+        self._load_model(_resume)
+        self._open_data()
+        self._make_optimizer()
+        self._start_at(_resume)
+        self._claim_run_dir(fresh=_resume is None)
+        self.sampler: Sampler | None = None
+        self._emit = None
+        self._history_error: OSError | None = None
+        self._history_opened = False
+        self._history_note: str | None = None
+        self.channel: ControlServer | None = None  # rank 0's control channel while run() runs
 
-        # model, and the tokenizer it speaks (recorded absolute, so a resume and `sample` find it)
+    @classmethod
+    def resume(cls, path, *, world: World | None = None, **overrides) -> "Trainer":
+        """Continue the run saved at `path` (a run directory: its newest checkpoint; or a checkpoint
+        file). `overrides` may change run settings (steps, lr, cadences, ...) but not the model or
+        the data (ConfigError names the field)."""
+        state = TrainingState.load(path)
+        return cls(state.run_config.resumed_with(overrides), world=world, _resume=state)
+
+    def _short_name(self) -> str:
+        import re
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.model_name).name)[:40] or "model"
+
+    # -- what __init__ does, in order ---------------------------------------------------------
+
+    def _load_model(self, state: TrainingState | None) -> None:
+        """The model, and the tokenizer it speaks (recorded absolute, so a resume and `sample` find it)."""
+        c = self.config
         tokenizer_dir = c.tokenizer
-        if _resume is not None:
-            arrays, meta = _resume
-            self.model = build_model(model_config(meta), arrays["params"])
-            self.model_name = str(meta.get("model_name", "checkpoint"))
+        if state is not None:
+            self.model = build_model(state.model_config, state.params)
+            self.model_name = state.model_name
         elif c.init_from:
             model_cfg, flat, self.model_name, recorded = load_model_source(c.init_from)
             self.model = build_model(model_cfg, flat)
@@ -91,15 +118,18 @@ class Trainer:
         if c.tokenizer and self.encoding.vocab_size > self.model.config.vocab_size:
             raise ConfigError("tokenizer", f"{c.tokenizer} has {self.encoding.vocab_size:,} tokens, more than the "
                                            f"model's vocabulary of {self.model.config.vocab_size:,}")
-        mc = self.model.config
-        if c.seq_len > mc.max_seq_len:
-            raise ConfigError("seq_len", f"{c.seq_len} is larger than the model's maximum sequence length {mc.max_seq_len}")
+        if c.seq_len > self.model.config.max_seq_len:
+            raise ConfigError("seq_len", f"{c.seq_len} is larger than the model's maximum sequence length "
+                                         f"{self.model.config.max_seq_len}")
 
-        # data (paths made absolute, so a resume works from any directory)
+    def _open_data(self) -> None:
+        """Training and validation tokens and their loaders (paths made absolute, so a resume works
+        from any directory); the optimizer step's total batch split into micro-batches and ranks."""
+        c, world, vocab_size = self.config, self.world, self.model.config.vocab_size
         c.train_file = str(Path(c.train_file).absolute())
         c.val_file = c.val_file and str(Path(c.val_file).absolute())
         check_data_tokenizer(c.train_file, self.encoding)
-        self.train_tokens = open_dataset(c.train_file, c.data_format, vocab_size=mc.vocab_size)
+        self.train_tokens = open_dataset(c.train_file, c.data_format, vocab_size=vocab_size)
         tokens_per_micro = c.batch_size * c.seq_len * world.size
         total = c.total_batch_size or tokens_per_micro
         if total % tokens_per_micro:
@@ -115,66 +145,81 @@ class Trainer:
         self.val_tokens = self.val_loader = None
         if val_file:
             check_data_tokenizer(val_file, self.encoding)
-            self.val_tokens = open_dataset(val_file, c.data_format, vocab_size=mc.vocab_size)
-            # whole total batches, as one process with the whole batch would see them (split below)
+            self.val_tokens = open_dataset(val_file, c.data_format, vocab_size=vocab_size)
+            # whole total batches, as one process with the whole batch would see them (split in _validate)
             self.val_loader = ValLoader(self.val_tokens, self.loader.rows, c.seq_len)
         self.val_file = val_file
 
-        # optimizer (with --zero 1 each rank keeps AdamW's state for its slice of the parameters), sampling RNG, run state
+    def _make_optimizer(self) -> None:
+        """AdamW (with --zero 1 each rank keeps its state for its slice of the parameters); rank 0's
+        weights become every rank's."""
+        c, world = self.config, self.world
         if c.zero and world.size < 2:
             raise ConfigError("zero", "1 needs an MPI run of 2 or more processes (mpiexec -n N tui-llm --no-ui ...)")
-        n = self.model.num_parameters
         self.optimizer = AdamW(self.model, AdamWConfig(lr=c.lr, weight_decay=c.weight_decay, grad_clip=c.grad_clip),
-                               shard=world.shard(n) if c.zero else None)
+                               shard=world.shard(self.model.num_parameters) if c.zero else None)
         self.sharded = bool(c.zero)
-        world.bcast_(self.model.params.flat)  # rank 0's weights are the run's
-        self.sample_rng = np.random.default_rng(c.seed)
+        world.bcast_(self.model.params.flat)
+
+    def _start_at(self, state: TrainingState | None) -> None:
+        """Where the run stands: step 0 of a fresh run, or everything a checkpoint saved."""
+        self.sample_rng = np.random.default_rng(self.config.seed)
         self.step = 0
         self.elapsed_s = 0.0        # training time, continued across resumes
         self.tokens = 0             # tokens trained on
         self.last_saved_step = -1
         self.last_checkpoint: Path | None = None
-        self.history_bytes = 0      # how much of metrics.jsonl to keep when opening it
-        if _resume is not None:
-            restore(self, *_resume)
-        if c.steps <= self.step and _resume is not None:
-            raise ConfigError("steps", f"{c.steps}: this run has already done {self.step} steps; "
+        self.history_bytes: int | None = 0  # how much of metrics.jsonl to keep when opening it
+        if state is None:
+            return
+        path = state.path
+        if state.params.size != self.model.num_parameters:
+            raise CheckpointError(path, f"holds {state.params.size:,} parameters; its model has {self.model.num_parameters:,}")
+        self.optimizer.load_state(state.adam_m, state.adam_v)  # this rank's slice under --zero 1
+        self.step = self.optimizer.step = self.last_saved_step = state.step
+        try:
+            self.loader.load_state_dict(state.loader)
+        except (DataError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(path, f"bad loader state: {e}") from None
+        try:
+            self.sample_rng.bit_generator.state = state.sample_rng
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(path, f"bad sample_rng state: {e}") from None
+        self.elapsed_s = state.elapsed_s
+        self.tokens = state.tokens if state.tokens >= 0 else state.step * self.tokens_per_step
+        self.history_bytes = state.history_bytes
+        self.last_checkpoint = path
+        if self.config.steps <= self.step:
+            raise ConfigError("steps", f"{self.config.steps}: this run has already done {self.step} steps; "
                                        f"give a larger total to continue it")
 
-        # run directory: a fresh run needs a new or empty one; a resume continues its checkpoint's
-        if _resume is None:
+    def _claim_run_dir(self, fresh: bool) -> None:
+        """A fresh run needs a new or empty run directory; a resume continues its checkpoint's.
+        Rank 0 alone creates and locks it; every rank learns whether that worked."""
+        c, world = self.config, self.world
+        if fresh:
             c.out_dir = str(Path(c.out_dir).absolute()) if c.out_dir else \
                 str(Path("runs").absolute() / f"{datetime.now():%Y%m%d-%H%M%S}-{self._short_name()}")
         self.run_dir = RunDir(world.bcast_obj(c.out_dir))
         problem = None
-        if world.is_root:  # rank 0 alone writes the run directory
+        if world.is_root:
             try:
-                if _resume is None:
+                if fresh:
                     self.run_dir.create()
                 self.run_dir.lock()
             except RunDirError as e:
-                problem = e
-        problem = world.bcast_obj(str(problem) if problem else None)
+                problem = (e.problem, e.field)
+        problem = world.bcast_obj(problem)
         if problem:
-            raise RunDirError(problem)
-        self.sampler: Sampler | None = None
-        self._emit = None
-        self._history_error: OSError | None = None
-        self._history_opened = False
-        self._history_note: str | None = None
-        self.channel: ControlServer | None = None  # rank 0's control channel while run() runs
+            raise RunDirError(problem[0], field=problem[1])
 
-    @classmethod
-    def resume(cls, path, *, world: World | None = None, **overrides) -> "Trainer":
-        """Continue the run saved at `path` (a run directory: its newest checkpoint; or a checkpoint
-        file). `overrides` may change run settings (steps, lr, cadences, ...) but not the model or
-        the data (ConfigError names the field)."""
-        saved, arrays, meta = read_resume_checkpoint(path)
-        return cls(saved.resumed_with(overrides), world=world, _resume=(arrays, meta))
-
-    def _short_name(self) -> str:
-        import re
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.model_name).name)[:40] or "model"
+    def state(self, adam_m: np.ndarray, adam_v: np.ndarray) -> TrainingState:
+        """What a checkpoint of this step holds (adam_m, adam_v: the whole AdamW state)."""
+        return TrainingState(
+            step=self.step, run_config=self.config, model_config=self.model.config, model_name=self.model_name,
+            params=self.model.params.flat, adam_m=adam_m, adam_v=adam_v, loader=self.loader.state_dict(),
+            sample_rng=self.sample_rng.bit_generator.state, history_bytes=self.run_dir.metrics.size(),
+            elapsed_s=self.elapsed_s, tokens=self.tokens)
 
     # -------------------------------------------------------------------------------------
     # commands (any thread)
@@ -417,9 +462,7 @@ class Trainer:
                 if not math.isfinite(sum_of_squares(buf)):
                     raise TrainingError(f"not saving step {self.step}: the {name} are not finite")
             self.run_dir.metrics.sync()
-            meta = checkpoint_meta(self)
-            save_training_checkpoint(path, {"params": self.model.params.flat, "adam_m": adam_m, "adam_v": adam_v},
-                                     meta)
+            self.state(adam_m, adam_v).save(path)
         except (OSError, CheckpointError, TrainingError) as e:
             msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             self._emit(ev.Error(step=self.step, message=f"saving {path} failed: {msg}; the previous checkpoint is intact"))
