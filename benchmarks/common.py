@@ -23,8 +23,7 @@ THREAD_ENV = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS", "
 USER_THREAD_ENV = {k: os.environ.get(k) for k in THREAD_ENV}
 # The package sets its thread-pool environment on import, which must come before numpy's import
 # (OpenBLAS reads it when it loads): benchmark the engine exactly as the product runs it.
-import tui_llm  # noqa: E402,F401
-
+import tui_llm  # noqa: F401
 
 # ---------------------------------------------------------------------------------------
 # Machine

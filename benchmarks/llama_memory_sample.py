@@ -19,11 +19,11 @@ from common import fmt_bytes, print_machine
 from llama_step import SMOLLM2_135M
 from memory import proc_status_bytes
 
-from tui_llm.engine.models.llama import Llama, LlamaConfig
 from tui_llm.engine.kernels.compile import compile_kernels
+from tui_llm.engine.machine import set_threads
+from tui_llm.engine.models.llama import Llama, LlamaConfig
 from tui_llm.engine.training.optim import AdamW, AdamWConfig
 from tui_llm.engine.training.sampler import Sampler
-from tui_llm.engine.machine import set_threads
 
 
 def main() -> None:
@@ -64,7 +64,8 @@ def main() -> None:
                                           stop_at_eot=False)
                 times.append(time.perf_counter() - t0)
             rate = len(result.token_ids) / float(np.median(times))
-            print(f"context {context:>3}: {rate:6.1f} tokens/s {'with the KV cache' if use_cache else 're-running the whole forward per token'}")
+            how = "with the KV cache" if use_cache else "re-running the whole forward per token"
+            print(f"context {context:>3}: {rate:6.1f} tokens/s {how}")
 
 
 if __name__ == "__main__":

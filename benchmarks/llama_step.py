@@ -25,8 +25,8 @@ from common import Stats, command_line, fmt_ms, print_machine
 from step import matmuls_through
 
 import tui_llm.engine.models.llama as LM
-from tui_llm.engine.models.llama import Llama, LlamaConfig
 from tui_llm.engine.kernels.compile import compile_kernels
+from tui_llm.engine.models.llama import Llama, LlamaConfig
 from tui_llm.engine.training.optim import AdamW, AdamWConfig
 
 SMOLLM2_135M = dict(vocab_size=49152, max_seq_len=2048, num_layers=30, num_heads=9, num_kv_heads=3,

@@ -25,10 +25,10 @@ from common import Stats, fmt_ms, print_machine
 from llama_step import SMOLLM2_135M
 
 from tui_llm.engine.formats.hf_llama import write_hf_llama
-from tui_llm.engine.models.llama import Llama, LlamaConfig
 from tui_llm.engine.kernels.compile import compile_kernels
-from tui_llm.engine.training.optim import AdamW, AdamWConfig
 from tui_llm.engine.machine import set_threads
+from tui_llm.engine.models.llama import Llama, LlamaConfig
+from tui_llm.engine.training.optim import AdamW, AdamWConfig
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 16}

@@ -37,14 +37,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tui_llm.engine.models.gpt2_config import preset_config  # noqa: E402
+from tui_llm.engine.data.loader import TrainLoader, ValLoader
+from tui_llm.engine.data.prepare import prepare_tinyshakespeare
 from tui_llm.engine.data.tokens import open_tokens
-from tui_llm.engine.data.loader import TrainLoader, ValLoader  # noqa: E402
-from tui_llm.engine.models.gpt2 import GPT  # noqa: E402
-from tui_llm.engine.training.optim import AdamW, AdamWConfig  # noqa: E402
-from tui_llm.engine.data.prepare import prepare_tinyshakespeare  # noqa: E402
-from tui_llm.engine.machine import set_threads  # noqa: E402
-from tui_llm.engine.models.torch_init import llmc_random_init, torch_kernel  # noqa: E402
+from tui_llm.engine.machine import set_threads
+from tui_llm.engine.models.gpt2 import GPT
+from tui_llm.engine.models.gpt2_config import preset_config
+from tui_llm.engine.models.torch_init import llmc_random_init, torch_kernel
+from tui_llm.engine.training.optim import AdamW, AdamWConfig
 
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Tiny Shakespeare text (%(default)s)")
     ap.add_argument("--steps", type=int, default=41, help="train steps (41 = all of llm.c's; fewer for a quick look)")
     ap.add_argument("--kernel", default="auto", choices=("auto", "avx2", "scalar"),
-                    help="torch normal_ kernel of the init (auto = torch's choice on this CPU: %s)" % torch_kernel())
+                    help=f"torch normal_ kernel of the init (auto = torch's choice on this CPU: {torch_kernel()})")
     ap.add_argument("--decay", default="all", choices=("all", "matrix"),
                     help="--debug-batch: decay every parameter (test_gpt2.c) or only matrices (our AdamW)")
     ap.add_argument("--threads", type=int, default=0, help="numba + BLAS threads (0 = all cores)")

@@ -21,8 +21,17 @@ import time
 from pathlib import Path
 
 import common
-from common import (add_markdown_arg, command_line, emit_markdown, fmt_bytes, machine_info, machine_markdown,
-                    markdown_table, print_machine, text_table)
+from common import (
+    add_markdown_arg,
+    command_line,
+    emit_markdown,
+    fmt_bytes,
+    machine_info,
+    machine_markdown,
+    markdown_table,
+    print_machine,
+    text_table,
+)
 
 TARGET_BYTES = 2.4e9  # d12 B=4 T=64
 
@@ -47,12 +56,12 @@ def child(args) -> None:
     mark("python started")
     import numpy as np
 
-    from tui_llm.engine.kernels.compile import compile_kernels
     from tui_llm.engine.formats import save_training_checkpoint
-    from tui_llm.engine.models.gpt2_config import preset_config
-    from tui_llm.engine.models.gpt2 import GPT
-    from tui_llm.engine.training.optim import AdamW, AdamWConfig
+    from tui_llm.engine.kernels.compile import compile_kernels
     from tui_llm.engine.machine import set_threads
+    from tui_llm.engine.models.gpt2 import GPT
+    from tui_llm.engine.models.gpt2_config import preset_config
+    from tui_llm.engine.training.optim import AdamW, AdamWConfig
     set_threads(args.threads)
     compile_kernels()
     mark("engine imported, kernels loaded")
@@ -123,7 +132,8 @@ def main(argv=None) -> None:
     print(text_table(["after", "RSS", "peak RSS (VmHWM)"], rows))
     peak = max(max_rss, report["phases"][-1][2])
     sizes = (f"params+grads+m+v: {report['state_bytes'] / 1e9:.3f} GB ({n:,} params x 4 tensors x 4 bytes); "
-             f"activations: {report['activation_bytes'] / 1e9:.3f} GB; checkpoint file: {report['checkpoint_bytes'] / 1e9:.3f} GB "
+             f"activations: {report['activation_bytes'] / 1e9:.3f} GB; "
+             f"checkpoint file: {report['checkpoint_bytes'] / 1e9:.3f} GB "
              f"saved in {report['save_seconds']:.2f} s")
     verdict = (f"peak RSS {peak / 1e9:.3f} GB ({fmt_bytes(peak)}; ru_maxrss of the child {max_rss / 1e9:.3f} GB)"
                + (f" vs target {TARGET_BYTES / 1e9:.1f} GB: {'OK' if peak <= TARGET_BYTES else 'OVER'}"

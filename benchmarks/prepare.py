@@ -21,8 +21,16 @@ import time
 from pathlib import Path
 
 import common
-from common import (add_markdown_arg, command_line, emit_markdown, machine_info, machine_markdown,
-                    markdown_table, print_machine, text_table)
+from common import (
+    add_markdown_arg,
+    command_line,
+    emit_markdown,
+    machine_info,
+    machine_markdown,
+    markdown_table,
+    print_machine,
+    text_table,
+)
 
 from tui_llm.engine.data import prepare as P
 from tui_llm.engine.tokenizers.gpt2 import get_tokenizer
@@ -91,7 +99,8 @@ def main(argv=None) -> None:
     print(f"{n:,} tokens")
     print(text_table(headers, rows))
     md = "\n".join([f"## Corpus preparation ({info['date']})", "", f"`{command_line()}`", "", machine_markdown(info), "",
-                    f"{args.text.name}: {len(data):,} bytes, {n:,} tokens, {threads} tokenizer threads, best of {args.repeats}.",
+                    f"{args.text.name}: {len(data):,} bytes, {n:,} tokens, {threads} tokenizer threads, "
+                    f"best of {args.repeats}.",
                     "", markdown_table(headers, rows), ""])
     emit_markdown(md, args.markdown)
     return 0

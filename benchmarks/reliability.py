@@ -21,12 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from common import print_machine  # (importing common puts the repo on sys.path)
 
-import numpy as np
-
-from tui_llm.engine.formats import CheckpointError, load_training_checkpoint
 from tui_llm.engine.data.tokens import write_tokens
+from tui_llm.engine.formats import CheckpointError, load_training_checkpoint
 
 STEPS = 60
 TINY = ["--no-ui", "--model", "d2", "-b", "2", "-t", "16", "--max-seq-len", "32", "--threads", "1",

@@ -17,13 +17,21 @@ import statistics
 
 import common  # noqa: F401
 import numpy as np
-from common import (add_markdown_arg, command_line, emit_markdown, machine_info, machine_markdown,
-                    markdown_table, print_machine, text_table)
+from common import (
+    add_markdown_arg,
+    command_line,
+    emit_markdown,
+    machine_info,
+    machine_markdown,
+    markdown_table,
+    print_machine,
+    text_table,
+)
 
-from tui_llm.engine.models.gpt2_config import preset_config
-from tui_llm.engine.models.gpt2 import GPT
-from tui_llm.engine.training.sampler import Sampler
 from tui_llm.engine.machine import set_threads
+from tui_llm.engine.models.gpt2 import GPT
+from tui_llm.engine.models.gpt2_config import preset_config
+from tui_llm.engine.training.sampler import Sampler
 
 
 def prompt_ids(context: int, vocab_size: int, seed: int) -> list[int]:
@@ -85,7 +93,8 @@ def main(argv=None) -> None:
         else:
             full_s, full_ids = run_generate(sampler, ids, n, False, args.seed, args.uncached_repeats)
             row += [f"{n / full_s:.2f}", f"{1e3 * full_s / n:.0f}", f"{full_s / cached_s:.1f}x",
-                    "yes" if full_ids == cached_ids else f"no (first {next((i for i, (a, b) in enumerate(zip(full_ids, cached_ids)) if a != b), n)} equal)"]
+                    "yes" if full_ids == cached_ids else
+                    f"no (first {next((i for i, (a, b) in enumerate(zip(full_ids, cached_ids)) if a != b), n)} equal)"]
         rows.append(row)
         print(text_table(headers, rows[-1:]))
     print()

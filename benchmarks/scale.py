@@ -47,7 +47,7 @@ def synthetic_tokens(directory: Path, n: int = 400_000) -> Path:
 # accumulation vs floor
 
 def accum(args) -> None:
-    from step import Bench, Replay, RunSpec, record_matmuls  # noqa: E402  (benchmarks/step.py)
+    from step import Bench, Replay, RunSpec, record_matmuls
 
     import tui_llm
     from tui_llm.engine.machine import set_threads

@@ -22,8 +22,16 @@ import tempfile
 import time
 
 import common
-from common import (add_markdown_arg, command_line, emit_markdown, machine_info, machine_markdown,
-                    markdown_table, print_machine, text_table)
+from common import (
+    add_markdown_arg,
+    command_line,
+    emit_markdown,
+    machine_info,
+    machine_markdown,
+    markdown_table,
+    print_machine,
+    text_table,
+)
 
 CHILD = r"""
 import time, json

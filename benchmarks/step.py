@@ -25,17 +25,26 @@ from dataclasses import dataclass
 
 import common  # noqa: F401  (puts the repo root on sys.path)
 import numpy as np
-from common import (Stats, add_markdown_arg, command_line, emit_markdown, fmt_ms, machine_info,
-                    machine_markdown, markdown_table, print_machine, text_table)
+from common import (
+    Stats,
+    add_markdown_arg,
+    command_line,
+    emit_markdown,
+    fmt_ms,
+    machine_info,
+    machine_markdown,
+    markdown_table,
+    print_machine,
+    text_table,
+)
 
 import tui_llm.engine.kernels.grad_accumulation as GA
+import tui_llm.engine.models.gpt2 as M
 from tui_llm.engine.kernels import common as K
 from tui_llm.engine.kernels import gpt2 as GK
-
-import tui_llm.engine.models.gpt2 as M
+from tui_llm.engine.machine import set_threads
 from tui_llm.engine.models.gpt2_config import preset_config
 from tui_llm.engine.training.optim import AdamW, AdamWConfig
-from tui_llm.engine.machine import set_threads
 
 DEFAULT_RUNS = ["d12:4:64", "d6:8:256"]
 # Optimizer hyper-parameters shared with vs_torch.py (nanoGPT's defaults, clipping on).
@@ -53,7 +62,7 @@ class RunSpec:
     seq: int
 
     @classmethod
-    def parse(cls, text: str) -> "RunSpec":
+    def parse(cls, text: str) -> RunSpec:
         try:
             model, batch, seq = text.split(":")
             return cls(model, int(batch), int(seq))
@@ -258,7 +267,7 @@ class Replay:
         for c in calls:
             views = []
             for op in (c.a, c.b, c.out):
-                (lo, hi), buf = next(((r, region_base[r]) for r in regions if r[0] <= op.extent[0] and op.extent[1] <= r[1]))
+                (lo, hi), buf = next((r, region_base[r]) for r in regions if r[0] <= op.extent[0] and op.extent[1] <= r[1])
                 offset = op.ptr - lo
                 views.append(np.ndarray(op.shape, op.dtype, buffer=buf, offset=offset, strides=op.strides))
             self.arrays.append((c.phase, *views))

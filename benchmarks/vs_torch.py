@@ -30,10 +30,19 @@ import sys
 import time
 from collections import defaultdict
 
-import common  # noqa: F401
+import common
 import numpy as np
-from common import (Stats, add_markdown_arg, command_line, emit_markdown, machine_info,
-                    machine_markdown, markdown_table, print_machine, text_table)
+from common import (
+    Stats,
+    add_markdown_arg,
+    command_line,
+    emit_markdown,
+    machine_info,
+    machine_markdown,
+    markdown_table,
+    print_machine,
+    text_table,
+)
 from step import DEFAULT_RUNS, HPARAMS, PHASES, Bench, RunSpec, time_steps
 
 from tui_llm.engine.machine import set_threads
@@ -177,7 +186,6 @@ def adamw_impl_name(optimizer) -> str:
 def torch_environment() -> str:
     """Give torch its own OpenMP defaults: drop the OMP_WAIT_POLICY that tui_llm set for our pools
     (unless the user set it), before torch loads its OpenMP runtime. Ours has already read it."""
-    import common
     if common.USER_THREAD_ENV.get("OMP_WAIT_POLICY") is None and "OMP_WAIT_POLICY" in os.environ:
         del os.environ["OMP_WAIT_POLICY"]
         return "OMP_WAIT_POLICY unset for torch (its default)"
@@ -239,7 +247,8 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     if importlib.util.find_spec("torch") is None:
-        sys.exit(f"PyTorch is not installed in this interpreter ({sys.executable}). Use a separate venv:\n  {TORCH_INSTALL}\n"
+        sys.exit(f"PyTorch is not installed in this interpreter ({sys.executable}). "
+                 f"Use a separate venv:\n  {TORCH_INSTALL}\n"
                  f"then run this script with /tmp/benchvenv/bin/python")
     args.threads_used = set_threads(args.threads)
     info = machine_info()

@@ -1,7 +1,7 @@
 # Import the package before anything imports numpy, so its thread settings apply (see tui_llm/__init__.py).
-import tui_llm  # noqa: F401
 import pytest
 
+import tui_llm  # noqa: F401
 from tui_llm.engine.run.run_dir import RunDir
 
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tui_llm.engine import events as ev
-from tui_llm.engine.training.control import Control
 from tui_llm.engine.run.run_dir import RunDir
+from tui_llm.engine.training.control import Control
 
 
 @dataclass(frozen=True)

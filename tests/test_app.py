@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.fake_trainer import FakeTrainer, fake_loss
 from textual.widgets import RichLog
 
+from tests.fake_trainer import FakeTrainer, fake_loss
 from tui_llm.app import TrainerApp
 from tui_llm.engine import events as ev
+from tui_llm.screens.dialogs import HelpScreen, PromptScreen, QuitScreen
 from tui_llm.terminal import SignalHandlers
 from tui_llm.widgets.status_bar import EtaClock
-from tui_llm.screens.dialogs import HelpScreen, PromptScreen, QuitScreen
 from tui_llm.widgets.text_charts import bucket_means
 
 

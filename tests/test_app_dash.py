@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+
 from tests.test_app import shown, until
 from tests.test_follow import FakeClient, finished, start, train, write
-
 from tui_llm.app import TrainerApp
 from tui_llm.engine import events as ev
-from tui_llm.engine.run.watcher import RunWatcher
 from tui_llm.engine.run.run_dir import RunDir, checkpoint_name
+from tui_llm.engine.run.watcher import RunWatcher
 from tui_llm.screens.dialogs import LeaveScreen
 
 
@@ -128,7 +128,7 @@ async def test_checkpoint_browser_lists_keeps_and_shows_the_resume_command(tmp_p
         await until(pilot, lambda: app.phase == ev.RunState.RUNNING)
         for i in range(2):
             trainer.advance(5)
-            await until(pilot, lambda: app.steps_done == 5 * (i + 1))
+            await until(pilot, lambda: app.steps_done == 5 * (i + 1))  # noqa: B023 (awaited here)
             await pilot.press("c")
             await until(pilot, lambda: not app.saving and not app.unsaved)
         await pilot.press("k")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from tests.test_app_real import until
 
+from tests.test_app_real import until
 from tui_llm.app import TrainerApp
 from tui_llm.engine.data.tokens import write_tokens
 from tui_llm.engine.training.trainer import RunConfig, Trainer

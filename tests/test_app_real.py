@@ -8,8 +8,8 @@ import time
 import numpy as np
 
 from tui_llm.app import TrainerApp
-from tui_llm.engine.formats import load_training_checkpoint
 from tui_llm.engine.data.tokens import write_tokens
+from tui_llm.engine.formats import load_training_checkpoint
 from tui_llm.engine.training.trainer import RunConfig, Trainer
 from tui_llm.screens.dialogs import QuitScreen
 

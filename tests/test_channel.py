@@ -1,12 +1,12 @@
 """The control channel: a Unix socket in the run directory that steers a running trainer."""
 
 import json
-import shutil
-import subprocess
-import sys
 import os
+import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -14,8 +14,7 @@ import pytest
 
 from tests.run_helpers import HeadlessRun, make_data, read_metrics
 from tui_llm.engine import events as ev
-from tui_llm.engine.run.channel import (ADDRESS, SOCKET, ChannelError, ControlClient, ControlServer,
-                                    peer_allowed, peer_uid)
+from tui_llm.engine.run.channel import ADDRESS, SOCKET, ChannelError, ControlClient, ControlServer, peer_allowed, peer_uid
 from tui_llm.engine.training.run_config import ConfigError, RunConfig, live_setting
 
 

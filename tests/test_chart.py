@@ -1,4 +1,5 @@
-"""The metrics chart (its layout in widgets/text_charts.py, drawn by plotext: widgets/plotext_charts.py), the timing sparklines and the loss plot's buffers.
+"""The metrics chart (its layout in widgets/text_charts.py, drawn by plotext: widgets/plotext_charts.py),
+the timing sparklines and the loss plot's buffers.
 
 Charts are read back the way a person would: braille characters are decoded into their dots,
 and axis labels are found by their text.

@@ -9,8 +9,8 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from tui_llm.engine import formats as ck
-from tui_llm.engine.hf_cache import find_hf_cached
 from tui_llm.engine.formats import CheckpointError
+from tui_llm.engine.hf_cache import find_hf_cached
 from tui_llm.engine.models.gpt2_config import GPTConfig, ParamTensors, num_parameters, preset_config
 
 CFG = GPTConfig(max_seq_len=16, vocab_size=97, num_layers=2, num_heads=2, channels=32)  # Vp = 128
@@ -388,10 +388,9 @@ def test_atomic_write_small_files(tmp_path):
     path = tmp_path / "state.json"
     with ck.atomic_write(path, "w") as f:
         f.write('{"a": 1}')
-    with pytest.raises(RuntimeError):
-        with ck.atomic_write(path, "w") as f:
-            f.write('{"a": 2, "half')
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), ck.atomic_write(path, "w") as f:
+        f.write('{"a": 2, "half')
+        raise RuntimeError("crash")
     assert path.read_text() == '{"a": 1}' and os.listdir(tmp_path) == ["state.json"]
     assert (os.stat(path).st_mode & 0o777) == 0o666 & ~current_umask()
 

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from tui_llm import cli
-from tui_llm.engine.formats import load_model_weights, read_llmc
 from tui_llm.engine.data.tokens import write_tokens
+from tui_llm.engine.formats import load_model_weights, read_llmc
 
 TINY = ["--model", "d2", "-b", "2", "-t", "16", "--max-seq-len", "32", "--threads", "1"]
-STEP_LINE = re.compile(r"^step (\d+)/(\d+) \| loss (\d+\.\d{4}) \| fwd [\d,]+ ms \| bwd [\d,]+ ms \| opt [\d,]+ ms \| [\d,]+ tok/s")
+STEP_LINE = re.compile(r"^step (\d+)/(\d+) \| loss (\d+\.\d{4}) \| fwd [\d,]+ ms \| bwd [\d,]+ ms \| opt [\d,]+ ms "
+                       r"\| [\d,]+ tok/s")
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +154,8 @@ def bad(capsys, *argv):
 def test_bad_arguments_give_one_line_and_status_2(data, tmp_path, capsys):
     train = str(data / "tiny_train.bin")
     assert "no such file" in bad(capsys, str(tmp_path / "missing.bin"), "--no-ui", *TINY)
-    assert "too few for one batch" in bad(capsys, train, "--no-ui", "--model", "d2", "-b", "64", "-t", "32", "--max-seq-len", "32")
+    assert "too few for one batch" in bad(capsys, train, "--no-ui", "--model", "d2", "-b", "64", "-t", "32",
+                                          "--max-seq-len", "32")
     assert "maximum sequence length" in bad(capsys, train, "--no-ui", "--model", "d2", "-t", "64", "--max-seq-len", "32")
     assert "d7" in bad(capsys, train, "--no-ui", "--model", "d7")
     junk = tmp_path / "junk.bin"
@@ -227,13 +229,14 @@ def test_kill_9_never_corrupts_a_checkpoint(data, tmp_path):
     runs the full campaign)."""
     import random
     import time
+
     from tui_llm.engine.formats import load_training_checkpoint
 
     rng = random.Random(7)
     run = tmp_path / "run"
     common = ["--no-ui", *TINY, "--val-every", "0", "--sample-every", "0", "--save-every", "1", "--steps", "40"]
     args = [str(data / "tiny_train.bin"), *common, "--out-dir", str(run)]
-    for attempt in range(3):
+    for _attempt in range(3):
         proc = subprocess.Popen([sys.executable, "-m", "tui_llm", *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
         for line in proc.stdout:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tui_llm.engine.data import tokens as data
-from tui_llm.engine.data.tokens import DataError, open_tokens, write_tokens
 from tui_llm.engine.data.loader import TrainLoader, ValLoader
+from tui_llm.engine.data.tokens import DataError, open_tokens, write_tokens
 from tui_llm.engine.mt19937 import mt19937
 
 SHARED_TEXT = Path(os.environ.get("TUI_LLM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data")) \

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from tui_llm.engine import events as ev
-from tui_llm.engine.run.watcher import RemoteTrainer, RunWatcher
 from tui_llm.engine.run.run_dir import RunDirError
+from tui_llm.engine.run.watcher import RemoteTrainer, RunWatcher
 
 
 def start(step=0):

@@ -9,11 +9,11 @@ import pytest
 from safetensors.numpy import save_file
 
 from tui_llm.engine import formats as ck
-from tui_llm.engine.run.export import check_export_destination
-from tui_llm.engine.models.gpt2_config import GPTConfig, num_parameters
 from tui_llm.engine.formats import CheckpointError, atomic_files, atomic_write, remove_stale_temp_files, require
 from tui_llm.engine.formats.atomic import temp_name
 from tui_llm.engine.formats.safetensors import read_header
+from tui_llm.engine.models.gpt2_config import GPTConfig, num_parameters
+from tui_llm.engine.run.export import check_export_destination
 
 CFG = GPTConfig(max_seq_len=8, vocab_size=50, num_layers=1, num_heads=2, channels=8)
 
@@ -36,9 +36,8 @@ def test_atomic_files_appear_together_and_keep_other_files(tmp_path):
         assert not out.exists()  # nothing visible until the body is done
     assert sorted(os.listdir(out)) == ["a.txt"]
     (out / "tokenizer.json").write_text("{}")
-    with atomic_files(out) as tmp:
-        with atomic_write(tmp / "a.txt", "w") as f:
-            f.write("two")
+    with atomic_files(out) as tmp, atomic_write(tmp / "a.txt", "w") as f:
+        f.write("two")
     assert (out / "a.txt").read_text() == "two" and (out / "tokenizer.json").read_text() == "{}"
     assert sorted(os.listdir(tmp_path)) == ["model"]  # no temporary or parked directory left
 
@@ -47,10 +46,9 @@ def test_atomic_files_failure_keeps_the_previous_directory(tmp_path):
     out = tmp_path / "model"
     out.mkdir()
     (out / "a.txt").write_text("good")
-    with pytest.raises(RuntimeError):
-        with atomic_files(out) as tmp:
-            (tmp / "a.txt").write_text("half")
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError), atomic_files(out) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("disk full")
     assert (out / "a.txt").read_text() == "good"
     assert os.listdir(tmp_path) == ["model"]
 
@@ -74,10 +72,9 @@ def test_remove_stale_temp_files_removes_only_ours(tmp_path):
 
 
 def test_interrupted_atomic_write_leaves_a_recognisable_temp(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_write(tmp_path / "f.bin") as f:
-            f.write(b"x")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_write(tmp_path / "f.bin") as f:
+        f.write(b"x")
+        raise KeyboardInterrupt
     assert os.listdir(tmp_path) == []  # cleaned up when the process lives on
     # a killed process cannot clean up: what it would leave is exactly what the sweep removes
     temp_name(tmp_path / "f.bin").write_bytes(b"x")

@@ -1,7 +1,8 @@
 """Fuzzing the CLI's numbers: every value is accepted or refused in one line (UsageError or
 ConfigError naming the flag), never another exception."""
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tui_llm.cli.parser import UsageError
 from tui_llm.cli.train import given_settings, train_parser

@@ -19,10 +19,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tui_llm.engine.models.gpt2_config import GPTConfig, num_parameters
 from tui_llm.engine.data.tokens import DataError, open_tokens, write_tokens
-from tui_llm.engine.formats import (CheckpointError, load_model_weights, load_training_checkpoint, read_hf,
-                                    read_llmc, save_training_checkpoint, write_hf, write_llmc)
+from tui_llm.engine.formats import (
+    CheckpointError,
+    load_model_weights,
+    load_training_checkpoint,
+    read_hf,
+    read_llmc,
+    save_training_checkpoint,
+    write_hf,
+    write_llmc,
+)
+from tui_llm.engine.models.gpt2_config import GPTConfig, num_parameters
 
 CFG = GPTConfig(max_seq_len=8, vocab_size=50, num_layers=1, num_heads=2, channels=8)  # Vp = 128
 EXAMPLES = 300
@@ -78,7 +86,8 @@ def byte_damage(header_bytes: int, file_bytes: int):
     non_finite = st.tuples(st.integers(0, file_bytes // 4 - 1).map(lambda i: 4 * i),  # an aligned NaN/inf weight
                            st.sampled_from([np.float32(x).tobytes() for x in (np.nan, np.inf, -np.inf)]))
     poke = poke | non_finite
-    return st.tuples(st.lists(poke, max_size=2), st.just(0) | st.integers(-64, -1), st.just(b"") | st.binary(min_size=1, max_size=8))
+    return st.tuples(st.lists(poke, max_size=2), st.just(0) | st.integers(-64, -1),
+                     st.just(b"") | st.binary(min_size=1, max_size=8))
 
 
 def damage(data: bytes, change) -> bytes:
@@ -276,7 +285,7 @@ def test_fuzz_gpt_config():
     target = "GPTConfig"
 
     @FUZZ
-    @given(values=st.fixed_dictionaries({k: HOSTILE_INTS | JSON_VALUES for k in fields}))
+    @given(values=st.fixed_dictionaries(dict.fromkeys(fields, HOSTILE_INTS | JSON_VALUES)))
     def run(values):
         try:
             cfg = GPTConfig(**values)

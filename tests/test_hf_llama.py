@@ -84,7 +84,7 @@ def make_hf_dir(tmp_path, hf, dtype="F32", shards=1, seed=0):
             part = names[s::shards]
             fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
             write_safetensors(tmp_path / fname, {n: tensors[n] for n in part})
-            weight_map.update({n: fname for n in part})
+            weight_map.update(dict.fromkeys(part, fname))
         (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     (tmp_path / "config.json").write_text(json.dumps(hf))
     return P_stored, cfg

@@ -5,8 +5,8 @@ import json
 import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from tui_llm.engine.tokenizers.hf import HFTokenizer
 from tui_llm.engine.tokenizers.gpt2 import TokenizerError
+from tui_llm.engine.tokenizers.hf import HFTokenizer
 
 CORPUS = ("The quick brown fox jumps over the lazy dog. " * 20 +
           "Naïve café owners in Zürich serve crème brûlée. " * 10 +

@@ -11,9 +11,9 @@ import pytest
 
 from tests import reference_gpt2 as ref
 from tui_llm.engine.kernels import common as K
-
 from tui_llm.engine.kernels import gpt2 as GK
 from tui_llm.engine.kernels import optimizer
+
 RTOL = 1e-5
 
 

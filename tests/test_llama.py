@@ -5,11 +5,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tui_llm.engine.machine import NotEnoughMemory
-
 from tests import reference_llama as ref
 from tests.accumulation_check import assert_accumulate_adds
 from tui_llm.engine.kernels import blas
+from tui_llm.engine.machine import NotEnoughMemory
 from tui_llm.engine.models.llama import Llama
 from tui_llm.engine.models.llama_config import LlamaConfig, LlamaConfigError, num_parameters, param_shapes
 from tui_llm.engine.training.optim import AdamW, AdamWConfig
@@ -184,8 +183,7 @@ def test_config_round_trip_and_errors():
 
 
 def test_activation_size_is_known_before_allocating():
-    from tui_llm.engine.models.llama import Activations
-    from tui_llm.engine.models.llama import training_memory_bytes
+    from tui_llm.engine.models.llama import Activations, training_memory_bytes
     for cfg in CONFIGS.values():
         assert Activations(cfg, 3, 5).nbytes() == Activations.nbytes_for(cfg, 3, 5)
     model = Llama.random_init(CONFIGS["gqa-untied"])
@@ -198,8 +196,8 @@ def test_activation_size_is_known_before_allocating():
 
 def test_arch_dispatch_rebuilds_either_model():
     from tui_llm.engine.models.build import build_model, config_from_dict
-    from tui_llm.engine.models.gpt2_config import GPTConfig
     from tui_llm.engine.models.gpt2 import GPT
+    from tui_llm.engine.models.gpt2_config import GPTConfig
     cfg = CONFIGS["gqa-untied"]
     model = random_model(cfg)
     again = build_model(config_from_dict(cfg.to_dict()), model.params.flat.copy())

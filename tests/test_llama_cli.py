@@ -11,13 +11,14 @@ import tui_llm
 from tests import reference_llama as ref
 from tests.test_cli import bad, interrupt_at_step, read_metrics, run_cli
 from tests.test_hf_llama import C, F, L, hf_config, write_safetensors
-from tests.test_hf_tokenizer import CORPUS, train as train_tokenizer
+from tests.test_hf_tokenizer import CORPUS
+from tests.test_hf_tokenizer import train as train_tokenizer
 from tui_llm import cli
 from tui_llm.engine.data.tokens import open_tokens, write_tokens
 from tui_llm.engine.formats import load_training_checkpoint
 from tui_llm.engine.formats.hf_llama import read_hf_llama
-from tui_llm.engine.tokenizers.hf import HFTokenizer
 from tui_llm.engine.models.llama import Llama
+from tui_llm.engine.tokenizers.hf import HFTokenizer
 
 VOCAB, MAX_POS = 400, 64  # the trained tokenizer's vocabulary; positions
 SMALL = ["-b", "2", "-t", "16", "--threads", "1", "--val-every", "5", "--sample-every", "0", "--save-every", "0"]
@@ -269,9 +270,9 @@ def test_sidecar_names_cover_splits_and_shards():
 def test_gpt2_hf_exports_carry_gpt2s_tokenizer_files(tmp_path):
     from tokenizers import ByteLevelBPETokenizer
 
-    from tui_llm.engine.models.gpt2_config import GPTConfig
     from tui_llm.engine.formats import write_hf
     from tui_llm.engine.models.gpt2 import GPT
+    from tui_llm.engine.models.gpt2_config import GPTConfig
     from tui_llm.engine.tokenizers.gpt2 import get_tokenizer
 
     cfg = GPTConfig(max_seq_len=8, vocab_size=50257, num_layers=1, num_heads=1, channels=8)
@@ -300,8 +301,8 @@ def test_a_llama_without_a_tokenizer_is_refused_in_one_line(llama, tmp_path, cap
 
 
 def test_uint32_token_files_train(llama, tmp_path):
-    from tui_llm.engine.data.tokens import open_dataset
     from tui_llm.engine.data.loader import TrainLoader
+    from tui_llm.engine.data.tokens import open_dataset
 
     write_tokens(tmp_path / "w_train.bin", np.arange(200) % VOCAB, "llmc", wide=True)
     loader = TrainLoader(open_dataset(str(tmp_path / "w_train.bin"), vocab_size=VOCAB), 2, 8, shuffle=False)

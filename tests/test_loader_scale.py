@@ -12,9 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tui_llm.engine.data.tokens import DataError, open_dataset, open_tokens, write_tokens
-
 from tui_llm.engine.data.loader import TrainLoader, ValLoader
+from tui_llm.engine.data.tokens import DataError, open_dataset, open_tokens, write_tokens
 
 T = 3
 SPLITS = [(4, 1, 1), (1, 4, 1), (2, 1, 2), (1, 2, 2), (2, 2, 1), (1, 1, 4)]  # all R = 4 rows
@@ -204,7 +203,8 @@ def test_crafted_states_are_data_errors(change, message):
 
 
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=5),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+                           lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=5), inner, max_size=4),
                            max_leaves=8)
 
 
@@ -339,13 +339,11 @@ def test_val_shares_add_up_to_the_single_process_batches(num):
 # ----------------------------------------------------------------------------------------------------
 # prepare --shard-size: streaming shards, all appearing together
 
-from tui_llm import cli  # noqa: E402
-
+from tui_llm import cli
 from tui_llm.cli import prepare as prepare_cli
-from tui_llm.engine.data import writer as dataset_writer  # noqa: E402
-from tui_llm.engine.data import prepare
-from tui_llm.engine.data import prepare_shards
-from tui_llm.engine.tokenizers.gpt2 import decode  # noqa: E402
+from tui_llm.engine.data import prepare, prepare_shards
+from tui_llm.engine.data import writer as dataset_writer
+from tui_llm.engine.tokenizers.gpt2 import decode
 
 EOT = 50256
 TEXTS = {
@@ -376,7 +374,8 @@ def test_shards_hold_the_same_tokens_as_the_in_memory_prepare(corpus, tmp_path, 
     quiet = lambda *_: None  # noqa: E731
     prepare.prepare_corpus([corpus], out_dir=tmp_path / "whole", name="c", val_fraction=0.1,
                            split_on_blank_lines=split_on_blank_lines, log=quiet)
-    whole = open_tokens(tmp_path / "whole/c_val.bin").tokens.tolist() + open_tokens(tmp_path / "whole/c_train.bin").tokens.tolist()
+    whole = (open_tokens(tmp_path / "whole/c_val.bin").tokens.tolist()
+             + open_tokens(tmp_path / "whole/c_train.bin").tokens.tolist())
     result = prepare_shards.prepare_corpus_shards([corpus], out_dir=tmp_path / "sh", name="c", shard_size=300,
                                                   val_tokens=250, split_on_blank_lines=split_on_blank_lines, log=quiet)
     val, train = read_split(tmp_path / "sh", "c_val_*.bin"), read_split(tmp_path / "sh", "c_train_*.bin")
@@ -409,7 +408,8 @@ def test_prepared_shards_train_end_to_end(corpus, tmp_path, capsys):
     assert prepare_cli.main([str(corpus), "--out-dir", str(out), "--name", "web", "--shard-size", "400",
                              "--val-tokens", "100"]) == 0
     printed = capsys.readouterr().out
-    assert f"writing 100 tokens to {out / 'web_val_000000.bin'}" in printed and "in 6 shards, val 100 tokens in 1 shard" in printed
+    assert f"writing 100 tokens to {out / 'web_val_000000.bin'}" in printed
+    assert "in 6 shards, val 100 tokens in 1 shard" in printed
     train = open_dataset(str(out / "web_train_*.bin"))
     loader = TrainLoader(train, B=2, T=8, grad_accum=2)
     seen = set()
@@ -499,7 +499,8 @@ def test_bad_utf8_is_found_across_blocks(tmp_path, monkeypatch):
 @pytest.mark.parametrize("entry", ["prepare_cli", "tui-llm"])
 def test_prepare_argument_errors_are_one_line(tmp_path, capsys, args, message, entry):
     (tmp_path / "t.txt").write_text("Hello world\n" * 10)
-    args = [a.format(f=tmp_path / "t.txt", d=tmp_path) for a in args] + (["--out-dir", str(tmp_path / "out")] if args else [])
+    args = [a.format(f=tmp_path / "t.txt", d=tmp_path) for a in args]
+    args += ["--out-dir", str(tmp_path / "out")] if args else []
     status = prepare_cli.main(args) if entry == "prepare_cli" else cli.main(["prepare", *args])
     err = capsys.readouterr().err
     assert status == 2

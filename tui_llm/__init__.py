@@ -30,11 +30,10 @@ _API = {
     "RunDir": "tui_llm.engine.run.run_dir",
     "RunWatcher": "tui_llm.engine.run.watcher", "RemoteTrainer": "tui_llm.engine.run.watcher",
     "ControlClient": "tui_llm.engine.run.channel", "ChannelError": "tui_llm.engine.run.channel",
-    **{name: "tui_llm.engine.events" for name in (
-        "Event", "Compiling", "RunStarted", "TrainStep", "Validation", "Sample", "CheckpointSaved", "Paused",
-        "Resumed", "Notice", "Error", "SettingChanged", "Finished", "Command", "Pause", "Resume", "SampleNow",
-        "SaveNow", "SetSetting", "Stop",
-        "FinishReason", "SaveReason", "RunState", "Level")},
+    **dict.fromkeys(("Event", "Compiling", "RunStarted", "TrainStep", "Validation", "Sample", "CheckpointSaved",
+                     "Paused", "Resumed", "Notice", "Error", "SettingChanged", "Finished", "Command", "Pause",
+                     "Resume", "SampleNow", "SaveNow", "SetSetting", "Stop", "FinishReason", "SaveReason", "RunState",
+                     "Level"), "tui_llm.engine.events"),
 }
 __all__ = sorted(_API)
 

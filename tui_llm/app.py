@@ -27,8 +27,8 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from tui_llm.engine import events as ev
-from tui_llm.engine.training.run_config import LIVE_SETTINGS, ConfigError, RunConfig
 from tui_llm.engine.run.run_dir import RunDir
+from tui_llm.engine.training.run_config import LIVE_SETTINGS, ConfigError, RunConfig
 from tui_llm.screens.checkpoints import CheckpointsScreen
 from tui_llm.screens.dashboard import DashboardScreen
 from tui_llm.screens.dialogs import HelpScreen, LeaveScreen, PromptScreen, QuitScreen, SettingsScreen

@@ -43,7 +43,7 @@ class StopSignals:
         if stop is not None and self.received:
             stop()
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         self._previous = {s: signal.signal(s, self._handle) for s in SIGNAL_EXIT}
         return self
 

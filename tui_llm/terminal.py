@@ -25,8 +25,7 @@ from collections.abc import Callable
 
 from textual.drivers.linux_driver import LinuxDriver
 
-from tui_llm.signals import SIGNAL_EXIT, StopSignals
-
+from tui_llm.signals import StopSignals
 
 RESET = "\x1b[<u\x1b[?1000l\x1b[?1003l\x1b[?1015l\x1b[?1006l\x1b[?2004l\x1b[?1004l\x1b[?7h\x1b[?1049l\x1b[?25h"
 """Leave Textual's modes: keyboard protocol, mouse, paste, focus events, line wrap, alt screen, cursor."""
@@ -64,7 +63,7 @@ class HangupProofFile:
 class HangupSafeDriver(LinuxDriver):
     """Textual's Linux driver, minus the crash when the terminal hangs up."""
 
-    live: "weakref.WeakSet[HangupSafeDriver]" = weakref.WeakSet()
+    live: weakref.WeakSet[HangupSafeDriver] = weakref.WeakSet()
     """The drivers of this process (`detach_from_terminal` stops their input threads)."""
 
     def __init__(self, app, **kwargs) -> None:

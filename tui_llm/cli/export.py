@@ -21,10 +21,10 @@ def export_parser() -> Parser:
 def cmd_export(argv) -> int:
     args = export_parser().parse_args(argv)
     from tui_llm.engine import formats
-    from tui_llm.engine.run.export import check_export_destination
-    from tui_llm.engine.training.model_source import load_model_source
     from tui_llm.engine.formats.hf_llama import write_hf_llama
     from tui_llm.engine.models.llama import LlamaConfig
+    from tui_llm.engine.run.export import check_export_destination
+    from tui_llm.engine.training.model_source import load_model_source
 
     cfg, flat, name, tokenizer_dir = load_model_source(args.init_from)
     llama = isinstance(cfg, LlamaConfig)

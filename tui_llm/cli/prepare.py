@@ -16,9 +16,9 @@ import math
 import sys
 
 from tui_llm.cli.parser import EXIT_OK, Parser
-from tui_llm.engine.data.tokens import FORMATS
 from tui_llm.engine.data.prepare import PrepareError, prepare_corpus, prepare_shakespeare, prepare_tinyshakespeare
 from tui_llm.engine.data.prepare_shards import prepare_corpus_shards
+from tui_llm.engine.data.tokens import FORMATS
 
 TINY_SHAKESPEARE = "tinyshakespeare"
 DEFAULT_VAL_FRACTION = 0.1

@@ -29,13 +29,14 @@ def cmd_sample(argv) -> int:
               threads=args.threads).validate()
     if args.num_samples <= 0:
         raise UsageError(f"--num-samples must be positive, got {args.num_samples}")
+    import numpy as np
+
+    from tui_llm.engine.machine import set_threads
     from tui_llm.engine.models.build import build_model
-    from tui_llm.engine.training.model_source import load_model_source
     from tui_llm.engine.models.llama import LlamaConfig
     from tui_llm.engine.tokenizers.lookup import load_tokenizer
+    from tui_llm.engine.training.model_source import load_model_source
     from tui_llm.engine.training.sampler import Sampler
-    from tui_llm.engine.machine import set_threads
-    import numpy as np
 
     cfg, flat, name, tokenizer_dir = load_model_source(args.init_from)
     tokenizer_dir = args.tokenizer or tokenizer_dir

@@ -23,7 +23,8 @@ KNOWN_DATASETS = {"tiny_shakespeare", "shakespeare"}  # what `tui-llm` prepares 
 def train_parser() -> Parser:
     from tui_llm.engine.models.gpt2_config import PRESETS
 
-    p = Parser(prog="tui-llm", description="Train or fine-tune a GPT-2 or Llama-family model (SmolLM2, Llama 3.x, Qwen2.5, Qwen3, Mistral) on the CPU, in a terminal UI or headless.",
+    p = Parser(prog="tui-llm", description="Train or fine-tune a GPT-2 or Llama-family model (SmolLM2, Llama 3.x, "
+                                           "Qwen2.5, Qwen3, Mistral) on the CPU, in a terminal UI or headless.",
                epilog="Other commands: tui-llm prepare | sample | export | watch (each with -h).")
     p.add_argument("--version", action="version", version=f"tui-llm {__version__}")
     p.add_argument("train_file", nargs="?", metavar="TRAIN_BIN",
@@ -38,9 +39,11 @@ def train_parser() -> Parser:
     g = p.add_argument_group("model")
     g.add_argument("--arch", choices=("gpt2", "llama"), help="a fresh model's architecture (default gpt2; llama "
                                                              "needs --tokenizer)")
-    g.add_argument("--model", choices=sorted(PRESETS, key=lambda k: int(k[1:])), help="preset for a fresh model (default d6)")
+    g.add_argument("--model", choices=sorted(PRESETS, key=lambda k: int(k[1:])),
+                   help="preset for a fresh model (default d6)")
     g.add_argument("--init-from", metavar="MODEL",
-                   help="start from these weights: our run directory or checkpoint, llm.c .bin, Hugging Face dir or cached name")
+                   help="start from these weights: our run directory or checkpoint, llm.c .bin, Hugging Face dir or "
+                        "cached name")
     g.add_argument("--resume", metavar="RUN_DIR|CHECKPOINT", help="continue a saved run exactly where it stopped")
     g.add_argument("--layers", type=int, help="override the preset's layer count")
     g.add_argument("--heads", type=int, help="override the preset's head count")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from tui_llm.engine.models.build import build_model
-from tui_llm.engine.models.llama import Llama
 from tui_llm.engine.models.gpt2 import GPT
-from tui_llm.engine.training.model_source import load_model_source
+from tui_llm.engine.models.llama import Llama
 from tui_llm.engine.tokenizers.lookup import load_tokenizer
-from tui_llm.engine.training.sampler import SampleResult, Sampler
+from tui_llm.engine.training.model_source import load_model_source
+from tui_llm.engine.training.sampler import Sampler, SampleResult
 
 
 def load_model(source, tokenizer=None) -> GPT | Llama:

@@ -213,7 +213,7 @@ class MetricsChart(Widget):
 
     def poll_overlays(self) -> None:
         """Read what live overlay runs appended (a stat each, and their new lines)."""
-        if any([overlay.poll() for overlay in self.overlays]) and self.show_overlays:
+        if any([overlay.poll() for overlay in self.overlays]) and self.show_overlays:  # noqa: C419 (poll every one)
             self._stale = True
 
     def toggle_overlays(self) -> None:

@@ -28,8 +28,18 @@ import numpy as np
 import plotext
 from plotext._kernel.terminal import terminal as plotext_terminal
 
-from tui_llm.widgets.text_charts import (AXIS, GUESSED_LABEL_WIDTH, Line, Row, column_means, fit, legend,
-                                         tick_label, x_axis, y_axis)
+from tui_llm.widgets.text_charts import (
+    AXIS,
+    GUESSED_LABEL_WIDTH,
+    Line,
+    Row,
+    column_means,
+    fit,
+    legend,
+    tick_label,
+    x_axis,
+    y_axis,
+)
 
 ROBUST_PERCENTILES = (0.5, 99.5)
 

@@ -140,7 +140,8 @@ class TrainLoader:
         before = self._rng.state
         try:
             self._rng.state = {"bit_generator": "MT19937",
-                               "state": {"key": np.array(s["shard_rng"]["key"], dtype=np.uint32), "pos": s["shard_rng"]["pos"]}}
+                               "state": {"key": np.array(s["shard_rng"]["key"], dtype=np.uint32),
+                                         "pos": s["shard_rng"]["pos"]}}
         except (ValueError, TypeError, OverflowError) as e:
             self._rng.state = before
             raise DataError(f"loader state: bad shard_rng ({e})") from None
@@ -181,7 +182,7 @@ class ValLoader:
     def batches(self, num: int | None = None):
         """Yield this rank's share of the first `num` batches (all of them if None)."""
         for g in range(self.rank, self.count(num), self.world_size):
-            for i, n in enumerate(self.shard_samples):  # few shards for validation: a linear walk is fine
+            for i, n in enumerate(self.shard_samples):  # noqa: B007 (i is the shard): few shards, a linear walk is fine
                 if g < n:
                     break
                 g -= n

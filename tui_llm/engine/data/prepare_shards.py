@@ -34,10 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
-from tui_llm.engine.models.gpt2_config import EOT_TOKEN
+from tui_llm.engine.data.prepare import (
+    _SAFE_CUT,
+    PIECE_CHARS,
+    PreparedDataset,
+    PrepareError,
+    _pieces,
+    _plural,
+    _real_name,
+    collect_text_files,
+)
 from tui_llm.engine.data.writer import DatasetWriter
-from tui_llm.engine.data.prepare import (PIECE_CHARS, PrepareError, PreparedDataset, _SAFE_CUT, _pieces, _plural, _real_name,
-                      collect_text_files)
+from tui_llm.engine.models.gpt2_config import EOT_TOKEN
 from tui_llm.engine.tokenizers.gpt2 import get_tokenizer
 
 READ_BYTES = 1 << 22          # read text files 4 MB at a time
@@ -49,7 +57,7 @@ def _text_blocks(path: Path, errors: str, log):
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
     offset, first, held, warned = 0, True, "", False
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 (closed by the with below; opening has its own error)
     except OSError as e:
         raise PrepareError(f"{path}: cannot read ({e.strerror})") from None
     with f:
@@ -81,7 +89,7 @@ def _text_blocks(path: Path, errors: str, log):
 def _last_safe_cut(text: str, min_start: int) -> int | None:
     """The end of the last point in text[min_start:] where a cut leaves the tokens unchanged, or None."""
     end = None
-    for end in (m.end() for m in _SAFE_CUT.finditer(text, min_start)):
+    for end in (m.end() for m in _SAFE_CUT.finditer(text, min_start)):  # noqa: B007 (the last one is kept)
         pass
     return end
 
@@ -292,7 +300,9 @@ def prepare_corpus_shards(inputs, out_dir="data", name: str | None = None, shard
         raise PrepareError(f"cannot write {_real_name(e.filename) or out_dir}: {e.strerror}") from None
     seconds = time.perf_counter() - start
     val, train = sink.totals["val"], sink.totals["train"]
-    log(f"read {_plural(len(files), 'file')}, {_plural(documents, 'document')}: {val + train:,} tokens ({(val + train) / max(seconds, 1e-9) / 1e6:.2f}M tokens/s)")
+    rate = (val + train) / max(seconds, 1e-9) / 1e6
+    log(f"read {_plural(len(files), 'file')}, {_plural(documents, 'document')}: {val + train:,} tokens "
+        f"({rate:.2f}M tokens/s)")
     log(f"train {train:,} tokens in {_plural(len(sink.paths['train']), 'shard')}, "
         f"val {val:,} tokens in {_plural(len(sink.paths['val']), 'shard')}")
     return PreparedDataset(out_dir / f"{name}_train_*.bin", out_dir / f"{name}_val_*.bin",

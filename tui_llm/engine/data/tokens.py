@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tui_llm.engine.errors import TuiLlmError
 from tui_llm.engine.formats.atomic import atomic_write
 from tui_llm.engine.models.gpt2_config import GPT2_VOCAB_SIZE
-from tui_llm.engine.errors import TuiLlmError
 
 LLMC_MAGIC = 20240520
 LLMC_VERSION = 1
@@ -197,7 +197,8 @@ class TokenShards:
         return len(self.files)
 
     def __repr__(self) -> str:
-        return f"TokenShards({self.pattern!r}, {len(self.files)} files, format={self.format!r}, num_tokens={self.num_tokens:,})"
+        return (f"TokenShards({self.pattern!r}, {len(self.files)} files, format={self.format!r}, "
+                f"num_tokens={self.num_tokens:,})")
 
 
 def open_dataset(spec, format: str = "auto", vocab_size: int = GPT2_VOCAB_SIZE, check_ids: bool = True) -> TokenShards:

@@ -65,7 +65,7 @@ class DatasetWriter:
             staging.unlink(missing_ok=True)
         self.staged = []
 
-    def __enter__(self) -> "DatasetWriter":
+    def __enter__(self) -> DatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -19,13 +19,20 @@ file is a CheckpointError whose str() is one line, '<file>: <problem>'.
 """
 
 from tui_llm.engine.formats.atomic import atomic_files, atomic_write, remove_stale_temp_files
+from tui_llm.engine.formats.checkpoint import (
+                                               TRAINING_FORMAT,
+                                               TRAINING_MODEL_CONFIG_KEY,
+                                               TRAINING_PARAMS_KEY,
+                                               load_training_checkpoint,
+                                               load_training_params,
+                                               require,
+                                               save_training_checkpoint,
+                                               training_model_config,
+)
 from tui_llm.engine.formats.common import CheckpointError
 from tui_llm.engine.formats.detect import detect_checkpoint_kind, load_model_weights
 from tui_llm.engine.formats.hf_gpt2 import hf_config_dict, parse_hf_config, read_hf, write_hf
 from tui_llm.engine.formats.llmc import LLMC_MAGIC, LLMC_VERSIONS, fp32_to_bf16_bits, llmc_file_nbytes, read_llmc, write_llmc
-from tui_llm.engine.formats.checkpoint import (TRAINING_FORMAT, TRAINING_MODEL_CONFIG_KEY, TRAINING_PARAMS_KEY,
-                                               load_training_checkpoint, load_training_params, require,
-                                               save_training_checkpoint, training_model_config)
 
 __all__ = [
     "CheckpointError", "atomic_files", "atomic_write", "detect_checkpoint_kind",

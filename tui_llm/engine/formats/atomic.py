@@ -22,8 +22,8 @@ import re
 import secrets
 import shutil
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 TEMP_SUFFIX = ".tui-llm-tmp"
 OLD_SUFFIX = ".tui-llm-old"

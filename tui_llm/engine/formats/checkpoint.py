@@ -11,15 +11,15 @@ adam_v) is checked to be float32 of exactly the config's size before it is alloc
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
-from tui_llm.engine.models.build import config_from_dict, num_parameters
-from tui_llm.engine.models.gpt2_config import GPTConfig
 from tui_llm.engine.formats.atomic import atomic_write
 from tui_llm.engine.formats.common import CheckpointError, check_finite, file_size
 from tui_llm.engine.formats.safetensors import read_header, read_tensor, write_safetensors
+from tui_llm.engine.models.build import config_from_dict, num_parameters
+from tui_llm.engine.models.gpt2_config import GPTConfig
 
 TRAINING_FORMAT = "tui-llm-training"
 TRAINING_FORMAT_VERSION = "1"

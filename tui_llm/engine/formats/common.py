@@ -12,7 +12,6 @@ import os
 import numpy as np
 
 from tui_llm.engine.errors import TuiLlmError
-
 from tui_llm.engine.models.gpt2_config import GPTConfig, num_parameters, param_ranges
 
 # Values converted per chunk when encoding/decoding bf16 or scanning for NaN: bounds temporaries to a few MB.

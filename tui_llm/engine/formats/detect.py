@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tui_llm.engine.models.gpt2_config import GPTConfig
+from tui_llm.engine.formats.checkpoint import TRAINING_FORMAT, load_training_params
 from tui_llm.engine.formats.common import CheckpointError, file_size, millions
 from tui_llm.engine.formats.hf_gpt2 import HF_CONFIG, HF_WEIGHTS, read_hf
+from tui_llm.engine.formats.hf_llama import hf_model_type, read_hf_llama
 from tui_llm.engine.formats.llmc import LLMC_MAGIC, LLMC_VERSIONS, OTHER_LLMC_MAGICS, read_llmc, read_llmc_header
 from tui_llm.engine.formats.safetensors import MAX_HEADER_BYTES, read_header
-from tui_llm.engine.formats.checkpoint import TRAINING_FORMAT, load_training_params
-from tui_llm.engine.formats.hf_llama import hf_model_type, read_hf_llama
 from tui_llm.engine.hf_cache import find_hf_cached
+from tui_llm.engine.models.gpt2_config import GPTConfig
 
 
 def detect_checkpoint_kind(path) -> str:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tui_llm.engine.models.gpt2_config import EOT_TOKEN, GPTConfig, ParamTensors, param_shapes
 from tui_llm.engine.formats.atomic import atomic_files, atomic_write
 from tui_llm.engine.formats.common import CheckpointError, check_finite, file_size
 from tui_llm.engine.formats.safetensors import read_header, read_tensor, write_safetensors
 from tui_llm.engine.hf_cache import HF_CONFIG, HF_WEIGHTS, find_hf_cached, hf_cache_dir
+from tui_llm.engine.models.gpt2_config import EOT_TOKEN, GPTConfig, ParamTensors, param_shapes
 
 MAX_CONFIG_BYTES = 1 << 20  # a GPT-2 config.json is ~1 KB
 # Per-layer tensors: (HF name under h.{l}., our name, stored as Conv1D (in, out) = transposed).

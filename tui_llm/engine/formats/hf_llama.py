@@ -88,7 +88,7 @@ def config_from_hf(hf: dict, path=CONFIG, max_seq_len: int | None = None) -> Lla
             raise CheckpointError(path, f"no integer {key!r} in the config")
     max_pos = hf["max_position_embeddings"]
     T = max_pos if max_seq_len is None else max_seq_len
-    if T > max_pos:
+    if max_pos < T:
         raise CheckpointError(path, f"sequence length {T} exceeds max_position_embeddings {max_pos}")
     window = hf.get("sliding_window")
     uses_window = model_type == "mistral" or (model_type in ("qwen2", "qwen3") and hf.get("use_sliding_window"))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tui_llm.engine.models.gpt2_config import GPTConfig, ParamTensors, num_parameters, param_ranges
 from tui_llm.engine.formats.atomic import atomic_write
 from tui_llm.engine.formats.common import CHUNK, CheckpointError, check_finite, file_size, read_exact, write_array
+from tui_llm.engine.models.gpt2_config import GPTConfig, ParamTensors, num_parameters, param_ranges
 
 LLMC_MAGIC = 20240326
 LLMC_HEADER_INTS = 256  # 1,024 bytes

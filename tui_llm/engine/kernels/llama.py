@@ -21,7 +21,6 @@ from numba import njit, prange
 
 from tui_llm.engine.kernels.common import EXP_BLOCK, JIT, PJIT, exp_block
 
-
 # ---------------------------------------------------------------------------------------
 # Embedding (no position table: positions enter through RoPE)
 

@@ -58,7 +58,7 @@ class Model:
 
     def _ensure_buffers(self, B: int, T: int) -> Any:
         """The activation buffers for (B, T), reused while the shape stays the same."""
-        if T > self.config.max_seq_len:
+        if self.config.max_seq_len < T:
             raise ValueError(f"sequence length {T} exceeds the model's maximum {self.config.max_seq_len}")
         if self.acts is None or (self.acts.B, self.acts.T) != (B, T):
             self.acts = None  # free the old buffers before allocating new ones

@@ -10,10 +10,10 @@ import numpy as np
 
 from tui_llm.engine.models import gpt2_config as gpt_config
 from tui_llm.engine.models import llama_config
-from tui_llm.engine.models.gpt2_config import GPTConfig
-from tui_llm.engine.models.llama import Llama, LlamaConfig
 from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.gpt2 import GPT
+from tui_llm.engine.models.gpt2_config import GPTConfig
+from tui_llm.engine.models.llama import Llama, LlamaConfig
 
 
 def config_from_dict(d: dict) -> GPTConfig | LlamaConfig:

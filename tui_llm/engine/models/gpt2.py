@@ -22,12 +22,11 @@ from __future__ import annotations
 import numpy as np
 
 from tui_llm.engine.kernels import common as K
-
 from tui_llm.engine.kernels import gpt2 as GK
 from tui_llm.engine.kernels.attention import attention_backward, attention_forward
+from tui_llm.engine.kernels.grad_accumulation import head_grad, matmul_grad, needs_scratch
 from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.gpt2_config import MATRIX_PARAMS, GPTConfig, ParamTensors, init_params
-from tui_llm.engine.kernels.grad_accumulation import head_grad, matmul_grad, needs_scratch
 
 
 class Activations:
@@ -84,7 +83,7 @@ class GPT(Model):
 
     # -----------------------------------------------------------------------------------
     @classmethod
-    def random_init(cls, config: GPTConfig, seed: int = 42) -> "GPT":
+    def random_init(cls, config: GPTConfig, seed: int = 42) -> GPT:
         """GPT-2's init (config.init_params: N(0, 0.02) weights, residual projections
         0.02/sqrt(2L), biases 0, LN 1/0, padded wte rows 0) from numpy's default generator.
         torch_init.llmc_random_init is the same recipe drawn as PyTorch draws it."""
@@ -164,10 +163,10 @@ class GPT(Model):
     # -----------------------------------------------------------------------------------
     # Generation: positions t0.. appended to a key/value cache
 
-    def new_kv_cache(self) -> "KVCache":
+    def new_kv_cache(self) -> KVCache:
         return KVCache(self.config)
 
-    def extend(self, cache: "KVCache", tokens: np.ndarray, t0: int) -> np.ndarray:
+    def extend(self, cache: KVCache, tokens: np.ndarray, t0: int) -> np.ndarray:
         """Run tokens (n,) at positions t0..t0+n-1, storing their keys and values in `cache`
         (positions before t0 must already be there); return the last position's logits (Vp,).
 

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from tui_llm.engine.machine import check_fits_memory
 
 GPT2_VOCAB_SIZE = 50257
@@ -117,7 +118,7 @@ def param_ranges(cfg: GPTConfig, shapes=None) -> list[tuple[str, tuple[int, ...]
     return ranges
 
 
-def init_draws(cfg: GPTConfig, p: "ParamTensors"):
+def init_draws(cfg: GPTConfig, p: ParamTensors):
     """GPT-2's init recipe, as (view, std) normal draws in the order train_gpt2.py's
     `GPT._init_weights` makes them (module order): wte (only the V real rows), wpe, then per layer
     c_attn.weight, attn.c_proj.weight, mlp.c_fc.weight, mlp.c_proj.weight. Residual projections

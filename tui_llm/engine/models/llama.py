@@ -31,9 +31,14 @@ from tui_llm.engine.kernels.attention import attention_backward, attention_forwa
 from tui_llm.engine.kernels.grad_accumulation import head_grad, matmul_grad, needs_scratch
 from tui_llm.engine.machine import check_fits_memory
 from tui_llm.engine.models.base import Model
-from tui_llm.engine.models.llama_config import (MATRIX_PARAMS, LlamaConfig, LlamaConfigError, LlamaParams,
-                                                num_parameters, rope_tables)
-
+from tui_llm.engine.models.llama_config import (
+    MATRIX_PARAMS,
+    LlamaConfig,
+    LlamaConfigError,
+    LlamaParams,
+    num_parameters,
+    rope_tables,
+)
 
 __all__ = ["Llama", "LlamaConfig", "LlamaConfigError", "KVCache", "training_memory_bytes"]
 
@@ -167,7 +172,7 @@ class Llama(Model):
 
     # -----------------------------------------------------------------------------------
     @classmethod
-    def random_init(cls, config: LlamaConfig, seed: int = 42) -> "Llama":
+    def random_init(cls, config: LlamaConfig, seed: int = 42) -> Llama:
         """transformers' Llama init: every matrix N(0, 0.02), biases 0, RMSNorm weights 1.
 
         Only the V real rows of wte (and lm_head) are drawn; padded rows stay exactly zero.

@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tui_llm.engine.models.gpt2_config import ParamTensors, pad_vocab
 from tui_llm.engine.errors import TuiLlmError
 from tui_llm.engine.machine import check_fits_memory
+from tui_llm.engine.models.gpt2_config import ParamTensors, pad_vocab
 
 ROPE_TYPES = ("linear", "llama3")
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -131,7 +131,7 @@ class LlamaConfig:
         return {"arch": "llama", **d}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LlamaConfig":
+    def from_dict(cls, d: dict) -> LlamaConfig:
         d = dict(d)
         arch = d.pop("arch", "llama")
         if arch != "llama":

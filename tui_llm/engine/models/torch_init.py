@@ -100,7 +100,7 @@ class TorchGenerator:
     def __init__(self, seed: int = 67280421310721):  # torch.Generator()'s default seed
         self.manual_seed(seed)
 
-    def manual_seed(self, seed: int) -> "TorchGenerator":
+    def manual_seed(self, seed: int) -> TorchGenerator:
         self._seed = int(seed)
         self._mt = mt19937(seed)  # at::mt19937(seed): init_genrand on the low 32 bits
         self._next_double_normal: float | None = None

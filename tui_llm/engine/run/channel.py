@@ -35,10 +35,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tui_llm.engine import events as ev
-from tui_llm.engine.formats.atomic import atomic_write
-from tui_llm.engine.run.run_dir import CONTROL_ADDRESS, CONTROL_SOCKET
 from tui_llm.engine.errors import TuiLlmError
+from tui_llm.engine.formats.atomic import atomic_write
 from tui_llm.engine.jsonline import BadLine, parse_object
+from tui_llm.engine.run.run_dir import CONTROL_ADDRESS, CONTROL_SOCKET
 
 SOCKET, ADDRESS = CONTROL_SOCKET, CONTROL_ADDRESS
 MAX_PATH = 107          # sun_path is 108 bytes with its terminating NUL
@@ -296,7 +296,7 @@ class ControlClient:
         self._buf = b""
 
     @classmethod
-    def connect(cls, run_dir, timeout: float = 10.0) -> "ControlClient":
+    def connect(cls, run_dir, timeout: float = 10.0) -> ControlClient:
         path = socket_path(run_dir)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
@@ -330,7 +330,7 @@ class ControlClient:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "ControlClient":
+    def __enter__(self) -> ControlClient:
         return self
 
     def __exit__(self, *exc) -> None:

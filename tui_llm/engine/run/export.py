@@ -42,7 +42,8 @@ def check_export_destination(source, dest, kind: str, force: bool = False) -> Pa
 
     if st is not None:
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-            raise CheckpointError(dest, "is not a regular file or directory (a device, pipe or socket); refusing to export there")
+            raise CheckpointError(dest, "is not a regular file or directory (a device, pipe or socket); "
+                                        "refusing to export there")
         if os.path.exists(source):
             src = Path(source).resolve()
             real = dest.resolve()

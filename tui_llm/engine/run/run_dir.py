@@ -23,8 +23,8 @@ import shutil
 import stat
 from pathlib import Path
 
-from tui_llm.engine.formats.atomic import atomic_write, remove_stale_temp_files
 from tui_llm.engine.errors import TuiLlmError
+from tui_llm.engine.formats.atomic import atomic_write, remove_stale_temp_files
 from tui_llm.engine.jsonline import BadLine, parse_json
 from tui_llm.engine.run.metrics_log import MetricsLog
 

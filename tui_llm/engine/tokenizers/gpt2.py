@@ -16,8 +16,8 @@ from importlib import resources
 
 import tiktoken
 
-from tui_llm.engine.models.gpt2_config import EOT_TOKEN, GPT2_VOCAB_SIZE
 from tui_llm.engine.errors import TuiLlmError
+from tui_llm.engine.models.gpt2_config import EOT_TOKEN, GPT2_VOCAB_SIZE
 
 EOT_TEXT = "<|endoftext|>"
 
@@ -92,7 +92,7 @@ def _load_gpt2_ranks() -> dict[bytes, int]:
     return ranks
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_tokenizer() -> tiktoken.Encoding:
     """The GPT-2 tokenizer (same ids as tiktoken.get_encoding("gpt2")), built once per process."""
     return tiktoken.Encoding(

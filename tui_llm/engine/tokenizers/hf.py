@@ -52,7 +52,7 @@ class StreamDecoder:
     SentencePiece byte-fallback tokenizers alike.
     """
 
-    def __init__(self, tokenizer: "HFTokenizer"):
+    def __init__(self, tokenizer: HFTokenizer):
         self._decode = tokenizer.decode
         self._ids: list[int] = []
         self._prefix = 0   # window start: ids before it are shown and never re-decoded
@@ -102,7 +102,7 @@ class HFTokenizer:
         self.adds_bos = adds and self.bos_token_id is not None
 
     @classmethod
-    def from_dir(cls, path) -> "HFTokenizer":
+    def from_dir(cls, path) -> HFTokenizer:
         """From a model directory (tokenizer.json, tokenizer_config.json, config.json) or a tokenizer.json path."""
         path = Path(path).expanduser()
         directory = path.parent if path.is_file() else path

@@ -36,6 +36,7 @@ import sys
 import threading
 
 import numpy as np
+
 from tui_llm.engine.errors import TuiLlmError
 
 # Set by the MPI launchers for every process they start: MPICH/Hydra (PMI_*), PMIx-based launchers
@@ -77,11 +78,11 @@ class World:
         self.cores_are_shared = True  # False when the launcher bound each local rank to its own cores
 
     @classmethod
-    def single(cls) -> "World":
+    def single(cls) -> World:
         return cls()
 
     @classmethod
-    def detect(cls) -> "World":
+    def detect(cls) -> World:
         """A single-process world, unless started by an MPI launcher: then MPI.COMM_WORLD."""
         variable = launched_by_mpi()
         if variable is None:

@@ -14,18 +14,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from tui_llm.engine.models.gpt2_config import GPTConfig, preset_config
 from tui_llm.engine.formats import detect_checkpoint_kind, load_model_weights, load_training_checkpoint
+from tui_llm.engine.formats.hf_llama import hf_model_type
 from tui_llm.engine.hf_cache import find_hf_cached
 from tui_llm.engine.machine import NotEnoughMemory
-from tui_llm.engine.formats.hf_llama import hf_model_type
-from tui_llm.engine.models.llama import Llama, LlamaConfig, LlamaConfigError
 from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.gpt2 import GPT
+from tui_llm.engine.models.gpt2_config import GPTConfig, preset_config
+from tui_llm.engine.models.llama import Llama, LlamaConfig, LlamaConfigError
+from tui_llm.engine.models.torch_init import llmc_random_init
+from tui_llm.engine.run.run_dir import is_run_dir, resolve_checkpoint
 from tui_llm.engine.tokenizers.lookup import load_tokenizer
 from tui_llm.engine.training.run_config import ConfigError, RunConfig
-from tui_llm.engine.run.run_dir import is_run_dir, resolve_checkpoint
-from tui_llm.engine.models.torch_init import llmc_random_init
 
 
 def load_model_source(source) -> tuple:

@@ -73,7 +73,7 @@ class RunConfig:
     shuffle: bool = True
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
+    def from_dict(cls, d: dict) -> RunConfig:
         """From a saved dict (config.json, checkpoint metadata): unknown keys are ignored, every
         known one must have its field's type."""
         if not isinstance(d, dict):
@@ -88,7 +88,8 @@ class RunConfig:
                 kinds = (int,)
             if f.name in ("val_file", "init_from", "out_dir", "tokenizer"):
                 kinds = (str,)
-            ok = (v is None and default is None) or (isinstance(v, kinds) and not (isinstance(v, bool) and bool not in kinds))
+            ok = (v is None and default is None) or \
+                (isinstance(v, kinds) and not (isinstance(v, bool) and bool not in kinds))
             if not ok:
                 raise ConfigError(f.name, f"has the wrong type in the saved configuration: {v!r}")
             values[f.name] = v
@@ -111,7 +112,8 @@ class RunConfig:
             low = 1 if name in positive or name in SIZES else 0
             if not low <= v < LIMIT:
                 raise ConfigError(name, f"must be {'positive' if low else 'zero or more'}, got {v}")
-        finite = {"lr": (0.0, 10.0, False), "lr_scale": (0.0, 100.0, True), "final_lr_fraction": (0.0, 1.0, True), "weight_decay": (0.0, 10.0, True),
+        finite = {"lr": (0.0, 10.0, False), "lr_scale": (0.0, 100.0, True), "final_lr_fraction": (0.0, 1.0, True),
+                  "weight_decay": (0.0, 10.0, True),
                   "grad_clip": (0.0, 1e9, True), "temperature": (0.0, 100.0, True)}
         for name, (low, high, low_ok) in finite.items():
             v = getattr(self, name)
@@ -132,13 +134,14 @@ class RunConfig:
                     raise ConfigError(name, "is a Llama size; add --arch llama (GPT-2 has as many key/value heads "
                                             "as heads and a 4x MLP)")
 
-    def resumed_with(self, overrides: dict) -> "RunConfig":
+    def resumed_with(self, overrides: dict) -> RunConfig:
         """A copy with `overrides` applied; fields fixed on resume may only be given unchanged."""
         unknown = sorted(set(overrides) - {f.name for f in fields(self)})
         if unknown:
             raise ConfigError(unknown[0], "is not a run setting")
         changed = sorted(k for k, v in overrides.items()
-                         if k in FIXED_ON_RESUME and v is not None and v != getattr(self, k) and not _same_path(k, v, getattr(self, k)))
+                         if k in FIXED_ON_RESUME and v is not None and v != getattr(self, k)
+                         and not _same_path(k, v, getattr(self, k)))
         if changed:
             raise ConfigError(changed[0], "cannot change when resuming (it describes the model or the data)")
         values = {**asdict(self), **{k: v for k, v in overrides.items() if v is not None and k not in FIXED_ON_RESUME}}
@@ -164,7 +167,8 @@ def live_setting(config: RunConfig, name, value):
 
 def _same_path(name: str, a, b) -> bool:
     """A data path given again on resume, relative to here, names the same file as the saved absolute one."""
-    if name not in ("train_file", "val_file", "out_dir", "tokenizer", "init_from") or not isinstance(a, str) or not isinstance(b, str):
+    if name not in ("train_file", "val_file", "out_dir", "tokenizer", "init_from") \
+            or not isinstance(a, str) or not isinstance(b, str):
         return False
     return str(Path(a).absolute()) == str(Path(b).absolute())
 

@@ -52,7 +52,7 @@ class TrainingState:
         save_training_checkpoint(path, {"params": self.params, "adam_m": self.adam_m, "adam_v": self.adam_v}, meta)
 
     @classmethod
-    def load(cls, path) -> "TrainingState":
+    def load(cls, path) -> TrainingState:
         """The state in a run directory's newest checkpoint, or in a checkpoint file, every value checked."""
         checkpoint = resolve_checkpoint(path)
         arrays, meta = load_training_checkpoint(checkpoint)

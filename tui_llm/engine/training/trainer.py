@@ -28,27 +28,26 @@ from pathlib import Path
 import numpy as np
 
 from tui_llm.engine import events as ev
+from tui_llm.engine.data.loader import TrainLoader, ValLoader
+from tui_llm.engine.data.sidecar import check_data_tokenizer
+from tui_llm.engine.data.tokens import DataError, open_dataset
 from tui_llm.engine.errors import TuiLlmError
+from tui_llm.engine.formats import CheckpointError
 from tui_llm.engine.kernels.compile import compile_kernels
 from tui_llm.engine.kernels.optimizer import sum_of_squares
-from tui_llm.engine.models.build import build_model
-from tui_llm.engine.run.channel import ControlServer
-from tui_llm.engine.training.control import Control
-from tui_llm.engine.data.tokens import open_dataset
-from tui_llm.engine.data.loader import TrainLoader, ValLoader
-from tui_llm.engine.training.distributed import World
-from tui_llm.engine.data.tokens import DataError
-from tui_llm.engine.formats import CheckpointError
-from tui_llm.engine.models.llama import Llama
-from tui_llm.engine.training.model_source import fresh_model, load_model_source
-from tui_llm.engine.data.sidecar import check_data_tokenizer
-from tui_llm.engine.tokenizers.lookup import find_tokenizer_dir, load_tokenizer
-from tui_llm.engine.training.optim import AdamW, AdamWConfig, learning_rate
-from tui_llm.engine.training.state import TrainingState
-from tui_llm.engine.training.run_config import ConfigError, RunConfig, default_val_file, live_setting
-from tui_llm.engine.run.run_dir import RunDir, RunDirError
-from tui_llm.engine.training.sampler import Sampler
 from tui_llm.engine.machine import set_threads
+from tui_llm.engine.models.build import build_model
+from tui_llm.engine.models.llama import Llama
+from tui_llm.engine.run.channel import ControlServer
+from tui_llm.engine.run.run_dir import RunDir, RunDirError
+from tui_llm.engine.tokenizers.lookup import find_tokenizer_dir, load_tokenizer
+from tui_llm.engine.training.control import Control
+from tui_llm.engine.training.distributed import World
+from tui_llm.engine.training.model_source import fresh_model, load_model_source
+from tui_llm.engine.training.optim import AdamW, AdamWConfig, learning_rate
+from tui_llm.engine.training.run_config import ConfigError, RunConfig, default_val_file, live_setting
+from tui_llm.engine.training.sampler import Sampler
+from tui_llm.engine.training.state import TrainingState
 
 __all__ = ["Trainer", "RunConfig", "ConfigError", "TrainingError"]
 
@@ -84,7 +83,7 @@ class Trainer:
         self.channel: ControlServer | None = None  # rank 0's control channel while run() runs
 
     @classmethod
-    def resume(cls, path, *, world: World | None = None, **overrides) -> "Trainer":
+    def resume(cls, path, *, world: World | None = None, **overrides) -> Trainer:
         """Continue the run saved at `path` (a run directory: its newest checkpoint; or a checkpoint
         file). `overrides` may change run settings (steps, lr, cadences, ...) but not the model or
         the data (ConfigError names the field)."""
@@ -174,7 +173,8 @@ class Trainer:
             return
         path = state.path
         if state.params.size != self.model.num_parameters:
-            raise CheckpointError(path, f"holds {state.params.size:,} parameters; its model has {self.model.num_parameters:,}")
+            raise CheckpointError(path, f"holds {state.params.size:,} parameters; its model has "
+                                        f"{self.model.num_parameters:,}")
         self.optimizer.load_state(state.adam_m, state.adam_v)  # this rank's slice under --zero 1
         self.step = self.optimizer.step = self.last_saved_step = state.step
         try:
@@ -256,7 +256,8 @@ class Trainer:
 
     def _start_channel(self) -> None:
         """Rank 0 listens for commands from other processes (watchers); without it the run goes on."""
-        channel = ControlServer(self.run_dir.path, self.control.send, lambda name, value: live_setting(self.config, name, value))
+        channel = ControlServer(self.run_dir.path, self.control.send,
+                                lambda name, value: live_setting(self.config, name, value))
         try:
             channel.start()
         except OSError as e:
