@@ -284,8 +284,10 @@ def test_fuzz_gpt_config():
     fields = sorted(CFG.to_dict())
     target = "GPTConfig"
 
+    good = CFG.to_dict()  # each field is sometimes its good value, so both outcomes occur whatever the seed
+
     @FUZZ
-    @given(values=st.fixed_dictionaries(dict.fromkeys(fields, HOSTILE_INTS | JSON_VALUES)))
+    @given(values=st.fixed_dictionaries({k: st.just(good[k]) | HOSTILE_INTS | JSON_VALUES for k in fields}))
     def run(values):
         try:
             cfg = GPTConfig(**values)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.build import build_model
-from tui_llm.engine.models.gpt2 import GPT
-from tui_llm.engine.models.llama import Llama
 from tui_llm.engine.tokenizers.lookup import load_tokenizer
 from tui_llm.engine.training.model_source import load_model_source
 from tui_llm.engine.training.sampler import Sampler, SampleResult
 
 
-def load_model(source, tokenizer=None) -> GPT | Llama:
+def load_model(source, tokenizer=None) -> Model:
     """A model (GPT-2 or Llama family) from a run directory (its newest checkpoint), one of our
     checkpoints, an llm.c .bin, a Hugging Face directory or a name in the local Hugging Face cache.
 
@@ -24,7 +23,7 @@ def load_model(source, tokenizer=None) -> GPT | Llama:
     return model
 
 
-def generate(model: GPT | Llama, prompt: str = "", sample_len: int = 64, temperature: float = 1.0, top_k: int = 0,
+def generate(model: Model, prompt: str = "", sample_len: int = 64, temperature: float = 1.0, top_k: int = 0,
              seed: int | None = 42) -> SampleResult:
     """Sample `sample_len` tokens after `prompt` (KV cache; the model's weights are not changed),
     decoded with the model's own tokenizer; a Llama's sample ends early at its EOS."""

@@ -13,6 +13,7 @@ and checkpoint metadata.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 
@@ -197,7 +198,8 @@ def event_from_json(record: dict) -> Event | None:
     """The event a metrics.jsonl record was written from, or None for an unknown or malformed
     record: every field must be present (unless it has a default) and of its declared type, so
     whoever shows the event can trust it (a record is data from a file); other keys are ignored."""
-    cls = EVENT_TYPES.get(record.get("type")) if isinstance(record, dict) else None
+    kind = record.get("type") if isinstance(record, dict) else None
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         return None
     checks = _field_checks(cls)
@@ -210,26 +212,33 @@ def event_from_json(record: dict) -> Event | None:
         return None
 
 
-_ENUMS = {"FinishReason": FinishReason, "SaveReason": SaveReason, "Level": Level}
-_SCALARS = {"int": lambda v: type(v) is int, "float": lambda v: type(v) in (int, float),
+_ENUMS: dict[str, type[StrEnum]] = {"FinishReason": FinishReason, "SaveReason": SaveReason, "Level": Level}
+_SCALARS: dict[str, Callable[[object], bool]] = {"int": lambda v: type(v) is int, "float": lambda v: type(v) in (int, float),
             "str": lambda v: isinstance(v, str), "dict": lambda v: isinstance(v, dict), "None": lambda v: v is None}
 
 
-def _accepts(annotation: str):
+def _accepts(annotation: str) -> Callable[[object], bool]:
     """A check for a value of the annotated type: `int`, `float`, `str | None`, `list[int]`, an enum, ..."""
-    options = []
+    options: list[Callable[[object], bool]] = []
     for option in (a.strip() for a in annotation.split("|")):
         if option.startswith("list[") and option.endswith("]"):
-            item = _SCALARS[option[5:-1]]
-            options.append(lambda v, item=item: isinstance(v, list) and all(item(x) for x in v))
+            options.append(_list_of(_SCALARS[option[5:-1]]))
         elif option in _ENUMS:
-            options.append(lambda v, enum=_ENUMS[option]: v in {m.value for m in enum})
+            options.append(_one_of({m.value for m in _ENUMS[option]}))
         else:
             options.append(_SCALARS[option])
     return lambda v: any(check(v) for check in options)
 
 
-_CHECKS: dict[type, dict] = {}
+def _list_of(item: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda v: isinstance(v, list) and all(item(x) for x in v)
+
+
+def _one_of(values: set[str]) -> Callable[[object], bool]:
+    return lambda v: v in values
+
+
+_CHECKS: dict[type, dict[str, Callable[[object], bool]]] = {}
 
 
 def _field_checks(cls: type) -> dict:

@@ -47,7 +47,7 @@ def set_threads(n: int = 0) -> int:
     from threadpoolctl import threadpool_limits
 
     n = n if n > 0 else available_cores()
-    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    n = min(n, numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]  # numba sets it at import
     numba.set_num_threads(n)
     threadpool_limits(limits=n, user_api="blas")
     return n

@@ -29,7 +29,7 @@ import os
 import re
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +178,7 @@ def stream_tokens(pieces, num_threads: int | None = None, piece_chars: int = PIE
 
     threads = num_threads or os.cpu_count() or 1
     with ThreadPoolExecutor(threads) as pool:
-        in_flight = deque()
+        in_flight: deque[Future] = deque()
         for unit in _units(pieces, piece_chars):
             in_flight.append(pool.submit(encode, unit))
             if len(in_flight) >= 2 * threads:
@@ -193,7 +193,7 @@ class ShardSink:
     def __init__(self, writer: DatasetWriter, name: str, shard_size: int, val_tokens: int, log):
         self.writer, self.name, self.shard_size, self.log = writer, name, shard_size, log
         self.val_left = val_tokens
-        self.buffers = {"val": [], "train": []}
+        self.buffers: dict[str, list[np.ndarray]] = {"val": [], "train": []}
         self.buffered = {"val": 0, "train": 0}
         self.totals = {"val": 0, "train": 0}
         self.paths: dict[str, list[Path]] = {"val": [], "train": []}

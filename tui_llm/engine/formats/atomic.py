@@ -49,7 +49,7 @@ def atomic_write(path, mode: str = "wb"):
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         # Text: UTF-8, and "\n" written as is (newline=""), which is also what the csv module needs.
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+        with (os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, encoding="utf-8", newline="")) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -134,7 +134,7 @@ def remove_stale_temp_files(directory) -> list[Path]:
     Only names in our pattern are touched. A parked old directory whose replacement never arrived
     is renamed back instead. Call it when no save into this directory is running.
     """
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(Path(directory).iterdir())
     except OSError:

@@ -76,9 +76,9 @@ def load_training_checkpoint(path, names: Iterable[str] | None = None) -> tuple[
         if missing:
             raise CheckpointError(path, f"missing arrays: {', '.join(missing)} (has {', '.join(entries) or 'none'})")
         for name in PARAM_SHAPED:  # checked from the header alone, before anything is allocated
-            e = entries.get(name)
-            if e is not None and cfg is not None and (e.dtype != "F32" or e.shape != (num_parameters(cfg),)):
-                raise CheckpointError(path, f"array {name!r} is {e.dtype} {list(e.shape)}; the model config "
+            entry = entries.get(name)
+            if entry is not None and cfg is not None and (entry.dtype != "F32" or entry.shape != (num_parameters(cfg),)):
+                raise CheckpointError(path, f"array {name!r} is {entry.dtype} {list(entry.shape)}; the model config "
                                             f"needs F32 [{num_parameters(cfg)}]")
         arrays = {}
         for name in names:

@@ -29,12 +29,12 @@ class CheckpointError(TuiLlmError):
 def write_array(f, arr: np.ndarray) -> None:
     """Write an array's raw little-endian bytes without copying it (unless it is strided or big-endian)."""
     arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-    f.write(memoryview(arr.reshape(-1)).cast("B"))
+    f.write(arr.reshape(-1).data.cast("B"))
 
 
 def read_exact(f, arr: np.ndarray, path) -> None:
     """Fill a contiguous array straight from the file; CheckpointError if the file ends first."""
-    view = memoryview(arr.reshape(-1)).cast("B")
+    view = arr.reshape(-1).data.cast("B")
     got = f.readinto(view)
     if got != view.nbytes:
         raise CheckpointError(path, f"truncated: wanted {view.nbytes} more bytes, got {got}")

@@ -19,6 +19,7 @@ from tui_llm.engine.formats.llmc import LLMC_MAGIC, LLMC_VERSIONS, OTHER_LLMC_MA
 from tui_llm.engine.formats.safetensors import MAX_HEADER_BYTES, read_header
 from tui_llm.engine.hf_cache import find_hf_cached
 from tui_llm.engine.models.gpt2_config import GPTConfig
+from tui_llm.engine.models.llama_config import LlamaConfig
 
 
 def detect_checkpoint_kind(path) -> str:
@@ -49,13 +50,14 @@ def detect_checkpoint_kind(path) -> str:
     raise CheckpointError(path, "unrecognised file: neither an llm.c model file nor safetensors")
 
 
-def load_model_weights(path_or_name) -> tuple[GPTConfig, np.ndarray, str]:
+def load_model_weights(path_or_name) -> tuple[GPTConfig | LlamaConfig, np.ndarray, str]:
     """Load weights from an llm.c file, a HF directory/file/cached name (GPT-2 or Llama family),
     or a training checkpoint.
 
     Returns (config, flat, description), the description being one line for the UI and logs;
     config is a GPTConfig or a LlamaConfig.
     """
+    cfg: GPTConfig | LlamaConfig
     if not os.path.exists(path_or_name):  # not a path: a model name in the HF cache (or an error saying so)
         cached = find_hf_cached(str(path_or_name))
         if cached is not None and hf_model_type(cached) not in (None, "gpt2"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size", "num_experts_per_tok")
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # a constant some older checkpoints stored
 # safetensors dtype -> (stored numpy dtype, conversion to float32)
-DTYPES = {
+DTYPES: dict[str, tuple[np.dtype, Callable[[np.ndarray], np.ndarray]]] = {
     "F32": (np.dtype("<f4"), lambda a: a),
     "F16": (np.dtype("<f2"), lambda a: a.astype(np.float32)),
     "BF16": (np.dtype("<u2"), lambda a: (a.astype(np.uint32) << 16).view(np.float32)),
@@ -50,12 +51,13 @@ MAX_HEADER_BYTES = 100_000_000
 
 def _rope(hf: dict, path) -> tuple[float, dict | None]:
     params = hf.get("rope_parameters")
+    scaling: dict | None
     if isinstance(params, dict) and params:  # transformers 5.x
         if not ({"rope_theta", "rope_type", "type"} & set(params)):
             raise CheckpointError(path, f"rope_parameters per layer type ({', '.join(params)}) are not supported")
         theta, scaling = params.get("rope_theta", hf.get("rope_theta", 10000.0)), params
     else:                                    # transformers 4.x
-        theta, scaling = hf.get("rope_theta", 10000.0), hf.get("rope_scaling")
+        theta, scaling = hf.get("rope_theta", 10000.0), hf.get("rope_scaling")  # a dict or None
     partial = (params if isinstance(params, dict) else {}).get("partial_rotary_factor", hf.get("partial_rotary_factor"))
     if partial not in (None, 1, 1.0):
         raise CheckpointError(path, f"partial_rotary_factor {partial} is not supported (RoPE over the whole head only)")

@@ -115,10 +115,10 @@ def read_header(f, path) -> tuple[dict[str, Entry], dict[str, str], int]:
 
     # The tensors must tile the data section exactly: no gaps, no overlap, nothing missing or extra.
     data_start, position = 8 + n, 0
-    for name, e in sorted(entries.items(), key=lambda kv: (kv[1].start, kv[1].end)):
-        if e.start != position:
-            raise CheckpointError(path, f"tensor {name!r} starts at byte {e.start}, expected {position}")
-        position = e.end
+    for name, entry in sorted(entries.items(), key=lambda kv: (kv[1].start, kv[1].end)):
+        if entry.start != position:
+            raise CheckpointError(path, f"tensor {name!r} starts at byte {entry.start}, expected {position}")
+        position = entry.end
     if data_start + position != size:
         problem = "truncated" if data_start + position > size else "has trailing bytes"
         raise CheckpointError(path, f"{problem}: {size} bytes, header describes {data_start + position}")

@@ -90,12 +90,14 @@ def attention_backward(dqkv: np.ndarray, datty: np.ndarray, att: np.ndarray, qkv
         np.matmul(ds[..., r0:r1, :r1], k[..., :r1, :], out=dq[..., r0:r1, :])
     # dK = Σ_group dSᵀ Q and dV = Σ_group Pᵀ dY: straight into dqkv when each key/value head has
     # one query head (GPT-2), else per query head into per_head, then summed over the group
-    dk_heads = dk if G == 1 else per_head.reshape(B, KV, G, T, hd)
+    if G > 1 and per_head is None:
+        raise ValueError("grouped-query attention needs the per_head scratch")
+    dk_heads = dk if per_head is None else per_head.reshape(B, KV, G, T, hd)
     for k0, k1 in blocks:
         np.matmul(ds[..., k0:, k0:k1].swapaxes(-1, -2), q[..., k0:, :], out=dk_heads[..., k0:k1, :])
     if G > 1:
         np.sum(dk_heads, axis=2, keepdims=True, out=dk)
-    dv_heads = dv if G == 1 else per_head.reshape(B, KV, G, T, hd)
+    dv_heads = dv if per_head is None else per_head.reshape(B, KV, G, T, hd)
     for k0, k1 in blocks:
         np.matmul(probs[..., k0:, k0:k1].swapaxes(-1, -2), dy[..., k0:, :], out=dv_heads[..., k0:k1, :])
     if G > 1:

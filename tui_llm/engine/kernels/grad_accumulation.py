@@ -37,6 +37,7 @@ def matmul_grad(out: np.ndarray, a: np.ndarray, b: np.ndarray, scratch: np.ndarr
     elif blas.matmul_add is not None:
         blas.matmul_add(out, a, b)
     else:
+        assert scratch is not None, "accumulating without in-place BLAS needs the scratch"
         part = scratch[:out.size].reshape(out.shape)
         np.matmul(a, b, out=part)
         add_into(out.reshape(-1), part.reshape(-1))
@@ -49,6 +50,7 @@ def head_grad(out: np.ndarray, dlogits: np.ndarray, x: np.ndarray, scratch: np.n
     if not accumulate or blas.matmul_add is not None:
         matmul_grad(out, dlogits.T, x, scratch, accumulate)
         return
+    assert scratch is not None, "accumulating without in-place BLAS needs the scratch"
     rows = scratch.size // out.shape[1]
     for r0 in range(0, out.shape[0], rows):
         r1 = min(r0 + rows, out.shape[0])

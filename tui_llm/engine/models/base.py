@@ -37,6 +37,8 @@ class Model:
         self.inputs: np.ndarray | None = None
         self.targets: np.ndarray | None = None
         self.trained_forward = False
+        self.name = ""                                 # what the weights are (load_model sets it)
+        self.tokenizer_dir: str | None = None          # where its tokenizer.json is (None: GPT-2's)
 
     @staticmethod
     def make_params(config: Any, params: np.ndarray | None = None) -> ParamTensors:

@@ -28,7 +28,7 @@ def config_from_dict(d: dict) -> GPTConfig | LlamaConfig:
 
 def build_model(config: GPTConfig | LlamaConfig, params: np.ndarray | None = None) -> Model:
     """A model over the given flat parameters (zeros if None)."""
-    return (Llama if isinstance(config, LlamaConfig) else GPT)(config, params)
+    return Llama(config, params) if isinstance(config, LlamaConfig) else GPT(config, params)
 
 
 def num_parameters(config: GPTConfig | LlamaConfig) -> int:

@@ -207,7 +207,7 @@ class GPT(Model):
         over the 16 tensors. The residual stream's gradient (dresidual) accumulates down the
         layers exactly as llm.c's `+=` kernels do.
         """
-        if not self.trained_forward:
+        if not self.trained_forward or self.inputs is None:
             raise RuntimeError("backward() needs a forward(inputs, targets, training=True) first")
         cfg, p, a = self.config, self.params, self.acts
         g = self.allocate_grads()

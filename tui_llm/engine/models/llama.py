@@ -275,7 +275,7 @@ class Llama(Model):
         """Every parameter gradient for the last training forward: written into self.grads, or
         added to them with accumulate=True (the next micro-batch of an accumulated step). The
         residual stream's gradient accumulates down the layers."""
-        if not self.trained_forward:
+        if not self.trained_forward or self.inputs is None:
             raise RuntimeError("backward() needs a forward(inputs, targets, training=True) first")
         cfg, p, a = self.config, self.params, self.acts
         g = self.allocate_grads()

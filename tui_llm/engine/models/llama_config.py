@@ -143,7 +143,7 @@ class LlamaConfig:
         return cls(**d)
 
 
-def check_rope_scaling(scaling: dict) -> dict:
+def check_rope_scaling(scaling: dict) -> dict | None:
     """Normalise {"rope_type" or "type": ..., ...} to {"rope_type": t, <floats>}; refuse what we lack."""
     if not isinstance(scaling, dict):
         raise LlamaConfigError(f"rope_scaling must be a dict or None, got {scaling!r}")

@@ -115,7 +115,10 @@ def command_from_json(request, check_setting: Callable[[str, object], object]) -
         setting, value = request.get("name"), request.get("value")
         if not isinstance(setting, str) or "value" not in request:
             raise ValueError('set: needs "name" and "value"')
-        return ev.SetSetting(name=setting, value=check_setting(setting, value))
+        checked = check_setting(setting, value)
+        if not isinstance(checked, (int, float)) or isinstance(checked, bool):
+            raise ValueError(f"set: {setting} takes a number")
+        return ev.SetSetting(name=setting, value=checked)
     raise ValueError(f"unknown command {name!r} (pause, resume, sample, save, stop, set, ping)")
 
 
@@ -181,6 +184,7 @@ class ControlServer:
                 self._read(sock)
 
     def _accept(self) -> None:
+        assert self._listener is not None  # poll() watches it only while it is open
         while True:
             try:
                 conn, _ = self._listener.accept()

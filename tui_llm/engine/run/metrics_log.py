@@ -179,7 +179,7 @@ class MetricsLog:
         end = 0
         for line_end, record in self.records():
             s = record.get("step") if record is not None else None
-            if isinstance(s, int) and (s > step or (record.get("type") == "train" and s >= step)):
+            if record is not None and isinstance(s, int) and (s > step or (record.get("type") == "train" and s >= step)):
                 break
             end = line_end
         return end

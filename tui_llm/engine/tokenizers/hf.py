@@ -150,7 +150,7 @@ class HFTokenizer:
     def encode_document(self, text: str) -> list[int]:
         """[BOS if the tokenizer adds one] + encode_ordinary(text) + [EOS if there is one]."""
         ids = self.encode_ordinary(text)
-        head = [self.bos_token_id] if self.adds_bos else []
+        head = [self.bos_token_id] if self.adds_bos and self.bos_token_id is not None else []
         tail = [self.eos_token_id] if self.eos_token_id is not None else []
         return head + ids + tail
 

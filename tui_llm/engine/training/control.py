@@ -43,21 +43,22 @@ class Control:
             emit(ev.Paused(step=step))
 
     def serve(self, handler: Callable[[ev.Command], None], step: Callable[[], int],
-              emit: Callable[[ev.Event], None], poll: Callable[[], list[ev.Command]] | None = None) -> None:
+              emit: Callable[[ev.Event], None], poll: Callable[[bool], list[ev.Command]] | None = None) -> None:
         """Apply queued commands; while paused, wait here until resumed or stopped.
 
         handler(cmd) runs SampleNow, SaveNow and SetSetting; step() is the steps-done count for events;
         poll() (default: this queue) returns the commands to apply now, with a short wait while
         paused; an MPI run passes one that agrees on them across ranks.
         """
-        poll = poll or self._poll
+        commands = poll or self.poll
         while True:
-            for cmd in poll(self.paused):
+            for cmd in commands(self.paused):
                 self.apply(cmd, handler, step, emit)
             if self.stop is not None or not self.paused:
                 return
 
-    def _poll(self, waiting: bool) -> list[ev.Command]:
+    def poll(self, waiting: bool) -> list[ev.Command]:
+        """The commands queued now; while `waiting` (paused), up to ~0.1 s for the first."""
         if waiting:
             try:
                 return [self._queue.get(timeout=0.1)] + self.pending()

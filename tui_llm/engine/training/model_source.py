@@ -66,25 +66,24 @@ def fresh_model(c: RunConfig) -> tuple[Model, str]:
         base = preset_config(c.model, max_seq_len=c.max_seq_len)
     except ValueError as e:
         raise ConfigError("model", str(e)) from None
-    sizes = dict(num_layers=c.layers or base.num_layers, num_heads=c.heads or base.num_heads,
-                 channels=c.channels or base.channels, max_seq_len=c.max_seq_len,
-                 vocab_size=tokenizer.vocab_size if tokenizer else base.vocab_size)
+    L, H, C = c.layers or base.num_layers, c.heads or base.num_heads, c.channels or base.channels
+    vocab_size = tokenizer.vocab_size if tokenizer else base.vocab_size
     custom = any(v is not None for v in (c.layers, c.heads, c.channels, c.kv_heads, c.ffn_channels))
     name = "custom" if custom else c.model
     if c.arch == "llama":
         if tokenizer is None:
             raise ConfigError("tokenizer", "is needed for a fresh Llama model (the directory holding its "
                                            "tokenizer.json, e.g. a Llama-family model's)")
-        C = sizes["channels"]
         try:
-            cfg = LlamaConfig(**sizes, num_kv_heads=c.kv_heads or 0,
-                              ffn_channels=c.ffn_channels or 64 * math.ceil(8 * C / 3 / 64),
-                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+            llama_cfg = LlamaConfig(num_layers=L, num_heads=H, channels=C, max_seq_len=c.max_seq_len,
+                                    vocab_size=vocab_size, num_kv_heads=c.kv_heads or 0,
+                                    ffn_channels=c.ffn_channels or 64 * math.ceil(8 * C / 3 / 64),
+                                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
         except (LlamaConfigError, NotEnoughMemory) as e:
             raise ConfigError(None, f"a Llama of these sizes cannot be built: {e}") from None
-        return Llama.random_init(cfg, seed=c.seed), f"llama-{name}"
+        return Llama.random_init(llama_cfg, seed=c.seed), f"llama-{name}"
     try:
-        cfg = GPTConfig(**sizes)
+        cfg = GPTConfig(num_layers=L, num_heads=H, channels=C, max_seq_len=c.max_seq_len, vocab_size=vocab_size)
     except ValueError as e:
         raise ConfigError("model", str(e)) from None
     if c.init_style == "llmc":  # bit-identical to llm.c's train_gpt2.py --model dN init

@@ -50,7 +50,7 @@ class AdamW:
     def grad_norm(self, grads: np.ndarray | None = None, grad_scale: float = 1.0) -> float:
         """L2 norm (float64 accumulation) of grad_scale * grads (default: the model's gradients);
         with a shard, the caller adds up the shards' squares (the norm is global)."""
-        grads = self.model.grads.flat if grads is None else grads
+        grads = self.model.allocate_grads().flat if grads is None else grads
         return math.sqrt(sum_of_squares(grads)) * grad_scale
 
     def update(self, lr: float, grad_norm: float | None = None, grads: np.ndarray | None = None,
@@ -60,7 +60,7 @@ class AdamW:
         which saves a pass over them). With a shard, grads is the shard's gradient and grad_norm
         the global norm. Returns the gradient norm before clipping."""
         cfg = self.config
-        grads = self.model.grads.flat[self.start:self.end] if grads is None else grads
+        grads = self.model.allocate_grads().flat[self.start:self.end] if grads is None else grads
         if grad_norm is None:
             grad_norm = self.grad_norm(grads, grad_scale)
         scale = grad_scale

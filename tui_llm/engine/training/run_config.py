@@ -115,17 +115,17 @@ class RunConfig:
         finite = {"lr": (0.0, 10.0, False), "lr_scale": (0.0, 100.0, True), "final_lr_fraction": (0.0, 1.0, True),
                   "weight_decay": (0.0, 10.0, True),
                   "grad_clip": (0.0, 1e9, True), "temperature": (0.0, 100.0, True)}
-        for name, (low, high, low_ok) in finite.items():
+        for name, (least, high, least_ok) in finite.items():
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
-                    or v < low or (v == low and not low_ok) or v > high:
-                bound = ">=" if low_ok else ">"
-                raise ConfigError(name, f"must be a number {bound} {low:g} and <= {high:g}, got {v!r}")
+                    or v < least or (v == least and not least_ok) or v > high:
+                bound = ">=" if least_ok else ">"
+                raise ConfigError(name, f"must be a number {bound} {least:g} and <= {high:g}, got {v!r}")
         choices = {"lr_schedule": ("constant", "cosine"), "init_style": ("llmc", "numpy"),
                    "data_format": ("auto", "llmc", "int32", "uint16"), "arch": ARCHS, "zero": (0, 1)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise ConfigError(name, f"must be one of {', '.join(map(str, allowed))}, got {getattr(self, name)!r}")
         if not isinstance(self.prompt, str):
             raise ConfigError("prompt", "must be text")
         if self.arch == "gpt2":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -76,7 +77,7 @@ class Trainer:
         self._start_at(_resume)
         self._claim_run_dir(fresh=_resume is None)
         self.sampler: Sampler | None = None
-        self._emit = None
+        self._emit: Callable[[ev.Event], None] = lambda event: None  # run() sets the real one
         self._history_error: OSError | None = None
         self._history_opened = False
         self._history_note: str | None = None
@@ -218,7 +219,7 @@ class Trainer:
         return TrainingState(
             step=self.step, run_config=self.config, model_config=self.model.config, model_name=self.model_name,
             params=self.model.params.flat, adam_m=adam_m, adam_v=adam_v, loader=self.loader.state_dict(),
-            sample_rng=self.sample_rng.bit_generator.state, history_bytes=self.run_dir.metrics.size(),
+            sample_rng=dict(self.sample_rng.bit_generator.state), history_bytes=self.run_dir.metrics.size(),
             elapsed_s=self.elapsed_s, tokens=self.tokens)
 
     # -------------------------------------------------------------------------------------
@@ -238,7 +239,7 @@ class Trainer:
         """The control channel's requests join the queue, then the queue's commands (waiting ~0.1 s if paused)."""
         if self.channel is not None:
             self.channel.poll()
-        return self.control._poll(waiting)
+        return self.control.poll(waiting)
 
     def _on_command(self, cmd: ev.Command) -> None:
         if isinstance(cmd, ev.SampleNow):
@@ -367,6 +368,7 @@ class Trainer:
             x, y = self.loader.next_batch()
             t1 = time.perf_counter()
             loss = model.forward(x, y, training=True)
+            assert loss is not None  # forward with targets returns the loss
             t2 = time.perf_counter()
             loss_sum += loss
             if not math.isfinite(loss) and not world.is_distributed:
@@ -383,10 +385,10 @@ class Trainer:
         # (with --zero 1 only this rank's slice of it, and the norm summed over the slices)
         scale = 1.0 / self.grad_accum
         if not self.sharded:
-            grads = world.allreduce_mean_(model.grads.flat)
+            grads = world.allreduce_mean_(model.allocate_grads().flat)
             grad_norm = opt.grad_norm(grads, scale)
         else:
-            grads = world.reduce_scatter_mean_(model.grads.flat)
+            grads = world.reduce_scatter_mean_(model.allocate_grads().flat)
             squares = world.allreduce_sum_(np.array([sum_of_squares(grads)], np.float64))
             grad_norm = math.sqrt(squares[0]) * scale
         if not math.isfinite(grad_norm):
@@ -408,11 +410,15 @@ class Trainer:
     def _validate(self) -> None:
         """The mean loss of the first val_batches total batches: each is cut into micro-batches of
         batch_size rows, dealt out to the ranks in turn, so any split gives the same mean."""
-        B, world = self.config.batch_size, self.world
+        B, world, val_loader = self.config.batch_size, self.world, self.val_loader
+        if val_loader is None:
+            return
         loss_sum, count = 0.0, 0
-        for x, y in self.val_loader.batches(self.config.val_batches):  # (rows, T) each
+        for x, y in val_loader.batches(self.config.val_batches):  # (rows, T) each
             for j in range(world.rank, x.shape[0] // B, world.size):
-                loss_sum += self.model.forward(x[j * B:(j + 1) * B], y[j * B:(j + 1) * B])
+                loss = self.model.forward(x[j * B:(j + 1) * B], y[j * B:(j + 1) * B])
+                assert loss is not None
+                loss_sum += loss
                 count += 1
         total = world.allreduce_sum_(np.array([loss_sum, count], np.float64))
         self._emit(ev.Validation(step=self.step, loss=float(total[0] / total[1])))
@@ -431,13 +437,15 @@ class Trainer:
 
     def sample(self, prompt: str = "", **settings) -> ev.Sample:
         """Sample from the current weights (the model stays loaded after a run finishes)."""
-        events = []
+        events: list[ev.Event] = []
         emit, self._emit = self._emit, events.append
         try:
             self._sample(prompt)
         finally:
             self._emit = emit
-        return events[0]
+        sample = events[0]
+        assert isinstance(sample, ev.Sample)
+        return sample
 
     # -------------------------------------------------------------------------------------
     # checkpoints and history
@@ -448,8 +456,11 @@ class Trainer:
         adam_m, adam_v = self.optimizer.m, self.optimizer.v
         if self.sharded:  # every rank sends its slice of AdamW's state to rank 0; m lands in the gradient
             n = self.model.num_parameters  # buffer (free between steps, rewritten by the next backward)
-            adam_m = self.world.gather_shards(adam_m, n, into=self.model.allocate_grads().flat)
-            adam_v = self.world.gather_shards(adam_v, n)
+            whole_m = self.world.gather_shards(adam_m, n, into=self.model.allocate_grads().flat)
+            whole_v = self.world.gather_shards(adam_v, n)
+            if whole_m is None or whole_v is None:  # not rank 0: it sent its slices
+                return None
+            adam_m, adam_v = whole_m, whole_v
         if not self.world.is_root:
             return None
         if self.step == self.last_saved_step:
