@@ -253,12 +253,16 @@ def part_b(work: Path, text: str, src: Path) -> list[dict]:
     import transformers as tf
     torch.manual_seed(0)
     rows = []
-    gpt2_dir = work / "hf-gpt2"
+    gpt2_dir = work / "tok-gpt2-files"  # GPT-2's real vocab.json / merges.txt, as a tokenizer.json
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from tui_llm.engine.formats.hf_gpt2 import gpt2_tokenizer_files
     gpt2_dir.mkdir(exist_ok=True)
     for fname, data in gpt2_tokenizer_files().items():
         (gpt2_dir / fname).write_bytes(data)
-    cases = [("gpt2", tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=128,
+    gpt2_tok = Tokenizer(models.BPE.from_file(str(gpt2_dir / "vocab.json"), str(gpt2_dir / "merges.txt")))
+    gpt2_tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    gpt2_tok.decoder = decoders.ByteLevel()
+    cases = [("gpt2", tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=128, n_ctx=128,  # the converter reads n_ctx
                                                        vocab_size=50257)), gpt2_dir, None),
              ("llama", tf.LlamaForCausalLM, "llama-bpe", dict(num_key_value_heads=2)),
              ("qwen2", tf.Qwen2ForCausalLM, "qwen2", dict(num_key_value_heads=2)),
@@ -268,7 +272,8 @@ def part_b(work: Path, text: str, src: Path) -> list[dict]:
         t0 = time.time()
         d = work / f"hf-{arch}"
         if arch == "gpt2":
-            hf_tok = tf.GPT2TokenizerFast(vocab_file=str(gpt2_dir / "vocab.json"), merges_file=str(gpt2_dir / "merges.txt"))
+            hf_tok = tf.PreTrainedTokenizerFast(tokenizer_object=gpt2_tok, bos_token="<|endoftext|>",
+                                                eos_token="<|endoftext|>")
             pre = None
         else:
             tok_dir = work / f"tok-{family}"
@@ -333,6 +338,7 @@ def main():
     ap.add_argument("--llama-cpp-src", type=Path, required=True, help="llama.cpp source (the sdist's vendor/llama.cpp)")
     ap.add_argument("--out", type=Path, default=None, help="where the model files go (default a temp dir)")
     ap.add_argument("--steps", type=int, default=150, help="training steps per model")
+    ap.add_argument("--skip-a", action="store_true", help="only part B")
     ap.add_argument("--skip-b", action="store_true", help="only part A (no torch needed)")
     args = ap.parse_args()
     import llama_cpp
@@ -342,8 +348,9 @@ def main():
     text = SHAKESPEARE.read_text() if SHAKESPEARE.is_file() else " ".join(TEXTS) * 2000
     work = args.out or Path(tempfile.mkdtemp(prefix="gguf-vs-llamacpp-"))
     work.mkdir(parents=True, exist_ok=True)
-    log("## A: tui-llm export -> llama.cpp")
-    part_a(work, text, args.steps)
+    if not args.skip_a:
+        log("## A: tui-llm export -> llama.cpp")
+        part_a(work, text, args.steps)
     if not args.skip_b:
         log("## B: llama.cpp convert_hf_to_gguf.py -> tui-llm (against transformers)")
         part_b(work, text, args.llama_cpp_src)
