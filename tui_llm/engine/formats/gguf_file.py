@@ -116,7 +116,7 @@ class _Cursor:
             self.fail(f"{what} is an array of arrays")
         if etype == GGUFValueType.STRING:  # each element is at least its 8-byte length
             if count > (len(self.buf) - self.pos) // 8:
-                self.fail(f"{what} claims {count} strings, more than the rest of the file can hold")
+                self.fail(f"{what} claims {count} strings, more than the rest of the file can hold (truncated?)")
             return [self.string(f"{what}[{i}]") for i in range(count)]
         item = np.dtype(_NUMPY[etype])
         start = self.take(count * item.itemsize, f"{what} ({count} values)")
