@@ -8,9 +8,11 @@ never dependencies of tui-llm — with this repository on PYTHONPATH:
 
 Part A, our export -> llama.cpp (llama_cpp.Llama, f32 KV cache: type_k = type_v = 0): for a GPT-2 and
 tiny llama / qwen2 / qwen3 models, trained here for a few steps on Tiny Shakespeare with byte-level
-BPE tokenizers of each family's pre-tokenizer, exported as f32 (and f16, bf16, q8_0):
+BPE tokenizers of each family's pre-tokenizer, exported as f32, f16, bf16 and q8_0, each file run by
+llama.cpp and by us (read back: the same dequantised weights):
   * logits on a token sequence: max |ours - llama.cpp| / max |ours|
-  * greedy continuation, token for token
+  * greedy continuation (32 tokens), token for token
+  * quantisation_effect_*: our logits from the f16/bf16/q8_0 file against our f32 model's
   * llama.cpp's tokenizer (special=False and True) against ours on texts with digits, contractions,
     whitespace runs, emoji and CJK
   * our q8_0 bytes against llama.cpp's own C quantiser (llama_model_quantize of our f32 file)
@@ -201,10 +203,17 @@ def part_a(work: Path, text: str, steps: int) -> list[dict]:
             path = work / f"{arch}-{family.split()[0]}-{outtype}.gguf"
             write_gguf(path, model.config, p, None if arch == "gpt2" else tok, outtype=outtype, name=name,
                        description=f"tui-llm test export, {steps} steps on Tiny Shakespeare")
+            # llama.cpp against us on the same (dequantised) weights, read back from the file
+            back = build_model(*read_gguf(path)[:2])
+            ref_q, greedy_q = ours_logits(back, prompt), ours_greedy(back, prompt, 32)
             llm = open_llama_cpp(path)
-            row[f"logits_rel_{outtype}"] = rel(ref, cpp_logits(llm, prompt))
+            row[f"logits_rel_{outtype}"] = rel(ref_q, cpp_logits(llm, prompt))
             cpp = cpp_greedy(llm, prompt, 32)
-            row[f"greedy_equal_{outtype}"] = sum(a == b for a, b in zip(cpp, greedy))
+            row[f"greedy_equal_{outtype}"] = sum(a == b for a, b in zip(cpp, greedy_q))
+            if outtype == "f32":
+                assert greedy_q == greedy and np.array_equal(ref_q, ref)
+            else:  # what the storage type itself changes, in our engine
+                row[f"quantisation_effect_{outtype}"] = rel(ref, ref_q)
             if outtype == "f32":
                 mism = []
                 for t in TEXTS:

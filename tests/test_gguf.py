@@ -10,11 +10,25 @@ import json
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 from tui_llm.engine.config import GPTConfig, num_parameters
 from tui_llm.engine.formats import CheckpointError, load_model_weights
-from tui_llm.engine.formats.gguf import read_gguf, rope_deinterleave, rope_interleave, write_gguf
+from tui_llm.engine.formats.gguf import (
+    read_gguf,
+    rope_deinterleave,
+    rope_interleave,
+    write_gguf,
+)
 from tui_llm.engine.formats.gguf_vocab import LLAMA3_REGEX, QWEN2_REGEX
 from tui_llm.engine.hf_tokenizer import HFTokenizer
 from tui_llm.engine.llama_config import LlamaConfig, LlamaParams
@@ -365,3 +379,19 @@ def test_unsupported_files_are_refused_in_one_line(tmp_path):
         with pytest.raises(CheckpointError) as e:
             read_gguf(path)
         assert words in one_line(e), one_line(e)
+
+
+def test_modelfile_for_ollama(tmp_path):
+    from tui_llm.engine.formats.gguf_vocab import modelfile_text
+
+    tok = train_tokenizer(tmp_path / "tok", "qwen2")
+    cfg = llama_config("qwen2")
+    write_gguf(tmp_path / "m.gguf", cfg, llama_flat(cfg), tok)
+    _, _, vocab, _ = read_gguf(tmp_path / "m.gguf")
+    text = modelfile_text("m.gguf", vocab)
+    assert text.splitlines()[0] == "FROM ./m.gguf"
+    assert 'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}' in text
+    assert text.endswith('PARAMETER stop "<|im_end|>"\n')  # the EOS is <|im_end|> too: listed once
+    write_gguf(tmp_path / "g.gguf", GPT2, gpt2_flat(), None)
+    gpt2_vocab = read_gguf(tmp_path / "g.gguf")[2]
+    assert modelfile_text("g.gguf", gpt2_vocab) == 'FROM ./g.gguf\nPARAMETER stop "<|endoftext|>"\n'

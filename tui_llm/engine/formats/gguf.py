@@ -32,15 +32,35 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_VERSION, TENSOR_NAMES, GGMLQuantizationType, GGUFWriter, LlamaFileType, MODEL_TENSOR
-from gguf import RopeScalingType
+from gguf import (
+    GGML_QUANT_VERSION,
+    MODEL_TENSOR,
+    TENSOR_NAMES,
+    GGMLQuantizationType,
+    GGUFWriter,
+    LlamaFileType,
+    RopeScalingType,
+)
 from gguf.gguf_writer import WriterState
 
 from ..config import GPTConfig, ParamTensors
-from ..llama_config import LlamaConfig, LlamaConfigError, LlamaParams, check_rope_scaling, rope_inv_freq
+from ..llama_config import (
+    LlamaConfig,
+    LlamaConfigError,
+    LlamaParams,
+    check_rope_scaling,
+    rope_inv_freq,
+)
 from .atomic import atomic_write
 from .common import CheckpointError, check_finite
-from .gguf_file import READABLE_TYPES, GGUFContents, encode_chunks, read_contents, read_tensor_into, tensor_nbytes
+from .gguf_file import (
+    READABLE_TYPES,
+    GGUFContents,
+    encode_chunks,
+    read_contents,
+    read_tensor_into,
+    tensor_nbytes,
+)
 from .gguf_vocab import GGUFVocab, vocab_for_export, vocab_from_metadata
 
 Q = GGMLQuantizationType
@@ -55,14 +75,14 @@ def tensor_name(kind: MODEL_TENSOR, layer: int | None = None, suffix: str = ".we
     return TENSOR_NAMES[kind].format(bid=layer) + suffix
 
 
-def gguf_arch(config) -> str:
+def gguf_arch(config, path="config") -> str:
     """The llama.cpp architecture that runs this config, or CheckpointError saying why none does."""
     if isinstance(config, GPTConfig):
         return "gpt2"
     if config.qkv_bias and config.qk_norm:
-        raise CheckpointError("config", "q/k/v biases together with q/k norms: no llama.cpp architecture has both")
+        raise CheckpointError(path, "q/k/v biases together with q/k norms: no llama.cpp architecture has both")
     if config.qkv_bias and config.q_dim != config.channels:
-        raise CheckpointError("config", f"llama.cpp's qwen2 needs heads x head_dim = channels "
+        raise CheckpointError(path, f"llama.cpp's qwen2 needs heads x head_dim = channels "
                                         f"({config.q_dim} != {config.channels})")
     return "qwen2" if config.qkv_bias else "qwen3" if config.qk_norm else "llama"
 
@@ -148,7 +168,7 @@ def write_gguf(path, config, flat: np.ndarray, tokenizer=None, *, outtype: str =
     if outtype not in OUTTYPES:
         raise CheckpointError(path, f"unknown GGUF outtype {outtype!r} (choose from {', '.join(OUTTYPES)})")
     qtype, file_type = OUTTYPES[outtype]
-    arch = gguf_arch(config)
+    arch = gguf_arch(config, path)
     p = (ParamTensors if arch == "gpt2" else LlamaParams)(config, flat)
     check_finite(path, flat)
     vocab = vocab_for_export(tokenizer, config.vocab_size, chat_template, path)

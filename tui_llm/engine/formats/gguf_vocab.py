@@ -343,3 +343,33 @@ def _check_buildable(vocab: GGUFVocab, path) -> None:
         Tokenizer.from_str(vocab.tokenizer_json())
     except Exception as e:  # tokenizers raises plain Exceptions
         raise CheckpointError(path, f"cannot build a tokenizer from the GGUF vocabulary: {str(e)[:80]}") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Ollama: a Modelfile beside the GGUF
+
+
+CHATML_TEMPLATE = ('{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
+                   '<|im_start|>assistant\n')
+LLAMA3_TEMPLATE = ('{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>'
+                   '{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n')
+
+
+def modelfile_text(gguf_name: str, vocab: GGUFVocab) -> str:
+    """An Ollama Modelfile for `ollama create NAME -f OUT.Modelfile`: FROM the GGUF beside it, the
+    chat template in Ollama's Go-template form when the Jinja template is ChatML or Llama 3's (the
+    two our families use; others get none, and Ollama prompts raw), and the stop tokens: the
+    template's end-of-turn token and the EOS."""
+    jinja = vocab.chat_template or ""
+    template, stops = None, []
+    if "<|im_start|>" in jinja and "<|im_end|>" in jinja:
+        template, stops = CHATML_TEMPLATE, ["<|im_end|>"]
+    elif "<|start_header_id|>" in jinja and "<|eot_id|>" in jinja:
+        template, stops = LLAMA3_TEMPLATE, ["<|eot_id|>"]
+    if vocab.eos_token_id is not None and vocab.tokens[vocab.eos_token_id] not in stops:
+        stops.append(vocab.tokens[vocab.eos_token_id])
+    lines = [f"FROM ./{gguf_name}"]
+    if template:
+        lines.append(f'TEMPLATE """{template}"""')
+    lines += [f"PARAMETER stop {json.dumps(s)}" for s in stops]
+    return "\n".join(lines) + "\n"
