@@ -57,6 +57,8 @@ TEXTS = ["First Citizen:\nBefore we proceed any further, hear me speak.",
          "Zürich 😀 日本語のテキスト, naïve — «ok» 🇫🇷 ελληνικά 🦙🦙",
          "<|im_start|>user\nWhat light through yonder window breaks?<|im_end|>\n"]
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>"]
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}  # Llama 3.1's
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
@@ -168,7 +170,7 @@ def part_a(work: Path, text: str, steps: int) -> list[dict]:
     rows = []
     gpt2_tok = get_tokenizer()
     cases = [("gpt2", "gpt-2 (GPT-2's own vocab)", None),
-             ("llama", "llama-bpe", dict(num_heads=4, num_kv_heads=2)),
+             ("llama", "llama-bpe", dict(num_heads=4, num_kv_heads=2, rope_theta=500000.0, rope_scaling=LLAMA3_ROPE)),
              ("llama", "smollm", dict(num_heads=4, num_kv_heads=4)),
              ("qwen2", "qwen2", dict(num_heads=4, num_kv_heads=2, qkv_bias=True)),
              ("qwen3", "qwen2", dict(num_heads=4, num_kv_heads=2, head_dim=32, qk_norm=True, tied_embeddings=False))]
@@ -186,8 +188,8 @@ def part_a(work: Path, text: str, steps: int) -> list[dict]:
             encode = tok.encode_ordinary
             stream = np.array(tok.encode_ordinary(text[:300_000]), np.int32)
             cfg = LlamaConfig(vocab_size=1024 + 64, max_seq_len=128, num_layers=2, channels=64, ffn_channels=128,
-                              rope_theta=10000.0, rms_norm_eps=1e-5, bos_token_id=tok.bos_token_id,
-                              eos_token_id=tok.eos_token_id, **extra)
+                              rms_norm_eps=1e-5, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                              **{"rope_theta": 10000.0, **extra})
             model = Llama.random_init(cfg)
         loss = train(model, stream, steps)
         p = model.params.flat
@@ -274,6 +276,8 @@ def part_b(work: Path, text: str, src: Path) -> list[dict]:
     cases = [("gpt2", tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=128, n_ctx=128,  # the converter reads n_ctx
                                                        vocab_size=50257)), gpt2_dir, None),
              ("llama", tf.LlamaForCausalLM, "llama-bpe", dict(num_key_value_heads=2)),
+             ("llama3-rope", tf.LlamaForCausalLM, "llama-bpe", dict(num_key_value_heads=2, rope_theta=500000.0,
+                                                                     rope_scaling=dict(LLAMA3_ROPE))),
              ("qwen2", tf.Qwen2ForCausalLM, "qwen2", dict(num_key_value_heads=2)),
              ("qwen3", tf.Qwen3ForCausalLM, "qwen2", dict(num_key_value_heads=2, head_dim=32,
                                                           tie_word_embeddings=False))]
@@ -290,11 +294,11 @@ def part_b(work: Path, text: str, src: Path) -> list[dict]:
                 train_tokenizer(tok_dir, family, text)
             hf_tok = tf.PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
             pre = pre_tokenizer_name(json.loads((tok_dir / "tokenizer.json").read_text()))
-            config_cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config}[arch]
+            config_cls = {"qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config}.get(arch, tf.LlamaConfig)
             hf_cfg = config_cls(vocab_size=1024 + 64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                 num_attention_heads=4, max_position_embeddings=128, rms_norm_eps=1e-6,
-                                rope_theta=10000.0, tie_word_embeddings=extra.pop("tie_word_embeddings", True),
-                                bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id, **extra)
+                                **{"rope_theta": 10000.0, "tie_word_embeddings": True, **extra},
+                                bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id)
             model = model(hf_cfg)
         with torch.no_grad():  # non-trivial norms and biases
             for name, prm in model.named_parameters():

@@ -10,25 +10,11 @@ import json
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
-from tokenizers import (
-    Regex,
-    Tokenizer,
-    decoders,
-    models,
-    normalizers,
-    pre_tokenizers,
-    processors,
-    trainers,
-)
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from tui_llm.engine.config import GPTConfig, num_parameters
 from tui_llm.engine.formats import CheckpointError, load_model_weights
-from tui_llm.engine.formats.gguf import (
-    read_gguf,
-    rope_deinterleave,
-    rope_interleave,
-    write_gguf,
-)
+from tui_llm.engine.formats.gguf import read_gguf, read_gguf_vocab, rope_deinterleave, rope_interleave, write_gguf
 from tui_llm.engine.formats.gguf_vocab import LLAMA3_REGEX, QWEN2_REGEX
 from tui_llm.engine.hf_tokenizer import HFTokenizer
 from tui_llm.engine.llama_config import LlamaConfig, LlamaParams
@@ -266,6 +252,7 @@ def test_reexport_of_a_loaded_gguf_keeps_everything(tmp_path):
     cfg_a, flat_a, vocab_a, _ = read_gguf(tmp_path / "a.gguf")
     write_gguf(tmp_path / "b.gguf", cfg_a, flat_a, vocab_a)
     assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
+    assert read_gguf_vocab(tmp_path / "a.gguf") == vocab_a
 
 
 def test_load_model_weights_reads_gguf(tmp_path):

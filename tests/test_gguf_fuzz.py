@@ -16,14 +16,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_fuzz_formats import (
-    FUZZ,
-    HOSTILE_INTS,
-    byte_damage,
-    damage,
-    outcome,
-    report,
-)
+from tests.test_fuzz_formats import FUZZ, HOSTILE_INTS, byte_damage, damage, outcome, report
 from tests.test_gguf import llama_config, llama_flat, train_tokenizer
 from tui_llm.engine.formats import CheckpointError, gguf_file, load_model_weights
 from tui_llm.engine.formats.gguf import read_gguf, write_gguf

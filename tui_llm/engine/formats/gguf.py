@@ -2,6 +2,7 @@
 
     write_gguf(path, config, flat, tokenizer, outtype="f32"|"f16"|"bf16"|"q8_0", name=..., description=...)
     read_gguf(path) -> (config, flat float32, GGUFVocab, metadata)
+    read_gguf_vocab(path) -> GGUFVocab          (the tokenizer only, no weights read)
 
 Tensors are named and laid out exactly as llama.cpp's converter (convert_hf_to_gguf.py) writes
 them from the Hugging Face model our export would produce, so llama.cpp loads them without help:
@@ -32,35 +33,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import (
-    GGML_QUANT_VERSION,
-    MODEL_TENSOR,
-    TENSOR_NAMES,
-    GGMLQuantizationType,
-    GGUFWriter,
-    LlamaFileType,
-    RopeScalingType,
-)
+from gguf import (GGML_QUANT_VERSION, MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType, GGUFWriter, LlamaFileType,
+                  RopeScalingType)
 from gguf.gguf_writer import WriterState
 
 from ..config import GPTConfig, ParamTensors
-from ..llama_config import (
-    LlamaConfig,
-    LlamaConfigError,
-    LlamaParams,
-    check_rope_scaling,
-    rope_inv_freq,
-)
+from ..llama_config import LlamaConfig, LlamaConfigError, LlamaParams, check_rope_scaling, rope_inv_freq
 from .atomic import atomic_write
 from .common import CheckpointError, check_finite
-from .gguf_file import (
-    READABLE_TYPES,
-    GGUFContents,
-    encode_chunks,
-    read_contents,
-    read_tensor_into,
-    tensor_nbytes,
-)
+from .gguf_file import READABLE_TYPES, GGUFContents, encode_chunks, read_contents, read_tensor_into, tensor_nbytes
 from .gguf_vocab import GGUFVocab, vocab_for_export, vocab_from_metadata
 
 Q = GGMLQuantizationType
@@ -287,6 +268,16 @@ def read_gguf(path, max_seq_len: int | None = None) -> tuple[GPTConfig | LlamaCo
                 raise CheckpointError(path, "output.weight differs from token_embd.weight (an untied head): "
                                             "this engine's GPT-2 ties them, so it cannot load this model")
     return config, p.flat, vocab, md
+
+
+def read_gguf_vocab(path) -> GGUFVocab:
+    """Only the tokenizer of a GGUF model file (header and metadata; no tensor data is read):
+    what `prepare --tokenizer MODEL.gguf` needs."""
+    contents = read_contents(path)
+    embd = contents.tensors.get(tensor_name(MODEL_TENSOR.TOKEN_EMBD))
+    if embd is None or len(embd.shape) != 2:
+        raise CheckpointError(path, "no 2-D token_embd.weight tensor")
+    return vocab_from_metadata(contents.metadata, embd.shape[0], path)
 
 
 def _get(md: dict, key: str, path, kind, default=None):
