@@ -34,7 +34,7 @@ DEFAULT_ALIGNMENT = 32
 # What we decode to float32. Anything else is named in the refusal.
 READABLE_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16,
                   GGMLQuantizationType.Q8_0)
-CHUNK_BYTES = 1 << 24   # tensor data converted 16 MB at a time
+CHUNK_BYTES = 1 << 22   # tensor data converted 4 MB at a time (dequantising makes a few float32 copies)
 
 _SCALARS = {  # value type -> struct format
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
