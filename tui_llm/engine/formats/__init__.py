@@ -12,6 +12,9 @@ LlamaConfig (Hugging Face llama/mistral/qwen2 dirs, checkpoints whose model_conf
     hf_gpt2.py      Hugging Face GPT-2 (mapping, config.json, local cache lookup, tokenizer files)
     hf_llama.py     Hugging Face Llama family (llama, mistral, qwen2)
     checkpoint.py   our resumable training checkpoints
+    gguf.py         GGUF (llama.cpp, Ollama): write_gguf / read_gguf; gguf_file.py the bounded
+                    container parser, gguf_vocab.py the tokenizer metadata (imported on use: not
+                    re-exported here, so `gguf` is loaded only when a GGUF file is)
     detect.py       load_model_weights: any of the above, by magic bytes
 
 Every read validates sizes before allocating and refuses NaN/inf weights; every problem with a

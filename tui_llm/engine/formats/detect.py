@@ -1,5 +1,5 @@
 """One entry point for "give me a model, whatever this is": llm.c file, HF directory/file/name,
-or our training checkpoint, told apart by their magic bytes or directory contents.
+GGUF file or our training checkpoint, told apart by their magic bytes or directory contents.
 
 A new format (e.g. hf_llama.py) adds its kind to detect_checkpoint_kind (for HF directories:
 by config.json's model_type) and its reader to load_model_weights; nothing else changes."""
@@ -23,7 +23,7 @@ from tui_llm.engine.models.llama_config import LlamaConfig
 
 
 def detect_checkpoint_kind(path) -> str:
-    """'llmc', 'hf', 'hf_llama' or 'training', from the magic bytes of a file or the contents of a directory."""
+    """'llmc', 'hf', 'hf_llama', 'gguf' or 'training', from the magic bytes of a file or the contents of a directory."""
     p = Path(path)
     if p.is_dir() and hf_model_type(p) not in (None, "gpt2"):
         return "hf_llama"  # model.safetensors or shards; read_hf_llama names what is missing or unsupported
@@ -37,6 +37,8 @@ def detect_checkpoint_kind(path) -> str:
         if len(head) < 8:
             raise CheckpointError(path, f"only {size} bytes: not a model file")
         magic = int.from_bytes(head[:4], "little")
+        if head[:4] == b"GGUF":  # llama.cpp's format (gguf.py)
+            return "gguf"
         if magic == LLMC_MAGIC:
             return "llmc"
         if magic in OTHER_LLMC_MAGICS:
@@ -47,7 +49,7 @@ def detect_checkpoint_kind(path) -> str:
             f.seek(0)
             _, metadata, _ = read_header(f, path)
             return "training" if metadata.get("format") == TRAINING_FORMAT else "hf"
-    raise CheckpointError(path, "unrecognised file: neither an llm.c model file nor safetensors")
+    raise CheckpointError(path, "unrecognised file: neither an llm.c model file, GGUF nor safetensors")
 
 
 def load_model_weights(path_or_name) -> tuple[GPTConfig | LlamaConfig, np.ndarray, str]:
@@ -67,6 +69,10 @@ def load_model_weights(path_or_name) -> tuple[GPTConfig | LlamaConfig, np.ndarra
         cfg, flat = read_hf(path_or_name)
         return cfg, flat, f"Hugging Face GPT-2 {path_or_name} from the local cache ({millions(cfg)} params)"
     kind = detect_checkpoint_kind(path_or_name)
+    if kind == "gguf":
+        from .gguf import read_gguf  # imports the gguf package only when a GGUF file is loaded
+        cfg, flat, vocab, md = read_gguf(path_or_name)
+        return cfg, flat, f"GGUF {md['general.architecture']} {path_or_name} ({flat.size / 1e6:.1f}M params)"
     if kind == "hf_llama":
         cfg, flat = read_hf_llama(path_or_name)
         return cfg, flat, f"Hugging Face {hf_model_type(path_or_name)} {path_or_name} ({flat.size / 1e6:.1f}M params)"
