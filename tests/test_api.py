@@ -71,8 +71,9 @@ def test_a_run_paused_on_error_resumes_headless_and_stops(train_file, tmp_path):
 
     thread = threading.Thread(target=trainer.run, args=(emit,), kwargs={"on_error": "pause"})
     thread.start()
-    assert paused.wait(120)
+    assert paused.wait(60), seen
     trainer.send(tui_llm.Stop(save=False))
     thread.join(60)
+    assert not thread.is_alive(), seen
     assert any(isinstance(e, tui_llm.Error) and "non-finite loss" in e.message for e in seen)
     assert "on_error" not in tui_llm.RunConfig().to_dict()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tests.run_helpers import run_cli
 from tests.test_app import shown, until
 from tests.test_follow import FakeClient, finished, start, train, write
 
@@ -214,9 +215,6 @@ async def test_watch_two_runs_overlays_legend_toggle_reference_and_live_refresh(
 
 
 def test_bad_overlays_are_one_line_and_status_2(tmp_path):
-    import subprocess
-    import sys
-
     run = other_run(tmp_path / "run", 3)
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("a,b\n1,2\n")
@@ -224,8 +222,7 @@ def test_bad_overlays_are_one_line_and_status_2(tmp_path):
                        (["watch", run, "--reference", bad_csv], "needs step and loss columns"),
                        (["--compare", tmp_path / "nope", "--steps", "1"], "no metrics.jsonl"),
                        (["--compare", run, "--no-ui"], "does not go with --no-ui")]:
-        r = subprocess.run([sys.executable, "-m", "tui_llm", *map(str, args)], capture_output=True, text=True,
-                           timeout=60, stdin=subprocess.DEVNULL)
+        r = run_cli(*args)  # stdin is not a terminal
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, (args, r.stderr)
 
 

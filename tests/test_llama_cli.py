@@ -9,7 +9,8 @@ import pytest
 
 import tui_llm
 from tests import reference_llama as ref
-from tests.test_cli import bad, interrupt_at_step, read_metrics, run_cli
+from tests.run_helpers import run_cli
+from tests.test_cli import bad, interrupt_at_step, read_metrics
 from tests.test_hf_llama import C, F, L, hf_config, write_safetensors
 from tests.test_hf_tokenizer import CORPUS, train as train_tokenizer
 from tui_llm import cli

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.run_helpers import run as run_command
 from tui_llm.engine.training import distributed
 from tui_llm.engine.training.distributed import DistributedError, World
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 60
 
 
 def _plain_env() -> dict:
@@ -41,8 +41,7 @@ def run_ranks(tmp_path, body: str, n: int = 2) -> subprocess.CompletedProcess:
     script.write_text("import numpy as np\nfrom tui_llm.engine.training.distributed import World\n"
                       "world = World.detect()\nworld.install_excepthook()  # a failed assert ends the job at once\n"
                       + textwrap.dedent(body))
-    return subprocess.run([_mpiexec(), "-n", str(n), sys.executable, str(script)], env=_plain_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    return run_command([_mpiexec(), "-n", str(n), sys.executable, script], env=_plain_env())
 
 
 def test_allreduce_mean_and_sum(tmp_path):
@@ -108,7 +107,7 @@ def test_bcast_makes_every_rank_hold_roots_values(tmp_path):
 def test_a_rank_that_raises_ends_the_whole_job(tmp_path, where):
     start = time.monotonic()
     done = run_ranks(tmp_path, f"""
-        import threading, time
+        import threading
         def fail():
             raise ValueError("bad shard on rank 1\\nsecond line")
         if world.rank == 1:
@@ -116,7 +115,7 @@ def test_a_rank_that_raises_ends_the_whole_job(tmp_path, where):
                 worker = threading.Thread(target=fail)
                 worker.start()
                 worker.join()
-                time.sleep(2 * {TIMEOUT_S})  # the main thread would go on: the hook must end the job
+                threading.Event().wait()  # the main thread would go on forever: the hook must end the job
             else:
                 fail()
         world.barrier()  # rank 0 waits here forever unless the job is aborted
@@ -133,8 +132,7 @@ def test_a_rank_that_raises_ends_the_whole_job(tmp_path, where):
 def test_detect_outside_mpiexec_is_single_and_imports_no_mpi():
     code = ("import sys\nfrom tui_llm.engine.training.distributed import World\nw = World.detect()\n"
             "print(w.rank, w.size, w.is_root, w.is_distributed, 'mpi4py' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], env=_plain_env(), capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
+    done = run_command([sys.executable, "-c", code], env=_plain_env())
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0", "1", "True", "False", "False"]
 
