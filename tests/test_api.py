@@ -24,6 +24,7 @@ def tiny(train_file, out_dir, **kw):
     return tui_llm.RunConfig(train_file=train_file, out_dir=str(out_dir), **{**settings, **kw})
 
 
+@pytest.mark.slow
 def test_train_resume_and_sample_from_python(train_file, tmp_path):
     config = tiny(train_file, tmp_path / "run")
     events = []

@@ -25,6 +25,8 @@ from tui_llm.widgets.status_bar import EtaClock
 from tui_llm.screens.dialogs import HelpScreen, PromptScreen, QuitScreen
 from tui_llm.widgets.text_charts import bucket_means
 
+pytestmark = pytest.mark.ui
+
 
 async def until(pilot, condition, timeout: float = 5.0) -> None:
     """Let the app run until `condition()` holds."""
@@ -149,6 +151,7 @@ async def test_metric_and_x_axis_keys_switch_the_chart(trainer):
         assert {"Chart the next metric", "Chart against the next x axis"} <= titles
 
 
+@pytest.mark.slow
 async def test_a_new_step_repaints_only_the_rows_that_changed(trainer):
     app = TrainerApp(trainer)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -164,6 +167,7 @@ async def test_a_new_step_repaints_only_the_rows_that_changed(trainer):
         assert len(repainted) < plot.size.height // 2
 
 
+@pytest.mark.slow
 async def test_a_100k_step_history_draws_at_once(tmp_path):
     history = [train_record(s, 2 + 9 / (1 + s / 100)) for s in range(100_000)]
     app = TrainerApp(FakeTrainer(tmp_path / "run", start_step=100_000, total_steps=200_000), history=history)

@@ -157,6 +157,7 @@ def test_live_setting_is_checked_like_the_run_config():
         live_setting(c, "sample_len", 0)
 
 
+@pytest.mark.slow
 def test_steer_a_real_headless_run(train_file, tmp_path):
     run_dir = tmp_path / "run"
     run = HeadlessRun(train_file, run_dir, "--steps", "100000", "--lr", "1e-3", "--val-every", "0",
@@ -199,6 +200,7 @@ def test_steer_a_real_headless_run(train_file, tmp_path):
     assert not (run_dir / SOCKET).exists()  # removed when the run ended
 
 
+@pytest.mark.slow
 def test_a_live_lr_change_is_kept_by_the_checkpoint_and_resume(train_file, tmp_path):
     """Set lr_scale through the socket, save, stop, --resume: the same losses as one uninterrupted
     run whose lr changed at the same step."""
@@ -248,6 +250,8 @@ def train_changing_lr_scale(train_file, out_dir, batch_size: int, steps: int, ch
     return losses
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec is not installed (pip install mpich)")
 def test_under_mpi_every_rank_applies_a_setting_at_the_same_step(train_file, tmp_path):
     """Rank 0 serves the socket; the command reaches every rank at one step boundary (else rank 1's

@@ -50,6 +50,7 @@ def read_metrics(run_dir):
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_headless_run_lines_metrics_and_run_directory(data, tmp_path):
     run = tmp_path / "run"
     r = run_cli(str(data / "tiny_train.bin"), "--no-ui", *TINY, "--steps", "8", "--lr", "3e-3", "--val-every", "4",
@@ -86,6 +87,7 @@ def test_headless_run_lines_metrics_and_run_directory(data, tmp_path):
     assert metrics[-1]["type"] == "finished" and metrics[-1]["reason"] == "completed"
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_resume_continues_with_identical_losses(data, tmp_path):
     common = [str(data / "tiny_train.bin"), "--no-ui", *TINY, "--steps", "14", "--lr", "3e-3", "--val-every", "5",
               "--sample-every", "0", "--save-every", "0"]
@@ -197,6 +199,7 @@ def test_data_paths_a_new_user_types(data, tmp_path, capsys):
     assert list(empty.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_resume_keeps_every_kind_of_record(data, tmp_path):
     run = tmp_path / "run"
     common = ["--no-ui", *TINY, "--val-every", "2", "--sample-every", "2", "--sample-len", "4", "--save-every", "3"]
@@ -213,6 +216,7 @@ def test_resume_keeps_every_kind_of_record(data, tmp_path):
     assert [m["step"] for m in after if m["type"] == "train"] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_kill_9_never_corrupts_a_checkpoint(data, tmp_path):
     """kill -9 at random moments with --save-every 1: every checkpoint left loads, no temp files
     stay after the next open, and --resume continues from the newest (benchmarks/reliability.py
@@ -246,6 +250,7 @@ def _tmpfs(path, size):
         pytest.skip("cannot mount a small tmpfs here")
 
 
+@pytest.mark.slow
 def test_disk_full_keeps_the_previous_checkpoint_and_exits_non_zero(data, tmp_path):
     disk = tmp_path / "disk"
     _tmpfs(disk, "60m")  # room for one d2 checkpoint (~39 MB) but not for a second beside it

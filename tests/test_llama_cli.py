@@ -70,6 +70,7 @@ def test_wide_vocabularies_use_llmcs_uint32_token_files(tmp_path):
     assert open_tokens(tmp_path / "w.bin", vocab_size=151_936).tokens.tolist() == ids.tolist()
 
 
+@pytest.mark.slow
 def test_train_interrupt_resume_sample_export(llama, tmp_path):
     model, data = llama
     common = [str(data / "story_train.bin"), "--no-ui", "--init-from", str(model), *SMALL, "--steps", "12",
@@ -106,6 +107,7 @@ def test_train_interrupt_resume_sample_export(llama, tmp_path):
     assert len(refused.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_prepare_shards_with_the_models_tokenizer_equal_the_unsharded_files(llama, tmp_path, capsys):
     """--tokenizer with --shard-size: the same documents, framed the same way, cut into shards;
     the sidecar comes with them and training on the glob accepts them."""
@@ -136,6 +138,7 @@ def test_prepare_shards_with_the_models_tokenizer_equal_the_unsharded_files(llam
     assert trained.returncode == 0, trained.stderr
 
 
+@pytest.mark.slow
 def test_a_qwen3_model_trains_and_exports(llama, tmp_path):
     """Qwen3 (per-head q/k RMSNorm before RoPE): loaded from its HF layout, trained (the loss
     falls), exported back under its own model type with the same weights."""

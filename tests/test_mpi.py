@@ -44,6 +44,8 @@ def run_ranks(tmp_path, body: str, n: int = 2) -> subprocess.CompletedProcess:
     return run_command([_mpiexec(), "-n", str(n), sys.executable, script], env=_plain_env())
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_allreduce_mean_and_sum(tmp_path):
     done = run_ranks(tmp_path, """
         assert (world.size, world.is_root) == (2, world.rank == 0) and world.is_distributed
@@ -62,6 +64,8 @@ def test_allreduce_mean_and_sum(tmp_path):
     assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["2 4 " + share] * 2  # 8 cores, 2 ranks
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_zero_collectives_scatter_gather_and_gather_to_root(tmp_path):
     """reduce_scatter_mean leaves each rank its slice of the mean; allgather_shards_ fills in the
     others' slices; gather_shards assembles a sharded buffer on rank 0 only (n = 7: uneven slices)."""
@@ -86,6 +90,8 @@ def test_zero_collectives_scatter_gather_and_gather_to_root(tmp_path):
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_bcast_makes_every_rank_hold_roots_values(tmp_path):
     done = run_ranks(tmp_path, """
         params = np.full(5, world.rank, dtype=np.float32)
@@ -103,6 +109,8 @@ def test_bcast_makes_every_rank_hold_roots_values(tmp_path):
     assert done.stdout.count("ok") == 2
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["main", "thread"])
 def test_a_rank_that_raises_ends_the_whole_job(tmp_path, where):
     start = time.monotonic()
@@ -164,6 +172,8 @@ def test_launcher_without_mpi4py_is_one_clear_error(monkeypatch):
         World.detect()
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_loaders_under_mpi_split_the_single_process_batches(tmp_path):
     done = run_ranks(tmp_path, """
         from tui_llm.engine.data.tokens import TrainLoader, ValLoader

@@ -17,6 +17,8 @@ import pytest
 from tests.run_helpers import Process, run as run_command
 from tui_llm.engine.data.tokens import write_tokens
 
+pytestmark = pytest.mark.slow
+
 TINY = ["--no-ui", "--model", "d2", "-t", "16", "--max-seq-len", "32", "--threads", "1", "--init-style", "numpy",
         "--lr", "3e-3", "--val-every", "4", "--val-batches", "3", "--sample-every", "0", "--save-every", "0"]
 MPIEXEC = shutil.which("mpiexec")
@@ -66,6 +68,7 @@ def test_accumulation_equals_the_whole_batch(data, tmp_path):
     np.testing.assert_allclose(val2, val1, rtol=0, atol=1e-5)
 
 
+@pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
 def test_two_ranks_equal_one_process_and_resume_on_any_world_size(data, tmp_path):
     one = cli(str(data / "s_train.bin"), *TINY, "-b", "4", "--steps", "12", "--out-dir", str(tmp_path / "one"))
@@ -96,6 +99,7 @@ def test_two_ranks_equal_one_process_and_resume_on_any_world_size(data, tmp_path
     np.testing.assert_allclose([val_mixed[k] for k in val_one], list(val_one.values()), rtol=0, atol=1e-5)
 
 
+@pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
 def test_sharded_data_crosses_shards_and_resumes_on_another_world_size(tmp_path):
     """Shards of ~3 total batches each: 12 steps cross several shard boundaries (and an epoch).
@@ -123,6 +127,7 @@ def test_sharded_data_crosses_shards_and_resumes_on_another_world_size(tmp_path)
     np.testing.assert_allclose([val_split[k] for k in val_one], list(val_one.values()), rtol=0, atol=1e-5)
 
 
+@pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
 def test_sigint_to_mpiexec_saves_and_resumes_with_identical_losses(data, tmp_path):
     common = [str(data / "s_train.bin"), *TINY, "-b", "2", "--steps", "30"]
@@ -144,6 +149,7 @@ def test_sigint_to_mpiexec_saves_and_resumes_with_identical_losses(data, tmp_pat
     assert t2 == t1 and v2 == v1  # the same ranks, the same sums: bit-identical
 
 
+@pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
 def test_zero_1_is_the_same_run_and_its_checkpoints_resume_without_it(data, tmp_path):
     """--zero 1 (AdamW state split between the ranks) trains as one process does, with weight
@@ -184,6 +190,7 @@ def test_zero_1_is_the_same_run_and_its_checkpoints_resume_without_it(data, tmp_
     np.testing.assert_allclose(tr, t1, rtol=0, atol=1e-5)
 
 
+@pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
 def test_bad_splits_under_mpi_are_one_line(data, tmp_path):
     r = cli(str(data / "s_train.bin"), *TINY, "-b", "2", "-d", "48", "--steps", "2", "--out-dir", str(tmp_path / "x"),
@@ -195,6 +202,7 @@ def test_bad_splits_under_mpi_are_one_line(data, tmp_path):
     assert r.returncode == 2 and "mpiexec" in r.stderr
 
 
+@pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
 @pytest.mark.parametrize("zero", ["0", "1"])
 def test_weights_are_identical_on_every_rank(data, tmp_path, zero):

@@ -9,6 +9,8 @@ from tests.run_helpers import HeadlessRun, Process, make_data, read_metrics, run
 from tui_llm.engine import events as ev
 from tui_llm.engine.run.channel import SOCKET, ControlClient
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def train_file(tmp_path_factory):
