@@ -133,7 +133,7 @@ def test_a_rank_that_raises_ends_the_whole_job(tmp_path, where):
     assert done.returncode != 0
     assert "passed the barrier" not in done.stdout
     lines = [line for line in done.stderr.splitlines() if line.startswith("error")]
-    assert lines == ["error (rank 1 of 2): ValueError: bad shard on rank 1"]
+    assert lines == ["error (rank 1 of 2): ValueError: bad shard on rank 1"], done
     assert "Traceback" not in done.stderr
 
 
