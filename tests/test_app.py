@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,12 +17,15 @@ import pytest
 from textual.widgets import RichLog
 
 from tests.fake_trainer import FakeTrainer, fake_loss
+from tests.run_helpers import run as run_command
 from tui_llm.app import TrainerApp
 from tui_llm.engine import events as ev
 from tui_llm.screens.dialogs import HelpScreen, PromptScreen, QuitScreen
 from tui_llm.terminal import SignalHandlers
 from tui_llm.widgets.status_bar import EtaClock
 from tui_llm.widgets.text_charts import bucket_means
+
+pytestmark = pytest.mark.ui
 
 
 async def until(pilot, condition, timeout: float = 5.0) -> None:
@@ -149,6 +151,7 @@ async def test_metric_and_x_axis_keys_switch_the_chart(trainer):
         assert {"Chart the next metric", "Chart against the next x axis"} <= titles
 
 
+@pytest.mark.slow
 async def test_a_new_step_repaints_only_the_rows_that_changed(trainer):
     app = TrainerApp(trainer)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -164,6 +167,7 @@ async def test_a_new_step_repaints_only_the_rows_that_changed(trainer):
         assert len(repainted) < plot.size.height // 2
 
 
+@pytest.mark.slow
 async def test_a_100k_step_history_draws_at_once(tmp_path):
     history = [train_record(s, 2 + 9 / (1 + s / 100)) for s in range(100_000)]
     app = TrainerApp(FakeTrainer(tmp_path / "run", start_step=100_000, total_steps=200_000), history=history)
@@ -465,13 +469,14 @@ def test_a_second_signal_waits_and_a_third_aborts_at_once():
                                   tell=lambda signum, count: print("told", count, flush=True),
                                   abort_message=lambda: "aborted: steps 4..6 are lost")
         with handlers:
-            for _ in range(3):
+            for count in range(1, 4):
                 os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.2)
-            time.sleep(30)
+                deadline = time.monotonic() + 10
+                while len(handlers.received) < count:  # the handler runs on this thread, between bytecodes
+                    assert time.monotonic() < deadline, handlers.received
+        print("still running after the third signal", flush=True)  # never: it aborts the process
         """
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    done = run_command([sys.executable, "-c", script])
     assert done.returncode == 143
     assert done.stdout.split("\n")[:3] == ["stop", "told 1", "told 2"]  # the Stop is sent once
     assert "aborted: steps 4..6 are lost" in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.run_helpers import run_cli
 from tests.test_app import shown, until
 from tests.test_follow import FakeClient, finished, start, train, write
 from tui_llm.app import TrainerApp
@@ -11,6 +12,8 @@ from tui_llm.engine import events as ev
 from tui_llm.engine.run.run_dir import RunDir, checkpoint_name
 from tui_llm.engine.run.watcher import RunWatcher
 from tui_llm.screens.dialogs import LeaveScreen
+
+pytestmark = pytest.mark.ui
 
 
 def watcher_of(run: RunDir, sent: list, **kwargs) -> RunWatcher:
@@ -41,6 +44,7 @@ async def test_watch_mode_title_and_q_leaves_the_run_going(locked, answer):
     assert sent == ([{"command": "save"}] if answer == "save" else [])
 
 
+@pytest.mark.slow
 async def test_watch_mode_shows_stale_and_settings_changes(locked):
     write(locked.path, start(), train(1), train(2))
     watcher = watcher_of(locked, [], stale_after=0.3)
@@ -72,6 +76,7 @@ async def set_value(pilot, name: str, text: str) -> None:
     await pilot.press("enter")
 
 
+@pytest.mark.slow
 async def test_settings_dialog_checks_the_value_and_sends_it(tmp_path):
     from tests.fake_trainer import FakeTrainer
     from tui_llm.screens.dialogs import SettingsScreen
@@ -112,6 +117,7 @@ async def test_settings_dialog_checks_the_value_and_sends_it(tmp_path):
 # -- checkpoint browser ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_checkpoint_browser_lists_keeps_and_shows_the_resume_command(tmp_path, monkeypatch):
     from tests.fake_trainer import FakeTrainer
     from tui_llm.engine import api
@@ -177,6 +183,7 @@ def other_run(path, steps: int):
     return path
 
 
+@pytest.mark.slow
 async def test_watch_two_runs_overlays_legend_toggle_reference_and_live_refresh(locked, tmp_path):
     from tui_llm.widgets.overlays import load_overlays
 
@@ -213,10 +220,8 @@ async def test_watch_two_runs_overlays_legend_toggle_reference_and_live_refresh(
         await until(pilot, lambda: not app.is_running)
 
 
+@pytest.mark.slow
 def test_bad_overlays_are_one_line_and_status_2(tmp_path):
-    import subprocess
-    import sys
-
     run = other_run(tmp_path / "run", 3)
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("a,b\n1,2\n")
@@ -224,8 +229,7 @@ def test_bad_overlays_are_one_line_and_status_2(tmp_path):
                        (["watch", run, "--reference", bad_csv], "needs step and loss columns"),
                        (["--compare", tmp_path / "nope", "--steps", "1"], "no metrics.jsonl"),
                        (["--compare", run, "--no-ui"], "does not go with --no-ui")]:
-        r = subprocess.run([sys.executable, "-m", "tui_llm", *map(str, args)], capture_output=True, text=True,
-                           timeout=60, stdin=subprocess.DEVNULL)
+        r = run_cli(*args)  # stdin is not a terminal
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, (args, r.stderr)
 
 

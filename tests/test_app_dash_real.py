@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from tests.test_app_real import until
 from tui_llm.app import TrainerApp
 from tui_llm.engine.data.tokens import write_tokens
 from tui_llm.engine.training.trainer import RunConfig, Trainer
 from tui_llm.screens.dialogs import QuitScreen, SettingsScreen
+
+pytestmark = [pytest.mark.ui, pytest.mark.slow]
 
 
 def records(run_dir, kind: str) -> list[dict]:

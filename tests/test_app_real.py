@@ -6,12 +6,15 @@ import json
 import time
 
 import numpy as np
+import pytest
 
 from tui_llm.app import TrainerApp
 from tui_llm.engine.data.tokens import write_tokens
 from tui_llm.engine.formats import load_training_checkpoint
 from tui_llm.engine.training.trainer import RunConfig, Trainer
 from tui_llm.screens.dialogs import QuitScreen
+
+pytestmark = [pytest.mark.ui, pytest.mark.slow]
 
 
 async def until(pilot, condition, timeout: float = 60.0) -> None:

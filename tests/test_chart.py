@@ -124,6 +124,7 @@ def test_log_axis_has_decade_ticks_and_draws_a_geometric_series_straight():
         assert abs(row - (dot_rows - 1) * (1 - column / (dot_cols - 1))) <= 1.5
 
 
+@pytest.mark.slow
 def test_axes_move_only_now_and_then_as_a_run_grows():
     """A new step changes only the chart's right end, not its axes, most of the time."""
     steps = np.arange(2000.0)

@@ -1,16 +1,16 @@
 """The tui-llm command on a tiny model and tiny data: headless runs, resume, sample, export, bad input."""
 
 import json
-import os
 import re
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.run_helpers import Process, run_cli
+from tests.run_helpers import run as run_command
 from tui_llm import cli
 from tui_llm.engine.data.tokens import write_tokens
 from tui_llm.engine.formats import load_model_weights, read_llmc
@@ -32,23 +32,16 @@ def data(tmp_path_factory):
     return d
 
 
-def run_cli(*args, cwd=None):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "tui_llm", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
-
-
 def interrupt_at_step(step: int, *args) -> str:
-    """Run `tui-llm ARGS` headless, send SIGINT when it prints step `step`; asserts exit 130, returns stderr."""
-    proc = subprocess.Popen([sys.executable, "-m", "tui_llm", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    for line in proc.stdout:
+    """Run `tui-llm ARGS` headless, send SIGINT the moment it prints step `step`; asserts exit 130,
+    returns stderr."""
+    def on_line(line):
         if line.startswith(f"step {step}/"):
-            proc.send_signal(signal.SIGINT)
-            break
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err
-    return err
+            process.send_signal(signal.SIGINT)
+
+    with Process([sys.executable, "-m", "tui_llm", *args], on_line=on_line) as process:
+        process.wait(expect=130)
+        return process.completed().stderr
 
 
 def step_losses(stdout):
@@ -59,6 +52,7 @@ def read_metrics(run_dir):
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_headless_run_lines_metrics_and_run_directory(data, tmp_path):
     run = tmp_path / "run"
     r = run_cli(str(data / "tiny_train.bin"), "--no-ui", *TINY, "--steps", "8", "--lr", "3e-3", "--val-every", "4",
@@ -95,6 +89,7 @@ def test_headless_run_lines_metrics_and_run_directory(data, tmp_path):
     assert metrics[-1]["type"] == "finished" and metrics[-1]["reason"] == "completed"
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_resume_continues_with_identical_losses(data, tmp_path):
     common = [str(data / "tiny_train.bin"), "--no-ui", *TINY, "--steps", "14", "--lr", "3e-3", "--val-every", "5",
               "--sample-every", "0", "--save-every", "0"]
@@ -207,6 +202,7 @@ def test_data_paths_a_new_user_types(data, tmp_path, capsys):
     assert list(empty.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_resume_keeps_every_kind_of_record(data, tmp_path):
     run = tmp_path / "run"
     common = ["--no-ui", *TINY, "--val-every", "2", "--sample-every", "2", "--sample-len", "4", "--save-every", "3"]
@@ -223,6 +219,7 @@ def test_resume_keeps_every_kind_of_record(data, tmp_path):
     assert [m["step"] for m in after if m["type"] == "train"] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_kill_9_never_corrupts_a_checkpoint(data, tmp_path):
     """kill -9 at random moments with --save-every 1: every checkpoint left loads, no temp files
     stay after the next open, and --resume continues from the newest (benchmarks/reliability.py
@@ -237,19 +234,14 @@ def test_kill_9_never_corrupts_a_checkpoint(data, tmp_path):
     common = ["--no-ui", *TINY, "--val-every", "0", "--sample-every", "0", "--save-every", "1", "--steps", "40"]
     args = [str(data / "tiny_train.bin"), *common, "--out-dir", str(run)]
     for _attempt in range(3):
-        proc = subprocess.Popen([sys.executable, "-m", "tui_llm", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)
-        for line in proc.stdout:
-            if line.startswith("saved checkpoint"):
-                break
-        time.sleep(rng.uniform(0.0, 0.5))
-        proc.kill()
-        proc.wait(30)
+        with Process([sys.executable, "-m", "tui_llm", *args]) as proc:
+            proc.wait_for(lambda: any(line.startswith("saved checkpoint") for line in proc.lines), "a checkpoint")
+            time.sleep(rng.uniform(0.0, 0.5))  # the fault's moment (not a wait for anything): then kill -9
+            proc.kill()
         for ckpt in run.glob("ckpt_*.safetensors"):
             load_training_checkpoint(ckpt)
         args = ["--resume", str(run), *common[:1], "--steps", "40"]
-    proc = subprocess.run([sys.executable, "-m", "tui_llm", "--resume", str(run), "--no-ui", "--steps", "40"],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_cli("--resume", run, "--no-ui", "--steps", "40")
     assert proc.returncode == 0, proc.stderr
     assert not list(run.glob(".*.tui-llm-tmp"))
     steps = [m["step"] for m in read_metrics(run) if m["type"] == "train"]
@@ -258,11 +250,11 @@ def test_kill_9_never_corrupts_a_checkpoint(data, tmp_path):
 
 def _tmpfs(path, size):
     path.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                      capture_output=True).returncode != 0:
+    if run_command(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path]).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here")
 
 
+@pytest.mark.slow
 def test_disk_full_keeps_the_previous_checkpoint_and_exits_non_zero(data, tmp_path):
     disk = tmp_path / "disk"
     _tmpfs(disk, "60m")  # room for one d2 checkpoint (~39 MB) but not for a second beside it
@@ -281,4 +273,4 @@ def test_disk_full_keeps_the_previous_checkpoint_and_exits_non_zero(data, tmp_pa
         records = read_metrics(run)  # every line whole
         assert records[-1]["type"] == "finished" and records[-1]["reason"] == "error"
     finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
+        run_command(["umount", disk])

@@ -1,4 +1,4 @@
-"""Following a run from its files (engine/follow.py), with records written by the test."""
+"""Following a run from its files (engine/run/watcher.py), with records written by the test."""
 
 import json
 import threading
@@ -33,6 +33,31 @@ def line(event):
 def write(run_dir, *events, raw=b""):
     with open(run_dir / "metrics.jsonl", "ab") as f:
         f.write(b"".join(map(line, events)) + raw)
+
+
+class Looking(RunWatcher):
+    """A RunWatcher that notes when each of its looks at metrics.jsonl (`_poll_file`) and each
+    staleness check began, once it is done: a test waits until the watcher has looked, never
+    for a fixed time."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.polls: list[float] = []
+        self.stale_checks: list[float] = []
+
+    def _poll_file(self):
+        began = time.monotonic()
+        super()._poll_file()
+        self.polls.append(began)
+
+    def _check_stale(self):
+        began = time.monotonic()
+        super()._check_stale()
+        self.stale_checks.append(began)
+
+
+def looked_since(calls: list[float], moment: float) -> bool:
+    return any(began > moment for began in calls)
 
 
 class Following:
@@ -83,13 +108,14 @@ def test_not_a_run_directory(tmp_path):
 
 def test_live_lines_a_torn_line_and_the_states(locked):
     write(locked.path, start(), train(1))
-    f = Following(RunWatcher(locked.path, interval=0.05))
+    f = Following(Looking(locked.path, interval=0.05))
     try:
         f.wait_for(lambda: f.kinds() == ["start", "train"], "the history")
         assert f.watcher.state == ev.RunState.RUNNING and f.watcher.live
         whole = line(train(2))
+        written = time.monotonic()
         write(locked.path, raw=whole[:20])  # half a record: not read yet
-        time.sleep(0.3)
+        f.wait_for(lambda: looked_since(f.watcher.polls, written), "a look at the file with the torn line")
         assert f.kinds() == ["start", "train"]
         write(locked.path, raw=whole[20:])
         f.wait_for(lambda: len(f.events) == 3, "the completed line")
@@ -131,7 +157,7 @@ def test_a_history_cut_back_by_a_resume(locked):
 
 def test_a_quiet_run_is_stale_and_a_killed_one_finished(locked):
     write(locked.path, start(), train(1, step_ms=20.0))
-    f = Following(RunWatcher(locked.path, interval=0.05, stale_after=0.5))
+    f = Following(Looking(locked.path, interval=0.05, stale_after=0.5))
     try:
         f.wait_for(lambda: f.watcher.state == ev.RunState.STALE, "stale")
         assert "may be stuck" in f.events[-1].text
@@ -139,8 +165,11 @@ def test_a_quiet_run_is_stale_and_a_killed_one_finished(locked):
         f.wait_for(lambda: f.watcher.state == ev.RunState.RUNNING, "running again")
         assert "again" in f.events[-2].text and f.events[-1] == train(2)
         write(locked.path, ev.Paused(step=2))
-        time.sleep(0.8)
+        f.wait_for(lambda: f.watcher.state == ev.RunState.PAUSED, "paused")
+        quiet_enough = time.monotonic() + 0.5 + 0.1  # stale_after has passed since the last record
+        f.wait_for(lambda: looked_since(f.watcher.stale_checks, quiet_enough), "a staleness check after stale_after")
         assert f.watcher.state == ev.RunState.PAUSED  # paused runs are quiet on purpose
+        assert f.events[-1] == ev.Paused(step=2)  # and no "may be stuck" notice
         locked.close()  # the process is gone without a finished record (kill -9)
         f.join()
         assert f.events[-1].kind == "finished" and f.events[-1].reason == ev.FinishReason.INTERRUPTED

@@ -1,6 +1,7 @@
 """Fuzzing the CLI's numbers: every value is accepted or refused in one line (UsageError or
 ConfigError naming the flag), never another exception."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,7 @@ VALUES = st.one_of(
 OUTCOMES = {"accepted": 0, "refused": 0}
 
 
+@pytest.mark.slow
 @settings(max_examples=400, derandomize=True, deadline=None)
 @given(flag=st.sampled_from(NUMERIC_FLAGS), value=VALUES)
 def test_every_number_is_accepted_or_refused_in_one_line(flag, value):

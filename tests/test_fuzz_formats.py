@@ -103,6 +103,7 @@ def damage(data: bytes, change) -> bytes:
 # llm.c model files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", [1, 3, 5])
 def test_fuzz_llmc_model_files(tmp_path, version):
     good = tmp_path / "good.bin"
@@ -138,6 +139,7 @@ def test_fuzz_llmc_model_files(tmp_path, version):
 # Training checkpoints (safetensors): every header field
 
 
+@pytest.mark.slow
 def test_fuzz_training_checkpoint_headers(tmp_path):
     good = tmp_path / "good.safetensors"
     flat = flat_params()
@@ -220,6 +222,7 @@ def test_fuzz_training_checkpoint_headers(tmp_path):
 # Hugging Face config.json
 
 
+@pytest.mark.slow
 def test_fuzz_hf_config(tmp_path):
     model_dir = tmp_path / "hf"
     write_hf(model_dir, CFG, flat_params())
@@ -254,6 +257,7 @@ def test_fuzz_hf_config(tmp_path):
 # Token files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["llmc", "int32", "uint16"])
 def test_fuzz_token_files(tmp_path, fmt):
     good = tmp_path / "good.bin"
@@ -280,6 +284,7 @@ def test_fuzz_token_files(tmp_path, fmt):
 # GPTConfig itself
 
 
+@pytest.mark.slow
 def test_fuzz_gpt_config():
     fields = sorted(CFG.to_dict())
     target = "GPTConfig"

@@ -9,7 +9,8 @@ import pytest
 
 import tui_llm
 from tests import reference_llama as ref
-from tests.test_cli import bad, interrupt_at_step, read_metrics, run_cli
+from tests.run_helpers import run_cli
+from tests.test_cli import bad, interrupt_at_step, read_metrics
 from tests.test_hf_llama import C, F, L, hf_config, write_safetensors
 from tests.test_hf_tokenizer import CORPUS
 from tests.test_hf_tokenizer import train as train_tokenizer
@@ -70,6 +71,7 @@ def test_wide_vocabularies_use_llmcs_uint32_token_files(tmp_path):
     assert open_tokens(tmp_path / "w.bin", vocab_size=151_936).tokens.tolist() == ids.tolist()
 
 
+@pytest.mark.slow
 def test_train_interrupt_resume_sample_export(llama, tmp_path):
     model, data = llama
     common = [str(data / "story_train.bin"), "--no-ui", "--init-from", str(model), *SMALL, "--steps", "12",
@@ -106,6 +108,7 @@ def test_train_interrupt_resume_sample_export(llama, tmp_path):
     assert len(refused.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_prepare_shards_with_the_models_tokenizer_equal_the_unsharded_files(llama, tmp_path, capsys):
     """--tokenizer with --shard-size: the same documents, framed the same way, cut into shards;
     the sidecar comes with them and training on the glob accepts them."""
@@ -136,6 +139,7 @@ def test_prepare_shards_with_the_models_tokenizer_equal_the_unsharded_files(llam
     assert trained.returncode == 0, trained.stderr
 
 
+@pytest.mark.slow
 def test_a_qwen3_model_trains_and_exports(llama, tmp_path):
     """Qwen3 (per-head q/k RMSNorm before RoPE): loaded from its HF layout, trained (the loss
     falls), exported back under its own model type with the same weights."""

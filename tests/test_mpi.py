@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.run_helpers import run as run_command
 from tui_llm.engine.training import distributed
 from tui_llm.engine.training.distributed import DistributedError, World
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 60
 
 
 def _plain_env() -> dict:
@@ -41,10 +41,11 @@ def run_ranks(tmp_path, body: str, n: int = 2) -> subprocess.CompletedProcess:
     script.write_text("import numpy as np\nfrom tui_llm.engine.training.distributed import World\n"
                       "world = World.detect()\nworld.install_excepthook()  # a failed assert ends the job at once\n"
                       + textwrap.dedent(body))
-    return subprocess.run([_mpiexec(), "-n", str(n), sys.executable, str(script)], env=_plain_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    return run_command([_mpiexec(), "-n", str(n), sys.executable, script], env=_plain_env())
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_allreduce_mean_and_sum(tmp_path):
     done = run_ranks(tmp_path, """
         assert (world.size, world.is_root) == (2, world.rank == 0) and world.is_distributed
@@ -63,6 +64,8 @@ def test_allreduce_mean_and_sum(tmp_path):
     assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["2 4 " + share] * 2  # 8 cores, 2 ranks
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_zero_collectives_scatter_gather_and_gather_to_root(tmp_path):
     """reduce_scatter_mean leaves each rank its slice of the mean; allgather_shards_ fills in the
     others' slices; gather_shards assembles a sharded buffer on rank 0 only (n = 7: uneven slices)."""
@@ -87,6 +90,8 @@ def test_zero_collectives_scatter_gather_and_gather_to_root(tmp_path):
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_bcast_makes_every_rank_hold_roots_values(tmp_path):
     done = run_ranks(tmp_path, """
         params = np.full(5, world.rank, dtype=np.float32)
@@ -104,11 +109,13 @@ def test_bcast_makes_every_rank_hold_roots_values(tmp_path):
     assert done.stdout.count("ok") == 2
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["main", "thread"])
 def test_a_rank_that_raises_ends_the_whole_job(tmp_path, where):
     start = time.monotonic()
     done = run_ranks(tmp_path, f"""
-        import threading, time
+        import threading
         def fail():
             raise ValueError("bad shard on rank 1\\nsecond line")
         if world.rank == 1:
@@ -116,7 +123,7 @@ def test_a_rank_that_raises_ends_the_whole_job(tmp_path, where):
                 worker = threading.Thread(target=fail)
                 worker.start()
                 worker.join()
-                time.sleep(2 * {TIMEOUT_S})  # the main thread would go on: the hook must end the job
+                threading.Event().wait()  # the main thread would go on forever: the hook must end the job
             else:
                 fail()
         world.barrier()  # rank 0 waits here forever unless the job is aborted
@@ -126,15 +133,14 @@ def test_a_rank_that_raises_ends_the_whole_job(tmp_path, where):
     assert done.returncode != 0
     assert "passed the barrier" not in done.stdout
     lines = [line for line in done.stderr.splitlines() if line.startswith("error")]
-    assert lines == ["error (rank 1 of 2): ValueError: bad shard on rank 1"]
+    assert lines == ["error (rank 1 of 2): ValueError: bad shard on rank 1"], done
     assert "Traceback" not in done.stderr
 
 
 def test_detect_outside_mpiexec_is_single_and_imports_no_mpi():
     code = ("import sys\nfrom tui_llm.engine.training.distributed import World\nw = World.detect()\n"
             "print(w.rank, w.size, w.is_root, w.is_distributed, 'mpi4py' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], env=_plain_env(), capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
+    done = run_command([sys.executable, "-c", code], env=_plain_env())
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0", "1", "True", "False", "False"]
 
@@ -166,6 +172,8 @@ def test_launcher_without_mpi4py_is_one_clear_error(monkeypatch):
         World.detect()
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_loaders_under_mpi_split_the_single_process_batches(tmp_path):
     done = run_ranks(tmp_path, """
         from tui_llm.engine.data.loader import TrainLoader, ValLoader

@@ -5,23 +5,24 @@ Every MPI case runs `mpiexec -n 2` in a subprocess with a timeout (mpi4py and mp
 """
 
 import json
-import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.run_helpers import Process
+from tests.run_helpers import run as run_command
 from tui_llm.engine.data.tokens import write_tokens
+
+pytestmark = pytest.mark.slow
 
 TINY = ["--no-ui", "--model", "d2", "-t", "16", "--max-seq-len", "32", "--threads", "1", "--init-style", "numpy",
         "--lr", "3e-3", "--val-every", "4", "--val-batches", "3", "--sample-every", "0", "--save-every", "0"]
 MPIEXEC = shutil.which("mpiexec")
-ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +34,11 @@ def data(tmp_path_factory):
     return d
 
 
-def cli(*args, ranks=1, timeout=300, cwd=None):
+def cli(*args, ranks=1, cwd=None):
     cmd = [sys.executable, "-m", "tui_llm", *args]
     if ranks > 1:
         cmd = [MPIEXEC, "-n", str(ranks), *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=cwd)
+    return run_command(cmd, cwd=cwd)
 
 
 def records(run, kind):
@@ -68,6 +69,7 @@ def test_accumulation_equals_the_whole_batch(data, tmp_path):
     np.testing.assert_allclose(val2, val1, rtol=0, atol=1e-5)
 
 
+@pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
 def test_two_ranks_equal_one_process_and_resume_on_any_world_size(data, tmp_path):
     one = cli(str(data / "s_train.bin"), *TINY, "-b", "4", "--steps", "12", "--out-dir", str(tmp_path / "one"))
@@ -98,6 +100,7 @@ def test_two_ranks_equal_one_process_and_resume_on_any_world_size(data, tmp_path
     np.testing.assert_allclose([val_mixed[k] for k in val_one], list(val_one.values()), rtol=0, atol=1e-5)
 
 
+@pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
 def test_sharded_data_crosses_shards_and_resumes_on_another_world_size(tmp_path):
     """Shards of ~3 total batches each: 12 steps cross several shard boundaries (and an epoch).
@@ -125,20 +128,20 @@ def test_sharded_data_crosses_shards_and_resumes_on_another_world_size(tmp_path)
     np.testing.assert_allclose([val_split[k] for k in val_one], list(val_one.values()), rtol=0, atol=1e-5)
 
 
+@pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
 def test_sigint_to_mpiexec_saves_and_resumes_with_identical_losses(data, tmp_path):
     common = [str(data / "s_train.bin"), *TINY, "-b", "2", "--steps", "30"]
     straight = cli(*common, "--out-dir", str(tmp_path / "straight"), ranks=2)
     assert straight.returncode == 0, straight.stderr
     run = tmp_path / "run"
-    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "tui_llm", *common, "--out-dir", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    for line in proc.stdout:
+    def on_line(line):
         if line.startswith("step 4/"):
             proc.send_signal(signal.SIGINT)
-            break
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+
+    with Process([MPIEXEC, "-n", "2", sys.executable, "-m", "tui_llm", *common, "--out-dir", str(run)],
+                 on_line=on_line) as proc:
+        proc.wait(expect=130)
     saved = records(run, "checkpoint")
     assert saved and saved[-1]["step"] >= 4
     resumed = cli("--resume", str(run), "--no-ui", ranks=2)
@@ -147,6 +150,7 @@ def test_sigint_to_mpiexec_saves_and_resumes_with_identical_losses(data, tmp_pat
     assert t2 == t1 and v2 == v1  # the same ranks, the same sums: bit-identical
 
 
+@pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
 def test_zero_1_is_the_same_run_and_its_checkpoints_resume_without_it(data, tmp_path):
     """--zero 1 (AdamW state split between the ranks) trains as one process does, with weight
@@ -187,24 +191,25 @@ def test_zero_1_is_the_same_run_and_its_checkpoints_resume_without_it(data, tmp_
     np.testing.assert_allclose(tr, t1, rtol=0, atol=1e-5)
 
 
+@pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
 def test_bad_splits_under_mpi_are_one_line(data, tmp_path):
     r = cli(str(data / "s_train.bin"), *TINY, "-b", "2", "-d", "48", "--steps", "2", "--out-dir", str(tmp_path / "x"),
-            ranks=2, timeout=120)
+            ranks=2)
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--total-batch-size" in lines[0] and "2 processes" in lines[0]
-    r = cli(str(data / "s_train.bin"), "--model", "d2", ranks=2, timeout=120)  # the UI under mpiexec
+    r = cli(str(data / "s_train.bin"), "--model", "d2", ranks=2)  # the UI under mpiexec
     assert r.returncode == 2 and "mpiexec" in r.stderr
 
 
+@pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed (pip install mpich)")
 @pytest.mark.parametrize("zero", ["0", "1"])
 def test_weights_are_identical_on_every_rank(data, tmp_path, zero):
     script = Path(__file__).with_name("mpi_train_script.py")
     out = tmp_path / "digests.json"
-    r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), str(data / "s_train.bin"), str(out),
-                        str(tmp_path / "run"), zero], capture_output=True, text=True, timeout=180, env=ENV)
+    r = run_command([MPIEXEC, "-n", "2", sys.executable, script, data / "s_train.bin", out, tmp_path / "run", zero])
     assert r.returncode == 0, r.stderr
     digests = json.loads(out.read_text())
     assert len(digests) == 2 and digests[0] == digests[1]

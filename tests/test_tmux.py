@@ -9,9 +9,7 @@ import re
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -19,12 +17,15 @@ import numpy as np
 import pytest
 
 import tui_llm
+from tests.run_helpers import TIMEOUT_S, no_steps_while_paused, run_cli, wait_until
+from tests.run_helpers import run as run_command
 from tui_llm.engine.data.tokens import write_tokens
 
 SOURCE_ROOT = Path(tui_llm.__file__).resolve().parent.parent
 """The tree under test: the tmux server may have been started by someone else, with their environment."""
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+pytestmark = [pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+              pytest.mark.tmux, pytest.mark.ui, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -36,43 +37,42 @@ def train_file(tmp_path_factory):
     return d / "tiny_train.bin"
 
 
+def tmux(*args, check=True) -> str:
+    done = run_command(["tmux", *args])
+    assert done.returncode == 0 or not check, (args, done.stderr)
+    return done.stdout
+
+
 class Terminal:
     def __init__(self, width, height, command):
         self.name = f"tui-llm-test-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height),
-                        command], check=True)
+        tmux("new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height), command)
 
     def screen(self) -> str:
-        r = subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True)
-        return r.stdout
-
-    def alive(self) -> bool:
-        return subprocess.run(["tmux", "has-session", "-t", self.name], capture_output=True).returncode == 0
+        return tmux("capture-pane", "-p", "-t", self.name, check=False)
 
     def press(self, *keys):
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+        tmux("send-keys", "-t", self.name, *keys)
 
-    def wait_for(self, predicate, what, timeout=120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def wait_for(self, predicate, what, timeout=TIMEOUT_S):
+        """The screen once `predicate(screen)` holds; after `timeout` s fail showing the screen."""
+        def shown():
             text = self.screen()
-            if predicate(text):
-                return text
-            time.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {what}; screen:\n{self.screen()}")
+            return text if predicate(text) else None
+
+        return wait_until(shown, what, timeout, seen=lambda: f"screen:\n{self.screen()}", interval=0.3)
 
     def pid(self) -> int:
         """The process the pane's inner shell runs (tui-llm; see `command`)."""
-        pid = subprocess.run(["tmux", "list-panes", "-t", self.name, "-F", "#{pane_pid}"], capture_output=True,
-                             text=True, check=True).stdout.split()[0]
+        pid = tmux("list-panes", "-t", self.name, "-F", "#{pane_pid}").split()[0]
         for _ in range(2):  # pane shell -> inner shell -> tui-llm
-            children = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
+            children = run_command(["pgrep", "-P", pid]).stdout.split()
             assert len(children) == 1, children
             pid = children[0]
         return int(pid)
 
     def close(self):
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        tmux("kill-session", "-t", self.name, check=False)
 
 
 def tiny_args(train_file, steps, val_every=5, sample_every=0):
@@ -109,23 +109,23 @@ def test_dashboard_80x24_keys_pause_sample_save_quit(train_file, tmp_path):
             return line.split("step ")[1].split("/")[0]
 
         paused_at = shown_step(term.screen())
-        time.sleep(1.5)
-        assert shown_step(term.screen()) == paused_at  # no steps while paused
 
         term.press("s")
         term.wait_for(lambda s: "step" in s.split("samples")[-1] and "sample" in s, "a sample")
         term.press("c")
-        term.wait_for(lambda s: "saved" in s, "the checkpoint log line")
+        screen = term.wait_for(lambda s: "saved" in s, "the checkpoint log line")
         assert list(run.glob("ckpt_*.safetensors"))
+        assert shown_step(screen) == paused_at  # sampled and saved while paused: no step since
 
         term.press("p")
         term.wait_for(lambda s: "RUNNING" in s, "resume")
         term.press("q")
         term.wait_for(lambda s: "Save and quit" in s, "the quit dialog")
         term.press("s")
-        term.wait_for(lambda s: (run.parent / "run.exit").exists(), "exit", timeout=60)
+        term.wait_for(lambda s: (run.parent / "run.exit").exists(), "exit")
         assert (run.parent / "run.exit").read_text().strip() == "EXIT=0"
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert no_steps_while_paused(metrics) == ["sample", "checkpoint"]
         final = [m for m in metrics if m["type"] == "checkpoint"][-1]
         steps = [m for m in metrics if m["type"] == "train"]
         assert final["step"] == len(steps)  # saved at the step it stopped at
@@ -138,7 +138,7 @@ def test_dashboard_200x50_shows_curves_timings_and_samples(train_file, tmp_path)
     run = tmp_path / "big"
     term = Terminal(200, 50, command(train_file, run, 30, sample_every=10))
     try:
-        screen = term.wait_for(lambda s: "FINISHED" in s, "the run to finish", timeout=180)
+        screen = term.wait_for(lambda s: "FINISHED" in s, "the run to finish")
         assert "step 30/30" in screen
         for text in ("fwd", "bwd", "opt", "tok/s", "train", "val"):
             assert text in screen, text
@@ -152,7 +152,7 @@ def test_dashboard_200x50_shows_curves_timings_and_samples(train_file, tmp_path)
         term.press("m")
         term.wait_for(lambda s: "─ loss ─" in s and "━━ val" in s, "back to the loss")
         term.press("q")
-        term.wait_for(lambda s: (run.parent / "big.exit").exists(), "exit", timeout=60)
+        term.wait_for(lambda s: (run.parent / "big.exit").exists(), "exit")
         assert (run.parent / "big.exit").read_text().strip() == "EXIT=0"
     finally:
         term.close()
@@ -161,12 +161,6 @@ def test_dashboard_200x50_shows_curves_timings_and_samples(train_file, tmp_path)
 # -- signals -------------------------------------------------------------------------------
 
 SIGNAL_STEPS = 200
-
-
-def run_cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(SOURCE_ROOT))
-    return subprocess.run([sys.executable, "-m", "tui_llm", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
 
 
 def train_losses(run_dir):
@@ -200,9 +194,7 @@ def test_signal_saves_exits_and_resume_continues_exactly(train_file, tmp_path, u
             term.close()
         else:
             os.kill(term.pid(), signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        while not exit_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(exit_file.exists, f"{exit_file} (tui-llm's exit status)")
         assert exit_file.read_text().strip() == ("EXIT=129" if how == "kill-session" else "EXIT=143")
         if how == "SIGTERM":  # the terminal is given back: the exit summary shows in the shell's screen
             term.wait_for(lambda s: "continue with: tui-llm --resume" in s, "the exit summary", timeout=10)

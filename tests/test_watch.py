@@ -1,15 +1,15 @@
 """`tui-llm watch`: follow and steer a run another process trains."""
 
-import os
 import signal
-import subprocess
 import sys
 
 import pytest
 
-from tests.run_helpers import HeadlessRun, make_data, read_metrics
+from tests.run_helpers import HeadlessRun, Process, make_data, read_metrics, run_cli
 from tui_llm.engine import events as ev
 from tui_llm.engine.run.channel import SOCKET, ControlClient
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -17,16 +17,14 @@ def train_file(tmp_path_factory):
     return make_data(tmp_path_factory.mktemp("data"))
 
 
-class Watch(HeadlessRun):
+class Watch(Process):
     """`tui-llm watch --no-ui` in a subprocess."""
 
     def __init__(self, *args):
-        self.proc = subprocess.Popen([sys.executable, "-m", "tui_llm", "watch", *map(str, args)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        self.lines = []
-        import threading
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__([sys.executable, "-m", "tui_llm", "watch", *args])
+
+    def steps_printed(self) -> int:
+        return sum(1 for line in self.lines if line.startswith("step "))
 
 
 def test_watch_no_ui_follows_a_live_headless_run_and_leaves_it_running(train_file, tmp_path):
@@ -48,17 +46,14 @@ def test_watch_no_ui_follows_a_live_headless_run_and_leaves_it_running(train_fil
         with ControlClient.connect(run_dir) as client:
             assert client.send(ev.Pause())["ok"]
             watch.wait_for(lambda: any(line.startswith("paused at step") for line in watch.lines), "the pause")
-            watch.proc.send_signal(signal.SIGINT)  # the watcher leaves ...
-            watch.proc.wait(timeout=30)
-            assert watch.proc.returncode == 0
-            assert "the run goes on" in watch.proc.stderr.read()
-            assert run.proc.poll() is None  # ... the run does not
+            watch.send_signal(signal.SIGINT)  # the watcher leaves ...
+            watch.wait(expect=0)
+            assert "the run goes on" in watch.stderr
+            assert run.returncode is None  # ... the run does not
             assert client.send(ev.Stop())["ok"]
-        run.proc.wait(timeout=60)
-        assert run.proc.returncode == 0
+        run.wait(expect=0)
 
-        done = subprocess.run([sys.executable, "-m", "tui_llm", "watch", str(run_dir), "--no-ui"], capture_output=True,
-                              text=True, timeout=60)  # a finished run: its history, and back at once
+        done = run_cli("watch", run_dir, "--no-ui")  # a finished run: its history, and back at once
         assert done.returncode == 0, done.stderr
         out = done.stdout.splitlines()
         assert out[0].startswith("model: d2") and out[-1].startswith("finished at step") and "(stopped)" in out[-1]
@@ -75,7 +70,6 @@ def test_watch_bad_input_is_one_line_and_status_2(tmp_path):
                        ([str(tmp_path), "--stale-after", "0"], "--stale-after must be")]:
         if says == "--stale-after must be":
             (tmp_path / "metrics.jsonl").write_text("")
-        r = subprocess.run([sys.executable, "-m", "tui_llm", "watch", *args, "--no-ui"], capture_output=True, text=True,
-                           timeout=60)
+        r = run_cli("watch", *args, "--no-ui")
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), (args, r.stderr)
         assert says in r.stderr
