@@ -7,6 +7,7 @@
     trainer = tui_llm.Trainer.resume("runs/mine", steps=200)
     model = tui_llm.load_model("runs/mine")              # run dir, checkpoint, llm.c .bin, HF dir/name
     print(tui_llm.generate(model, "ROMEO:", sample_len=40).text)
+    ids, mask = tui_llm.encode_chat("path/to/model_dir", messages)  # a conversation's tokens and loss mask
 """
 
 import os
@@ -27,6 +28,7 @@ _API = {
     "load_model": "tui_llm.engine.api", "generate": "tui_llm.engine.api",
     "Sampler": "tui_llm.engine.sampler", "SampleResult": "tui_llm.engine.sampler",
     "RunDir": "tui_llm.engine.run_dir",
+    "encode_chat": "tui_llm.engine.tokenizers.chat_template",
     "RunWatcher": "tui_llm.engine.follow", "RemoteTrainer": "tui_llm.engine.follow",
     "ControlClient": "tui_llm.engine.channel", "ChannelError": "tui_llm.engine.channel",
     **{name: "tui_llm.engine.events" for name in (
