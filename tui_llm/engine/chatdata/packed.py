@@ -127,11 +127,9 @@ class RowPacker:
                 flag_parts.append(flags)
                 self._open[k] = (tok_parts, flag_parts, used + len(ids))
                 return self._close_full()
+        finished = [self._close(0)] if len(self._open) == self.open_rows else []  # the oldest row is done
         self._open.append(([ids], [flags], len(ids)))
-        finished = self._close_full()
-        if len(self._open) > self.open_rows:
-            finished.append(self._close(0))
-        return finished
+        return finished + self._close_full()
 
     def finish(self) -> list[tuple[np.ndarray, np.ndarray]]:
         return [self._close(0) for _ in range(len(self._open))]
