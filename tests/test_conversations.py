@@ -149,6 +149,10 @@ def test_fuzz_any_lines(tmp_path, raw_lines, gz):
     data = b"".join((x if isinstance(x, bytes) else x.encode("utf-8")) + b"\n" for x in raw_lines)
     path = tmp_path / "fuzz.jsonl"
     path.write_bytes(gzip.compress(data) if gz else data)
+    if not gz and data.startswith(b"\x1f\x8b"):  # gzip's magic: read as gzip, and not valid gzip data
+        with pytest.raises(ConversationError, match="damaged gzip data"):
+            list(read_examples(path, need_reply=False))
+        return
     items = list(read_examples(path, need_reply=False))
     numbered = [n for n, line in enumerate(data.split(b"\n")[:len(raw_lines)], 1) if line.strip()]
     # bytes.strip() and Python's line iteration agree here: no "\r" or other line breaks inside a line

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tui_llm.engine.chatdata.packed import (DOC_START, LOSS, MASK_HEADER_BYTES, PAD, LongDocument, PackedFile,
+from tui_llm.engine.chatdata.packed import (DOC_START, LOSS, PAD, LongDocument, PackedFile,
                                             RowPacker, mask_bytes, mask_path, open_mask, row_batch, write_mask)
 from tui_llm.engine.chatdata.prepare_chat import prepare_chat
 from tui_llm.engine.data import DataError, write_tokens

@@ -23,9 +23,9 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 SHAPES = ("conversational", "prompt-completion", "alpaca", "text")
 SHAPE_KEYS = {"conversational": "messages", "prompt-completion": "prompt/completion",

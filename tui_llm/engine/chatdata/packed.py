@@ -207,7 +207,7 @@ def open_mask(path, check: bool = True) -> MaskFile:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     if len(head) < MASK_HEADER_BYTES or head[:8] != MASK_MAGIC:
         raise DataError(f"{path}: not a tui-llm loss mask file (no {MASK_MAGIC[:7].decode()} header)")
-    magic, version, T, count, docs, loss, crc, reserved = MASK_HEADER.unpack(head)
+    _, version, T, count, docs, loss, crc, reserved = MASK_HEADER.unpack(head)
     if version != MASK_VERSION:
         raise DataError(f"{path}: unsupported mask file version {version} (this tui-llm reads version {MASK_VERSION})")
     if T < 2:
@@ -233,7 +233,10 @@ def _check_flags(mask: MaskFile, chunk_rows: int = 1 << 14) -> None:
     docs = loss = 0
     for first in range(0, mask.num_rows, chunk_rows):
         rows = np.asarray(mask.flags[first * T:(first + chunk_rows) * T]).reshape(-1, T)
-        where = lambda bad: first + int(np.argmax(bad.any(axis=1)))  # noqa: E731 (the first bad row)
+
+        def where(bad, first=first) -> int:  # the first bad row
+            return first + int(np.argmax(bad.any(axis=1)))
+
         if (bad := (rows & np.uint8(0xFF ^ FLAG_BITS)) != 0).any():
             raise DataError(f"{path}: unknown flag bits in row {where(bad):,}")
         if (bad := (rows[:, :1] & DOC_START) == 0).any():
@@ -296,7 +299,7 @@ class PackedFile:
         return self.mask.num_rows
 
     @classmethod
-    def open(cls, token_path, mask_file=None, vocab_size: int = 2**32, check: bool = True) -> "PackedFile":
+    def open(cls, token_path, mask_file=None, vocab_size: int = 2**32, check: bool = True) -> PackedFile:
         tokens = open_tokens(token_path, "auto", vocab_size=vocab_size, check_ids=check)
         mpath = Path(mask_file) if mask_file is not None else mask_path(token_path)
         mask = open_mask(mpath, check=check)

@@ -200,7 +200,7 @@ def prepare_chat(inputs, out_dir="data", name: str | None = None, seq_len: int =
         files = collect_jsonl_files(inputs)
     except ConversationError as e:
         raise PrepareError(str(e)) from None
-    name = name or re.sub(r"\.jsonl(\.gz)?$", "", Path(inputs[0]).resolve().name, flags=re.I) or "chat"
+    name = name or re.sub(r"\.jsonl(\.gz)?$", "", Path(inputs[0]).resolve().name, flags=re.IGNORECASE) or "chat"
     if not re.fullmatch(r"[\w.-]+", name):
         raise PrepareError(f"dataset name {name!r} may only contain letters, digits, '.', '-' and '_'")
     out_dir = Path(out_dir)

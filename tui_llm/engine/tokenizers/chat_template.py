@@ -281,7 +281,7 @@ class ChatTemplate:
                 blocks.append(block)
         except jinja2.TemplateError as e:  # raise_exception(), undefined names, sandbox refusals
             raise ChatTemplateError(f"the chat template refused this conversation: {_one_line(e)}") from None
-        except Exception as e:  # a template doing arithmetic on the wrong types, etc.
+        except Exception as e:  # noqa: BLE001 (a template doing arithmetic on the wrong types, etc.)
             raise ChatTemplateError(f"the chat template failed on this conversation: {type(e).__name__}: "
                                     f"{_one_line(e)}") from None
         finally:
@@ -375,8 +375,7 @@ class ChatEncoder:
     def reply_spans(self, messages, text: str | None = None, **kwargs) -> list[tuple[int, int]]:
         """Character spans of the assistant replies in the rendered conversation `text`."""
         if self.template.has_generation:
-            rendered, spans = self.template.render_with_spans(messages, **kwargs)
-            return spans
+            return self.template.render_with_spans(messages, **kwargs)[1]
         text = self.render(messages, **kwargs) if text is None else text
         spans = []
         for i, m in enumerate(messages):
