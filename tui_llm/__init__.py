@@ -8,6 +8,7 @@ Mistral) on the CPU, from a terminal or from Python.
     trainer = tui_llm.Trainer.resume("runs/mine", steps=200)
     model = tui_llm.load_model("runs/mine")              # run dir, checkpoint, llm.c .bin, HF dir/name
     print(tui_llm.generate(model, "ROMEO:", sample_len=40).text)
+    ids, mask = tui_llm.encode_chat("path/to/model_dir", messages)  # a conversation's tokens and loss mask
 """
 
 import os
@@ -28,6 +29,7 @@ _API = {
     "load_model": "tui_llm.engine.api", "generate": "tui_llm.engine.api",
     "Sampler": "tui_llm.engine.training.sampler", "SampleResult": "tui_llm.engine.training.sampler",
     "RunDir": "tui_llm.engine.run.run_dir",
+    "encode_chat": "tui_llm.engine.tokenizers.chat_template",
     "RunWatcher": "tui_llm.engine.run.watcher", "RemoteTrainer": "tui_llm.engine.run.watcher",
     "ControlClient": "tui_llm.engine.run.channel", "ChannelError": "tui_llm.engine.run.channel",
     **dict.fromkeys(("Event", "Compiling", "RunStarted", "TrainStep", "Validation", "Sample", "CheckpointSaved",

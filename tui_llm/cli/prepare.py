@@ -4,6 +4,9 @@
     tui-llm prepare my_corpus.txt [more.txt | a_folder ...] [--split-on-blank-lines] [--val-fraction 0.1]
                     [--out-dir DIR] [--name NAME] [--format llmc|int32|uint16] [--errors strict|replace]
     tui-llm prepare big_corpus/ --shard-size 100000000 [--val-tokens N] ...   # streaming, llm.c shards
+    tui-llm prepare chats.jsonl [more.jsonl.gz | a_folder ...] --chat --tokenizer DIR --seq-len 1024
+                    [--chat-template FILE|chatml] [--train-on assistant|all] [--on-long truncate|drop|error]
+                    [--errors stop|skip] [--shard-size TOKENS] ...   # packed rows + loss mask (.mask)
 
 `python -m tui_llm.cli.prepare ...` runs the same command on its own. Bad input, bad arguments
 included, is one "error: ..." line on stderr and exit status 2, never a usage block.
@@ -63,8 +66,26 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokenize with this Hugging Face tokenizer (a model dir with tokenizer.json, or a "
                              "cached name), framing documents as its family does, instead of GPT-2's; writes "
                              "<NAME>.tokenizer.json beside the token files")
-    parser.add_argument("--errors", choices=("strict", "replace"), default="strict",
-                        help="invalid UTF-8: stop with an error (strict, default) or substitute U+FFFD (replace)")
+    parser.add_argument("--errors", choices=("strict", "replace", "stop", "skip"), default=None,
+                        help="text: invalid UTF-8 stops with an error (strict, default) or becomes U+FFFD (replace); "
+                             "--chat: a bad record stops with its file and line (stop, default) or is counted and "
+                             "left out (skip)")
+    chat = parser.add_argument_group("instruction and chat data (--chat)")
+    chat.add_argument("--chat", action="store_true",
+                      help="the inputs are JSONL conversations (messages, prompt/completion, Alpaca or text "
+                           "records; *.jsonl, *.jsonl.gz): render them with the chat template and pack them into "
+                           "rows of --seq-len tokens with a loss mask (<NAME>_train.mask)")
+    chat.add_argument("--seq-len", type=_tokens, metavar="T",
+                      help="--chat: tokens per row, the -t you will train with (default 1024)")
+    chat.add_argument("--chat-template", metavar="FILE|chatml",
+                      help="--chat: the template to render conversations with (a .jinja file, a tokenizer_config.json, "
+                           "or chatml); default: the tokenizer's own")
+    chat.add_argument("--train-on", choices=("assistant", "all"), default=None,
+                      help="--chat: which tokens count in the loss: the assistant replies (default; the completion of "
+                           "prompt/completion records) or all")
+    chat.add_argument("--on-long", choices=("truncate", "drop", "error"), default=None,
+                      help="--chat: a conversation longer than a row is cut to the row (truncate, default), left out "
+                           "(drop) or stops prepare (error)")
 
 
 def prepare_parser() -> Parser:
@@ -80,7 +101,42 @@ def cmd_prepare(argv) -> int:
     return EXIT_OK
 
 
+def _run_chat(args) -> None:
+    from tui_llm.engine.data.prepare_chat import prepare_chat
+
+    if args.split_on_blank_lines or args.format != "llmc" or args.source is not None:
+        used = [flag for flag, value in (("--split-on-blank-lines", args.split_on_blank_lines),
+                                         ("--format", args.format != "llmc"), ("--from", args.source is not None))
+                if value]
+        raise PrepareError(f"{' and '.join(used)}: not for --chat data")
+    if args.errors in ("replace",):
+        raise PrepareError("--errors replace is for text; with --chat use --errors stop or skip")
+    if args.shard_size is not None and args.val_fraction is not None:
+        raise PrepareError("--val-fraction needs the whole dataset in memory; with --shard-size give --val-tokens")
+    if args.shard_size is None and args.val_tokens is not None:
+        raise PrepareError("--val-tokens only applies with --shard-size (otherwise use --val-fraction)")
+    tokenizer = None
+    if args.tokenizer is not None:
+        from tui_llm.engine.tokenizers.lookup import load_tokenizer
+        tokenizer = load_tokenizer(args.tokenizer)
+    prepare_chat(args.inputs, out_dir=args.out_dir, name=args.name, seq_len=1024 if args.seq_len is None else args.seq_len,
+                 tokenizer=tokenizer, chat_template=args.chat_template, train_on=args.train_on or "assistant",
+                 on_long=args.on_long or "truncate", errors="skip" if args.errors == "skip" else "stop",
+                 val_fraction=(DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction)
+                 if args.shard_size is None else None,
+                 shard_size=args.shard_size, val_tokens=args.val_tokens)
+
+
 def _run(args) -> None:
+    if args.chat:
+        return _run_chat(args)
+    chat_only = [flag for flag, value in (("--seq-len", args.seq_len), ("--chat-template", args.chat_template),
+                                          ("--train-on", args.train_on), ("--on-long", args.on_long)) if value is not None]
+    if chat_only:
+        raise PrepareError(f"{' and '.join(chat_only)}: only with --chat (JSONL conversations)")
+    if args.errors in ("stop", "skip"):
+        raise PrepareError(f"--errors {args.errors} is for --chat data; for text use --errors strict or replace")
+    args.errors = args.errors or "strict"
     if args.inputs == [TINY_SHAKESPEARE]:
         used = [flag for flag, value in (("--name", args.name), ("--split-on-blank-lines", args.split_on_blank_lines),
                                          ("--val-fraction", args.val_fraction is not None),
