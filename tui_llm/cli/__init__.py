@@ -16,23 +16,29 @@ error exits 1; an interrupted run (Ctrl-C, SIGTERM, SIGHUP) saves a checkpoint a
 
 from __future__ import annotations
 
-import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tui_llm.cli.headless import safe_text
-    from tui_llm.engine.errors import TuiLlmError
+    from tui_llm.cli.streams import courtesy_streams
 
     argv = list(sys.argv[1:] if argv is None else argv)
     name = argv[0] if argv and argv[0] in ("prepare", "sample", "export", "watch") else "train"
     if name != "train":
         argv = argv[1:]
-    root = os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")) == "0"  # MPI: one line, not N
+    with courtesy_streams():  # a closed pipe or a hung-up terminal never stops a command (cli/streams.py)
+        return _main(name, argv)
+
+
+def _main(name: str, argv: list[str]) -> int:
+    from tui_llm.cli.headless import safe_text
+    from tui_llm.cli.parser import is_root_process
+    from tui_llm.engine.errors import TuiLlmError
+
     try:
         return _command(name)(argv)
     except TuiLlmError as e:
-        if root:
+        if is_root_process():  # MPI: one line, not N
             print(f"error: {safe_text(e.cli_message())}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
