@@ -27,7 +27,9 @@ def load_model(source, tokenizer=None) -> GPT | Llama:
 def generate(model: GPT | Llama, prompt: str = "", sample_len: int = 64, temperature: float = 1.0, top_k: int = 0,
              seed: int | None = 42) -> SampleResult:
     """Sample `sample_len` tokens after `prompt` (KV cache; the model's weights are not changed),
-    decoded with the model's own tokenizer; a Llama's sample ends early at its EOS."""
+    decoded with the model's own tokenizer; a Llama's sample ends early at its EOS. The result's
+    `text` is the continuation alone; `full_text` is prompt + continuation (what `tui-llm sample`
+    prints). A prompt with tokens beyond the model's vocabulary raises PromptError (one line)."""
     sampler = Sampler(model, load_tokenizer(getattr(model, "tokenizer_dir", None)))
     return sampler.generate(prompt, sample_len, temperature=temperature, top_k=top_k,
                             rng=np.random.default_rng(seed))
