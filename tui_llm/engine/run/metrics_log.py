@@ -66,8 +66,8 @@ class MetricsLog:
             if keep > 0 and os.pread(fd, 1, keep - 1) != b"\n":  # never continue after half a line
                 keep = _last_line_end(fd, keep)
             if keep < keep_bytes:
-                note = (f"{self.path.name} held {keep:,} of the {keep_bytes:,} bytes of history this checkpoint "
-                        f"recorded: the records before it are incomplete; the run continues from the checkpoint")
+                note = (f"{self.path.name} held {keep:,} of the {keep_bytes:,} bytes of history the checkpoint "
+                        f"recorded (lost or damaged)")
             os.ftruncate(fd, keep)
             os.fsync(fd)
             os.lseek(fd, 0, os.SEEK_END)
