@@ -78,9 +78,11 @@ class HeadlessPrinter:
         self.line(f"parameters: {event.num_params:,} ({event.num_params * 4 / 2**20:,.1f} MiB; with grads "
                   f"and AdamW state {event.memory_bytes / 2**20:,.1f} MiB)")
         val = f"{event.val_file} ({event.val_tokens:,} tokens)" if event.val_file else "none"
-        self.line(f"data: train {event.train_file} ({event.train_tokens:,} tokens, {event.batches_per_epoch:,} "
-                  f"batches of {c['batch_size']}x{c['seq_len']}) | val {val}")
         accum = event.tokens_per_step // (c["batch_size"] * c["seq_len"] * event.world_size)
+        shape = f"{c['batch_size']}x{c['seq_len']}" + (f" x {accum} micro-batches" if accum > 1 else "") \
+            + (f" x {event.world_size} processes" if event.world_size > 1 else "")
+        self.line(f"data: train {event.train_file} ({event.train_tokens:,} tokens, {event.batches_per_epoch:,} "
+                  f"steps of {shape} per epoch) | val {val}")
         batch = f"{event.tokens_per_step:,} tokens per step" + (f" ({accum} micro-batches)" if accum > 1 else "") \
             + (f" over {event.world_size} processes" if event.world_size > 1 else "") \
             + (" (AdamW state split among them: --zero 1)" if c.get("zero") else "")
