@@ -32,7 +32,8 @@ from tui_llm.engine.training.run_config import LIVE_SETTINGS, ConfigError, RunCo
 from tui_llm.screens.checkpoints import CheckpointsScreen
 from tui_llm.screens.dashboard import DashboardScreen
 from tui_llm.screens.dialogs import HelpScreen, LeaveScreen, PromptScreen, QuitScreen, SettingsScreen
-from tui_llm.terminal import SIGNAL_EXIT, HangupSafeDriver, SignalHandlers
+from tui_llm.signals import SIGNAL_EXIT
+from tui_llm.terminal import HangupSafeDriver, SignalHandlers
 
 RunState = ev.RunState
 
