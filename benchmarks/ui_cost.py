@@ -7,7 +7,14 @@ process's main thread; training runs in a worker thread) used while the steps we
 machine whose cores the training threads keep busy, that time is what the UI costs. Needs tmux
 and Linux's /proc.
 
+`--load N` keeps N busy processes (one pure-Python spin loop each) running for the whole
+measurement, a controlled stand-in for "other programs on the same cores": with --load 2 on a
+2-core machine each core has one competitor, and the question is whether the UI makes training
+lose more to them than --no-ui does. The headless and UI runs alternate, so slow drift in what
+else the machine runs lands on both.
+
     python benchmarks/ui_cost.py --train data/tiny_shakespeare_train.bin            # d6, B=8, T=64, 50 steps
+    python benchmarks/ui_cost.py --train data/shakespeare_train.bin --load 2 --repeats 5
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -51,7 +59,18 @@ def main() -> int:
     p.add_argument("--skip", type=int, default=5, help="first steps left out of the medians")
     p.add_argument("--size", default="200x50", help="terminal size for the UI run")
     p.add_argument("--repeats", type=int, default=3, help="alternate headless/UI runs this many times")
+    p.add_argument("--load", type=int, default=0, help="busy processes running meanwhile (e.g. one per core)")
     args = p.parse_args()
+    load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
+    try:
+        return measure(args)
+    finally:
+        for proc in load:
+            proc.kill()
+            proc.wait()
+
+
+def measure(args) -> int:
     if shutil.which("tmux") is None:
         print("tmux is needed", file=sys.stderr)
         return 2
@@ -59,16 +78,18 @@ def main() -> int:
               "--steps", str(args.steps), "--val-every", "0", "--sample-every", "0", "--save-every", "0"]
     width, height = args.size.split("x")
     tmp = Path(tempfile.mkdtemp(prefix="ui_cost_"))
-    headless, ui, ui_cpu_share = [], [], []
+    headless, ui, ui_cpu_share, ratios = [], [], [], []
     for rep in range(args.repeats):
         run = tmp / f"headless{rep}"
         subprocess.run([sys.executable, "-m", "tui_llm", *common, "--no-ui", "--out-dir", str(run)],
                        check=True, stdout=subprocess.DEVNULL)
+        pair = statistics.median(step_times(run, args.skip))
         headless += step_times(run, args.skip)
 
         run = tmp / f"ui{rep}"
         done = tmp / f"ui{rep}.done"
-        cmd = " ".join([sys.executable, "-m", "tui_llm", *common, "--out-dir", str(run)])
+        cmd = " ".join(["cd", shlex.quote(os.getcwd()), "&&", "env", f"PYTHONPATH={shlex.quote(os.getcwd())}",
+                        sys.executable, "-m", "tui_llm", *map(shlex.quote, common), "--out-dir", str(run)])
         session = f"ui_cost_{rep}"
         subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", width, "-y", height,
                         f"{cmd}; touch {done}"], check=True)
@@ -89,9 +110,14 @@ def main() -> int:
         while not done.exists():
             time.sleep(0.5)
         ui += step_times(run, args.skip)
+        ratios.append(statistics.median(step_times(run, args.skip)) / pair)
+        print(f"pair {rep + 1}: --no-ui {pair:.1f} ms, UI {pair * ratios[-1]:.1f} ms ({100 * (ratios[-1] - 1):+.1f}%)",
+              flush=True)
 
     h, u = statistics.median(headless), statistics.median(ui)
-    print(f"{args.model} B={args.batch_size} T={args.seq_len}, {args.steps} steps x {args.repeats}, UI at {args.size}")
+    print(f"{args.model} B={args.batch_size} T={args.seq_len}, {args.steps} steps x {args.repeats}, UI at {args.size}, "
+          f"{args.load} busy processes")
+    print(f"median of the pairs' cost: {100 * (statistics.median(ratios) - 1):+.1f}%")
     print(f"median step  --no-ui {h:.1f} ms   UI {u:.1f} ms   UI cost {100 * (u / h - 1):+.1f}%")
     print(f"mean step    --no-ui {statistics.mean(headless):.1f} ms   UI {statistics.mean(ui):.1f} ms   "
           f"UI cost {100 * (statistics.mean(ui) / statistics.mean(headless) - 1):+.1f}%")

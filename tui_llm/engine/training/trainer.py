@@ -178,7 +178,7 @@ class Trainer:
         """Whole total batches, as one process with the whole batch would see them (split into
         micro-batches in _validate). Validation tokens too few for that (a small corpus): as many
         micro-batches as they hold, said at the start; too few for one: no validation, said too."""
-        c, B, T = self.config, self.config.batch_size, self.config.seq_len
+        B, T = self.config.batch_size, self.config.seq_len
         shards = [t.shape[0] for _, t in _as_shards(self.val_tokens)]
         rows = min(self.loader.rows, min((n - 1) // T for n in shards) // B * B)
         if rows == self.loader.rows:
