@@ -60,7 +60,8 @@ def check_loader_state(state, loader: TrainLoader) -> dict:
             "num_shards": len(loader.shards), "num_samples": loader.num_samples}
     theirs = {k: state.get(k) for k in mine}
     differ = [k for k in mine if mine[k] != theirs[k]]
-    if differ == ["total_rows"] and type(theirs["total_rows"]) is int and theirs["total_rows"] > 0:
+    if [k for k in differ if k != "num_samples"] == ["total_rows"] and type(theirs["total_rows"]) is int \
+            and theirs["total_rows"] > 0:  # (samples per epoch follow from the rows of a step)
         raise BatchMismatch(theirs["total_rows"], loader)
     if differ:
         said = ", ".join(f"{k} {theirs[k]!r} in the checkpoint, {mine[k]!r} here" for k in differ)
