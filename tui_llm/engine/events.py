@@ -223,7 +223,7 @@ def _accepts(annotation: str):
             item = _SCALARS[option[5:-1]]
             options.append(lambda v, item=item: isinstance(v, list) and all(item(x) for x in v))
         elif option in _ENUMS:
-            options.append(lambda v, enum=_ENUMS[option]: v in {m.value for m in enum})
+            options.append(lambda v, enum=_ENUMS[option]: isinstance(v, str) and v in {m.value for m in enum})
         else:
             options.append(_SCALARS[option])
     return lambda v: any(check(v) for check in options)
