@@ -184,6 +184,18 @@ class MetricsLog:
             end = line_end
         return end
 
+    def ends_a_line_at(self, offset: int) -> bool:
+        """Whether the log holds `offset` bytes and a line ends there (as one did when a checkpoint
+        recorded that offset): False means the history before it was lost or changed."""
+        f = self._open_for_reading()
+        if f is None:
+            return offset == 0
+        with f:
+            if offset == 0:
+                return True
+            f.seek(offset - 1)
+            return f.read(1) == b"\n"
+
     def check(self) -> None:
         """MetricsLogError (one line) unless the log is missing or a readable regular file."""
         f = self._open_for_reading()

@@ -580,7 +580,11 @@ class Trainer:
 
     def _open_history(self) -> None:
         """metrics.jsonl: cut back to this run's past, then appended to."""
-        note = self.run_dir.metrics.open(self._history_keep())
+        metrics = self.run_dir.metrics
+        damaged = bool(self.history_bytes) and not metrics.ends_a_line_at(self.history_bytes)
+        note = metrics.open(self._history_keep())
+        if damaged and note is None:
+            note = f"{metrics.path.name} does not end a line where the checkpoint recorded its history (damaged)"
         if note and self.last_checkpoint is not None:  # the checkpoint is the run: say what it gave back
             note += (f"; the run continues from {self.last_checkpoint.name} at step {self.step} (weights, optimizer, "
                      f"data position and settings come from it); the history of the steps before is incomplete")
