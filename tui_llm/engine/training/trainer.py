@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -76,10 +77,11 @@ class Trainer:
         self._open_data()
         self._make_optimizer()
         self._start_at(_resume)
-        self._failed_saves, self._save_problem = 0, None  # saves failed in a row, and why (said once)
+        self._failed_saves = 0                   # saves failed in a row ...
+        self._save_problem: str | None = None  # ... and why (said once)
         self._claim_run_dir(fresh=_resume is None)
         self.sampler: Sampler | None = None
-        self._emit = None
+        self._emit: Callable[[ev.Event], None] = lambda event: None  # run() sets it
         self._history_error: OSError | None = None
         self._history_opened = False
         self._history_note: str | None = None
@@ -225,7 +227,8 @@ class Trainer:
         except BatchMismatch as e:
             tokens, c = e.rows * self.config.seq_len, self.config
             how = f"pass it, or launch {e.rows // c.batch_size} processes" if e.rows % c.batch_size == 0 else "pass it"
-            raise ConfigError("total_batch_size", f"must be {tokens} to continue {path.name}: {e} ({how})") from None
+            name = path.name if path else "it"
+            raise ConfigError("total_batch_size", f"must be {tokens} to continue {name}: {e} ({how})") from None
         except (DataError, KeyError, TypeError, ValueError) as e:
             raise CheckpointError(path, f"bad loader state: {e}") from None
         try:
@@ -356,7 +359,8 @@ class Trainer:
                 self._emit(ev.Notice(step=self.step, level=ev.Level.WARNING, text=self._history_note))
             reason = self._loop()
         except _StoppedWhileCompiling:  # a signal or Stop before anything was trained: nothing to save
-            reason = ev.FinishReason(self.control.stop_sent.reason)
+            sent = self.control.stop_sent
+            reason = ev.FinishReason(sent.reason) if sent is not None else ev.FinishReason.STOPPED
         except Exception as e:  # anything unexpected still reaches the consumer as one event
             if self.world.is_distributed:  # the other ranks wait in a collective: end the whole job
                 self.world.abort(f"{type(e).__name__}: {e}")
@@ -502,13 +506,16 @@ class Trainer:
 
     def sample(self, prompt: str = "", **settings) -> ev.Sample:
         """Sample from the current weights (the model stays loaded after a run finishes)."""
-        events = []
+        events: list[ev.Event] = []
         emit, self._emit = self._emit, events.append
         try:
             self._sample(prompt)
         finally:
             self._emit = emit
-        return events[0]
+        sample = events[0] if events else None
+        if not isinstance(sample, ev.Sample):  # the prompt was refused (a Notice says why)
+            raise PromptError(getattr(sample, "text", "no sample"))
+        return sample
 
     # -------------------------------------------------------------------------------------
     # checkpoints and history
@@ -581,7 +588,8 @@ class Trainer:
     def _open_history(self) -> None:
         """metrics.jsonl: cut back to this run's past, then appended to."""
         metrics = self.run_dir.metrics
-        damaged = bool(self.history_bytes) and not metrics.ends_a_line_at(self.history_bytes)
+        damaged = self.history_bytes is not None and self.history_bytes > 0 \
+            and not metrics.ends_a_line_at(self.history_bytes)
         note = metrics.open(self._history_keep())
         if damaged and note is None:
             note = f"{metrics.path.name} does not end a line where the checkpoint recorded its history (damaged)"
