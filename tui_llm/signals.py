@@ -31,6 +31,17 @@ class StopBeforeStart(KeyboardInterrupt):
         self.exit_code = SIGNAL_EXIT[signum]
 
 
+def stop_before_start() -> dict:
+    """Until a command installs its own handlers: a stop signal raises StopBeforeStart (so even one
+    that comes while the command is still importing ends with its status and one line, not a
+    traceback or death by the signal). Returns the previous handlers, for signal.signal."""
+
+    def handler(signum: int, _frame) -> None:
+        raise StopBeforeStart(signum)
+
+    return {s: signal.signal(s, handler) for s in SIGNAL_EXIT}
+
+
 class StopSignals:
     """Install with `with StopSignals(tell, abort) as signals:`; `signals.bind(stop)` once there
     is something to stop. tell(signum, count) is called on every signal; abort() on the third."""
