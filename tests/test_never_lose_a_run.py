@@ -412,3 +412,20 @@ def test_ui_in_a_terminal_too_small_says_how_large_to_make_it(train_file, tmp_pa
         assert term.proc.wait(WAIT) == 143
     finally:
         term.close()
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec is not installed (pip install mpich)")
+def test_an_mpi_run_prints_once_and_continues_with_the_mpiexec_command_on_any_number_of_processes(train_file,
+                                                                                                  tmp_path):
+    run_dir = tmp_path / "run"
+    r = subprocess.run([shutil.which("mpiexec"), "-n", "2", sys.executable, "-m", "tui_llm", str(train_file),
+                        "--no-ui", *TINY, "--steps", "2", *QUICK, "--out-dir", str(run_dir)], capture_output=True,
+                       text=True, timeout=WAIT * 2, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("compiling kernels") == 1 and r.stdout.count("model: ") == 1, r.stdout  # rank 0 alone
+    assert "32 tokens per step" not in r.stdout and "2x16 x 2 processes per epoch" in r.stdout, r.stdout
+    assert f"continue with: mpiexec -n 2 tui-llm --resume {run_dir} --no-ui --steps 4" in r.stderr, r.stderr
+    one = tui("--resume", run_dir, "--no-ui", "--steps", "3")  # one process: the recorded total batch
+    assert one.returncode == 0 and "resuming at step 2" in one.stdout, one.stdout + one.stderr
+    assert "(2 micro-batches)" in one.stdout
