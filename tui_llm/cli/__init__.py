@@ -16,6 +16,7 @@ error exits 1; an interrupted run (Ctrl-C, SIGTERM, SIGHUP) saves a checkpoint a
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -25,7 +26,6 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = stop_before_start()  # first: a signal while the command still imports is a clean stop too
     try:
-        from tui_llm.cli.parser import is_root_process
         from tui_llm.cli.streams import courtesy_streams
 
         argv = list(sys.argv[1:] if argv is None else argv)
@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
             argv = argv[1:]
         with courtesy_streams():  # a closed pipe or a hung-up terminal never stops a command (cli/streams.py)
             return _main(name, argv)
-    except StopBeforeStart as e:
-        if is_root_process():
+    except StopBeforeStart as e:  # (maybe before anything else was imported: the rank from the environment)
+        if os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")) == "0":
             print(f"\n{e}: stopped before the run started; nothing was trained or saved", file=sys.stderr)
         return e.exit_code
     finally:
