@@ -21,6 +21,36 @@ def safe_text(text: str, keep_newlines: bool = False) -> str:
     return str(text).translate(_ESCAPES_KEEP_NEWLINES if keep_newlines else _ESCAPES)
 
 
+def parameters_line(event: ev.RunStarted) -> str:
+    """`parameters: ...`: total and trained, and a LoRA run's adapters."""
+    c = event.run_config
+    trainable = event.trainable_params or event.num_params
+    if not c.get("lora_rank"):
+        return f"parameters: {event.num_params:,}, all trained (full fine-tuning)"
+    rslora = ", rsLoRA" if c.get("use_rslora") else ""
+    dropout = f", dropout {c['lora_dropout']:g}" if c.get("lora_dropout") else ""
+    return (f"parameters: {event.num_params:,} in all, {trainable:,} trained ({trainable / event.num_params:.2%}): "
+            f"LoRA rank {c['lora_rank']}, alpha {c['lora_alpha']:g}{rslora}{dropout} on "
+            f"{safe_text(c.get('lora_targets', ''))}; frozen {c.get('base_dtype', 'fp32')} base")
+
+
+def memory_line(event: ev.RunStarted) -> str:
+    """`memory: ...`: what the run needs (the estimate made before it started)."""
+    m = event.memory
+    if not m:
+        return f"memory: {human_bytes(event.memory_bytes)} needed"
+    used = "activations_recompute" if m.get("recompute") else "activations"
+    adapters = f", adapters {human_bytes(m.get('adapters', 0))}" if m.get("adapters") else ""
+    return (f"memory: {human_bytes(m.get('total', 0))} needed: weights {human_bytes(m.get('weights', 0))}{adapters}, "
+            f"gradients {human_bytes(m.get('gradients', 0))}, AdamW {human_bytes(m.get('optimizer', 0))}, "
+            f"activations {human_bytes(m.get(used, 0))} ({human_bytes(m.get('activations', 0))} without "
+            f"--recompute, {human_bytes(m.get('activations_recompute', 0))} with)")
+
+
+def human_bytes(n: int) -> str:
+    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
 class HeadlessPrinter:
     """Turns trainer events into the headless command's lines."""
 
@@ -75,8 +105,8 @@ class HeadlessPrinter:
         self.line(f"model: {safe_text(event.model_name)} | {mc['num_layers']} layers, {mc['num_heads']} heads{kv}, "
                   f"{mc['channels']} channels{ffn}, max {mc['max_seq_len']} positions, vocab {mc['vocab_size']} "
                   f"(padded {mc['padded_vocab_size']})")
-        self.line(f"parameters: {event.num_params:,} ({event.num_params * 4 / 2**20:,.1f} MiB; with grads "
-                  f"and AdamW state {event.memory_bytes / 2**20:,.1f} MiB)")
+        self.line(parameters_line(event))
+        self.line(memory_line(event))
         val = f"{event.val_file} ({event.val_tokens:,} tokens)" if event.val_file else "none"
         self.line(f"data: train {event.train_file} ({event.train_tokens:,} tokens, {event.batches_per_epoch:,} "
                   f"batches of {c['batch_size']}x{c['seq_len']}) | val {val}")

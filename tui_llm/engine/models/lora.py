@@ -147,6 +147,20 @@ class LoraConfig:
         return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets), "dropout": self.dropout,
                 "use_rslora": self.use_rslora}
 
+    @classmethod
+    def from_dict(cls, d, config: GPTConfig | LlamaConfig) -> LoraConfig:
+        """The inverse of to_dict (a checkpoint's), every value checked against this model (LoraError)."""
+        if not isinstance(d, dict) or set(d) != {"rank", "alpha", "targets", "dropout", "use_rslora"}:
+            raise LoraError(f"bad LoRA settings: {str(d)[:80]}")
+        targets = d["targets"]
+        every = [site.module for site in sites(config)]
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t in every for t in targets):
+            raise LoraError(f"bad LoRA targets for this model: {str(targets)[:80]}")
+        if not isinstance(d["use_rslora"], bool):
+            raise LoraError(f"bad use_rslora: {d['use_rslora']!r}")
+        return cls(rank=d["rank"], alpha=d["alpha"], targets=tuple(m for m in every if m in targets),
+                   dropout=d["dropout"], use_rslora=d["use_rslora"])
+
 
 def param_shapes(config: GPTConfig | LlamaConfig, lora: LoraConfig) -> list[tuple[str, tuple[int, ...]]]:
     """The adapters' tensors in layout order (module docstring)."""
@@ -191,6 +205,25 @@ def init_adapters(params: LoraParams, seed: int) -> None:
             view[:] = 0.0
 
 
+def u_shapes(lora: LoraConfig, layers: int, n: int) -> dict[str, tuple[int, int, int]]:
+    """What a training forward keeps for the backward: u (layers, n, r) per adapted module."""
+    return dict.fromkeys(lora.targets, (layers, n, lora.rank))
+
+
+def scratch_nbytes(config: GPTConfig | LlamaConfig, lora: LoraConfig, n: int) -> int:
+    """The most memory Adapters' scratch buffers take in a training step of n rows."""
+    chosen = [site for site in sites(config) if site.module in lora.targets]
+    largest_in = max((site.in_features for site in chosen), default=0)
+    largest_out = max((site.out_features for site in chosen), default=0)
+    r = lora.rank
+    total = 2 * n * r + r * max(largest_in, largest_out)     # u, du; a gradient's scratch
+    if lora.dropout > 0:
+        total += n * largest_in                               # dropout(x)
+    if blas.matmul_add is None:
+        total += n * max(largest_in, largest_out)             # products added through a buffer
+    return 4 * total
+
+
 # ---------------------------------------------------------------------------------------
 # The adapters at work: a model calls forward/backward at each base product.
 
@@ -225,8 +258,7 @@ class Adapters:
         return self.grads
 
     def u_shapes(self, layers: int, n: int) -> dict[str, tuple[int, int, int]]:
-        """What a training forward keeps: u (layers, n, r) per adapted module."""
-        return {site.module: (layers, n, self.lora.rank) for sites_ in self.by_matrix.values() for _, site in sites_}
+        return u_shapes(self.lora, layers, n)
 
     def _buffer(self, name: str, rows: int, cols: int) -> np.ndarray:
         """A scratch (rows, cols) float32 matrix, grown on demand and reused."""
@@ -292,15 +324,3 @@ class Adapters:
                 assert key is not None
                 dropout_apply(part, part, self.lora.dropout, np.uint64(dropout_key(key, layer, index)))
                 dx += part
-
-    def scratch_nbytes_for(self, n: int) -> int:
-        """The most memory the scratch buffers take for n rows (training, dropout on)."""
-        largest_in = max((site.in_features for s in self.by_matrix.values() for _, site in s), default=0)
-        largest_out = max((site.out_features for s in self.by_matrix.values() for _, site in s), default=0)
-        r = self.lora.rank
-        total = 2 * n * r + r * max(largest_in, largest_out)
-        if self.lora.dropout > 0:
-            total += n * largest_in
-        if blas.matmul_add is None:
-            total += n * max(largest_in, largest_out)
-        return 4 * total
