@@ -115,7 +115,7 @@ def test_one_site_with_dropout_matches_the_reference(use_rslora):
     x = rng.standard_normal((N, C)).astype(np.float32)
     base = rng.standard_normal((W, C)).astype(np.float32)
     out = x @ base.T
-    kept = {m: np.empty((N, 4), np.float32) for m in lora.lora.targets}
+    kept = {"qkvw": np.empty((N, 2 * 4), np.float32)}   # u of q_proj and v_proj side by side
     lora.forward(out, x, "qkvw", 1, kept, key=1234)
     dout = rng.standard_normal((N, W)).astype(np.float32)
     dx = dout @ base
@@ -195,7 +195,7 @@ def test_gpt2_with_adapters_matches_reference(targets):
     assert abs(loss - loss_ref) / loss_ref < 1e-4
     model.backward()
     expected = expected_adapter_grads(model, G)
-    assert set(expected) == set(model.lora.params.views)
+    assert set(expected) == {f"{m}.lora_{x}" for m, _, _ in model.lora.params.modules() for x in "AB"}
     for key, want in expected.items():
         assert rel_err(model.lora.grads.views[key], want) < 1e-4, key
 
@@ -226,6 +226,10 @@ def test_init_is_peft_kaiming_uniform_and_layout_maps_to_peft_keys():
     assert lora.num_parameters == num_parameters(cfg, lora.lora)
     A = lora.params.views["self_attn.q_proj.lora_A"]
     assert A.shape == (cfg.num_layers, 8, cfg.channels)
+    assert np.shares_memory(A, lora.params.views["qkvw.lora_A"])       # q's rows of the stacked q/k/v A
+    assert [name for name, _ in lora.params.items()][:5] == ["qkvw.lora_A", "self_attn.q_proj.lora_B",
+                                                             "self_attn.k_proj.lora_B", "self_attn.v_proj.lora_B",
+                                                             "attprojw.lora_A"]
     assert np.abs(A).max() <= 1 / math.sqrt(cfg.channels) and np.abs(A).max() > 0.9 / math.sqrt(cfg.channels)
     assert not any(lora.params.views[k].any() for k in lora.params.views if k.endswith("lora_B"))
     keys = dict(peft_tensor_map(lora.params))

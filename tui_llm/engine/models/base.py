@@ -114,6 +114,11 @@ class Model:
         if self.lora is not None:
             self.lora.forward(out, x, matrix, layer, kept, key)
 
+    def _rerun_linear(self, x: np.ndarray, matrix: str, layer: int, kept, key) -> None:
+        """What a recomputing backward needs of a product it does not redo: its adapters' kept terms."""
+        if self.lora is not None and matrix in self.lora.by_matrix:
+            self.lora.keep(x, matrix, layer, kept, key)
+
     def _linear_backward(self, dx: np.ndarray | None, dout: np.ndarray, x: np.ndarray, matrix: str, layer: int,
                          accumulate: bool, kept=None, key=None) -> None:
         """The gradients of _linear from dout (N, rows): W's when the base trains, the adapters'

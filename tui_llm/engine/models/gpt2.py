@@ -43,7 +43,7 @@ class BlockBuffers:
         self.ln1, self.ln1_mean, self.ln1_rstd, self.qkv, self.att, self.atty = ln1, ln1_mean, ln1_rstd, qkv, att, atty
         self.residual2, self.ln2, self.ln2_mean, self.ln2_rstd = residual2, ln2, ln2_mean, ln2_rstd
         self.fch, self.fch_gelu, self.residual3, self.proj = fch, fch_gelu, residual3, proj
-        self.lora_u = lora_u    # LoRA: {module: (N, r)} kept for the backward (None: not kept)
+        self.lora_u = lora_u    # LoRA: {base matrix: (N, k r)} kept for the backward (None: not kept)
         self.key = key          # LoRA dropout masks' key (None: no dropout)
 
 
@@ -199,10 +199,12 @@ class GPT(Model):
     # One layer, in two residual halves. Rows are positions (N of them); `attend(atty, qkv)`
     # writes the attention output (N, C) from the (N, 3C) queries, keys and values.
 
-    def _layer(self, l: int, x: np.ndarray, b: BlockBuffers, attend) -> None:
-        """b.residual3 = layer l of x: the attention half, then the MLP half."""
+    def _layer(self, l: int, x: np.ndarray, b: BlockBuffers, attend, rerun: bool = False) -> None:
+        """b.residual3 = layer l of x: the attention half, then the MLP half. rerun: the backward's
+        recompute, which stops at what the backward reads (gelu(fc)): the projection's output is
+        the next layer's input, kept from the forward."""
         self._attention_block(l, x, b, attend)
-        self._mlp_block(l, b)
+        self._mlp_block(l, b, rerun)
 
     def _attention_block(self, l: int, x: np.ndarray, b: BlockBuffers, attend) -> None:
         """b.residual2 = x + attproj(attend(qkv(ln1(x))))."""
@@ -214,12 +216,15 @@ class GPT(Model):
         self._linear(b.proj, b.atty, "attprojw", l, b.lora_u, b.key)
         GK.residual_bias_forward(b.residual2, x, b.proj, w("attprojb", l))
 
-    def _mlp_block(self, l: int, b: BlockBuffers) -> None:
+    def _mlp_block(self, l: int, b: BlockBuffers, rerun: bool = False) -> None:
         """b.residual3 = b.residual2 + fcproj(gelu(fc(ln2(b.residual2))))."""
         w = self.w
         GK.layernorm_forward(b.ln2, b.ln2_mean, b.ln2_rstd, b.residual2, w("ln2w", l), w("ln2b", l))
         self._linear(b.fch, b.ln2, "fcw", l, b.lora_u, b.key)  # pre-activation, bias added by the next kernel
         GK.bias_gelu_forward(b.fch_gelu, b.fch, w("fcb", l))
+        if rerun:
+            self._rerun_linear(b.fch_gelu, "fcprojw", l, b.lora_u, b.key)
+            return
         self._linear(b.proj, b.fch_gelu, "fcprojw", l, b.lora_u, b.key)
         GK.residual_bias_forward(b.residual3, b.residual2, b.proj, w("fcprojb", l))
 
@@ -296,7 +301,7 @@ class GPT(Model):
             b = a.layer(l)
             residual = a.encoded if l == 0 else a.residual3[l - 1]
             if a.recompute:  # this layer's buffers again, bit for bit as the forward made them
-                self._layer(l, residual, b, self._attend_training(b, B, T))
+                self._layer(l, residual, b, self._attend_training(b, B, T), rerun=True)
             # MLP block
             self._linear_backward(a.d_4c, dres, b.fch_gelu, "fcprojw", l, acc, b.lora_u, b.key)  # d gelu output
             if g is not None:

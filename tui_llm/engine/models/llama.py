@@ -58,7 +58,7 @@ class BlockBuffers:
         self.fch, self.fch_act, self.residual3, self.proj = fch, fch_act, residual3, proj
         # Qwen3: (q before its norm (N, H, hd), its rstd (N, H), k before (N, KV, hd), its rstd (N, KV))
         self.qk_norm = qk_norm
-        self.lora_u = lora_u    # LoRA: {module: (N, r)} kept for the backward (None: not kept)
+        self.lora_u = lora_u    # LoRA: {base matrix: (N, k r)} kept for the backward (None: not kept)
         self.key = key          # LoRA dropout masks' key (None: no dropout)
 
 
@@ -229,11 +229,13 @@ class Llama(Model):
         return self.params.views[self.head_name]
 
     def _block(self, l: int, residual: np.ndarray, b: BlockBuffers, B: int, T: int, t0: int,
-               cache: KVCache | None) -> None:
+               cache: KVCache | None, rerun: bool = False) -> None:
         """Layer l on rows (B*T, C) at positions t0..t0+T-1; writes b.residual3.
 
         Without a cache the keys/values are this call's own (causal over its T positions);
         with one, they are appended at t0 and the queries attend to cache positions 0..t0+t.
+        rerun: the backward's recompute, which stops at what the backward reads (silu(gate) * up):
+        the down projection's output is the next layer's input, kept from the forward.
         """
         cfg, w = self.config, self.w
         H, KV, QD, KVD = cfg.num_heads, cfg.num_kv_heads, cfg.q_dim, cfg.kv_dim
@@ -260,6 +262,9 @@ class Llama(Model):
         LK.rmsnorm_forward(b.ln2, b.ln2_rstd, b.residual2, w("ln2w", l), self.eps)
         self._linear(b.fch, b.ln2, "fcw", l, b.lora_u, b.key)                     # (N, 2F)
         LK.swiglu_forward(b.fch_act, b.fch)                                     # (N, F)
+        if rerun:
+            self._rerun_linear(b.fch_act, "fcprojw", l, b.lora_u, b.key)
+            return
         self._linear(b.proj, b.fch_act, "fcprojw", l, b.lora_u, b.key)            # (N, C)
         np.add(b.residual2, b.proj, out=b.residual3)
 
@@ -332,7 +337,7 @@ class Llama(Model):
             b = a.layer(l)
             residual = a.encoded if l == 0 else a.residual3[l - 1]
             if a.recompute:  # this layer's buffers again, bit for bit as the forward made them
-                self._block(l, residual, b, B, T, 0, None)
+                self._block(l, residual, b, B, T, 0, None, rerun=True)
             # MLP block
             self._linear_backward(a.d_f, dres, b.fch_act, "fcprojw", l, acc, b.lora_u, b.key)  # d swiglu output
             LK.swiglu_backward(a.d_2f, a.d_f, b.fch)        # d [gate | up] (N, 2F)

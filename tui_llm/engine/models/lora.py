@@ -34,17 +34,29 @@ and in the backward their input-gradient terms into its input gradient.
 linear layer but the output head).
 
 The adapters' parameters: one flat float32 buffer (LoraParams, named views like the base's
-ParamTensors), so AdamW, the all-reduce and checkpoints work on it as on a full model's. For each
-targeted module, in the order of the table, two tensors stacked over the L layers:
+ParamTensors), so AdamW, the all-reduce and checkpoints work on it as on a full model's. Per base
+matrix that has adapted modules, in the order qkvw, attprojw, fcw, fcprojw, the A matrices of its
+modules stacked (they read the same input, so one product makes all their x Aᵀ), then each
+module's B, every tensor stacked over the L layers:
 
-    name                        shape           PEFT key of layer l (its [l] view, same shape)
-    <module>.lora_A             (L, r, in)      base_model.model.<layers>.{l}.<module>.lora_A.weight
-    <module>.lora_B             (L, out, r)     base_model.model.<layers>.{l}.<module>.lora_B.weight
+    tensor (in the buffer)   shape                 what
+    <matrix>.lora_A          (L, k r, in)          rows [j r, (j+1) r): the A of the j-th adapted module
+    <module>.lora_B          (L, out, r)           per adapted module of that matrix, in table order
 
-with <layers> = `model.layers` (Llama family) or `transformer.h` (GPT-2). PEFT stores A and B in
-these shapes for GPT-2's Conv1D modules too (its fan_in_fan_out only transposes the merged
-delta); our GPT-2 matrices are (out, in) like nn.Linear, so the merged weight is W + s B A for
-both architectures (HF GPT-2 files store its transpose). `peft_tensor_map` lists (key, view).
+e.g. Llama, all-linear: qkvw.lora_A (L, 3r, C), self_attn.q_proj.lora_B (L, QD, r), ..k_proj..,
+..v_proj.., attprojw.lora_A (L, r, QD), self_attn.o_proj.lora_B (L, C, r), fcw.lora_A (L, 2r, C),
+mlp.gate_proj.lora_B, mlp.up_proj.lora_B (L, F, r), fcprojw.lora_A (L, r, F), mlp.down_proj.lora_B.
+Each module also has a view `<module>.lora_A` (L, r, in) of its rows of the stacked A. A
+module's A and B of layer l are contiguous (r, in) and (out, r) matrices, exactly as PEFT keys them:
+
+    base_model.model.<layers>.{l}.<module>.lora_A.weight   = views["<module>.lora_A"][l]   (r, in)
+    base_model.model.<layers>.{l}.<module>.lora_B.weight   = views["<module>.lora_B"][l]   (out, r)
+
+with <layers> = `model.layers` (Llama family) or `transformer.h` (GPT-2); `peft_tensor_map` lists
+(key, view) in PEFT's order. PEFT stores A and B in these shapes for GPT-2's Conv1D modules too
+(its fan_in_fan_out only transposes the merged delta); our GPT-2 matrices are (out, in) like
+nn.Linear, so the merged weight is W + s B A for both architectures (HF GPT-2 files store its
+transpose).
 """
 
 from __future__ import annotations
@@ -162,14 +174,22 @@ class LoraConfig:
                    dropout=d["dropout"], use_rslora=d["use_rslora"])
 
 
+def adapted(config: GPTConfig | LlamaConfig, lora: LoraConfig) -> dict[str, list[Site]]:
+    """{base matrix: its adapted modules, in table order}, matrices in layout order."""
+    groups: dict[str, list[Site]] = {}
+    for site in sites(config):
+        if site.module in lora.targets:
+            groups.setdefault(site.matrix, []).append(site)
+    return groups
+
+
 def param_shapes(config: GPTConfig | LlamaConfig, lora: LoraConfig) -> list[tuple[str, tuple[int, ...]]]:
     """The adapters' tensors in layout order (module docstring)."""
     L, r = config.num_layers, lora.rank
     shapes: list[tuple[str, tuple[int, ...]]] = []
-    for site in sites(config):
-        if site.module in lora.targets:
-            shapes += [(site.module + ".lora_A", (L, r, site.in_features)),
-                       (site.module + ".lora_B", (L, site.out_features, r))]
+    for matrix, group in adapted(config, lora).items():
+        shapes.append((matrix + ".lora_A", (L, len(group) * r, group[0].in_features)))
+        shapes += [(site.module + ".lora_B", (L, site.out_features, r)) for site in group]
     return shapes
 
 
@@ -178,36 +198,49 @@ def num_parameters(config: GPTConfig | LlamaConfig, lora: LoraConfig) -> int:
 
 
 class LoraParams(ParamTensors):
-    """Named views (p.views["self_attn.q_proj.lora_A"], ...) into the adapters' flat float32 buffer."""
+    """Named views into the adapters' flat float32 buffer: the tensors of param_shapes, plus each
+    module's A (`<module>.lora_A`, its rows of the stacked A)."""
 
     def __init__(self, config: GPTConfig | LlamaConfig, lora: LoraConfig, flat: np.ndarray | None = None):
         super().__init__(config, flat, shapes=param_shapes(config, lora))
         self.lora = lora
+        self.groups = adapted(config, lora)
+        r = lora.rank
+        for matrix, group in self.groups.items():
+            stacked = self.views[matrix + ".lora_A"]
+            for j, site in enumerate(group):
+                self.views[site.module + ".lora_A"] = stacked[:, j * r:(j + 1) * r]
+
+    def modules(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(module, A (L, r, in), B (L, out, r)) of every adapted module, in table order."""
+        return [(site.module, self.views[site.module + ".lora_A"], self.views[site.module + ".lora_B"])
+                for group in self.groups.values() for site in group]
 
 
 def peft_tensor_map(params: LoraParams) -> list[tuple[str, np.ndarray]]:
     """(PEFT's key, the (r, in) or (out, r) view) of every adapter matrix, layer by layer."""
     cfg, prefix = params.config, layers_prefix(params.config)
-    return [(f"base_model.model.{prefix}.{l}.{name}.weight", view[l])
-            for l in range(cfg.num_layers) for name, view in params.items()]
+    return [(f"base_model.model.{prefix}.{l}.{module}.{name}.weight", view[l])
+            for l in range(cfg.num_layers) for module, A, B in params.modules() for name, view in (("lora_A", A),
+                                                                                                    ("lora_B", B))]
 
 
 def init_adapters(params: LoraParams, seed: int) -> None:
     """PEFT's init: every A ~ U(-1/√in, 1/√in) (kaiming_uniform_ with a = √5), every B = 0."""
     rng = np.random.default_rng(seed)
-    for name, view in params.items():
-        if name.endswith(".lora_A"):
-            bound = np.float32(1.0 / math.sqrt(view.shape[-1]))
-            rng.random(out=view.reshape(-1), dtype=np.float32)
-            view *= np.float32(2.0) * bound
-            view -= bound
-        else:
-            view[:] = 0.0
+    for _, A, B in params.modules():
+        bound = np.float32(1.0 / math.sqrt(A.shape[-1]))
+        for layer in range(A.shape[0]):
+            rng.random(out=A[layer], dtype=np.float32)
+            A[layer] *= np.float32(2.0) * bound
+            A[layer] -= bound
+        B[:] = 0.0
 
 
-def u_shapes(lora: LoraConfig, layers: int, n: int) -> dict[str, tuple[int, int, int]]:
-    """What a training forward keeps for the backward: u (layers, n, r) per adapted module."""
-    return dict.fromkeys(lora.targets, (layers, n, lora.rank))
+def u_shapes(config: GPTConfig | LlamaConfig, lora: LoraConfig, layers: int, n: int) -> dict[str, tuple[int, ...]]:
+    """What a training forward keeps for the backward: u (layers, n, k r) per base matrix with k
+    adapted modules."""
+    return {matrix: (layers, n, len(group) * lora.rank) for matrix, group in adapted(config, lora).items()}
 
 
 def scratch_nbytes(config: GPTConfig | LlamaConfig, lora: LoraConfig, n: int) -> int:
@@ -216,7 +249,8 @@ def scratch_nbytes(config: GPTConfig | LlamaConfig, lora: LoraConfig, n: int) ->
     largest_in = max((site.in_features for site in chosen), default=0)
     largest_out = max((site.out_features for site in chosen), default=0)
     r = lora.rank
-    total = 2 * n * r + r * max(largest_in, largest_out)     # u, du; a gradient's scratch
+    k = max((len(group) for group in adapted(config, lora).values()), default=0)
+    total = 2 * n * k * r + k * r * max(largest_in, largest_out)     # u, du; a gradient's scratch
     if lora.dropout > 0:
         total += n * largest_in                               # dropout(x)
     if blas.matmul_add is None:
@@ -230,9 +264,10 @@ def scratch_nbytes(config: GPTConfig | LlamaConfig, lora: LoraConfig, n: int) ->
 class Adapters:
     """The adapters of a model: their parameters, gradients and the per-product math.
 
-    The model keeps, per layer and module, u = s · dropout(x) Aᵀ (N, r) from the training forward
-    (the backward's dB needs it; Activations allocates it). Dropout masks are not kept: they are
-    rebuilt from `step_key` (set by the trainer for each micro-batch) in the backward.
+    The model keeps, per layer and base matrix, u = s · dropout(x) Aᵀ (N, k r) from the training
+    forward (the backward's dB needs it; Activations allocates it). Dropout masks are not kept:
+    they are rebuilt from `step_key` (set by the trainer for each micro-batch) in the backward.
+    Without dropout the k modules of a matrix share one x Aᵀ product and one dA and dx product.
     """
 
     def __init__(self, config: GPTConfig | LlamaConfig, lora: LoraConfig, flat: np.ndarray | None = None):
@@ -241,10 +276,10 @@ class Adapters:
         self.params = LoraParams(config, lora, flat)
         self.grads: LoraParams | None = None
         self.scale = np.float32(lora.scale)
-        self.by_matrix: dict[str, list[tuple[int, Site]]] = {}
-        for index, site in enumerate(sites(config)):
-            if site.module in lora.targets:
-                self.by_matrix.setdefault(site.matrix, []).append((index, site))
+        every = [site.module for site in sites(config)]
+        # per matrix: its modules with their index in sites() (which keys their dropout masks)
+        self.by_matrix = {matrix: [(every.index(site.module), site) for site in group]
+                          for matrix, group in self.params.groups.items()}
         self.step_key = 0          # dropout masks of the current micro-batch (Trainer sets it)
         self._scratch: dict[str, np.ndarray] = {}
 
@@ -257,8 +292,8 @@ class Adapters:
             self.grads = LoraParams(self.config, self.lora)
         return self.grads
 
-    def u_shapes(self, layers: int, n: int) -> dict[str, tuple[int, int, int]]:
-        return u_shapes(self.lora, layers, n)
+    def u_shapes(self, layers: int, n: int) -> dict[str, tuple[int, ...]]:
+        return u_shapes(self.config, self.lora, layers, n)
 
     def _buffer(self, name: str, rows: int, cols: int) -> np.ndarray:
         """A scratch (rows, cols) float32 matrix, grown on demand and reused."""
@@ -267,10 +302,8 @@ class Adapters:
             buf = self._scratch[name] = np.empty(rows * cols, np.float32)
         return buf[:rows * cols].reshape(rows, cols)
 
-    def _input(self, x: np.ndarray, layer: int, index: int, key: int | None) -> np.ndarray:
-        """dropout(x) of this module (a scratch), or x itself without dropout."""
-        if key is None or self.lora.dropout == 0:
-            return x
+    def _dropped(self, x: np.ndarray, layer: int, index: int, key: int) -> np.ndarray:
+        """dropout(x) of module `index` (a scratch)."""
         out = self._buffer("dropped", *x.shape)
         dropout_apply(out, x, self.lora.dropout, np.uint64(dropout_key(key, layer, index)))
         return out
@@ -287,40 +320,63 @@ class Adapters:
     def forward(self, out: np.ndarray, x: np.ndarray, matrix: str, layer: int,
                 kept: dict[str, np.ndarray] | None, key: int | None) -> None:
         """out (N, rows of `matrix`) += every adapter of that matrix's s · dropout(x) Aᵀ Bᵀ, in
-        its rows. kept: where u goes per module (a training forward), None: scratch (sampling).
+        its rows. kept: where u goes per matrix (a training forward), None: scratch (sampling).
         key: the dropout masks' key (None: no dropout, as in validation and sampling)."""
-        for index, site in self.by_matrix.get(matrix, ()):
-            A = self.params.views[site.module + ".lora_A"][layer]                 # (r, in)
-            B = self.params.views[site.module + ".lora_B"][layer]                 # (out, r)
-            u = kept[site.module] if kept is not None else self._buffer("u", x.shape[0], self.lora.rank)
-            np.matmul(self._input(x, layer, index, key), A.T, out=u)               # (N, r)
-            u *= self.scale
-            self._add_product(out[:, site.rows[0]:site.rows[1]], u, B.T)
+        group = self.by_matrix.get(matrix)
+        if not group:
+            return
+        r, views = self.lora.rank, self.params.views
+        u = self.keep(x, matrix, layer, kept, key)
+        for j, (_, site) in enumerate(group):
+            self._add_product(out[:, site.rows[0]:site.rows[1]], u[:, j * r:(j + 1) * r],
+                              views[site.module + ".lora_B"][layer].T)
+
+    def keep(self, x: np.ndarray, matrix: str, layer: int, kept: dict[str, np.ndarray] | None,
+             key: int | None) -> np.ndarray:
+        """u = s · dropout(x) Aᵀ (N, k r) of `matrix`'s adapters, into kept[matrix] (or a scratch):
+        the first half of forward, all that a recomputing backward needs of a product it skips."""
+        group = self.by_matrix[matrix]
+        r, views = self.lora.rank, self.params.views
+        u = kept[matrix] if kept is not None else self._buffer("u", x.shape[0], len(group) * r)   # (N, k r)
+        if key is None or self.lora.dropout == 0:
+            np.matmul(x, views[matrix + ".lora_A"][layer].T, out=u)               # all k modules at once
+        else:
+            for j, (index, site) in enumerate(group):
+                np.matmul(self._dropped(x, layer, index, key), views[site.module + ".lora_A"][layer].T,
+                          out=u[:, j * r:(j + 1) * r])
+        u *= self.scale
+        return u
 
     def backward(self, dx: np.ndarray | None, dout: np.ndarray, x: np.ndarray, matrix: str, layer: int,
                  kept: dict[str, np.ndarray], key: int | None, accumulate: bool) -> None:
         """From dout (N, rows of `matrix`), the gradient of the product's output: dA and dB of its
         adapters (written, or added with accumulate), and their terms added to dx (N, in) unless
-        None."""
-        g = self.allocate_grads()
-        for index, site in self.by_matrix.get(matrix, ()):
-            A = self.params.views[site.module + ".lora_A"][layer]
-            B = self.params.views[site.module + ".lora_B"][layer]
+        None. With u = s x Aᵀ: dB = doutᵀ u, du = s dout B, dA = duᵀ x, dx += du A."""
+        group = self.by_matrix.get(matrix)
+        if not group:
+            return
+        g, views, r = self.allocate_grads(), self.params.views, self.lora.rank
+        u = kept[matrix]
+        du = self._buffer("du", x.shape[0], len(group) * r)
+        scratch = self._buffer("grad", 1, views[matrix + ".lora_A"][layer].size + max(
+            views[site.module + ".lora_B"][layer].size for _, site in group)).reshape(-1)
+        for j, (_, site) in enumerate(group):
             d = dout[:, site.rows[0]:site.rows[1]]                                  # (N, out)
-            scratch = self._buffer("grad", 1, max(A.size, B.size)).reshape(-1)
-            matmul_grad(g.views[site.module + ".lora_B"][layer], d.T, kept[site.module], scratch, accumulate)
-            du = self._buffer("du", x.shape[0], self.lora.rank)
-            np.matmul(d, B, out=du)                                                  # (N, r)
-            du *= self.scale
-            xd = self._input(x, layer, index, key)
-            matmul_grad(g.views[site.module + ".lora_A"][layer], du.T, xd, scratch, accumulate)
-            if dx is None:
-                continue
-            if xd is x:
-                self._add_product(dx, du, A)
-            else:  # the input's gradient goes back through the same mask
+            name = site.module + ".lora_B"
+            matmul_grad(g.views[name][layer], d.T, u[:, j * r:(j + 1) * r], scratch, accumulate)
+            np.matmul(d, views[name][layer], out=du[:, j * r:(j + 1) * r])
+        du *= self.scale
+        if key is None or self.lora.dropout == 0:
+            matmul_grad(g.views[matrix + ".lora_A"][layer], du.T, x, scratch, accumulate)
+            if dx is not None:
+                self._add_product(dx, du, views[matrix + ".lora_A"][layer])
+            return
+        for j, (index, site) in enumerate(group):  # each module's own mask, on its input and its input gradient
+            name = site.module + ".lora_A"
+            matmul_grad(g.views[name][layer], du[:, j * r:(j + 1) * r].T, self._dropped(x, layer, index, key), scratch,
+                        accumulate)
+            if dx is not None:
                 part = self._buffer("dropped", *x.shape)
-                np.matmul(du, A, out=part)
-                assert key is not None
+                np.matmul(du[:, j * r:(j + 1) * r], views[name][layer], out=part)
                 dropout_apply(part, part, self.lora.dropout, np.uint64(dropout_key(key, layer, index)))
                 dx += part

@@ -75,7 +75,7 @@ def estimate_memory(config: GPTConfig | LlamaConfig, B: int, T: int, *, lora: Lo
         gradients += 4 * _largest_layer_matrix(config)  # accumulation's scratch (grad_accumulation.py)
 
     def activations(recompute: bool) -> int:
-        kept = u_shapes(lora, config.num_layers, B * T) if lora is not None else None
+        kept = u_shapes(config, lora, config.num_layers, B * T) if lora is not None else None
         model = llama.Activations if isinstance(config, LlamaConfig) else gpt2.Activations
         total = model.nbytes_for(config, B, T, recompute, kept)  # type: ignore[arg-type]
         return total + (scratch_nbytes(config, lora, B * T) if lora is not None else 0)
