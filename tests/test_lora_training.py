@@ -14,6 +14,7 @@ import pytest
 import tui_llm
 from tests.run_helpers import Process
 from tests.run_helpers import run as run_command
+from tests.test_llama_cli import llama as llama_fixture
 from tui_llm.engine import events as ev
 from tui_llm.engine.data.tokens import write_tokens
 from tui_llm.engine.formats import load_training_checkpoint, write_llmc
@@ -229,3 +230,39 @@ def test_lora_and_recompute_under_mpi(data, tmp_path):
     np.testing.assert_allclose(runs["zero"][0], losses(tmp_path / "one")[0], rtol=0, atol=1e-5)
     start = records(tmp_path / "zero", "start")[0]
     assert start["memory"]["optimizer"] == 8 * start["trainable_params"] // 2
+
+
+llama = llama_fixture  # a tiny HF Llama dir and data prepared with its tokenizer (module-scoped)
+
+
+@pytest.mark.slow
+def test_a_llama_lora_run_keeps_its_bf16_base_as_bf16(llama, tmp_path):
+    """A BF16 Hugging Face Llama: the LoRA run's base stays bf16 bits (the default for a BF16
+    file), trains, resumes, samples; the frozen base is the file's, bit for bit."""
+    from safetensors.numpy import load_file
+
+    from tests.test_hf_llama import to_bf16_bits, write_safetensors
+    from tests.test_llama_cli import SMALL
+
+    model_dir, data = llama
+    bf16_dir = tmp_path / "bf16_model"
+    shutil.copytree(model_dir, bf16_dir)
+    tensors = load_file(model_dir / "model.safetensors")
+    write_safetensors(bf16_dir / "model.safetensors", {n: ("BF16", to_bf16_bits(v)) for n, v in tensors.items()})
+    common = [str(data / "story_train.bin"), "--no-ui", "--init-from", str(bf16_dir), *SMALL, "--lr", "1e-2",
+              "--lora-rank", "4", "--lora-targets", "q_proj,v_proj,down_proj"]
+    r = cli(*common, "--steps", "4", "--out-dir", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    assert "frozen bf16 base" in r.stdout and "on q_proj,v_proj,down_proj" in r.stdout
+    resumed = cli("--resume", str(tmp_path / "run"), "--no-ui", "--steps", "6")
+    assert resumed.returncode == 0, resumed.stderr
+    trainer = tui_llm.Trainer(tui_llm.RunConfig(train_file=str(data / "story_train.bin"), init_from=str(bf16_dir),
+                                                lora_rank=2, out_dir=str(tmp_path / "api"), steps=1, seq_len=16))
+    assert trainer.model.params.flat.dtype == np.uint16 and trainer.config.base_dtype == "bf16"
+    from tui_llm.engine.formats.hf_llama import read_hf_llama
+    assert np.array_equal(trainer.model.params.flat, read_hf_llama(bf16_dir, dtype="bf16")[1])
+    trainer.run_dir.close()
+    sample = cli("sample", "--init-from", str(tmp_path / "run"), "--prompt", "The quick", "--sample-len", "4")
+    assert sample.returncode == 0 and "\nThe quick" in sample.stdout, sample.stderr
+    refused = cli("export", "--init-from", str(tmp_path / "run"), str(tmp_path / "m.bin"), "--to", "llmc")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "LoRA run" in refused.stderr
