@@ -22,29 +22,35 @@ def safe_text(text: str, keep_newlines: bool = False) -> str:
 
 
 def parameters_line(event: ev.RunStarted) -> str:
-    """`parameters: ...`: total and trained, and a LoRA run's adapters."""
-    c = event.run_config
+    """`parameters: ...`: total and trained, and a LoRA run's adapters (a record from a file may
+    lack any of the LoRA keys: they show as "?")."""
+    c = event.run_config if isinstance(event.run_config, dict) else {}
     trainable = event.trainable_params or event.num_params
     if not c.get("lora_rank"):
         return f"parameters: {event.num_params:,}, all trained (full fine-tuning)"
     rslora = ", rsLoRA" if c.get("use_rslora") else ""
-    dropout = f", dropout {c['lora_dropout']:g}" if c.get("lora_dropout") else ""
-    return (f"parameters: {event.num_params:,} in all, {trainable:,} trained ({trainable / event.num_params:.2%}): "
-            f"LoRA rank {c['lora_rank']}, alpha {c['lora_alpha']:g}{rslora}{dropout} on "
-            f"{safe_text(c.get('lora_targets', ''))}; frozen {c.get('base_dtype', 'fp32')} base")
+    dropout = f", dropout {c['lora_dropout']}" if c.get("lora_dropout") else ""
+    share = f" ({trainable / event.num_params:.2%})" if event.num_params else ""
+    return (f"parameters: {event.num_params:,} in all, {trainable:,} trained{share}: LoRA rank "
+            f"{safe_text(c.get('lora_rank'))}, alpha {safe_text(c.get('lora_alpha', '?'))}{rslora}"
+            f"{safe_text(dropout)} on {safe_text(c.get('lora_targets', '?'))}; frozen "
+            f"{safe_text(c.get('base_dtype', 'fp32'))} base")
 
 
 def memory_line(event: ev.RunStarted) -> str:
     """`memory: ...`: what the run needs (the estimate made before it started)."""
-    m = event.memory
+    m = event.memory if isinstance(event.memory, dict) else {}
+
+    def size(key) -> str:
+        value = m.get(key, 0)
+        return human_bytes(value) if type(value) is int else "?"
     if not m:
         return f"memory: {human_bytes(event.memory_bytes)} needed"
     used = "activations_recompute" if m.get("recompute") else "activations"
-    adapters = f", adapters {human_bytes(m.get('adapters', 0))}" if m.get("adapters") else ""
-    return (f"memory: {human_bytes(m.get('total', 0))} needed: weights {human_bytes(m.get('weights', 0))}{adapters}, "
-            f"gradients {human_bytes(m.get('gradients', 0))}, AdamW {human_bytes(m.get('optimizer', 0))}, "
-            f"activations {human_bytes(m.get(used, 0))} ({human_bytes(m.get('activations', 0))} without "
-            f"--recompute, {human_bytes(m.get('activations_recompute', 0))} with)")
+    adapters = f", adapters {size('adapters')}" if m.get("adapters") else ""
+    return (f"memory: {size('total')} needed: weights {size('weights')}{adapters}, gradients {size('gradients')}, "
+            f"AdamW {size('optimizer')}, activations {size(used)} ({size('activations')} without --recompute, "
+            f"{size('activations_recompute')} with)")
 
 
 def human_bytes(n: int) -> str:
@@ -98,8 +104,10 @@ class HeadlessPrinter:
                 self.line(f"finished at step {event.step} ({event.reason}){lost}")
 
     def started(self, event: ev.RunStarted) -> None:
+        """The start-up lines. `watch --no-ui` prints them from a record in a file: a key that is
+        missing or not a number shows as "?", never an exception."""
         self.steps = event.steps
-        mc, c = event.model_config, event.run_config
+        mc, c = _Fields(event.model_config), _Fields(event.run_config)
         kv = f" / {mc['num_kv_heads']} KV" if mc.get("num_kv_heads", mc["num_heads"]) != mc["num_heads"] else ""
         ffn = f", SwiGLU {mc['ffn_channels']}" if "ffn_channels" in mc else ""
         self.line(f"model: {safe_text(event.model_name)} | {mc['num_layers']} layers, {mc['num_heads']} heads{kv}, "
@@ -107,12 +115,29 @@ class HeadlessPrinter:
                   f"(padded {mc['padded_vocab_size']})")
         self.line(parameters_line(event))
         self.line(memory_line(event))
-        val = f"{event.val_file} ({event.val_tokens:,} tokens)" if event.val_file else "none"
-        self.line(f"data: train {event.train_file} ({event.train_tokens:,} tokens, {event.batches_per_epoch:,} "
-                  f"batches of {c['batch_size']}x{c['seq_len']}) | val {val}")
-        accum = event.tokens_per_step // (c["batch_size"] * c["seq_len"] * event.world_size)
+        val = f"{safe_text(event.val_file)} ({event.val_tokens:,} tokens)" if event.val_file else "none"
+        per_micro = c.number("batch_size") * c.number("seq_len") * max(event.world_size, 1)
+        accum = event.tokens_per_step // per_micro if per_micro > 0 else 1
+        shape = f"{c['batch_size']}x{c['seq_len']}" + (f" x {accum} micro-batches" if accum > 1 else "") \
+            + (f" x {event.world_size} processes" if event.world_size > 1 else "")
+        self.line(f"data: train {safe_text(event.train_file)} ({event.train_tokens:,} tokens, "
+                  f"{event.batches_per_epoch:,} steps of {shape} per epoch) | val {val}")
         batch = f"{event.tokens_per_step:,} tokens per step" + (f" ({accum} micro-batches)" if accum > 1 else "") \
             + (f" over {event.world_size} processes" if event.world_size > 1 else "") \
             + (" (AdamW state split among them: --zero 1)" if c.get("zero") else "")
         start = f", resuming at step {event.step}" if event.step else ""
-        self.line(f"run: {event.run_dir} | {event.steps} steps, {batch}, lr {c['lr']:g}{start}")
+        lr = c.get("lr")
+        lr = f"{lr:g}" if type(lr) in (int, float) else "?"
+        self.line(f"run: {safe_text(event.run_dir)} | {event.steps} steps, {batch}, lr {lr}{start}")
+
+
+class _Fields(dict):
+    """A record's dict whose missing or non-numeric values show as "?" (config dicts from a file)."""
+
+    def __getitem__(self, key):
+        value = self.get(key)
+        return value if type(value) is int else "?"
+
+    def number(self, key) -> int:
+        value = self.get(key)
+        return value if type(value) is int else 0

@@ -24,6 +24,8 @@ def collect_files(inputs, wanted: Callable[[Path], bool], kinds: str, error: typ
             files.extend(found)
         elif entry.is_file():
             files.append(entry)
+        elif entry.exists():  # /dev/zero, a FIFO: would never end or block
+            raise error(f"{entry}: not a regular file (a device, FIFO or socket); give files or folders")
         else:
             raise error(f"{entry}: no such file or directory")
     return files

@@ -349,10 +349,18 @@ def prepare_corpus(inputs, out_dir="data", name: str | None = None, split_on_bla
         f"{len(tokens):,} tokens "
         f"({len(tokens) / max(seconds, 1e-9) / 1e6:.2f}M tokens/s)")
     num_val = round(len(tokens) * val_fraction)
+    if num_val < ONE_BATCH <= len(tokens) - ONE_BATCH:  # a small corpus: validation that can run at all
+        log(f"val {num_val:,} tokens ({val_fraction:g} of them) would not hold one batch of the default 4x64 "
+            f"(B*T+1 = {ONE_BATCH} tokens): val gets {ONE_BATCH}")
+        num_val = ONE_BATCH
     train_path, val_path = write_split(tokens, num_val, Path(out_dir), name, fmt, log, tokenizer)
     log(f"train {len(tokens) - num_val:,} tokens, val {num_val:,} tokens")
     return PreparedDataset(train_path, val_path, f"{name} ({_plural(len(files), 'file')})", len(docs),
                            len(tokens) - num_val, num_val)
+
+
+ONE_BATCH = 4 * 64 + 1
+"""Tokens of one batch at the default -b 4 -t 64: the least a validation split should hold."""
 
 
 def _plural(n: int, noun: str) -> str:
