@@ -28,12 +28,14 @@ def parameters_line(event: ev.RunStarted) -> str:
     trainable = event.trainable_params or event.num_params
     if not c.get("lora_rank"):
         return f"parameters: {event.num_params:,}, all trained (full fine-tuning)"
+    def number(key) -> str:
+        value = c.get(key)
+        return f"{value:g}" if type(value) in (int, float) else "?"
     rslora = ", rsLoRA" if c.get("use_rslora") else ""
-    dropout = f", dropout {c['lora_dropout']}" if c.get("lora_dropout") else ""
+    dropout = f", dropout {number('lora_dropout')}" if c.get("lora_dropout") else ""
     share = f" ({trainable / event.num_params:.2%})" if event.num_params else ""
-    return (f"parameters: {event.num_params:,} in all, {trainable:,} trained{share}: LoRA rank "
-            f"{safe_text(c.get('lora_rank'))}, alpha {safe_text(c.get('lora_alpha', '?'))}{rslora}"
-            f"{safe_text(dropout)} on {safe_text(c.get('lora_targets', '?'))}; frozen "
+    return (f"parameters: {event.num_params:,} in all, {trainable:,} trained{share}: LoRA rank {number('lora_rank')}, "
+            f"alpha {number('lora_alpha')}{rslora}{dropout} on {safe_text(c.get('lora_targets', '?'))}; frozen "
             f"{safe_text(c.get('base_dtype', 'fp32'))} base")
 
 
