@@ -10,10 +10,10 @@ the cases take turns step by step (full, LoRA, full + recompute, LoRA + recomput
 a change of load hits them alike; medians of --repeat steps after one warm-up each. A step is
 what the trainer does: forward, backward, the gradient norm and AdamW's update.
 
-`memory`: one case in a subprocess of its own (so its peak RSS is its own, from getrusage),
-building the model (a bf16 base is drawn straight into bf16, chunk by chunk), then --steps steps;
-it prints the peak RSS, each step's time and the estimate (training/memory.py) the run's header
-would print. --repo runs another checkout's engine (e.g. main's, to compare with "today").
+`memory`: one case in a subprocess of its own (lora_worker.py; its peak RSS is its own, from
+getrusage), building the model (a bf16 base is drawn straight into bf16, chunk by chunk), then
+--steps steps; it prints the peak RSS, each step's time and the estimate (training/memory.py) the
+run's header would print. --repo runs another checkout's engine (e.g. main's, for "today").
 
 Shapes are the Hugging Face models' configs (random weights: the timing and memory depend on the
 shape only).
@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import common  # noqa: F401  (puts the repo root on sys.path)
 from common import (
+    REPO_ROOT,
     Stats,
     add_markdown_arg,
     command_line,
@@ -40,80 +41,7 @@ from common import (
     print_machine,
     text_table,
 )
-
-SHAPES = {  # Hugging Face config.json values: layers, heads, kv heads, hidden, intermediate, vocab, tied, head_dim
-    "smollm2-135m": dict(num_layers=30, num_heads=9, num_kv_heads=3, channels=576, ffn_channels=1536,
-                         vocab_size=49152, tied_embeddings=True),
-    "smollm2-360m": dict(num_layers=32, num_heads=15, num_kv_heads=5, channels=960, ffn_channels=2560,
-                         vocab_size=49152, tied_embeddings=True),
-    "qwen2.5-0.5b": dict(num_layers=24, num_heads=14, num_kv_heads=2, channels=896, ffn_channels=4864,
-                         vocab_size=151936, tied_embeddings=True, qkv_bias=True),
-    "qwen2.5-1.5b": dict(num_layers=28, num_heads=12, num_kv_heads=2, channels=1536, ffn_channels=8960,
-                         vocab_size=151936, tied_embeddings=True, qkv_bias=True),
-    "llama-3.2-1b": dict(num_layers=16, num_heads=32, num_kv_heads=8, channels=2048, ffn_channels=8192,
-                         vocab_size=128256, tied_embeddings=True, head_dim=64),
-    "llama-3.2-3b": dict(num_layers=28, num_heads=24, num_kv_heads=8, channels=3072, ffn_channels=8192,
-                         vocab_size=128256, tied_embeddings=True, head_dim=128),
-    "llama-3.1-8b": dict(num_layers=32, num_heads=32, num_kv_heads=8, channels=4096, ffn_channels=14336,
-                         vocab_size=128256, tied_embeddings=False, head_dim=128),
-}
-
-
-def llama_config(shape: str, T: int):
-    from tui_llm.engine.models.llama_config import LlamaConfig
-    return LlamaConfig(max_seq_len=max(T, 64), **SHAPES[shape])
-
-
-def build(shape: str, T: int, lora_rank: int, base_dtype: str, recompute: bool, seed: int = 0):
-    """A Llama of the shape with random weights (N(0, 0.02) matrices, norms 1), drawn in chunks
-    straight into the storage dtype; LoRA adapters (all-linear) with B random too, so every
-    product does its real work."""
-    import numpy as np
-
-    from tui_llm.engine.kernels.bf16 import narrow_to_bf16
-    from tui_llm.engine.models.llama import Llama
-    from tui_llm.engine.models.llama_config import LlamaParams
-    from tui_llm.engine.models.lora import ALL_LINEAR, LoraConfig, resolve_targets
-
-    cfg = llama_config(shape, T)
-    params = LlamaParams(cfg, dtype=np.uint16 if base_dtype == "bf16" else np.float32)
-    rng = np.random.default_rng(seed)
-    chunk = np.empty(1 << 22, np.float32)
-    for name, view in params.items():
-        flat = view.reshape(-1)
-        for i in range(0, flat.size, chunk.size):
-            part = chunk[:min(chunk.size, flat.size - i)]
-            if name.endswith(("ln1w", "ln2w", "lnfw")):
-                part[:] = 1.0
-            else:
-                rng.standard_normal(out=part, dtype=np.float32)
-                part *= np.float32(0.02)
-            if base_dtype == "bf16":
-                narrow_to_bf16(flat[i:i + part.size], part)
-            else:
-                flat[i:i + part.size] = part
-    model = Llama(cfg, params.flat, recompute=recompute)
-    if lora_rank:
-        model.attach_lora(LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank, targets=resolve_targets(ALL_LINEAR, cfg)))
-        rng.standard_normal(out=model.lora.params.flat, dtype=np.float32)
-        model.lora.params.flat *= np.float32(0.01)
-    return model
-
-
-def one_step(model, opt, x, y) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    loss = model.forward(x, y, training=True)
-    model.backward()
-    opt.update(1e-4)
-    return time.perf_counter() - t0, loss
-
-
-def batch(cfg, B: int, T: int, seed: int = 1):
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    return (rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32),
-            rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32))
-
+from lora_worker import SHAPES, batch, build, llama_config, one_step
 
 # ---------------------------------------------------------------------------------------
 
@@ -153,43 +81,13 @@ def cmd_step(args) -> None:
                   f"{markdown_table(headers, rows)}\n\nload average after: {os.getloadavg()[0]:.2f}", args.markdown)
 
 
-def worker(args) -> None:
-    """The memory case, in its own process: prints one JSON line."""
-    from tui_llm.engine.machine import set_threads
-    from tui_llm.engine.training.optim import AdamW
-
-    set_threads(args.threads)
-    t0 = time.perf_counter()
-    model = build(args.shape, args.seq_len, args.lora_rank, args.base_dtype, args.recompute)
-    build_s = time.perf_counter() - t0
-    opt = AdamW(model)
-    x, y = batch(model.config, args.batch, args.seq_len)
-    times = [one_step(model, opt, x, y)[0] for _ in range(args.steps)]
-    out = {"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "step_s": times, "build_s": build_s}
-    try:
-        from tui_llm.engine.models.lora import ALL_LINEAR, LoraConfig, resolve_targets
-        from tui_llm.engine.training.memory import estimate_memory
-        lora = LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank,
-                          targets=resolve_targets(ALL_LINEAR, model.config)) if args.lora_rank else None
-        out["estimate"] = estimate_memory(model.config, args.batch, args.seq_len, lora=lora, base_dtype=args.base_dtype,
-                                          recompute=args.recompute).to_dict()
-    except ImportError:  # another tree (--repo) without the estimator
-        pass
-    print(json.dumps(out), flush=True)
-
-
 def cmd_memory(args) -> None:
     info = print_machine()
-    env = dict(os.environ)
-    if args.repo:
-        env["PYTHONPATH"] = args.repo
-    cmd = [sys.executable, __file__, "worker", "--shape", args.shape, "-b", str(args.batch), "-t", str(args.seq_len),
-           "--lora-rank", str(args.lora_rank), "--base-dtype", args.base_dtype, "--steps", str(args.steps),
-           "--threads", str(args.threads)] + (["--recompute"] if args.recompute else [])
-    if args.repo:  # the other tree's engine; this script's helpers come from here (no estimator there)
-        cmd[1:2] = ["-c", f"import sys; sys.path.insert(0, {args.repo!r}); sys.argv = {[__file__] + cmd[2:]!r}; "
-                          f"exec(open({__file__!r}).read())"]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    repo = args.repo or str(REPO_ROOT)
+    cmd = [sys.executable, str(Path(__file__).with_name("lora_worker.py")), "--shape", args.shape, "-b", str(args.batch),
+           "-t", str(args.seq_len), "--lora-rank", str(args.lora_rank), "--base-dtype", args.base_dtype,
+           "--steps", str(args.steps), "--threads", str(args.threads)] + (["--recompute"] if args.recompute else [])
+    r = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=repo), capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"the worker failed:\n{r.stderr[-3000:]}")
     result = json.loads(r.stdout.strip().splitlines()[-1])
@@ -202,6 +100,46 @@ def cmd_memory(args) -> None:
     headers = ["run", "peak RSS", "estimate", "step times", "build"]
     print(text_table(headers, rows))
     emit_markdown(f"`{command_line()}`\n\n{machine_markdown(info)}\n\n{markdown_table(headers, rows)}", args.markdown)
+
+
+def cmd_bf16(args) -> None:
+    """The loss of a bf16 base against the fp32 base it was rounded from (random weights of the
+    shape, --batches batches), and the time the base fingerprint takes on each storage."""
+    import numpy as np
+
+    from tui_llm.engine.kernels.bf16 import fingerprint, narrow_to_bf16
+    from tui_llm.engine.machine import set_threads
+    from tui_llm.engine.models.llama import Llama
+
+    set_threads(args.threads)
+    info = print_machine()
+    fp32 = build(args.shape, args.seq_len, 0, "fp32", False)
+    bits = np.empty(fp32.num_parameters, np.uint16)
+    narrow_to_bf16(bits, fp32.params.flat)
+    bf16 = Llama(fp32.config, bits)
+    rows, worst = [], 0.0
+    for i in range(args.batches):
+        x, y = batch(fp32.config, args.batch, args.seq_len, seed=10 + i)
+        a, b = fp32.forward(x, y), bf16.forward(x, y)
+        worst = max(worst, abs(a - b) / a)
+        rows.append([str(i), f"{a:.6f}", f"{b:.6f}", f"{b - a:+.2e}", f"{(b - a) / a:+.2e}"])
+    times = {}
+    for name, flat in (("fp32", fp32.params.flat), ("bf16", bits)):
+        fingerprint(flat)
+        t0 = time.perf_counter()
+        fingerprint(flat)
+        times[name] = time.perf_counter() - t0
+    headers = ["batch", "loss, fp32 base", "loss, bf16 base", "difference", "relative"]
+    title = f"{args.shape} (random N(0, 0.02) weights), B={args.batch}, T={args.seq_len}"
+    print(f"{title}\n{text_table(headers, rows)}\nlargest relative difference {worst:.2e} (bf16 keeps 8 mantissa "
+          f"bits: a weight moves by at most 2^-9 = {2**-9:.2e} of itself)")
+    n = fp32.num_parameters
+    fp_line = (f"fingerprint of {n / 1e9:.2f}B weights: {times['fp32']:.2f} s as fp32, {times['bf16']:.2f} s as bf16 "
+               f"({n * 4 / times['fp32'] / 1e9:.1f} / {n * 2 / times['bf16'] / 1e9:.1f} GB/s)")
+    print(fp_line)
+    emit_markdown(f"### bf16 base: {title}\n\n`{command_line()}`\n\n{machine_markdown(info)}\n\n"
+                  f"{markdown_table(headers, rows)}\n\nlargest relative difference {worst:.2e}\n\n{fp_line}",
+                  args.markdown)
 
 
 def cmd_table(args) -> None:
@@ -228,7 +166,7 @@ def cmd_table(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("step", "memory", "worker"):
+    for name in ("step", "memory", "bf16"):
         s = sub.add_parser(name)
         s.add_argument("--shape", choices=sorted(SHAPES), default="smollm2-360m")
         s.add_argument("-b", "--batch", type=int, default=1)
@@ -236,7 +174,9 @@ def main() -> None:
         s.add_argument("--lora-rank", type=int, default=16 if name == "step" else 0)
         s.add_argument("--threads", type=int, default=0)
         add_markdown_arg(s)
-        if name == "step":
+        if name == "bf16":
+            s.add_argument("--batches", type=int, default=4)
+        elif name == "step":
             s.add_argument("--repeat", type=int, default=3)
             s.add_argument("--cases", nargs="+", default=["full", "lora", "full + recompute", "lora + recompute"])
         else:
@@ -247,7 +187,7 @@ def main() -> None:
     t = sub.add_parser("table")
     add_markdown_arg(t)
     args = p.parse_args()
-    {"step": cmd_step, "memory": cmd_memory, "worker": worker, "table": cmd_table}[args.cmd](args)
+    {"step": cmd_step, "memory": cmd_memory, "table": cmd_table, "bf16": cmd_bf16}[args.cmd](args)
 
 
 if __name__ == "__main__":

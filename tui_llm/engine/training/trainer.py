@@ -43,7 +43,7 @@ from tui_llm.engine.models.build import build_model
 from tui_llm.engine.models.llama import Llama
 from tui_llm.engine.models.lora import LoraConfig, LoraError, resolve_targets
 from tui_llm.engine.run.channel import ControlServer
-from tui_llm.engine.run.run_dir import RunDir, RunDirError, checkpoint_step, is_run_dir, resolve_checkpoint
+from tui_llm.engine.run.run_dir import RunDir, RunDirError, checkpoint_step
 from tui_llm.engine.tokenizers.lookup import find_tokenizer_dir, load_tokenizer
 from tui_llm.engine.training.control import Control
 from tui_llm.engine.training.distributed import World
@@ -57,6 +57,7 @@ from tui_llm.engine.training.model_source import (
     load_base,
     load_model_source,
     peek_model_source,
+    resolve_source,
     to_bf16,
 )
 from tui_llm.engine.training.optim import AdamW, AdamWConfig, learning_rate
@@ -155,15 +156,12 @@ class Trainer:
         if state is not None and self.lora_config is None:
             self.model = build_model(state.model_config, state.params)
             self.model_name = state.model_name
-        elif loaded is not None or c.init_from or self.lora_config is not None:
-            if loaded is not None:
-                model_cfg, flat, self.model_name, recorded = loaded
-                if c.base_dtype == "bf16":
-                    flat = to_bf16(flat)
-            elif self.lora_config is not None:
-                model_cfg, flat, self.model_name, recorded = load_base(c)
-            else:
-                model_cfg, flat, self.model_name, recorded = load_model_source(c.init_from)
+        elif c.init_from or self.lora_config is not None:  # weights from a file, or a LoRA run's base
+            if loaded is None:
+                loaded = load_base(c) if self.lora_config is not None else load_model_source(c.init_from)
+            elif c.base_dtype == "bf16":
+                loaded = (loaded[0], to_bf16(loaded[1]), *loaded[2:])
+            model_cfg, flat, self.model_name, recorded = loaded
             self.model = build_model(model_cfg, flat)
             tokenizer_dir = tokenizer_dir or recorded
         else:
@@ -203,8 +201,7 @@ class Trainer:
         if state is not None:
             return state.model_config, state.base is not None and state.base["dtype"] == "bf16"
         if c.init_from:
-            if is_lora_checkpoint(str(Path(c.init_from))) or (Path(c.init_from).is_dir() and is_run_dir(Path(c.init_from))
-                                                              and is_lora_checkpoint(str(resolve_checkpoint(c.init_from)))):
+            if is_lora_checkpoint(resolve_source(c.init_from)):
                 raise ConfigError("init_from", f"{c.init_from} is a LoRA run: --resume continues it (starting a new "
                                                "run from its adapters is not supported yet)")
             peeked = peek_model_source(c.init_from)
