@@ -109,17 +109,29 @@ def cmd_bf16(args) -> None:
 
     from tui_llm.engine.kernels.bf16 import fingerprint, narrow_to_bf16
     from tui_llm.engine.machine import set_threads
-    from tui_llm.engine.models.llama import Llama
 
     set_threads(args.threads)
     info = print_machine()
-    fp32 = build(args.shape, args.seq_len, 0, "fp32", False)
+    if args.init_from:  # a trained model on real text: its validation tokens, consecutive windows
+        from tui_llm.engine.data.tokens import open_dataset
+        from tui_llm.engine.models.build import build_model
+        from tui_llm.engine.training.model_source import load_model_source
+        config, flat, name, _ = load_model_source(args.init_from)
+        fp32 = build_model(config, flat)
+        tokens = open_dataset(args.data, "auto", vocab_size=config.vocab_size).files[0].tokens
+        windows = [np.asarray(tokens[i * args.seq_len * args.batch:(i + 1) * args.seq_len * args.batch + 1], np.int32)
+                   for i in range(args.batches)]
+        batches = [(w[:-1].reshape(args.batch, -1), w[1:].reshape(args.batch, -1)) for w in windows]
+        what = f"{name}, {args.data}"
+    else:
+        fp32 = build(args.shape, args.seq_len, 0, "fp32", False)
+        batches = [batch(fp32.config, args.batch, args.seq_len, seed=10 + i) for i in range(args.batches)]
+        what = f"{args.shape} (random N(0, 0.02) weights)"
     bits = np.empty(fp32.num_parameters, np.uint16)
     narrow_to_bf16(bits, fp32.params.flat)
-    bf16 = Llama(fp32.config, bits)
+    bf16 = type(fp32)(fp32.config, bits)
     rows, worst = [], 0.0
-    for i in range(args.batches):
-        x, y = batch(fp32.config, args.batch, args.seq_len, seed=10 + i)
+    for i, (x, y) in enumerate(batches):
         a, b = fp32.forward(x, y), bf16.forward(x, y)
         worst = max(worst, abs(a - b) / a)
         rows.append([str(i), f"{a:.6f}", f"{b:.6f}", f"{b - a:+.2e}", f"{(b - a) / a:+.2e}"])
@@ -130,7 +142,7 @@ def cmd_bf16(args) -> None:
         fingerprint(flat)
         times[name] = time.perf_counter() - t0
     headers = ["batch", "loss, fp32 base", "loss, bf16 base", "difference", "relative"]
-    title = f"{args.shape} (random N(0, 0.02) weights), B={args.batch}, T={args.seq_len}"
+    title = f"{what}, B={args.batch}, T={args.seq_len}"
     print(f"{title}\n{text_table(headers, rows)}\nlargest relative difference {worst:.2e} (bf16 keeps 8 mantissa "
           f"bits: a weight moves by at most 2^-9 = {2**-9:.2e} of itself)")
     n = fp32.num_parameters
@@ -176,6 +188,8 @@ def main() -> None:
         add_markdown_arg(s)
         if name == "bf16":
             s.add_argument("--batches", type=int, default=4)
+            s.add_argument("--init-from", help="a trained model instead of random weights (with --data)")
+            s.add_argument("--data", help="token file the trained model is evaluated on")
         elif name == "step":
             s.add_argument("--repeat", type=int, default=3)
             s.add_argument("--cases", nargs="+", default=["full", "lora", "full + recompute", "lora + recompute"])
