@@ -26,7 +26,13 @@ import numpy as np
 
 from tui_llm.engine.kernels import common as K
 from tui_llm.engine.kernels import gpt2 as GK
-from tui_llm.engine.kernels.attention import attention_backward, attention_forward
+from tui_llm.engine.kernels.attention import (
+    AttentionScratch,
+    attention_backward,
+    attention_forward,
+    check_doc_starts,
+    doc_positions,
+)
 from tui_llm.engine.kernels.grad_accumulation import head_grad, needs_scratch
 from tui_llm.engine.machine import check_fits_memory
 from tui_llm.engine.models.base import Model
@@ -38,9 +44,10 @@ class BlockBuffers:
     one layer's worth every layer reuses); extend: the cache's scratch rows, the residual stream
     updated in place (residual2 and residual3 are its x). 2-D buffers are (N rows, features)."""
 
-    def __init__(self, ln1, ln1_mean, ln1_rstd, qkv, att, atty, residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu,
+    def __init__(self, ln1, ln1_mean, ln1_rstd, qkv, att_lse, atty, residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu,
                  residual3, proj, lora_u=None, key=None):
-        self.ln1, self.ln1_mean, self.ln1_rstd, self.qkv, self.att, self.atty = ln1, ln1_mean, ln1_rstd, qkv, att, atty
+        self.ln1, self.ln1_mean, self.ln1_rstd, self.qkv = ln1, ln1_mean, ln1_rstd, qkv
+        self.att_lse, self.atty = att_lse, atty  # att_lse (B, NH, T): attention rows' log-sum-exp
         self.residual2, self.ln2, self.ln2_mean, self.ln2_rstd = residual2, ln2, ln2_mean, ln2_rstd
         self.fch, self.fch_gelu, self.residual3, self.proj = fch, fch_gelu, residual3, proj
         self.lora_u = lora_u    # LoRA: {base matrix: (N, k r)} kept for the backward (None: not kept)
@@ -62,6 +69,8 @@ class Activations:
         kept = 1 if recompute else cfg.num_layers
         self.lora_u = {m: np.empty((kept,) + tuple(shape[1:]), np.float32) for m, shape in (lora_u or {}).items()}
         self.key: int | None = None  # the last training forward's dropout key
+        NH = cfg.num_heads
+        self.att_scratch = AttentionScratch(B, T, NH, NH, cfg.channels // NH)  # one block of scores, any layer
 
     if TYPE_CHECKING:  # the buffers are attributes named as in shapes()
         def __getattr__(self, name: str) -> np.ndarray: ...
@@ -75,7 +84,7 @@ class Activations:
             "encoded": (N, C),                 # wte[tokens] + wpe
             "ln1": (Lb, N, C), "ln1_mean": (Lb, N), "ln1_rstd": (Lb, N),
             "qkv": (Lb, N, 3 * C),
-            "att": (Lb, B, NH, T, T),          # attention probabilities
+            "att_lse": (Lb, B, NH, T),         # attention rows' log-sum-exp (the probabilities, rebuilt)
             "atty": (Lb, N, C),                # attention output (heads side by side)
             "residual2": (Lb, N, C),           # after the attention block
             "ln2": (Lb, N, C), "ln2_mean": (Lb, N), "ln2_rstd": (Lb, N),
@@ -88,25 +97,26 @@ class Activations:
             "proj_out": (N, C),                # scratch: a projection before its residual add
             # backward scratch
             "dresidual": (N, C), "d_c": (N, C), "d_3c": (N, 3 * C), "d_4c": (N, 4 * C),
-            "d_att": (B, NH, T, T),            # d attention scores, one layer at a time
         }
 
     @classmethod
     def nbytes_for(cls, cfg: GPTConfig, B: int, T: int, recompute: bool = False, lora_u: dict | None = None) -> int:
         kept = 1 if recompute else cfg.num_layers
         arrays = sum(math.prod(shape) for shape in cls.shapes(cfg, B, T, recompute).values())
-        return 4 * (arrays + sum(kept * math.prod(shape[1:]) for shape in (lora_u or {}).values()))
+        NH = cfg.num_heads
+        return 4 * (arrays + sum(kept * math.prod(shape[1:]) for shape in (lora_u or {}).values())) + \
+            AttentionScratch.nbytes_for(B, T, NH, NH, cfg.channels // NH)
 
     def layer(self, l: int) -> BlockBuffers:
         i = 0 if self.recompute else l
-        return BlockBuffers(self.ln1[i], self.ln1_mean[i], self.ln1_rstd[i], self.qkv[i], self.att[i], self.atty[i],
+        return BlockBuffers(self.ln1[i], self.ln1_mean[i], self.ln1_rstd[i], self.qkv[i], self.att_lse[i], self.atty[i],
                             self.residual2[i], self.ln2[i], self.ln2_mean[i], self.ln2_rstd[i], self.fch[i],
                             self.fch_gelu[i], self.residual3[l], self.proj_out,
                             {m: u[i] for m, u in self.lora_u.items()}, self.key)
 
     def nbytes(self) -> int:
         arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)] + list(self.lora_u.values())
-        return sum(a.nbytes for a in arrays)
+        return self.att_scratch.nbytes() + sum(a.nbytes for a in arrays)
 
 
 class GPT(Model):
@@ -141,31 +151,34 @@ class GPT(Model):
         return cls(config, init_params(config, normal))
 
     # -----------------------------------------------------------------------------------
-    def _encode(self, out: np.ndarray, tokens: np.ndarray, t0: int) -> None:
-        """out (n, C) = wte[tokens] + wpe[t0..t0+n-1], tokens (B, T) or (n,) (positions restart each row)."""
-        T = tokens.shape[-1]
-        B = tokens.size // T
+    def _encode(self, out: np.ndarray, tokens: np.ndarray, positions: np.ndarray) -> None:
+        """out (B*T, C) = wte[tokens] + wpe[positions], tokens and positions (B, T) int32."""
+        B, T = tokens.shape
         if not self.w.bf16:
-            wpe = self.params.wpe[t0:t0 + T]
-            GK.encoder_forward(out.reshape(B, T, -1), tokens.reshape(B, T), self.params.wte, wpe)
+            GK.encoder_forward(out.reshape(B, T, -1), tokens, positions, self.params.wte, self.params.wpe)
             return
         self.w.gather(out, "wte", tokens.reshape(-1))
-        out.reshape(B, T, -1)[:] += self.w("wpe")[t0:t0 + T]
+        out += self.w("wpe")[positions.reshape(-1)]
 
     def _attend_training(self, b: BlockBuffers, B: int, T: int):
-        """Causal attention over the T positions of each sequence; b.att keeps the probabilities."""
+        """Causal attention over the T positions of each sequence (or document); b.att_lse keeps
+        each row's log-sum-exp, from which the backward rebuilds the probabilities."""
         C, NH = self.config.channels, self.config.num_heads
+        scratch, doc_starts = self.acts.att_scratch, self.doc_starts
 
         def attend(out, qkv):
-            attention_forward(out.reshape(B, T, C), b.att, qkv.reshape(B, T, 3 * C), NH, NH)
+            attention_forward(out.reshape(B, T, C), b.att_lse, qkv.reshape(B, T, 3 * C), NH, NH, scratch, doc_starts)
         return attend
 
-    def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False):
+    def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False,
+                doc_starts: np.ndarray | None = None):
         """inputs, targets: (B, T) int32 token ids. Returns the mean loss (or None without targets).
 
         With training=True the logits buffer is turned into dlogits on the way (fused softmax,
         cross-entropy and its gradient), ready for backward(); acts.logits then no longer holds
-        logits.
+        logits. doc_starts (B, T) int32, for rows that pack several documents: where each
+        position's document starts (attention.check_doc_starts). Each document then attends only
+        to itself and its positions start at 0, as if it ran alone.
         """
         cfg = self.config
         B, T = inputs.shape
@@ -175,8 +188,10 @@ class GPT(Model):
         inputs = np.ascontiguousarray(inputs, dtype=np.int32)
         self.inputs = inputs
         a.key = self.lora.step_key if training and self.lora is not None and self.lora.lora.dropout > 0 else None
+        self.doc_starts = None if doc_starts is None else check_doc_starts(doc_starts, B, T)
+        self.positions = doc_positions(self.doc_starts, B, T)
 
-        self._encode(a.encoded, inputs, 0)
+        self._encode(a.encoded, inputs, self.positions)
         residual = a.encoded
         for l in range(L):
             b = a.layer(l)
@@ -248,7 +263,7 @@ class GPT(Model):
         if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
             raise ValueError(f"token ids must be in 0..{cfg.vocab_size - 1}")
         x, b = cache.scratch(n)                       # x (n, C): the residual stream, updated in place
-        self._encode(x, tokens, t0)
+        self._encode(x, tokens.reshape(1, n), np.arange(t0, t0 + n, dtype=np.int32).reshape(1, n))
         for l in range(cfg.num_layers):
             keys, values = cache.k[l], cache.v[l]    # (maxT, C)
 
@@ -316,8 +331,8 @@ class GPT(Model):
             self._linear_backward(a.d_c, dres, b.atty, "attprojw", l, acc, b.lora_u, b.key)    # d attention output
             if g is not None:
                 K.column_sum(g.attprojb[l], dres, acc)
-            attention_backward(a.d_3c.reshape(B, T, 3 * C), a.d_c.reshape(B, T, C), b.att,
-                               b.qkv.reshape(B, T, 3 * C), NH, NH, a.d_att, None)
+            attention_backward(a.d_3c.reshape(B, T, 3 * C), a.d_c.reshape(B, T, C), b.atty.reshape(B, T, C),
+                               b.att_lse, b.qkv.reshape(B, T, 3 * C), NH, NH, a.att_scratch, self.doc_starts)
             needs_dx = g is not None or l > 0   # a frozen embedding wants no gradient below layer 0
             self._linear_backward(a.d_c if needs_dx else None, a.d_3c, b.ln1, "qkvw", l, acc, b.lora_u, b.key)
             if g is not None:
@@ -329,7 +344,7 @@ class GPT(Model):
         if g is not None:
             if not acc:
                 g.wpe[:] = 0.0
-            GK.encoder_backward(g.wte, g.wpe, dres.reshape(B, T, C), self.inputs)
+            GK.encoder_backward(g.wte, g.wpe, dres.reshape(B, T, C), self.inputs, self.positions)
         self.trained_forward = False
 
 

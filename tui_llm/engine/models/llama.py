@@ -30,7 +30,13 @@ import numpy as np
 
 from tui_llm.engine.kernels import common as K
 from tui_llm.engine.kernels import llama as LK
-from tui_llm.engine.kernels.attention import attention_backward, attention_forward
+from tui_llm.engine.kernels.attention import (
+    AttentionScratch,
+    attention_backward,
+    attention_forward,
+    check_doc_starts,
+    doc_positions,
+)
 from tui_llm.engine.kernels.grad_accumulation import head_grad, needs_scratch
 from tui_llm.engine.machine import check_fits_memory
 from tui_llm.engine.models.base import Model
@@ -51,9 +57,9 @@ class BlockBuffers:
     backward; with recompute the one block's worth every layer reuses). extend: the cache's
     scratch, the same for every layer, residuals updated in place."""
 
-    def __init__(self, ln1, ln1_rstd, qkv, att, atty, residual2, ln2, ln2_rstd, fch, fch_act, residual3, proj,
+    def __init__(self, ln1, ln1_rstd, qkv, att_lse, atty, residual2, ln2, ln2_rstd, fch, fch_act, residual3, proj,
                  qk_norm=None, lora_u=None, key=None):
-        self.ln1, self.ln1_rstd, self.qkv, self.att, self.atty = ln1, ln1_rstd, qkv, att, atty
+        self.ln1, self.ln1_rstd, self.qkv, self.att_lse, self.atty = ln1, ln1_rstd, qkv, att_lse, atty
         self.residual2, self.ln2, self.ln2_rstd = residual2, ln2, ln2_rstd
         self.fch, self.fch_act, self.residual3, self.proj = fch, fch_act, residual3, proj
         # Qwen3: (q before its norm (N, H, hd), its rstd (N, H), k before (N, KV, hd), its rstd (N, KV))
@@ -79,6 +85,7 @@ class Activations:
         kept = 1 if recompute else cfg.num_layers
         self.lora_u = {m: np.empty((kept,) + tuple(shape[1:]), np.float32) for m, shape in (lora_u or {}).items()}
         self.key: int | None = None  # the last training forward's dropout key
+        self.att_scratch = AttentionScratch(B, T, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)  # one block of scores
 
     if TYPE_CHECKING:  # the buffers are attributes named as in shapes()
         def __getattr__(self, name: str) -> np.ndarray: ...
@@ -92,7 +99,7 @@ class Activations:
             "encoded": (N, C),                 # wte[tokens]
             "ln1": (Lb, N, C), "ln1_rstd": (Lb, N),
             "qkv": (Lb, N, W),                 # q and k after RoPE, v
-            "att": (Lb, B, H, T, T),           # attention probabilities
+            "att_lse": (Lb, B, H, T),          # attention rows' log-sum-exp (the probabilities, rebuilt)
             "atty": (Lb, N, QD),               # attention output, heads side by side
             "residual2": (Lb, N, C),           # after the attention block
             "ln2": (Lb, N, C), "ln2_rstd": (Lb, N),
@@ -105,10 +112,7 @@ class Activations:
             "proj": (N, C),                    # scratch: a projection before its residual add
             # backward scratch
             "dresidual": (N, C), "d_c": (N, C), "d_q": (N, QD), "d_qkv": (N, W), "d_f": (N, F), "d_2f": (N, 2 * F),
-            "d_att": (B, H, T, T),             # d attention scores, one layer at a time
         }
-        if KV < H:
-            shapes["d_heads"] = (N, QD)        # dK, dV per query head
         if cfg.qk_norm:                        # Qwen3: q, k before their norm, and their rstd
             shapes.update(q_pre=(Lb, N, H, hd), q_rstd=(Lb, N, H), k_pre=(Lb, N, KV, hd), k_rstd=(Lb, N, KV))
         return shapes
@@ -117,18 +121,19 @@ class Activations:
     def nbytes_for(cls, cfg: LlamaConfig, B: int, T: int, recompute: bool = False, lora_u: dict | None = None) -> int:
         kept = 1 if recompute else cfg.num_layers
         arrays = sum(math.prod(shape) for shape in cls.shapes(cfg, B, T, recompute).values())
-        return 4 * (arrays + sum(kept * math.prod(shape[1:]) for shape in (lora_u or {}).values()))
+        return 4 * (arrays + sum(kept * math.prod(shape[1:]) for shape in (lora_u or {}).values())) + \
+            AttentionScratch.nbytes_for(B, T, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
 
     def layer(self, l: int) -> BlockBuffers:
         i = 0 if self.recompute else l
-        return BlockBuffers(self.ln1[i], self.ln1_rstd[i], self.qkv[i], self.att[i], self.atty[i],
+        return BlockBuffers(self.ln1[i], self.ln1_rstd[i], self.qkv[i], self.att_lse[i], self.atty[i],
                             self.residual2[i], self.ln2[i], self.ln2_rstd[i], self.fch[i], self.fch_act[i],
                             self.residual3[l], self.proj, self.qk_norm and tuple(buf[i] for buf in self.qk_norm),
                             {m: u[i] for m, u in self.lora_u.items()}, self.key)
 
     def nbytes(self) -> int:
         arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)] + list(self.lora_u.values())
-        return sum(a.nbytes for a in arrays)
+        return self.att_scratch.nbytes() + sum(a.nbytes for a in arrays)
 
 
 def qk_norm_buffers(cfg: LlamaConfig, n: int, layers: int) -> tuple[np.ndarray, ...]:
@@ -228,12 +233,13 @@ class Llama(Model):
     def head(self) -> np.ndarray:
         return self.params.views[self.head_name]
 
-    def _block(self, l: int, residual: np.ndarray, b: BlockBuffers, B: int, T: int, t0: int,
-               cache: KVCache | None, rerun: bool = False) -> None:
-        """Layer l on rows (B*T, C) at positions t0..t0+T-1; writes b.residual3.
+    def _block(self, l: int, residual: np.ndarray, b: BlockBuffers, B: int, T: int, positions: np.ndarray,
+               cache: KVCache | None, t0: int = 0, rerun: bool = False) -> None:
+        """Layer l on rows (B*T, C) at positions (B, T) (RoPE's); writes b.residual3.
 
-        Without a cache the keys/values are this call's own (causal over its T positions);
-        with one, they are appended at t0 and the queries attend to cache positions 0..t0+t.
+        Without a cache the keys/values are this call's own (causal over its T positions, or over
+        each document of self.doc_starts); with one, they are appended at t0 (the rows are
+        positions t0..t0+T-1) and the queries attend to cache positions 0..t0+t.
         rerun: the backward's recompute, which stops at what the backward reads (silu(gate) * up):
         the down projection's output is the next layer's input, kept from the forward.
         """
@@ -249,9 +255,10 @@ class Llama(Model):
             hd = cfg.head_dim
             LK.head_rmsnorm_forward(b.qkv[:, :QD].reshape(-1, H, hd), q_pre, q_rstd, w("qnormw", l), self.eps)
             LK.head_rmsnorm_forward(b.qkv[:, QD:QD + KVD].reshape(-1, KV, hd), k_pre, k_rstd, w("knormw", l), self.eps)
-        LK.rope_rotate(b.qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, t0, 1.0)
+        LK.rope_rotate(b.qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, positions, 1.0)
         if cache is None:
-            attention_forward(b.atty.reshape(B, T, QD), b.att, b.qkv.reshape(B, T, -1), H, KV)
+            attention_forward(b.atty.reshape(B, T, QD), b.att_lse, b.qkv.reshape(B, T, -1), H, KV,
+                              self.acts.att_scratch, self.doc_starts)
         else:
             cache.k[l, t0:t0 + T] = b.qkv[:, QD:QD + KVD]
             cache.v[l, t0:t0 + T] = b.qkv[:, QD + KVD:]
@@ -268,11 +275,15 @@ class Llama(Model):
         self._linear(b.proj, b.fch_act, "fcprojw", l, b.lora_u, b.key)            # (N, C)
         np.add(b.residual2, b.proj, out=b.residual3)
 
-    def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False):
+    def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False,
+                doc_starts: np.ndarray | None = None):
         """inputs, targets: (B, T) int32 token ids. Returns the mean loss (or None without targets).
 
         With training=True the logits buffer becomes dlogits (fused softmax/cross-entropy/gradient),
-        ready for backward(); acts.logits then no longer holds logits.
+        ready for backward(); acts.logits then no longer holds logits. doc_starts (B, T) int32, for
+        rows that pack several documents: where each position's document starts
+        (attention.check_doc_starts). Each document then attends only to itself and its RoPE
+        positions start at 0, as if it ran alone.
         """
         cfg = self.config
         B, T = inputs.shape
@@ -281,11 +292,13 @@ class Llama(Model):
         inputs = np.ascontiguousarray(inputs, dtype=np.int32)
         self.inputs = inputs
         a.key = self.lora.step_key if training and self.lora is not None and self.lora.lora.dropout > 0 else None
+        self.doc_starts = None if doc_starts is None else check_doc_starts(doc_starts, B, T)
+        self.positions = doc_positions(self.doc_starts, B, T)
 
         self.w.gather(a.encoded, "wte", inputs.reshape(N))                      # (N, C)
         residual = a.encoded
         for l in range(cfg.num_layers):
-            self._block(l, residual, a.layer(l), B, T, 0, None)
+            self._block(l, residual, a.layer(l), B, T, self.positions, None)
             residual = a.residual3[l]
         LK.rmsnorm_forward(a.lnf, a.lnf_rstd, residual, self.w("lnfw"), self.eps)
         self.w.head_forward(a.logits, a.lnf, self.head_name)                      # (N, Vp)
@@ -312,6 +325,7 @@ class Llama(Model):
         cfg, w, a = self.config, self.w, self.acts
         g = self.allocate_grads() if self.lora is None else None     # the base's gradients, if it trains
         B, T = self.inputs.shape
+        positions = doc_positions(self.doc_starts, B, T) if self.positions is None else self.positions
         H, KV, L = cfg.num_heads, cfg.num_kv_heads, cfg.num_layers
         dlogits, dres = a.logits, a.dresidual    # (N, Vp) with zero padded columns; (N, C)
         acc = accumulate
@@ -337,7 +351,7 @@ class Llama(Model):
             b = a.layer(l)
             residual = a.encoded if l == 0 else a.residual3[l - 1]
             if a.recompute:  # this layer's buffers again, bit for bit as the forward made them
-                self._block(l, residual, b, B, T, 0, None, rerun=True)
+                self._block(l, residual, b, B, T, positions, None, rerun=True)
             # MLP block
             self._linear_backward(a.d_f, dres, b.fch_act, "fcprojw", l, acc, b.lora_u, b.key)  # d swiglu output
             LK.swiglu_backward(a.d_2f, a.d_f, b.fch)        # d [gate | up] (N, 2F)
@@ -345,9 +359,9 @@ class Llama(Model):
             LK.rmsnorm_backward(dres, grad("ln2w", l), a.d_c, b.residual2, b.ln2_rstd, w("ln2w", l), acc)
             # attention block
             self._linear_backward(a.d_q, dres, b.atty, "attprojw", l, acc, b.lora_u, b.key)   # d attention output
-            attention_backward(a.d_qkv.reshape(B, T, -1), a.d_q.reshape(B, T, -1), b.att,
-                               b.qkv.reshape(B, T, -1), H, KV, a.d_att, getattr(a, "d_heads", None))
-            LK.rope_rotate(a.d_qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, 0, -1.0)
+            attention_backward(a.d_qkv.reshape(B, T, -1), a.d_q.reshape(B, T, -1), b.atty.reshape(B, T, -1),
+                               b.att_lse, b.qkv.reshape(B, T, -1), H, KV, a.att_scratch, self.doc_starts)
+            LK.rope_rotate(a.d_qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, positions, -1.0)
             if cfg.qk_norm:
                 QD, KVD, hd = cfg.q_dim, cfg.kv_dim, cfg.head_dim
                 q_pre, q_rstd, k_pre, k_rstd = b.qk_norm
@@ -385,8 +399,9 @@ class Llama(Model):
             raise ValueError(f"extend: positions {t0}..{t0 + n - 1} do not fit a {cache.max_tokens}-position cache")
         x, b = cache.scratch(n)
         self.w.gather(x, "wte", tokens)
+        positions = np.arange(t0, t0 + n, dtype=np.int32).reshape(1, n)
         for l in range(cfg.num_layers):
-            self._block(l, x, b, 1, n, t0, cache)
+            self._block(l, x, b, 1, n, positions, cache, t0)
         LK.rmsnorm_forward(b.ln1[n - 1:n], b.ln1_rstd[:1], x[n - 1:n], self.w("lnfw"), self.eps)
         self.w.head_forward(cache.logits, b.ln1[n - 1:n], self.head_name)
         return cache.logits[0]
