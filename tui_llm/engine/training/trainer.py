@@ -34,6 +34,7 @@ from tui_llm.engine.data.sidecar import check_data_tokenizer
 from tui_llm.engine.data.tokens import DataError, open_dataset
 from tui_llm.engine.errors import TuiLlmError
 from tui_llm.engine.formats import CheckpointError
+from tui_llm.engine.formats.gguf_tokenizer import resolve_tokenizer_dir
 from tui_llm.engine.kernels.compile import compile_kernels
 from tui_llm.engine.kernels.optimizer import sum_of_squares
 from tui_llm.engine.machine import set_threads
@@ -41,10 +42,10 @@ from tui_llm.engine.models.build import build_model
 from tui_llm.engine.models.llama import Llama
 from tui_llm.engine.run.channel import ControlServer
 from tui_llm.engine.run.run_dir import RunDir, RunDirError
-from tui_llm.engine.tokenizers.lookup import find_tokenizer_dir, load_tokenizer
+from tui_llm.engine.tokenizers.lookup import load_tokenizer
 from tui_llm.engine.training.control import Control
 from tui_llm.engine.training.distributed import World
-from tui_llm.engine.training.model_source import fresh_model, load_model_source
+from tui_llm.engine.training.model_source import fresh_model, load_model_source, restore_tokenizer_dir
 from tui_llm.engine.training.optim import AdamW, AdamWConfig, learning_rate
 from tui_llm.engine.training.run_config import ConfigError, RunConfig, default_val_file, live_setting
 from tui_llm.engine.training.sampler import Sampler
@@ -100,17 +101,18 @@ class Trainer:
     def _load_model(self, state: TrainingState | None) -> None:
         """The model, and the tokenizer it speaks (recorded absolute, so a resume and `sample` find it)."""
         c = self.config
-        tokenizer_dir = c.tokenizer
+        recorded = None
         if state is not None:
             self.model = build_model(state.model_config, state.params)
             self.model_name = state.model_name
         elif c.init_from:
             model_cfg, flat, self.model_name, recorded = load_model_source(c.init_from)
             self.model = build_model(model_cfg, flat)
-            tokenizer_dir = tokenizer_dir or recorded
-        else:
+        # a directory, a cached name or a GGUF file (its tokenizer rebuilt into the cache), made absolute
+        found = resolve_tokenizer_dir(restore_tokenizer_dir(c.tokenizer, c.init_from) or recorded)
+        c.tokenizer = str(found) if found else None
+        if state is None and not c.init_from:
             self.model, self.model_name = fresh_model(c)
-        c.tokenizer = str(find_tokenizer_dir(tokenizer_dir)) if tokenizer_dir else None
         self.encoding = load_tokenizer(c.tokenizer)
         if isinstance(self.model, Llama) and c.tokenizer is None:
             raise ConfigError("tokenizer", "is needed: a Llama model has no GPT-2 vocabulary; give the directory "
