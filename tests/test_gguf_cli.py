@@ -248,6 +248,7 @@ def test_the_tokenizer_cache_is_named_by_content_and_repaired(models, tmp_path, 
         restore_tokenizer_dir(str(directory), str(tmp_path / "gone.gguf"))
     assert "no longer in the cache" in str(e.value) and "\n" not in str(e.value)
     assert restore_tokenizer_dir(str(tmp_path), None) == str(tmp_path)  # anything else: as recorded
+    assert restore_tokenizer_dir("someone/gguf-0123456789abcdef", None) == "someone/gguf-0123456789abcdef"
 
 
 def test_prepare_with_a_gguf_tokenizer_equals_prepare_with_its_original(models, tmp_path, capsys):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from tui_llm.engine.formats.atomic import atomic_files, atomic_write
@@ -33,6 +34,13 @@ from tui_llm.engine.tokenizers.lookup import find_tokenizer_dir, load_tokenizer
 
 GGUF_MAGIC = b"GGUF"
 CACHE_PREFIX = "gguf-"
+_CACHE_NAME = re.compile(r"^gguf-[0-9a-f]{16}$")
+
+
+def is_cache_dir_path(path) -> bool:
+    """An absolute path named like one of our cache directories (whether it exists or not)."""
+    p = Path(str(path))
+    return p.is_absolute() and _CACHE_NAME.match(p.name) is not None
 
 
 def tokenizer_cache_dir() -> Path:

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from tui_llm.engine.formats import detect_checkpoint_kind, load_model_weights, load_training_checkpoint
-from tui_llm.engine.formats.gguf_tokenizer import CACHE_PREFIX, gguf_tokenizer_dir, is_gguf
+from tui_llm.engine.formats.gguf_tokenizer import gguf_tokenizer_dir, is_cache_dir_path, is_gguf
 from tui_llm.engine.formats.hf_llama import hf_model_type
 from tui_llm.engine.hf_cache import find_hf_cached
 from tui_llm.engine.machine import NotEnoughMemory
@@ -75,7 +75,7 @@ def restore_tokenizer_dir(recorded: str | None, init_from: str | None) -> str | 
     """A run's recorded tokenizer directory; if it was a GGUF's cache directory that is gone (the
     cache was cleared) and the run started from that GGUF, made again from it (the directory is
     named by its content, so the same name is the same tokenizer). TokenizerError when it cannot be."""
-    if recorded is None or Path(recorded).exists() or not Path(recorded).name.startswith(CACHE_PREFIX):
+    if recorded is None or Path(recorded).exists() or not is_cache_dir_path(recorded):
         return recorded
     if init_from is not None and is_gguf(init_from):
         from tui_llm.engine.formats.gguf import read_gguf_vocab
