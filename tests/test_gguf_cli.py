@@ -199,6 +199,27 @@ def test_destinations_the_modelfile_included(models, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.Modelfile", "m.Modelfile", "m.gguf"]
 
 
+def test_a_sentencepiece_llama_is_refused_in_one_line(models, tmp_path, capsys):
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers import models as tok_models
+
+    from tui_llm.cli.export import OUTTYPES as CLI_OUTTYPES
+    from tui_llm.engine.formats.gguf import OUTTYPES
+
+    assert tuple(OUTTYPES) == CLI_OUTTYPES  # named twice so that --help imports no gguf
+    tok = Tokenizer(tok_models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    tok.train_from_iterator([CORPUS], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                                         show_progress=False))
+    (tmp_path / "spm_tok").mkdir()
+    tok.save(str(tmp_path / "spm_tok" / "tokenizer.json"))
+    cfg = LlamaConfig(vocab_size=300, max_seq_len=16, num_layers=1, num_heads=2, channels=32, ffn_channels=32)
+    write_hf_llama(tmp_path / "spm", cfg, random_flat(llama_num_parameters(cfg), 5), tokenizer_dir=tmp_path / "spm_tok")
+    line = bad(capsys, "export", "--init-from", tmp_path / "spm", tmp_path / "spm.gguf", "--to", "gguf")
+    assert line.startswith(f"error: {tmp_path / 'spm.gguf'}: SentencePiece-style tokenizers")
+    assert not list(tmp_path.glob("spm.*"))
+
+
 def test_what_gguf_cannot_store_is_refused_before_anything_is_written(tmp_path, capsys):
     cfg = GPTConfig(max_seq_len=8, vocab_size=50257, num_layers=1, num_heads=1, channels=32)
     flat = random_flat(num_parameters(cfg), 3)
