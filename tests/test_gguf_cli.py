@@ -329,7 +329,8 @@ EXPECTED = {"metadata_cut": "damaged GGUF: metadata 'tokenizer.ggml.tokens' clai
 
 
 @pytest.mark.parametrize("what", list(EXPECTED))
-@pytest.mark.parametrize("command", ["train", "sample", "export", "prepare"])
+@pytest.mark.parametrize("command", [pytest.param("train", marks=pytest.mark.slow), "sample",  # ~1 s each, 16 of them:
+                                     pytest.param("export", marks=pytest.mark.slow), "prepare"])  # half in the fast loop
 def test_a_damaged_or_unsupported_gguf_is_one_line_and_exit_2_in_every_command(damaged, tmp_path, command, what):
     path = damaged / f"{what}.gguf"
     argv = {"train": [damaged / "t_train.bin", "--no-ui", "--init-from", path, "--steps", "1"],
