@@ -74,6 +74,30 @@ def run_child(args, cache_dir: str) -> list[tuple[str, float]]:
     return [(name, t - t0) for name, t in marks]
 
 
+def cli_times(args, cache_dir: str, train_file: str) -> dict[str, float]:
+    """The real command, as a user meets it: seconds from launch to `tui-llm --help` done, and from
+    launch to the first line, the `model:` line and the first `step` line of a headless run."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, PYTHONUNBUFFERED="1", PYTHONPATH=str(common.REPO_ROOT))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "tui_llm", "--help"], env=env, capture_output=True, check=True)
+    times = {"--help": time.perf_counter() - t0}
+    with tempfile.TemporaryDirectory(prefix="startup-run-") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "tui_llm", train_file, "--no-ui", "--model", args.model,
+                                 "-b", str(args.batch), "-t", str(args.seq), "--steps", "1", "--val-every", "0",
+                                 "--sample-every", "0", "--save-every", "0", "--out-dir", f"{out}/run"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for line in proc.stdout:
+            now = time.perf_counter() - t0
+            times.setdefault("first headless line", now)
+            if line.startswith("model:"):
+                times["model: line"] = now
+            if line.startswith("step 1/"):
+                times["first step done"] = now
+        proc.wait()
+    return times
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="d6")
@@ -81,6 +105,9 @@ def parse_args(argv=None):
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1, help="cold and warm runs each, median (default 1)")
+    p.add_argument("--cli", metavar="TRAIN_BIN",
+                   help="time the real `tui-llm` instead: --help, and a headless run's first line, model line and "
+                        "first step (cold and warm), on this token file")
     add_markdown_arg(p)
     return p.parse_args(argv)
 
@@ -88,6 +115,21 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     info = print_machine(machine_info())
+    if args.cli:
+        cold, warm = [], []
+        for _ in range(args.repeats):  # alternating cold and warm
+            with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
+                cold.append(cli_times(args, cache, args.cli))
+                warm.append(cli_times(args, cache, args.cli))
+        headers = ["seconds since launch", "cold (empty numba cache)", "warm (cached kernels)"]
+        rows = [[name, f"{statistics.median(r[name] for r in cold):.2f}", f"{statistics.median(r[name] for r in warm):.2f}"]
+                for name in cold[0]]
+        print(f"tui-llm, {args.model} B={args.batch} T={args.seq} --no-ui, fresh process per run, median of {args.repeats}")
+        print(text_table(headers, rows))
+        md = "\n".join([f"## Start-up of the command ({info['date']})", "", f"`{command_line()}`", "",
+                        machine_markdown(info), "", markdown_table(headers, rows), ""])
+        emit_markdown(md, args.markdown)
+        return
     cold, warm = [], []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:

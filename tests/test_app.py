@@ -437,7 +437,7 @@ async def test_quitting_while_compiling_says_so_and_exits_when_compiled(tmp_path
         await until(pilot, lambda: app.state == "compiling")
         await pilot.press("q")
         assert not isinstance(app.screen, QuitScreen)  # nothing to save: no question
-        assert shown(app.dashboard.event_log, "compiling cannot be interrupted")
+        assert shown(app.dashboard.event_log, "quitting once the kernel being compiled is done")
         assert shown(app.dashboard.event_log, "nothing is saved and no run directory is left")
         await until(pilot, lambda: app.return_code is not None)  # the fake finishes compiling on Stop
     assert app.return_code == 0

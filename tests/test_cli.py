@@ -62,7 +62,7 @@ def test_headless_run_lines_metrics_and_run_directory(data, tmp_path):
     out = r.stdout
     assert re.search(r"^model: d2 \| 2 layers, 2 heads, 64 channels", out, re.M)
     assert re.search(r"^parameters: [\d,]+ ", out, re.M)
-    assert re.search(r"^data: train .*tiny_train.bin \(1,800 tokens, 56 batches of 2x16\)", out, re.M)
+    assert re.search(r"^data: train .*tiny_train.bin \(1,800 tokens, 56 steps of 2x16 per epoch\)", out, re.M)
     printed = step_losses(out)
     assert sorted(printed) == list(range(1, 9))
 

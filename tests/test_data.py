@@ -199,8 +199,10 @@ def test_resume_gives_the_exact_next_batches(steps):
 def test_resume_refuses_a_different_shape():
     tokens = np.zeros(1000, dtype=np.uint16)
     state = TrainLoader(tokens, B=2, T=4).state_dict()
-    with pytest.raises(DataError, match="different data or batch shape"):
+    with pytest.raises(DataError, match="steps are 2 rows of 4 tokens; this launch makes 4"):
         TrainLoader(tokens, B=4, T=4).load_state_dict(state)
+    with pytest.raises(DataError, match="T 4 in the checkpoint, 8 here.*different data or batch shape"):
+        TrainLoader(tokens, B=2, T=8).load_state_dict(state)
 
 
 def test_val_loader_restarts_every_time():

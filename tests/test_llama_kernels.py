@@ -79,22 +79,24 @@ def test_rope_rotation_and_its_inverse(rng, scaling):
     W = (H + 2 * KV) * hd
     qkv0 = f32(rng.standard_normal((B, T, W)))
     qkv = qkv0.copy()
-    LK.rope_rotate(qkv, cos, sin, H + KV, t0, 1.0)
-    # transformers' formula in float64, positions t0..t0+T-1
-    ang = np.arange(t0, t0 + T)[:, None] * ref.inv_freq(hd, 100.0, scaling)[None, :]
+    # row 0 at positions t0..t0+T-1 (a cache's new rows), row 1 packs two documents (positions restart)
+    positions = np.array([np.arange(t0, t0 + T), [0, 1, 2, 0, 1]], np.int32)
+    LK.rope_rotate(qkv, cos, sin, H + KV, positions, 1.0)
+    # transformers' formula in float64
+    ang = positions[..., None] * ref.inv_freq(hd, 100.0, scaling)
     c, s = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
     heads = qkv0[..., :(H + KV) * hd].astype(np.float64).reshape(B, T, H + KV, hd)
-    expected = heads * c[:, None] + ref.rotate_half(heads) * s[:, None]
+    expected = heads * c[:, :, None] + ref.rotate_half(heads) * s[:, :, None]
     assert rel_err(qkv[..., :(H + KV) * hd].reshape(B, T, H + KV, hd), expected) < RTOL
     assert np.array_equal(qkv[..., (H + KV) * hd:], qkv0[..., (H + KV) * hd:])  # values are not rotated
     # the backward (sign -1) is the transpose: <R x, y> == <x, R^T y>
     y = f32(rng.standard_normal((B, T, W)))
     ry = y.copy()
-    LK.rope_rotate(ry, cos, sin, H + KV, t0, -1.0)
+    LK.rope_rotate(ry, cos, sin, H + KV, positions, -1.0)
     lhs = (qkv.astype(np.float64) * y).sum()
     rhs = (qkv0.astype(np.float64) * ry).sum()
     assert abs(lhs - rhs) < 1e-4 * np.abs(y).sum()
-    LK.rope_rotate(qkv, cos, sin, H + KV, t0, -1.0)  # and it undoes the rotation
+    LK.rope_rotate(qkv, cos, sin, H + KV, positions, -1.0)  # and it undoes the rotation
     assert rel_err(qkv, qkv0) < RTOL
 
 
@@ -123,7 +125,7 @@ def test_cached_attention_matches_causal_attention(rng):
     H, KV, hd, T, t0 = 4, 2, 8, 9, 5
     W = (H + 2 * KV) * hd
     qkv = f32(rng.standard_normal((1, T, W)))
-    _, eatty = attention_reference(qkv.astype(np.float64), H, KV)
+    _, eatty, _ = attention_reference(qkv.astype(np.float64), H, KV)
     k_cache, v_cache = np.zeros((12, KV * hd), np.float32), np.zeros((12, KV * hd), np.float32)
     k_cache[:T], v_cache[:T] = qkv[0, :, H * hd:(H + KV) * hd], qkv[0, :, (H + KV) * hd:]
     atty = np.empty((T - t0, H * hd), np.float32)

@@ -183,7 +183,7 @@ CRAFTED = [
     (_set(["shard_rng", "key"], [1] * 623), "624 integers"),
     (_set(["shard_rng", "key"], [2**32] * 624), "624 integers"),
     (_set(["shard_rng"], None), "624 integers"),
-    (_set(["total_rows"], 8), "different data or batch shape"),
+    (_set(["total_rows"], 8), "steps are 8 rows"),
     (_set(["num_samples"], 99), "different data or batch shape"),
     (_set(["version"], 3), "version 3 is not supported"),
 ]

@@ -112,7 +112,7 @@ def test_sharded_data_crosses_shards_and_resumes_on_another_world_size(tmp_path)
     common = [str(tmp_path / "sh_train_*.bin"), *TINY, "-d", "32"]
     one = cli(*common, "-b", "2", "--steps", "12", "--out-dir", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
-    assert "(440 tokens, 12 batches of 2x16)" in one.stdout  # 4 shards x 3 total batches
+    assert "(440 tokens, 12 steps of 2x16 per epoch)" in one.stdout  # 4 shards x 3 total batches
     part = cli(*common, "-b", "1", "--steps", "5", "--out-dir", str(tmp_path / "split"), ranks=2)
     assert part.returncode == 0, part.stderr
     from tui_llm.engine.formats import load_training_checkpoint

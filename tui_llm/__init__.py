@@ -2,7 +2,7 @@
 Mistral) on the CPU, from a terminal or from Python.
 
     import tui_llm
-    trainer = tui_llm.Trainer(tui_llm.RunConfig(train_file="data/tiny_shakespeare_train.bin",
+    trainer = tui_llm.Trainer(tui_llm.RunConfig(train_file=tui_llm.default_train_file(),  # prepared once
                                                 steps=100, out_dir="runs/mine"))
     trainer.run(print)                                   # every event, as it happens
     trainer = tui_llm.Trainer.resume("runs/mine", steps=200)
@@ -26,7 +26,7 @@ __version__ = "0.2.0"
 _API = {
     "RunConfig": "tui_llm.engine.training.run_config", "ConfigError": "tui_llm.engine.training.run_config",
     "Trainer": "tui_llm.engine.training.trainer", "TrainingError": "tui_llm.engine.training.trainer",
-    "load_model": "tui_llm.engine.api", "generate": "tui_llm.engine.api",
+    "load_model": "tui_llm.engine.api", "generate": "tui_llm.engine.api", "default_train_file": "tui_llm.engine.api",
     "Sampler": "tui_llm.engine.training.sampler", "SampleResult": "tui_llm.engine.training.sampler",
     "RunDir": "tui_llm.engine.run.run_dir",
     "encode_chat": "tui_llm.engine.tokenizers.chat_template",

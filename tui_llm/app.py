@@ -162,6 +162,7 @@ class TrainerApp(App[int]):
         self.resumed = False
         """The run has steps from before (a --resume)."""
         self._early_signals: list[Signalled] = []
+        self.signal_handlers = None  # run_app's (terminal.SignalHandlers): ctrl+c goes through them
 
     async def on_mount(self) -> None:
         """Show the dashboard with the run's history so far, then start training."""
@@ -441,6 +442,14 @@ class TrainerApp(App[int]):
         keys[self.get_key_display(Binding(self.COMMAND_PALETTE_BINDING, ""))] = "command palette"
         self.push_screen(HelpScreen(list(keys.items())))
 
+    def action_help_quit(self) -> None:
+        """ctrl+c: in a terminal UI the key, not a signal, so do what SIGINT does everywhere else
+        (the trainer finishes its step, saves, and the app exits 130; a third one aborts)."""
+        if self.signal_handlers is not None:
+            self.signal_handlers.deliver(signal.SIGINT)
+        else:  # no handlers (a test's app): the quit key's path
+            self.action_quit()
+
     def action_quit(self) -> None:
         """Stop training (asking about unsaved steps) and exit once the trainer finishes; when
         watching, leave (asking whether the run should save first) and let the run go on."""
@@ -463,7 +472,7 @@ class TrainerApp(App[int]):
             left = ("the run directory stays as its last checkpoint left it" if self.resumed
                     else "no run directory is left")
             self.dashboard.event_log.add(
-                "quitting: compiling cannot be interrupted, so the app exits as soon as it is done; "
+                "quitting once the kernel being compiled is done; "
                 f"no step is trained, nothing is saved and {left}", "warning")
         elif self.unsaved:
             self.push_screen(QuitScreen(self.steps_done, self.saved_steps), self._answer_quit)
@@ -513,6 +522,7 @@ def run_app(trainer: Trainer, history: list[dict] | None = None, watching: bool 
 
     handlers = SignalHandlers(stop=lambda: trainer.send(ev.Stop(save=True, reason=ev.FinishReason.INTERRUPTED)),
                               tell=app.signal_received, abort_message=abort_message)
+    app.signal_handlers = handlers  # ctrl+c, a key in the UI, is delivered as SIGINT
     with handlers:
         app.run()
     code = app.return_code or 0

@@ -17,25 +17,48 @@ error exits 1; an interrupted run (Ctrl-C, SIGTERM, SIGHUP) saves a checkpoint a
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tui_llm.cli.headless import safe_text
-    from tui_llm.engine.errors import TuiLlmError
+    from tui_llm.signals import StopBeforeStart, stop_before_start
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    name = argv[0] if argv and argv[0] in ("prepare", "sample", "export", "watch") else "train"
-    if name != "train":
-        argv = argv[1:]
-    root = os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")) == "0"  # MPI: one line, not N
+    previous = stop_before_start()  # first: a signal while the command still imports is a clean stop too
+    try:
+        from tui_llm.cli.streams import courtesy_streams
+
+        argv = list(sys.argv[1:] if argv is None else argv)
+        name = argv[0] if argv and argv[0] in ("prepare", "sample", "export", "watch") else "train"
+        if name != "train":
+            argv = argv[1:]
+        with courtesy_streams():  # a closed pipe or a hung-up terminal never stops a command (cli/streams.py)
+            return _main(name, argv)
+    except StopBeforeStart as e:  # (maybe before anything else was imported: the rank from the environment)
+        if os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")) == "0":
+            print(f"\n{e}: stopped before the run started; nothing was trained or saved", file=sys.stderr)
+        return e.exit_code
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _main(name: str, argv: list[str]) -> int:
+    from tui_llm.engine.errors import TuiLlmError
+    from tui_llm.signals import StopBeforeStart
+
     try:
         return _command(name)(argv)
     except TuiLlmError as e:
-        if root:
+        from tui_llm.cli.headless import safe_text
+        from tui_llm.cli.parser import is_root_process
+
+        if is_root_process():  # MPI: one line, not N
             print(f"error: {safe_text(e.cli_message())}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if isinstance(e, StopBeforeStart):
+            raise  # said by main()
         print("interrupted", file=sys.stderr)
         return 130
 

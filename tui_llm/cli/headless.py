@@ -68,8 +68,10 @@ class HeadlessPrinter:
                 self.line(f"finished at step {event.step} ({event.reason}){lost}")
 
     def started(self, event: ev.RunStarted) -> None:
+        """The start-up lines. `watch --no-ui` prints them from a record in a file: a key that is
+        missing or not a number shows as "?", never an exception."""
         self.steps = event.steps
-        mc, c = event.model_config, event.run_config
+        mc, c = _Fields(event.model_config), _Fields(event.run_config)
         kv = f" / {mc['num_kv_heads']} KV" if mc.get("num_kv_heads", mc["num_heads"]) != mc["num_heads"] else ""
         ffn = f", SwiGLU {mc['ffn_channels']}" if "ffn_channels" in mc else ""
         self.line(f"model: {safe_text(event.model_name)} | {mc['num_layers']} layers, {mc['num_heads']} heads{kv}, "
@@ -77,12 +79,29 @@ class HeadlessPrinter:
                   f"(padded {mc['padded_vocab_size']})")
         self.line(f"parameters: {event.num_params:,} ({event.num_params * 4 / 2**20:,.1f} MiB; with grads "
                   f"and AdamW state {event.memory_bytes / 2**20:,.1f} MiB)")
-        val = f"{event.val_file} ({event.val_tokens:,} tokens)" if event.val_file else "none"
-        self.line(f"data: train {event.train_file} ({event.train_tokens:,} tokens, {event.batches_per_epoch:,} "
-                  f"batches of {c['batch_size']}x{c['seq_len']}) | val {val}")
-        accum = event.tokens_per_step // (c["batch_size"] * c["seq_len"] * event.world_size)
+        val = f"{safe_text(event.val_file)} ({event.val_tokens:,} tokens)" if event.val_file else "none"
+        per_micro = c.number("batch_size") * c.number("seq_len") * max(event.world_size, 1)
+        accum = event.tokens_per_step // per_micro if per_micro > 0 else 1
+        shape = f"{c['batch_size']}x{c['seq_len']}" + (f" x {accum} micro-batches" if accum > 1 else "") \
+            + (f" x {event.world_size} processes" if event.world_size > 1 else "")
+        self.line(f"data: train {safe_text(event.train_file)} ({event.train_tokens:,} tokens, "
+                  f"{event.batches_per_epoch:,} steps of {shape} per epoch) | val {val}")
         batch = f"{event.tokens_per_step:,} tokens per step" + (f" ({accum} micro-batches)" if accum > 1 else "") \
             + (f" over {event.world_size} processes" if event.world_size > 1 else "") \
             + (" (AdamW state split among them: --zero 1)" if c.get("zero") else "")
         start = f", resuming at step {event.step}" if event.step else ""
-        self.line(f"run: {event.run_dir} | {event.steps} steps, {batch}, lr {c['lr']:g}{start}")
+        lr = c.get("lr")
+        lr = f"{lr:g}" if type(lr) in (int, float) else "?"
+        self.line(f"run: {safe_text(event.run_dir)} | {event.steps} steps, {batch}, lr {lr}{start}")
+
+
+class _Fields(dict):
+    """A record's dict whose missing or non-numeric values show as "?" (config dicts from a file)."""
+
+    def __getitem__(self, key):
+        value = self.get(key)
+        return value if type(value) is int else "?"
+
+    def number(self, key) -> int:
+        value = self.get(key)
+        return value if type(value) is int else 0

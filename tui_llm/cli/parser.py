@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from tui_llm.engine.errors import TuiLlmError
 
 EXIT_OK, EXIT_TRAINING_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 SAMPLE_LEN, SEED = 64, 42  # one default for training's samples and `tui-llm sample`
+
+
+def is_root_process() -> bool:
+    """Rank 0 of an MPI job (or no MPI at all): the process that prints."""
+    return os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")) == "0"
 
 
 class UsageError(TuiLlmError):

@@ -49,5 +49,5 @@ def cmd_sample(argv) -> int:
     for i in range(args.num_samples):
         result = sampler.generate(args.prompt, args.sample_len, temperature=args.temperature, top_k=args.top_k, rng=rng)
         print(f"--- sample {i + 1} from {safe_text(name)} ({len(result.token_ids)} tokens, {result.tok_per_s:.1f} tok/s)")
-        print(safe_text(result.prompt + result.text, keep_newlines=True), flush=True)
+        print(safe_text(result.full_text, keep_newlines=True), flush=True)
     return EXIT_OK

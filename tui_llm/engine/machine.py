@@ -2,7 +2,8 @@
 
 numba's kernels and the BLAS matmuls run one after the other, never nested, so each gets every
 core in turn and neither oversubscribes the other (set_threads). numba's setting is per calling
-thread: call it from the thread that trains. Memory is probed in one place (check_fits_memory):
+thread: call it from the thread that trains. Training attention (kernels/attention.py) reads it to
+run that many worker threads, each with one BLAS thread. Memory is probed in one place (check_fits_memory):
 whatever would allocate more than the machine has is refused in one line before it allocates.
 """
 

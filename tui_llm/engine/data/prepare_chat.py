@@ -32,6 +32,7 @@ from tui_llm.engine.data.conversations import (
     collect_jsonl_files,
     read_examples,
 )
+from tui_llm.engine.data.inputs import dataset_name, output_dir
 from tui_llm.engine.data.packed import ON_LONG, LongDocument, RowPacker, mask_bytes
 from tui_llm.engine.data.prepare import PrepareError, _plural, _real_name
 from tui_llm.engine.data.writer import DatasetWriter
@@ -206,14 +207,9 @@ def prepare_chat(inputs, out_dir="data", name: str | None = None, seq_len: int =
         files = collect_jsonl_files(inputs)
     except ConversationError as e:
         raise PrepareError(str(e)) from None
-    name = name or re.sub(r"\.jsonl(\.gz)?$", "", Path(inputs[0]).resolve().name, flags=re.IGNORECASE) or "chat"
-    if not re.fullmatch(r"[\w.-]+", name):
-        raise PrepareError(f"dataset name {name!r} may only contain letters, digits, '.', '-' and '_'")
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PrepareError(f"cannot create output directory {out_dir}: {e.strerror}") from None
+    stem = re.sub(r"\.jsonl(\.gz)?$", "", Path(inputs[0]).resolve().name, flags=re.IGNORECASE)
+    name = dataset_name(name, stem or "chat", PrepareError)
+    out_dir = output_dir(out_dir, PrepareError)
 
     hf = hasattr(tokenizer, "encode_document")
     if tokenizer is None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import codecs
 import os
-import re
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tui_llm.engine.data.inputs import dataset_name, output_dir
 from tui_llm.engine.data.prepare import (
     _SAFE_CUT,
     PIECE_CHARS,
@@ -250,14 +250,8 @@ def prepare_corpus_shards(inputs, out_dir="data", name: str | None = None, shard
     if isinstance(val_tokens, bool) or not isinstance(val_tokens, int) or val_tokens < 1:
         raise PrepareError(f"must be a positive number of tokens, got {val_tokens}", field="val_tokens")
     files = collect_text_files(inputs)
-    name = name or Path(inputs[0]).resolve().stem or "corpus"
-    if not re.fullmatch(r"[\w.-]+", name):
-        raise PrepareError(f"dataset name {name!r} may only contain letters, digits, '.', '-' and '_'")
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PrepareError(f"cannot create output directory {out_dir}: {e.strerror}") from None
+    name = dataset_name(name, Path(inputs[0]).resolve().stem or "corpus", PrepareError)
+    out_dir = output_dir(out_dir, PrepareError)
 
     wide = tokenizer is not None and tokenizer.vocab_size > 65536
     if wide and fmt == "uint16":

@@ -1,41 +1,150 @@
-"""Causal (grouped-query) self-attention for training: the products through BLAS, the softmax in numba.
+"""Causal (grouped-query) self-attention for training, in memory linear in T: the products through
+BLAS, one block of query rows at a time; the softmax in numba. The T x T probabilities are never
+kept: the forward keeps each row's log-sum-exp, the backward rebuilds the probabilities from it
+(the FlashAttention idea, on BLAS blocks).
 
-    S = Q Kᵀ                      (per query head, against its key/value head's keys)
-    P = causal_softmax(S / √hd)   (row t keeps positions 0..t; the rest is set to 0)
+forward, per block of query rows (keys: each query's document, up to itself):
+    S = Q Kᵀ,   P = exp(S / √hd - lse),   lse = log Σ_keys exp(S / √hd)   (kept: (B, H, T))
     Y = P V
-backward, from dY:
-    dP = dY Vᵀ,  dS = P ⊙ (dP - rowsum(P ⊙ dP)) / √hd
-    dQ = dS K,   dK = Σ_group dSᵀ Q,   dV = Σ_group Pᵀ dY
+backward, from dY, with D = rowsum(dY ⊙ Y) (= rowsum(P ⊙ dP)):
+    S = Q Kᵀ,  P = exp(S / √hd - lse)                      (recomputed)
+    dP = dY Vᵀ,  dS = P ⊙ (dP - D) / √hd
+    dQ = dS K,   dK += Σ_group dSᵀ Q,   dV += Σ_group Pᵀ dY   (keys meet several query blocks)
 
 Both models use it: GPT-2 is the case KV = H. The fused q/k/v buffer of one row is
-[H*hd query | KV*hd key | KV*hd value]; query head h reads key/value head h // (H / KV). Every
-operand is a strided view of that buffer (no head is copied, no key/value head repeated for its
-group): numpy's matmul hands each (batch, head) pair to BLAS. The products skip the upper
-triangle by blocks of positions (causal_blocks), not entry by entry: a few BLAS calls per head
-beat a kernel that skips exactly. The softmax zeroes the upper triangle, so the products that
-cover part of it read zeros there.
+[H*hd query | KV*hd key | KV*hd value]; query head h reads key/value head h // G (G = H / KV).
+Keys and values are strided views of that buffer, never copied. The G query heads that share a
+key/value head are stacked into one matrix of G*n rows (a copy of the block's n query rows, only
+when G > 1), so each product is one BLAS call per (batch row, key/value head), and the group
+sums of dK and dV happen inside it. dK and dV add up over the query blocks inside the gemm
+(blas.matmul_add, beta = 1) where numpy's BLAS allows it, else through a scratch buffer.
 
-Letters: B batch, T time, H query heads, KV key/value heads, G = H / KV, hd head dim.
+A block's scores go into a scratch buffer that the next block reuses: the memory is O(H n T)
+per pass, not O(B H T²) per layer. A pass takes as many batch rows (or, for long rows, key/value
+heads) as keep a block's scores within SCORES_BYTES, so that they are still in cache when the
+softmax kernel and the next products read them. With several threads (the engine's thread
+count, threads.py) the passes are shared out to that many worker threads, each with BLAS on one
+thread and the (serial, nogil) softmax kernels: the heads run in parallel instead of every small
+product being split over the cores, which made each a wait for the other thread (the products
+are a few hundred per layer; a busy machine made that several times slower).
+
+Documents: doc_starts (B, T) int32, the position where each position's document starts in its
+row (0 everywhere: plain causal attention). Query t attends to keys doc_starts[b, t]..t. A block
+of queries r0..r1-1 computes only keys from min_b doc_starts[b, r0] up to r1 - 1: a row packed
+with short documents skips most of the triangle, a row of one document costs what causal does.
+
+Letters: B batch, T time, H query heads, KV key/value heads, G = H / KV, hd head dim, n the rows of
+a query block (BLOCK), m its keys.
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
-from tui_llm.engine.kernels.common import causal_softmax, causal_softmax_backward
+from tui_llm.engine.kernels import blas
+from tui_llm.engine.kernels.common import attention_softmax, attention_softmax_backward
+
+BLOCK = 128                   # query rows per block (benchmarks/attention.py)
+SCORES_BYTES = 4 << 20        # a pass's block of scores at most (so that it stays in cache)
+
+
+def _pass_size(B: int, KV: int, G: int, n: int, T: int, workers: int) -> tuple[int, int]:
+    """(batch rows, key/value heads) per pass: at most SCORES_BYTES of scores, and at least one
+    pass per worker when there is enough work."""
+    cap = max(1, SCORES_BYTES // (4 * G * n * T))               # (batch row, kv head) pairs per pass
+    pairs = max(1, min(cap, -(-B * KV // workers)))
+    if pairs >= KV:
+        return pairs // KV, KV
+    return 1, -(-KV // -(-KV // pairs))                          # kv heads split into equal passes
+
+
+class _Buffers:
+    """One worker's scratch, for passes of `pairs` (batch row, key/value head) pairs."""
+
+    def __init__(self, pairs: int, G: int, n: int, T: int, hd: int):
+        f32 = np.float32
+        self.scores = np.empty(pairs * G * n * T, f32)     # S then P of one query block, (rows, heads, n, m)
+        self.dscores = np.empty(pairs * G * n * T, f32)    # dP then dS
+        stacked = pairs * G * n * hd if G > 1 else 0       # a block's rows, the G heads of a group stacked
+        self.q_rows, self.dy_rows, self.out_rows = (np.empty(stacked, f32) for _ in range(3))
+        self.kv_part = np.empty(pairs * T * hd if blas.matmul_add is None else 0, f32)  # dK or dV, to add
+
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in vars(self).values())
+
+
+class AttentionScratch:
+    """What attention needs besides its inputs and outputs, for one (B, T, H, KV, hd), shared by
+    all layers: the passes (batch rows x key/value heads) and one set of buffers per worker."""
+
+    def __init__(self, B: int, T: int, H: int, KV: int, hd: int, block: int | None = None,
+                 workers: int | None = None):
+        G = H // KV
+        n = min(block or BLOCK, T)
+        workers = workers or numba.get_num_threads()
+        rows, heads = _pass_size(B, KV, G, n, T, workers)
+        self.block = n
+        self.passes = [(slice(b0, b0 + rows), slice(j0, j0 + heads), slice(j0 * G, (j0 + heads) * G))
+                       for b0 in range(0, B, rows) for j0 in range(0, KV, heads)]   # (rows, kv heads, q heads)
+        self.buffers = [_Buffers(rows * heads, G, n, T, hd) for _ in range(min(workers, len(self.passes)))]
+        self.causal = np.zeros((B, T), np.int32)           # doc_starts of plain causal attention
+
+    @staticmethod
+    def nbytes_for(B: int, T: int, H: int, KV: int, hd: int, block: int | None = None,
+                   workers: int | None = None) -> int:
+        G, n = H // KV, min(block or BLOCK, T)
+        workers = workers or numba.get_num_threads()
+        rows, heads = _pass_size(B, KV, G, n, T, workers)
+        passes = -(-B // rows) * -(-KV // heads)
+        pairs = rows * heads
+        per_worker = 2 * pairs * G * n * T + (3 * pairs * G * n * hd if G > 1 else 0) + \
+            (pairs * T * hd if blas.matmul_add is None else 0)
+        return 4 * (min(workers, passes) * per_worker + B * T)
+
+    def nbytes(self) -> int:
+        return self.causal.nbytes + sum(b.nbytes() for b in self.buffers)
+
+
+def check_doc_starts(doc_starts, B: int, T: int) -> np.ndarray:
+    """doc_starts as a (B, T) int32 array, after checking it describes documents: position 0 starts
+    one, and every later position starts a new one (value t) or continues the previous (same value)."""
+    starts = np.ascontiguousarray(doc_starts, dtype=np.int32)
+    if starts.shape != (B, T):
+        raise ValueError(f"doc_starts has shape {starts.shape}, expected {(B, T)}")
+    t = np.arange(T, dtype=np.int32)
+    ok = (starts[:, :1] == 0).all() and ((starts[:, 1:] == starts[:, :-1]) | (starts[:, 1:] == t[1:])).all()
+    if not ok:
+        raise ValueError("doc_starts must hold, at each position, the position its document starts at")
+    return starts
+
+
+def doc_starts_from_mask(is_start: np.ndarray) -> np.ndarray:
+    """(B, T) bool, True where a document starts (position 0 always does) -> doc_starts (B, T) int32."""
+    T = is_start.shape[1]
+    marks = np.where(is_start, np.arange(T, dtype=np.int32), 0).astype(np.int32)
+    return np.maximum.accumulate(marks, axis=1)
+
+
+def doc_positions(doc_starts: np.ndarray | None, B: int, T: int) -> np.ndarray:
+    """(B, T) int32 positions: t, or t - doc_starts (each document's positions start at 0)."""
+    t = np.arange(T, dtype=np.int32)
+    return np.tile(t, (B, 1)) if doc_starts is None else t - doc_starts
 
 
 def _views(qkv: np.ndarray, H: int, KV: int):
-    """q (B, KV, G, T, hd), k and v (B, KV, 1, T, hd): views of qkv (B, T, W), no copies (the
+    """q (B, KV, G, T, hd), k and v (B, KV, T, hd): views of qkv (B, T, W), no copies (the
     backward writes through them into dqkv)."""
     B, T, W = qkv.shape
     hd = W // (H + 2 * KV)
     G = H // KV
     q = qkv[:, :, :H * hd].reshape(B, T, KV, G, hd).transpose(0, 2, 3, 1, 4)
-    k = qkv[:, :, H * hd:(H + KV) * hd].reshape(B, T, KV, hd).transpose(0, 2, 1, 3)[:, :, None]
-    v = qkv[:, :, (H + KV) * hd:].reshape(B, T, KV, hd).transpose(0, 2, 1, 3)[:, :, None]
+    k = qkv[:, :, H * hd:(H + KV) * hd].reshape(B, T, KV, hd).transpose(0, 2, 1, 3)
+    v = qkv[:, :, (H + KV) * hd:].reshape(B, T, KV, hd).transpose(0, 2, 1, 3)
     return q, k, v
 
 
@@ -45,60 +154,141 @@ def _heads(y: np.ndarray, KV: int, G: int) -> np.ndarray:
     return y.reshape(B, T, KV, G, HD // (KV * G)).transpose(0, 2, 3, 1, 4)
 
 
-def causal_blocks(T: int) -> list[tuple[int, int]]:
-    """[start, end) position blocks for the products. Queries in block [r0, r1) only need keys
-    0..r1-1, and keys in it only queries r0..T-1: with n blocks the products do (n+1)/2n of the
-    full square's work in n calls instead of one. Blocks of about 128 positions (at most 4)
-    measured best here (benchmarks/attention.py)."""
-    n = min(max(T // 128, 1), 4)
-    size = -(-T // n)
-    return [(r0, min(r0 + size, T)) for r0 in range(0, T, size)]
+def _rows(x: np.ndarray, r0: int, r1: int, buf: np.ndarray, copy: bool = True) -> np.ndarray:
+    """Rows r0..r1-1 of x (B, KV, G, T, hd) as (B, KV, G*n, hd): a view when G = 1, else the G
+    heads stacked in buf (copied there unless copy=False: an output, written back by _put_rows)."""
+    B, KV, G, _, hd = x.shape
+    if G == 1:
+        return x[:, :, 0, r0:r1]
+    n = r1 - r0
+    stacked = buf[:B * KV * G * n * hd].reshape(B, KV, G, n, hd)
+    if copy:
+        np.copyto(stacked, x[..., r0:r1, :])
+    return stacked.reshape(B, KV, G * n, hd)
 
 
-def attention_forward(atty: np.ndarray, att: np.ndarray, qkv: np.ndarray, H: int, KV: int) -> None:
-    """atty (B, T, H hd) = attention output; att (B, H, T, T) = the probabilities (kept for the
-    backward; zero above the diagonal); qkv (B, T, (H + 2KV) hd) with q and k ready (rotated)."""
-    B, T, W = qkv.shape
-    G = H // KV
+def _put_rows(x: np.ndarray, r0: int, r1: int, rows: np.ndarray) -> None:
+    """Write back what _rows(..., copy=False) returned (nothing to do when it was a view)."""
+    B, KV, G, _, hd = x.shape
+    if G > 1:
+        np.copyto(x[..., r0:r1, :], rows.reshape(B, KV, G, r1 - r0, hd))
+
+
+def _blocks(starts: np.ndarray, n: int) -> list[tuple[int, int, int]]:
+    """(r0, r1, k0) per block of query rows [r0, r1): its keys are k0..r1-1, k0 the earliest
+    document start among its rows (doc_starts never decreases along a row: the first row's)."""
+    T = starts.shape[1]
+    return [(r0, min(r0 + n, T), int(starts[:, r0].min())) for r0 in range(0, T, n)]
+
+
+_blas_threads = None  # threadpoolctl's controller, made on first use
+
+
+def _run_passes(run_pass, scratch: AttentionScratch) -> None:
+    """run_pass(batch rows, kv heads, query heads, buffers) for every pass. With several threads
+    (numba.get_num_threads()), the passes are shared out to as many worker threads, each running
+    its passes one after the other with BLAS on one thread: the heads run in parallel, not the
+    small products inside one (each of which would be a wait for the other thread)."""
+    global _blas_threads
+    workers = min(numba.get_num_threads(), len(scratch.buffers))
+    if workers == 1:
+        for p in scratch.passes:
+            run_pass(*p, scratch.buffers[0])
+        return
+    if _blas_threads is None:
+        _blas_threads = ThreadpoolController()
+
+    def worker(i):
+        for p in scratch.passes[i::workers]:
+            run_pass(*p, scratch.buffers[i])
+
+    with _blas_threads.limit(limits=1, user_api="blas"):
+        list(_executor(workers).map(worker, range(workers)))
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """The worker threads (made once per count; they wait idle between calls)."""
+    if workers not in _pools:
+        _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="attention")
+    return _pools[workers]
+
+
+def attention_forward(atty: np.ndarray, lse: np.ndarray, qkv: np.ndarray, H: int, KV: int,
+                      scratch: AttentionScratch, doc_starts: np.ndarray | None = None) -> None:
+    """atty (B, T, H hd) = attention output; lse (B, H, T) = each row's log-sum-exp (kept for the
+    backward); qkv (B, T, (H + 2KV) hd) with q and k ready (rotated); doc_starts (B, T) int32 or
+    None (causal over the whole row)."""
+    G, hd = H // KV, qkv.shape[2] // (H + 2 * KV)
+    scale = np.float32(1.0 / math.sqrt(hd))
+    starts = scratch.causal if doc_starts is None else doc_starts
     q, k, v = _views(qkv, H, KV)
-    scores, y = att.reshape(B, KV, G, T, T), _heads(atty, KV, G)
-    blocks = causal_blocks(T)
-    for r0, r1 in blocks:                                                   # S = Q Kᵀ
-        np.matmul(q[..., r0:r1, :], k[..., :r1, :].swapaxes(-1, -2), out=scores[..., r0:r1, :r1])
-    causal_softmax(att.reshape(B * H, T, T), np.float32(1.0 / math.sqrt(W // (H + 2 * KV))))
-    for r0, r1 in blocks:                                                   # Y = P V
-        np.matmul(scores[..., r0:r1, :r1], v[..., :r1, :], out=y[..., r0:r1, :])
+    y = _heads(atty, KV, G)
+    _run_passes(lambda b, j, h, buf: _forward(y[b, j], lse[b, h], q[b, j], k[b, j], v[b, j], starts[b], buf,
+                                              scratch.block, scale), scratch)
 
 
-def attention_backward(dqkv: np.ndarray, datty: np.ndarray, att: np.ndarray, qkv: np.ndarray, H: int, KV: int,
-                       dscores: np.ndarray, per_head: np.ndarray | None) -> None:
-    """dqkv (B, T, W) is overwritten from datty (B, T, H hd) through the forward's probabilities
-    att (B, H, T, T). Scratch, overwritten: dscores (B, H, T, T) (dP, then dS); per_head
-    (B, T, H hd), the per-query-head dK and dV that a group sums (None when KV = H)."""
-    B, T, W = qkv.shape
-    hd = W // (H + 2 * KV)
-    G = H // KV
+def attention_backward(dqkv: np.ndarray, datty: np.ndarray, atty: np.ndarray, lse: np.ndarray, qkv: np.ndarray,
+                       H: int, KV: int, scratch: AttentionScratch, doc_starts: np.ndarray | None = None) -> None:
+    """dqkv (B, T, W) is overwritten from datty (B, T, H hd), through the forward's output atty
+    and row statistics lse (B, H, T); the same qkv and doc_starts as the forward."""
+    G, hd = H // KV, qkv.shape[2] // (H + 2 * KV)
+    scale = np.float32(1.0 / math.sqrt(hd))
+    starts = scratch.causal if doc_starts is None else doc_starts
     q, k, v = _views(qkv, H, KV)
     dq, dk, dv = _views(dqkv, H, KV)
-    dy = _heads(datty, KV, G)
-    probs, ds = att.reshape(B, KV, G, T, T), dscores.reshape(B, KV, G, T, T)
-    blocks = causal_blocks(T)
-    for r0, r1 in blocks:                                                   # dP = dY Vᵀ
-        np.matmul(dy[..., r0:r1, :], v[..., :r1, :].swapaxes(-1, -2), out=ds[..., r0:r1, :r1])
-    causal_softmax_backward(dscores.reshape(B * H, T, T), att.reshape(B * H, T, T), np.float32(1.0 / math.sqrt(hd)))
-    for r0, r1 in blocks:                                                   # dQ = dS K
-        np.matmul(ds[..., r0:r1, :r1], k[..., :r1, :], out=dq[..., r0:r1, :])
-    # dK = Σ_group dSᵀ Q and dV = Σ_group Pᵀ dY: straight into dqkv when each key/value head has
-    # one query head (GPT-2), else per query head into per_head, then summed over the group
-    if G > 1 and per_head is None:
-        raise ValueError("grouped-query attention needs the per_head scratch")
-    dk_heads = dk if per_head is None else per_head.reshape(B, KV, G, T, hd)
-    for k0, k1 in blocks:
-        np.matmul(ds[..., k0:, k0:k1].swapaxes(-1, -2), q[..., k0:, :], out=dk_heads[..., k0:k1, :])
-    if G > 1:
-        np.sum(dk_heads, axis=2, keepdims=True, out=dk)
-    dv_heads = dv if per_head is None else per_head.reshape(B, KV, G, T, hd)
-    for k0, k1 in blocks:
-        np.matmul(probs[..., k0:, k0:k1].swapaxes(-1, -2), dy[..., k0:, :], out=dv_heads[..., k0:k1, :])
-    if G > 1:
-        np.sum(dv_heads, axis=2, keepdims=True, out=dv)
+    y, dy = _heads(atty, KV, G), _heads(datty, KV, G)
+    _run_passes(lambda b, j, h, buf: _backward(dq[b, j], dk[b, j], dv[b, j], dy[b, j], y[b, j], lse[b, h], q[b, j],
+                                               k[b, j], v[b, j], starts[b], buf, scratch.block, scale), scratch)
+
+
+def _forward(y, lse, q, k, v, starts, buf, block, scale) -> None:
+    """One pass of attention_forward: y, q (B, KV, G, T, hd), k, v (B, KV, T, hd), lse (B, H, T)
+    for the pass's batch rows and heads."""
+    B, KV, G = q.shape[:3]
+    H = KV * G
+    for r0, r1, k0 in _blocks(starts, block):
+        n, m = r1 - r0, r1 - k0
+        s = buf.scores[:B * H * n * m].reshape(B, KV, G * n, m)
+        np.matmul(_rows(q, r0, r1, buf.q_rows), k[:, :, k0:r1].swapaxes(-1, -2), out=s)    # S = Q Kᵀ
+        attention_softmax(s.reshape(B, H, n, m), lse, starts, r0, k0, scale)                    # P, lse
+        out = _rows(y, r0, r1, buf.out_rows, copy=False)
+        np.matmul(s, v[:, :, k0:r1], out=out)                                                   # Y = P V
+        _put_rows(y, r0, r1, out)
+
+
+def _backward(dq, dk, dv, dy, y, lse, q, k, v, starts, buf, block, scale) -> None:
+    """One pass of attention_backward, on views as _forward's (dq, dy like q; dk, dv like k)."""
+    B, KV, G, T, hd = q.shape
+    H = KV * G
+    # The last block reaches the last key: it writes dK and dV, the earlier blocks add to them.
+    blocks = _blocks(starts, block)[::-1]
+    first_key = blocks[0][2]
+    dk[:, :, :first_key] = 0.0
+    dv[:, :, :first_key] = 0.0
+    for r0, r1, k0 in blocks:
+        n, m = r1 - r0, r1 - k0
+        s = buf.scores[:B * H * n * m].reshape(B, KV, G * n, m)
+        ds = buf.dscores[:B * H * n * m].reshape(B, KV, G * n, m)
+        q_rows, dy_rows = _rows(q, r0, r1, buf.q_rows), _rows(dy, r0, r1, buf.dy_rows)
+        keys, values = k[:, :, k0:r1], v[:, :, k0:r1]
+        np.matmul(q_rows, keys.swapaxes(-1, -2), out=s)                                        # S = Q Kᵀ
+        np.matmul(dy_rows, values.swapaxes(-1, -2), out=ds)                                    # dP = dY Vᵀ
+        attention_softmax_backward(s.reshape(B, H, n, m), ds.reshape(B, H, n, m), lse, y.reshape(B, H, T, hd),
+                                   dy.reshape(B, H, T, hd), starts, r0, k0, scale)                          # P, dS
+        out = _rows(dq, r0, r1, buf.out_rows, copy=False)
+        np.matmul(ds, keys, out=out)                                                            # dQ = dS K
+        _put_rows(dq, r0, r1, out)
+        for grad, a, b in ((dk[:, :, k0:r1], ds, q_rows), (dv[:, :, k0:r1], s, dy_rows)):     # dK, dV
+            if r1 == T:
+                np.matmul(a.swapaxes(-1, -2), b, out=grad)
+            elif blas.matmul_add is not None:  # added inside the gemm (beta = 1)
+                for i in range(B):
+                    for j in range(KV):
+                        blas.matmul_add(grad[i, j], a[i, j].T, b[i, j])
+            else:
+                part = buf.kv_part[:B * KV * m * hd].reshape(B, KV, m, hd)
+                np.matmul(a.swapaxes(-1, -2), b, out=part)
+                np.add(grad, part, out=grad)

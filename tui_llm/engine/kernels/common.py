@@ -4,7 +4,8 @@ Fast exp (so softmax loops vectorise), bias, column sums, attention's causal sof
 sampler's cached attention, and softmax + cross-entropy over the vocabulary. Each kernel is
 float32 throughout, compiled with `nogil=True` so a training thread never freezes the UI, and
 `cache=True` so the compile happens once per machine. Row-parallel kernels use `prange`; the
-matrix products themselves go through numpy's BLAS in the models and attention.py.
+matrix products themselves go through numpy's BLAS in the models and attention.py (which uses the
+attention softmax here).
 
 The other kernels: gpt2.py (encoder, LayerNorm, GELU), llama.py (RMSNorm, RoPE, SwiGLU),
 optimizer.py (gradient norm, accumulation, AdamW); compile.py compiles a model's set up front.
@@ -20,8 +21,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
-JIT = dict(nogil=True, cache=True, fastmath=True)
-PJIT = dict(nogil=True, cache=True, fastmath=True, parallel=True)
+# error_model="numpy": a division by zero gives inf/nan, as numpy's would, instead of raising: a
+# diverging run reaches the trainer's non-finite check (one clear error) instead of a ZeroDivisionError.
+JIT = dict(nogil=True, cache=True, fastmath=True, error_model="numpy")
+PJIT = dict(nogil=True, cache=True, fastmath=True, parallel=True, error_model="numpy")
 
 
 # exp without a libm call, for the softmaxes (arguments are <= 0 there: x - max). Cephes' expf:
@@ -128,46 +131,78 @@ def attend(out, probs, q, keys, k0, values, v0, num, scale, ibuf, pbuf):
             out[i] += a * v[i]
 
 
-# The causal softmax of training attention (attention.py does its products through BLAS) and its
-# backward, one (head, row) per parallel task. Rows are (head, query position t) of a (BH, T, T)
-# block: positions 0..t take part, the rest is set to zero so the products that follow ignore it.
+# The softmax of training attention (attention.py does its products through BLAS, one block of
+# query rows at a time) and its backward. A block holds the raw scores S = q.k of queries
+# r0..r0+n-1 against keys k0..k0+m-1, (B, H, n, m); query t of batch row b attends to keys
+# starts[b, t]..t (its document, up to itself: starts = 0 is plain causal attention). Every
+# other entry of its row is set to 0, so the products that follow read zeros there. Serial:
+# attention.py runs passes over different heads in parallel threads (nogil), one kernel call each.
 
-@njit(**PJIT)
-def causal_softmax(scores, scale):
-    """In place over (BH, T, T): row t becomes softmax(scores[t, :t+1] * scale), then zeros."""
-    BH, T, _ = scores.shape
-    for i in prange(BH * T):
-        row, t = scores[i // T, i % T], i % T
+@njit(**JIT)
+def attention_softmax(scores, lse, starts, r0, k0, scale):
+    """In place: row i of scores (query t = r0 + i) becomes P = softmax(scale * S) over keys
+    starts[b, t]..t, zeros elsewhere; lse[b, h, t] = log sum exp(scale * S) over those keys
+    (all the backward needs to rebuild P: P = exp(scale * S - lse))."""
+    B, H, n, _ = scores.shape
+    for bh in range(B * H):
+        b, h = bh // H, bh % H
         ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
-        maxval = np.float32(-1e30)
-        for j in range(t + 1):
-            maxval = max(maxval, row[j])
-        total = np.float32(0.0)
-        for start in range(0, t + 1, EXP_BLOCK):
-            count = min(EXP_BLOCK, t + 1 - start)
-            exp_block(row[start:start + count], maxval, scale, ibuf, pbuf)
-            for j in range(count):
-                total += pbuf[j]
-            row[start:start + count] = pbuf[:count]
-        inv = np.float32(1.0) / total
-        for j in range(t + 1):
-            row[j] *= inv
-        row[t + 1:] = 0.0
+        for i in range(n):
+            t = r0 + i
+            lo, hi = starts[b, t] - k0, t + 1 - k0          # the row's keys, as columns of the block
+            row = scores[b, h, i]
+            keys = row[lo:hi]  # indexed from 0 (see exp_block), so the loops vectorise
+            maxval = np.float32(-1e30)
+            for j in range(keys.shape[0]):
+                maxval = max(maxval, keys[j])
+            total = np.float32(0.0)
+            for start in range(0, keys.shape[0], EXP_BLOCK):
+                count = min(EXP_BLOCK, keys.shape[0] - start)
+                exp_block(keys[start:start + count], maxval, scale, ibuf, pbuf)
+                for j in range(count):
+                    total += pbuf[j]
+                keys[start:start + count] = pbuf[:count]
+            inv = np.float32(1.0) / total
+            for j in range(keys.shape[0]):
+                keys[j] *= inv
+            row[:lo] = 0.0
+            row[hi:] = 0.0
+            lse[b, h, t] = maxval * scale + np.float32(math.log(total))
 
 
-@njit(**PJIT)
-def causal_softmax_backward(dscores, probs, scale):
-    """In place over (BH, T, T): dP (the gradient of the probabilities) becomes that of the
-    unscaled scores, dS = P * (dP - sum(P * dP)) * scale, on row t's positions 0..t; zeros beyond."""
-    BH, T, _ = dscores.shape
-    for i in prange(BH * T):
-        d, p, t = dscores[i // T, i % T], probs[i // T, i % T], i % T
-        dot = np.float32(0.0)
-        for j in range(t + 1):
-            dot += p[j] * d[j]
-        for j in range(t + 1):
-            d[j] = p[j] * (d[j] - dot) * scale
-        d[t + 1:] = 0.0
+@njit(**JIT)
+def attention_softmax_backward(scores, dscores, lse, y, dy, starts, r0, k0, scale):
+    """In place, on a block laid out as attention_softmax's: scores (the raw S, recomputed)
+    becomes P = exp(scale * S - lse), and dscores (dP, the gradient of P) becomes that of the
+    raw scores, dS = P * (dP - D) * scale; zeros outside the row's keys in both.
+    D = sum_j P dP = dY . Y (dP = dY Vᵀ, Y = P V), from the forward's output y and its gradient
+    dy, (B, H, T, hd)."""
+    B, H, n, _ = scores.shape
+    for bh in range(B * H):
+        b, h = bh // H, bh % H
+        ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
+        for i in range(n):
+            t = r0 + i
+            lo, hi = starts[b, t] - k0, t + 1 - k0
+            row, d = scores[b, h, i], dscores[b, h, i]
+            yr, dyr = y[b, h, t], dy[b, h, t]
+            dot = np.float32(0.0)
+            for c in range(yr.shape[0]):
+                dot += yr[c] * dyr[c]
+            shift = lse[b, h, t] / scale          # exp((S - lse / scale) * scale) = exp(scale * S - lse)
+            keys, dkeys = row[lo:hi], d[lo:hi]
+            for start in range(0, keys.shape[0], EXP_BLOCK):
+                count = min(EXP_BLOCK, keys.shape[0] - start)
+                s, ds = keys[start:start + count], dkeys[start:start + count]
+                exp_block(s, shift, scale, ibuf, pbuf)
+                for j in range(count):
+                    p = pbuf[j]
+                    s[j] = p
+                    ds[j] = p * (ds[j] - dot) * scale
+            row[:lo] = 0.0
+            row[hi:] = 0.0
+            d[:lo] = 0.0
+            d[hi:] = 0.0
 
 
 # ---------------------------------------------------------------------------------------

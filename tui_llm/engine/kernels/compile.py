@@ -27,12 +27,13 @@ def compile_kernels(arch: str = "gpt2", progress: Progress | None = None) -> Non
 def _shared_calls() -> list[tuple[str, Callable[[], object]]]:
     f32 = np.float32
     a2, a1 = np.zeros((2, 6), f32), np.zeros(6, f32)
-    att4 = np.zeros((1, 2, 2, 2), f32)
+    att4, stats, starts = np.zeros((1, 1, 2, 2), f32), np.zeros((1, 1, 2), f32), np.zeros((1, 2), np.int32)
     ranges = np.zeros(1, np.int64)
     return [
         ("bias", lambda: (common.add_bias(a2, a1), common.column_sum(a1, a2, False))),
-        ("attention softmax", lambda: (common.causal_softmax(att4[0], f32(1.0)),
-                                       common.causal_softmax_backward(att4[0], att4[0], f32(1.0)))),
+        ("attention softmax", lambda: (common.attention_softmax(att4, stats, starts, 0, 0, f32(1.0)),
+                                       common.attention_softmax_backward(att4, att4.copy(), stats, att4, att4, starts,
+                                                                         0, 0, f32(1.0)))),
         ("softmax / cross-entropy", lambda: (
             common.softmax_crossentropy(a2, np.zeros(2, f32), np.zeros(2, np.int32), 5, f32(0.5), True),
             common.softmax_rows(a2, a2, 5, f32(1.0)))),
@@ -48,7 +49,7 @@ def _gpt2_calls() -> list[tuple[str, Callable[[], object]]]:
     a3, tok = np.zeros((1, 2, 6), f32), np.zeros((1, 2), np.int32)
     qkv2, cache = np.zeros((2, 18), f32), np.zeros((4, 6), f32)
     return [
-        ("encoder", lambda: (gpt2.encoder_forward(a3, tok, a2, a2), gpt2.encoder_backward(a2, a2, a3, tok))),
+        ("encoder", lambda: (gpt2.encoder_forward(a3, tok, tok, a2, a2), gpt2.encoder_backward(a2, a2, a3, tok, tok))),
         ("layernorm", lambda: (gpt2.layernorm_forward(a2, np.zeros(2, f32), np.zeros(2, f32), a2, a1, a1),
                                gpt2.layernorm_backward(a2, a1, a1, a2, a2, np.zeros(2, f32), np.zeros(2, f32), a1,
                                                        False))),
@@ -67,7 +68,7 @@ def _llama_calls() -> list[tuple[str, Callable[[], object]]]:
         ("embedding", lambda: llama.embedding_backward(a2, a2, np.zeros(2, np.int32))),
         ("rmsnorm", lambda: (llama.rmsnorm_forward(a2, r1, a2, a1, 1e-5),
                              llama.rmsnorm_backward(a2, a1, a2, a2, r1, a1, False))),
-        ("rope", lambda: llama.rope_rotate(qkv3, cs, cs, 3, 0, 1.0)),
+        ("rope", lambda: llama.rope_rotate(qkv3, cs, cs, 3, np.zeros((1, 2), np.int32), 1.0)),
         ("q/k norm", lambda: (llama.head_rmsnorm_forward(qkv3[0][:, :8].reshape(2, 2, 4), np.zeros((2, 2, 4), f32),
                                                          np.zeros((2, 2), f32), a1, 1e-5),
                               llama.head_rmsnorm_backward(qkv3[0][:, :8].reshape(2, 2, 4), a1.copy(),

@@ -51,30 +51,31 @@ def tanh_array(out, x):
 
 
 # ---------------------------------------------------------------------------------------
-# Encoder: x[b, t] = wte[token] + wpe[t]
+# Encoder: x[b, t] = wte[token] + wpe[position]; the position is t, or t's place in its
+# document when a row packs several (model.forward's doc_starts).
 
 @njit(**PJIT)
-def encoder_forward(out, tokens, wte, wpe):
-    # out (B, T, C), tokens (B, T) int32, wte (Vp, C), wpe (maxT, C)
+def encoder_forward(out, tokens, positions, wte, wpe):
+    # out (B, T, C), tokens, positions (B, T) int32, wte (Vp, C), wpe (maxT, C)
     B, T, C = out.shape
     for bt in prange(B * T):
         b, t = bt // T, bt % T
-        tok = tokens[b, t]
+        tok, pos = tokens[b, t], positions[b, t]
         for c in range(C):
-            out[b, t, c] = wte[tok, c] + wpe[t, c]
+            out[b, t, c] = wte[tok, c] + wpe[pos, c]
 
 
 @njit(**JIT)
-def encoder_backward(dwte, dwpe, dout, tokens):
+def encoder_backward(dwte, dwpe, dout, tokens, positions):
     """Accumulate (+=) into dwte rows and dwpe rows. Serial: tokens repeat, rows would race."""
     B, T, C = dout.shape
     for b in range(B):
         for t in range(T):
-            tok = tokens[b, t]
+            tok, pos = tokens[b, t], positions[b, t]
             for c in range(C):
                 d = dout[b, t, c]
                 dwte[tok, c] += d
-                dwpe[t, c] += d
+                dwpe[pos, c] += d
 
 
 # ---------------------------------------------------------------------------------------

@@ -127,16 +127,17 @@ def head_rmsnorm_backward(dheads, dweight, pre, rstd, weight, accumulate):
 # rotated by the angle pos * inv_freq[j]. sign=-1 rotates back, which is the backward pass.
 
 @njit(**PJIT)
-def rope_rotate(qkv, cos, sin, num_heads, t0, sign):
+def rope_rotate(qkv, cos, sin, num_heads, positions, sign):
     # qkv (B, T, W): the first num_heads * hd columns of each row are rotated in place (q and k heads)
-    # cos, sin (P, hd/2): tables for positions 0..P-1; row t is at position t0 + t
+    # cos, sin (P, hd/2): tables for positions 0..P-1; positions (B, T) int32: row (b, t)'s position
+    # (t0 + t for a cache's new rows; t, or t's place in its document, in training)
     B, T, W = qkv.shape
     half = cos.shape[1]
     hd = 2 * half
     sign = np.float32(sign)
     for bt in prange(B * T):
         b, t = bt // T, bt % T
-        cs, sn = cos[t0 + t], sin[t0 + t]
+        cs, sn = cos[positions[b, t]], sin[positions[b, t]]
         row = qkv[b, t]
         for h in range(num_heads):
             x1 = row[h * hd:h * hd + half]

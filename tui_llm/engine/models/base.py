@@ -36,6 +36,8 @@ class Model:
         self.acts: Any = None                          # the activations of the last (B, T)
         self.inputs: np.ndarray | None = None
         self.targets: np.ndarray | None = None
+        self.doc_starts: np.ndarray | None = None     # (B, T) int32: where each position's document starts
+        self.positions: np.ndarray | None = None      # (B, T) int32: each position's place in its document
         self.trained_forward = False
         self.name = ""                                 # what the weights are (load_model sets it)
         self.tokenizer_dir: str | None = None          # where its tokenizer.json is (None: GPT-2's)

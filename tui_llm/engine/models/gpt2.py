@@ -23,7 +23,13 @@ import numpy as np
 
 from tui_llm.engine.kernels import common as K
 from tui_llm.engine.kernels import gpt2 as GK
-from tui_llm.engine.kernels.attention import attention_backward, attention_forward
+from tui_llm.engine.kernels.attention import (
+    AttentionScratch,
+    attention_backward,
+    attention_forward,
+    check_doc_starts,
+    doc_positions,
+)
 from tui_llm.engine.kernels.grad_accumulation import head_grad, matmul_grad, needs_scratch
 from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.gpt2_config import MATRIX_PARAMS, GPTConfig, ParamTensors, init_params
@@ -45,7 +51,7 @@ class Activations:
         self.ln1_mean = np.empty((L, N), f32)
         self.ln1_rstd = np.empty((L, N), f32)
         self.qkv = np.empty((L, N, 3 * C), f32)
-        self.att = np.empty((L, B, NH, T, T), f32)      # attention probabilities
+        self.att_lse = np.empty((L, B, NH, T), f32)     # attention rows' log-sum-exp (the probabilities, rebuilt)
         self.atty = np.empty((L, N, C), f32)            # attention output (heads side by side)
         self.residual2 = np.empty((L, N, C), f32)       # after the attention block
         self.ln2 = np.empty((L, N, C), f32)
@@ -65,10 +71,10 @@ class Activations:
         self.d_c = np.empty((N, C), f32)
         self.d_3c = np.empty((N, 3 * C), f32)
         self.d_4c = np.empty((N, 4 * C), f32)
-        self.d_att = np.empty((B, NH, T, T), f32)       # d attention scores, one layer at a time
+        self.att_scratch = AttentionScratch(B, T, NH, NH, C // NH)  # one block of scores, any layer
 
     def nbytes(self) -> int:
-        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+        return self.att_scratch.nbytes() + sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
 
 
 class GPT(Model):
@@ -96,12 +102,15 @@ class GPT(Model):
         return cls(config, init_params(config, normal))
 
     # -----------------------------------------------------------------------------------
-    def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False):
+    def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False,
+                doc_starts: np.ndarray | None = None):
         """inputs, targets: (B, T) int32 token ids. Returns the mean loss (or None without targets).
 
         With training=True the logits buffer is turned into dlogits on the way (fused softmax,
         cross-entropy and its gradient), ready for backward(); acts.logits then no longer holds
-        logits.
+        logits. doc_starts (B, T) int32, for rows that pack several documents: where each
+        position's document starts (attention.check_doc_starts). Each document then attends only
+        to itself and its positions start at 0, as if it ran alone.
         """
         cfg, p = self.config, self.params
         B, T = inputs.shape
@@ -110,14 +119,17 @@ class GPT(Model):
         a = self._ensure_buffers(B, T)
         inputs = np.ascontiguousarray(inputs, dtype=np.int32)
         self.inputs = inputs
+        self.doc_starts = None if doc_starts is None else check_doc_starts(doc_starts, B, T)
+        self.positions = doc_positions(self.doc_starts, B, T)
 
-        GK.encoder_forward(a.encoded.reshape(B, T, C), inputs, p.wte, p.wpe)
+        GK.encoder_forward(a.encoded.reshape(B, T, C), inputs, self.positions, p.wte, p.wpe)
         residual = a.encoded
         for l in range(L):
-            att = a.att[l]  # (B, NH, T, T) probabilities, kept for the backward pass
+            lse = a.att_lse[l]  # (B, NH, T), kept for the backward pass
 
-            def attend(out, qkv):  # causal attention over the T positions of each sequence
-                attention_forward(out.reshape(B, T, C), att, qkv.reshape(B, T, 3 * C), NH, NH)
+            def attend(out, qkv):  # causal attention over the T positions of each sequence (or document)
+                attention_forward(out.reshape(B, T, C), lse, qkv.reshape(B, T, 3 * C), NH, NH, a.att_scratch,
+                                  self.doc_starts)
 
             self._attention_block(l, a.residual2[l], residual, a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l],
                                   a.qkv[l], a.atty[l], a.proj_out, attend)
@@ -243,8 +255,8 @@ class GPT(Model):
             matmul_grad(g.attprojw[l], dres.T, a.atty[l], scratch, acc)
             K.column_sum(g.attprojb[l], dres, acc)
             np.matmul(dres, p.attprojw[l], out=a.d_c)          # d attention output
-            attention_backward(a.d_3c.reshape(B, T, 3 * C), a.d_c.reshape(B, T, C), a.att[l],
-                               a.qkv[l].reshape(B, T, 3 * C), NH, NH, a.d_att, None)
+            attention_backward(a.d_3c.reshape(B, T, 3 * C), a.d_c.reshape(B, T, C), a.atty[l].reshape(B, T, C),
+                               a.att_lse[l], a.qkv[l].reshape(B, T, 3 * C), NH, NH, a.att_scratch, self.doc_starts)
             matmul_grad(g.qkvw[l], a.d_3c.T, a.ln1[l], scratch, acc)
             K.column_sum(g.qkvb[l], a.d_3c, acc)
             np.matmul(a.d_3c, p.qkvw[l], out=a.d_c)            # d ln1 output
@@ -253,7 +265,7 @@ class GPT(Model):
 
         if not acc:
             g.wpe[:] = 0.0
-        GK.encoder_backward(g.wte, g.wpe, dres.reshape(B, T, C), self.inputs)
+        GK.encoder_backward(g.wte, g.wpe, dres.reshape(B, T, C), self.inputs, self.positions)
         self.trained_forward = False
 
 

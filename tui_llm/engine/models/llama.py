@@ -27,7 +27,13 @@ import numpy as np
 
 from tui_llm.engine.kernels import common as K
 from tui_llm.engine.kernels import llama as LK
-from tui_llm.engine.kernels.attention import attention_backward, attention_forward
+from tui_llm.engine.kernels.attention import (
+    AttentionScratch,
+    attention_backward,
+    attention_forward,
+    check_doc_starts,
+    doc_positions,
+)
 from tui_llm.engine.kernels.grad_accumulation import head_grad, matmul_grad, needs_scratch
 from tui_llm.engine.machine import check_fits_memory
 from tui_llm.engine.models.base import Model
@@ -47,9 +53,9 @@ class BlockBuffers:
     """The buffers one block writes. Training: layer l's slices of Activations (kept for the
     backward). extend: the cache's scratch, the same for every layer, residuals updated in place."""
 
-    def __init__(self, ln1, ln1_rstd, qkv, att, atty, residual2, ln2, ln2_rstd, fch, fch_act, residual3, proj,
+    def __init__(self, ln1, ln1_rstd, qkv, att_lse, atty, residual2, ln2, ln2_rstd, fch, fch_act, residual3, proj,
                  qk_norm=None):
-        self.ln1, self.ln1_rstd, self.qkv, self.att, self.atty = ln1, ln1_rstd, qkv, att, atty
+        self.ln1, self.ln1_rstd, self.qkv, self.att_lse, self.atty = ln1, ln1_rstd, qkv, att_lse, atty
         self.residual2, self.ln2, self.ln2_rstd = residual2, ln2, ln2_rstd
         self.fch, self.fch_act, self.residual3, self.proj = fch, fch_act, residual3, proj
         # Qwen3: (q before its norm (N, H, hd), its rstd (N, H), k before (N, KV, hd), its rstd (N, KV))
@@ -69,7 +75,7 @@ class Activations:
         self.ln1 = np.empty((L, N, C), f32)
         self.ln1_rstd = np.empty((L, N), f32)
         self.qkv = np.empty((L, N, W), f32)             # q and k after RoPE, v
-        self.att = np.empty((L, B, H, T, T), f32)       # attention probabilities
+        self.att_lse = np.empty((L, B, H, T), f32)      # attention rows' log-sum-exp (the probabilities, rebuilt)
         self.atty = np.empty((L, N, QD), f32)           # attention output, heads side by side
         self.residual2 = np.empty((L, N, C), f32)       # after the attention block
         self.ln2 = np.empty((L, N, C), f32)
@@ -89,28 +95,26 @@ class Activations:
         self.d_qkv = np.empty((N, W), f32)
         self.d_f = np.empty((N, F), f32)
         self.d_2f = np.empty((N, 2 * F), f32)
-        self.d_att = np.empty((B, H, T, T), f32)        # d attention scores, one layer at a time
-        self.d_heads = np.empty((N, QD), f32) if cfg.num_kv_heads < H else None  # dK, dV per query head
+        self.att_scratch = AttentionScratch(B, T, H, cfg.num_kv_heads, cfg.head_dim)  # one block of scores
         self.qk_norm = qk_norm_buffers(cfg, N, L) if cfg.qk_norm else None    # Qwen3: q, k before their norm
 
     @staticmethod
     def nbytes_for(cfg: LlamaConfig, B: int, T: int) -> int:
         L, C, H, F, N = cfg.num_layers, cfg.channels, cfg.num_heads, cfg.ffn_channels, B * T
-        per_layer = N * (4 * C + 2 + cfg.qkv_dim + cfg.q_dim + 3 * F) + B * H * T * T
-        d_heads = cfg.q_dim if cfg.num_kv_heads < H else 0
-        rest = N * (C * 5 + 2 + cfg.padded_vocab_size + cfg.q_dim + d_heads + cfg.qkv_dim + 3 * F) + B * H * T * T
+        per_layer = N * (4 * C + 2 + cfg.qkv_dim + cfg.q_dim + 3 * F) + B * H * T
+        rest = N * (C * 5 + 2 + cfg.padded_vocab_size + cfg.q_dim + cfg.qkv_dim + 3 * F)
         if cfg.qk_norm:
             per_layer += N * (cfg.q_dim + cfg.kv_dim + H + cfg.num_kv_heads)
-        return 4 * (L * per_layer + rest)
+        return 4 * (L * per_layer + rest) + AttentionScratch.nbytes_for(B, T, H, cfg.num_kv_heads, cfg.head_dim)
 
     def layer(self, l: int) -> BlockBuffers:
-        return BlockBuffers(self.ln1[l], self.ln1_rstd[l], self.qkv[l], self.att[l], self.atty[l],
+        return BlockBuffers(self.ln1[l], self.ln1_rstd[l], self.qkv[l], self.att_lse[l], self.atty[l],
                             self.residual2[l], self.ln2[l], self.ln2_rstd[l], self.fch[l], self.fch_act[l],
                             self.residual3[l], self.proj, self.qk_norm and tuple(buf[l] for buf in self.qk_norm))
 
     def nbytes(self) -> int:
         arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)] + list(self.qk_norm or ())
-        return sum(a.nbytes for a in arrays)
+        return sum(a.nbytes for a in arrays) + self.att_scratch.nbytes()
 
 
 def qk_norm_buffers(cfg: LlamaConfig, n: int, layers: int) -> tuple[np.ndarray, ...]:
@@ -203,12 +207,13 @@ class Llama(Model):
         """The output matrix (Vp, C): wte when tied."""
         return self.params.wte if self.config.tied_embeddings else self.params.lm_head
 
-    def _block(self, l: int, residual: np.ndarray, b: BlockBuffers, B: int, T: int, t0: int,
-               cache: KVCache | None) -> None:
-        """Layer l on rows (B*T, C) at positions t0..t0+T-1; writes b.residual3.
+    def _block(self, l: int, residual: np.ndarray, b: BlockBuffers, B: int, T: int, positions: np.ndarray,
+               cache: KVCache | None, t0: int = 0, scratch: AttentionScratch | None = None) -> None:
+        """Layer l on rows (B*T, C) at positions (B, T) (RoPE's); writes b.residual3.
 
-        Without a cache the keys/values are this call's own (causal over its T positions);
-        with one, they are appended at t0 and the queries attend to cache positions 0..t0+t.
+        Without a cache the keys/values are this call's own (causal over its T positions, or over
+        each document of self.doc_starts); with one, they are appended at t0 (the rows are
+        positions t0..t0+T-1) and the queries attend to cache positions 0..t0+t.
         """
         cfg, p = self.config, self.params
         H, KV, QD, KVD = cfg.num_heads, cfg.num_kv_heads, cfg.q_dim, cfg.kv_dim
@@ -222,9 +227,11 @@ class Llama(Model):
             hd = cfg.head_dim
             LK.head_rmsnorm_forward(b.qkv[:, :QD].reshape(-1, H, hd), q_pre, q_rstd, p.qnormw[l], self.eps)
             LK.head_rmsnorm_forward(b.qkv[:, QD:QD + KVD].reshape(-1, KV, hd), k_pre, k_rstd, p.knormw[l], self.eps)
-        LK.rope_rotate(b.qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, t0, 1.0)
+        LK.rope_rotate(b.qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, positions, 1.0)
         if cache is None:
-            attention_forward(b.atty.reshape(B, T, QD), b.att, b.qkv.reshape(B, T, -1), H, KV)
+            assert scratch is not None  # the training forward passes its attention scratch
+            attention_forward(b.atty.reshape(B, T, QD), b.att_lse, b.qkv.reshape(B, T, -1), H, KV, scratch,
+                              self.doc_starts)
         else:
             cache.k[l, t0:t0 + T] = b.qkv[:, QD:QD + KVD]
             cache.v[l, t0:t0 + T] = b.qkv[:, QD + KVD:]
@@ -238,11 +245,15 @@ class Llama(Model):
         np.matmul(b.fch_act, p.fcprojw[l].T, out=b.proj)                           # (N, C)
         np.add(b.residual2, b.proj, out=b.residual3)
 
-    def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False):
+    def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False,
+                doc_starts: np.ndarray | None = None):
         """inputs, targets: (B, T) int32 token ids. Returns the mean loss (or None without targets).
 
         With training=True the logits buffer becomes dlogits (fused softmax/cross-entropy/gradient),
-        ready for backward(); acts.logits then no longer holds logits.
+        ready for backward(); acts.logits then no longer holds logits. doc_starts (B, T) int32, for
+        rows that pack several documents: where each position's document starts
+        (attention.check_doc_starts). Each document then attends only to itself and its RoPE
+        positions start at 0, as if it ran alone.
         """
         cfg, p = self.config, self.params
         B, T = inputs.shape
@@ -250,11 +261,13 @@ class Llama(Model):
         a = self._ensure_buffers(B, T)
         inputs = np.ascontiguousarray(inputs, dtype=np.int32)
         self.inputs = inputs
+        self.doc_starts = None if doc_starts is None else check_doc_starts(doc_starts, B, T)
+        self.positions = doc_positions(self.doc_starts, B, T)
 
         np.take(p.wte, inputs.reshape(N), axis=0, out=a.encoded)               # (N, C)
         residual = a.encoded
         for l in range(cfg.num_layers):
-            self._block(l, residual, a.layer(l), B, T, 0, None)
+            self._block(l, residual, a.layer(l), B, T, self.positions, None, scratch=a.att_scratch)
             residual = a.residual3[l]
         LK.rmsnorm_forward(a.lnf, a.lnf_rstd, residual, p.lnfw, self.eps)
         np.matmul(a.lnf, self.head().T, out=a.logits)                              # (N, Vp)
@@ -312,9 +325,9 @@ class Llama(Model):
             # attention block
             matmul_grad(g.attprojw[l], dres.T, a.atty[l], scratch, acc)       # (C, H hd)
             np.matmul(dres, p.attprojw[l], out=a.d_q)             # d attention output (N, H hd)
-            attention_backward(a.d_qkv.reshape(B, T, -1), a.d_q.reshape(B, T, -1), a.att[l],
-                               a.qkv[l].reshape(B, T, -1), H, KV, a.d_att, a.d_heads)
-            LK.rope_rotate(a.d_qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, 0, -1.0)
+            attention_backward(a.d_qkv.reshape(B, T, -1), a.d_q.reshape(B, T, -1), a.atty[l].reshape(B, T, -1),
+                               a.att_lse[l], a.qkv[l].reshape(B, T, -1), H, KV, a.att_scratch, self.doc_starts)
+            LK.rope_rotate(a.d_qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, self.positions, -1.0)
             if cfg.qk_norm:
                 QD, KVD, hd = cfg.q_dim, cfg.kv_dim, cfg.head_dim
                 q_pre, q_rstd, k_pre, k_rstd = (buf[l] for buf in a.qk_norm)
@@ -350,8 +363,9 @@ class Llama(Model):
             raise ValueError(f"extend: positions {t0}..{t0 + n - 1} do not fit a {cache.max_tokens}-position cache")
         x, b = cache.scratch(n)
         np.take(p.wte, tokens, axis=0, out=x)
+        positions = np.arange(t0, t0 + n, dtype=np.int32).reshape(1, n)
         for l in range(cfg.num_layers):
-            self._block(l, x, b, 1, n, t0, cache)
+            self._block(l, x, b, 1, n, positions, cache, t0)
         LK.rmsnorm_forward(b.ln1[n - 1:n], b.ln1_rstd[:1], x[n - 1:n], p.lnfw, self.eps)
         np.matmul(b.ln1[n - 1:n], self.head().T, out=cache.logits)
         return cache.logits[0]

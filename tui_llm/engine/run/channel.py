@@ -31,6 +31,7 @@ import shutil
 import socket
 import struct
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -156,7 +157,7 @@ class ControlServer:
                 self._private_dir = Path(tempfile.mkdtemp(prefix="tui-llm-", dir="/tmp"))
                 path = self._private_dir / SOCKET
                 _bind(listener, path)
-            listener.listen(16)
+            listener.listen(socket.SOMAXCONN)  # clients wait here until the next step boundary accepts them
             listener.setblocking(False)
             if self._private_dir is not None:
                 with atomic_write(self.run_dir / ADDRESS, "w") as f:
@@ -304,12 +305,20 @@ class ControlClient:
         path = socket_path(run_dir)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
-        try:
-            sock.connect(str(path))
-        except OSError as e:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                sock.connect(str(path))
+                return cls(sock)
+            except BlockingIOError:  # the trainer's backlog is full until its next step boundary
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                error: OSError = TimeoutError("the trainer accepts no connection")
+            except OSError as e:
+                error = e
             sock.close()
-            raise ChannelError(f"{run_dir}: no trainer is serving commands here ({e.strerror or e})") from None
-        return cls(sock)
+            raise ChannelError(f"{run_dir}: no trainer is serving commands here ({error.strerror or error})") from None
 
     def request(self, message: dict) -> dict:
         """Send one request and wait for its reply (ChannelError if the trainer is gone)."""

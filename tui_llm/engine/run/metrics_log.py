@@ -66,8 +66,8 @@ class MetricsLog:
             if keep > 0 and os.pread(fd, 1, keep - 1) != b"\n":  # never continue after half a line
                 keep = _last_line_end(fd, keep)
             if keep < keep_bytes:
-                note = (f"{self.path.name} held {keep:,} of the {keep_bytes:,} bytes of history this checkpoint "
-                        f"recorded: the records before it are incomplete; the run continues from the checkpoint")
+                note = (f"{self.path.name} held {keep:,} of the {keep_bytes:,} bytes of history the checkpoint "
+                        f"recorded (lost or damaged)")
             os.ftruncate(fd, keep)
             os.fsync(fd)
             os.lseek(fd, 0, os.SEEK_END)
@@ -183,6 +183,18 @@ class MetricsLog:
                 break
             end = line_end
         return end
+
+    def ends_a_line_at(self, offset: int) -> bool:
+        """Whether the log holds `offset` bytes and a line ends there (as one did when a checkpoint
+        recorded that offset): False means the history before it was lost or changed."""
+        f = self._open_for_reading()
+        if f is None:
+            return offset == 0
+        with f:
+            if offset == 0:
+                return True
+            f.seek(offset - 1)
+            return f.read(1) == b"\n"
 
     def check(self) -> None:
         """MetricsLogError (one line) unless the log is missing or a readable regular file."""

@@ -24,7 +24,7 @@ import stat
 from pathlib import Path
 
 from tui_llm.engine.errors import TuiLlmError
-from tui_llm.engine.formats.atomic import atomic_write, remove_stale_temp_files
+from tui_llm.engine.formats.atomic import TEMP_SUFFIX, atomic_write, remove_stale_temp_files
 from tui_llm.engine.jsonline import BadLine, parse_json
 from tui_llm.engine.run.metrics_log import MetricsLog
 
@@ -37,6 +37,8 @@ CONTROL_SOCKET = "control.sock"   # the trainer's control channel (engine/channe
 CONTROL_ADDRESS = "control.addr"  # where it is instead, when the run directory's path is too long
 CHECKPOINT_GLOB = "ckpt_*.safetensors"
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d{8,})\.safetensors$")
+LEFTOVERS = frozenset({LOCK, CONFIG, METRICS, CONTROL_SOCKET, CONTROL_ADDRESS})
+"""What a run that never saved a checkpoint leaves behind: a fresh run may start over it."""
 
 CSV_COLUMNS = ("step", "loss", "val_loss", "lr", "grad_norm", "fwd_ms", "bwd_ms", "opt_ms", "step_ms",
                "tok_per_s", "tokens", "elapsed_s", "epoch")
@@ -108,21 +110,89 @@ class RunDir:
 
     # -- opening ---------------------------------------------------------------------------
 
-    def create(self) -> None:
-        """For a fresh run: the directory must not exist yet or be empty."""
+    def create(self) -> str | None:
+        """For a fresh run: the directory must not exist yet, be empty, or hold only what a run
+        that never saved a checkpoint leaves behind (killed before its first save: `.lock`,
+        config.json, metrics.jsonl, the control socket). Such leftovers are replaced, and the
+        returned note says so; a directory with anything else in it is refused."""
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{self.path}: exists and is not a directory", field="out_dir")
         if self.path.is_dir() and any(self.path.iterdir()):
-            hint = " (it holds a run: continue it with --resume)" if is_run_dir(self.path) else ""
-            raise RunDirError(f"{self.path}: directory is not empty{hint}", field="out_dir")
+            if self._unsaved_run_leftovers() is None:
+                hint = " (it holds a run: continue it with --resume)" if is_run_dir(self.path) else ""
+                raise RunDirError(f"{self.path}: directory is not empty{hint}", field="out_dir")
+            return self._start_over()
         try:
             self.created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RunDirError(f"{self.path}: cannot create it ({e.strerror})", field="out_dir") from None
+        return None
+
+    def _unsaved_run_leftovers(self) -> list[Path] | None:
+        """The files of a run that saved no checkpoint, or None if anything else is here (a
+        checkpoint, keep.json, a file of the user's, a directory): those are never touched."""
+        found = []
+        for entry in self.path.iterdir():
+            if entry.name in LEFTOVERS and not entry.is_dir():
+                found.append(entry)
+            elif not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)):
+                return None
+        names = {p.name for p in found}
+        if CONFIG in names:  # ours (a run's configuration), not someone else's config.json
+            try:
+                config = read_json_file(self.path / CONFIG)
+            except (OSError, BadLine):
+                return None
+            if not (isinstance(config, dict) and "run_config" in config):
+                return None
+        if METRICS in names:  # ours: empty, or a run's records from its start record on
+            try:
+                first = next(self.metrics.records(), None)
+            except TuiLlmError:
+                return None
+            if first is not None and (first[1] or {}).get("type") != "start":
+                return None
+        return found
+
+    def _start_over(self) -> str:
+        """Take over a directory whose run died before its first checkpoint (the lock proves it is dead)."""
+        self.lock()
+        leftovers = self._unsaved_run_leftovers()
+        if leftovers is None:  # something appeared meanwhile: leave it all alone
+            self.close()
+            raise RunDirError(f"{self.path}: directory is not empty", field="out_dir")
+        steps = sum(1 for _, r in self.metrics.records() if r is not None and r.get("type") == "train") \
+            if self.metrics.path.is_file() else 0
+        for entry in leftovers:
+            if entry.name != LOCK:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+        what = f" ({steps} steps recorded, none saved)" if steps else ""
+        return f"{self.path} held a run that stopped before its first checkpoint{what}: starting it again from step 0"
+
+    def check_files(self) -> None:
+        """RunDirError (one line) when config.json, keep.json or metrics.jsonl is there but is not
+        a regular file (a directory, a FIFO): the run could not write or read it."""
+        for name in (CONFIG, KEEP, METRICS):
+            p = self.path / name
+            try:
+                mode = p.lstat().st_mode
+            except OSError:
+                continue
+            if stat.S_ISLNK(mode):
+                try:
+                    mode = p.stat().st_mode
+                except OSError:
+                    continue  # a dangling link: replaced when written
+            if not stat.S_ISREG(mode):
+                kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+                raise RunDirError(f"{p}: {kind}; a run directory's {name} must be a regular file (move it away)")
 
     def lock(self) -> None:
         """Hold the directory for this process; a second trainer gets a clear error."""
+        if self._lock_fd is not None:
+            return
         try:
             fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:

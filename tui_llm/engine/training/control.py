@@ -22,10 +22,13 @@ class Control:
     def __init__(self) -> None:
         self._queue: queue.Queue[ev.Command] = queue.Queue()
         self.paused = False
-        self.stop: ev.Stop | None = None
+        self.stop: ev.Stop | None = None        # the Stop applied (the loop ends at this boundary)
+        self.stop_sent: ev.Stop | None = None   # the first Stop sent, before it is applied (compiling checks it)
 
     def send(self, command: ev.Command) -> None:
         """Thread-safe: queue a command for the trainer's next step boundary."""
+        if isinstance(command, ev.Stop) and self.stop_sent is None:
+            self.stop_sent = command
         self._queue.put(command)
 
     def pending(self) -> list[ev.Command]:

@@ -110,8 +110,10 @@ class RunConfig:
             if not isinstance(v, int) or isinstance(v, bool):
                 raise ConfigError(name, f"must be a whole number, got {v!r}")
             low = 1 if name in positive or name in SIZES else 0
-            if not low <= v < LIMIT:
-                raise ConfigError(name, f"must be {'positive' if low else 'zero or more'}, got {v}")
+            if v < low:
+                raise ConfigError(name, f"must be {'positive' if low else 'zero or more'}, got {_shown(v)}")
+            if v >= LIMIT:
+                raise ConfigError(name, f"must be less than 2**62 ({LIMIT:.2e}), got {_shown(v)}")
         finite = {"lr": (0.0, 10.0, False), "lr_scale": (0.0, 100.0, True), "final_lr_fraction": (0.0, 1.0, True),
                   "weight_decay": (0.0, 10.0, True),
                   "grad_clip": (0.0, 1e9, True), "temperature": (0.0, 100.0, True)}
@@ -141,7 +143,11 @@ class RunConfig:
             raise ConfigError(unknown[0], "is not a run setting")
         changed = sorted(k for k, v in overrides.items()
                          if k in FIXED_ON_RESUME and v is not None and v != getattr(self, k)
-                         and not _same_path(k, v, getattr(self, k)))
+                         and not _same_path(k, v, getattr(self, k))
+                         and not (k == "total_batch_size" and self.total_batch_size == 0))  # 0: B*T*processes then
+        if self.total_batch_size == 0 and overrides.get("total_batch_size"):
+            values = {**asdict(self), "total_batch_size": overrides["total_batch_size"]}
+            return RunConfig(**values).resumed_with({k: v for k, v in overrides.items() if k != "total_batch_size"})
         if changed:
             raise ConfigError(changed[0], "cannot change when resuming (it describes the model or the data)")
         values = {**asdict(self), **{k: v for k, v in overrides.items() if v is not None and k not in FIXED_ON_RESUME}}
@@ -163,6 +169,13 @@ def live_setting(config: RunConfig, name, value):
     copy = RunConfig(**{**asdict(config), name: value})
     copy.validate()
     return value
+
+
+def _shown(v: int) -> str:
+    """A whole number as a message shows it: in full when short, its size when huge (not 309 digits)."""
+    digits = len(str(v)) if v.bit_length() < 10_000 else int(v.bit_length() * 0.30103) + 1
+    return str(v) if digits <= 20 else f"a number of {digits:,} digits ({float(v):.2e})" if digits < 309 \
+        else f"a number of {digits:,} digits"
 
 
 def _same_path(name: str, a, b) -> bool:

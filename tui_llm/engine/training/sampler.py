@@ -27,19 +27,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tui_llm.engine.errors import TuiLlmError
 from tui_llm.engine.kernels import common as K
 from tui_llm.engine.tokenizers.gpt2 import token_pieces
 
 
+class PromptError(TuiLlmError, ValueError):
+    """A prompt this model cannot read (tokens beyond its vocabulary): one line."""
+
+
 @dataclass
 class SampleResult:
+    """One sample. `text` is the continuation alone, without the prompt (as in a Sample event);
+    `full_text` is prompt and continuation, what `tui-llm sample` prints."""
+
     prompt: str
     prompt_ids: list[int]
     token_ids: list[int]                 # generated tokens only
-    text: str                            # decoded generated text
+    text: str                            # decoded generated text (the prompt is not in it)
     token_texts: list[str] = field(default_factory=list)   # text of each token ("" mid-character), joins to text
     token_probs: list[float] = field(default_factory=list)  # probability each token was drawn with
     seconds: float = 0.0
+
+    @property
+    def full_text(self) -> str:
+        return self.prompt + self.text
 
     @property
     def tok_per_s(self) -> float:
@@ -68,6 +80,15 @@ def choose_token(logits_row: np.ndarray, vocab_size: int, temperature: float, to
     while probs[token] == 0.0 and token > 0:  # never land on a token the top-k excluded
         token -= 1
     return token, float(probs[token])
+
+
+def check_prompt_ids(ids: list[int], vocab_size: int) -> None:
+    """PromptError unless every token id is in the model's vocabulary."""
+    outside = [t for t in ids if not 0 <= t < vocab_size]
+    if outside:
+        raise PromptError(f"the prompt has {len(outside)} token(s) outside this model's vocabulary of {vocab_size:,} "
+                          f"(the first is {outside[0]}): the tokenizer is larger than the model; give a prompt of "
+                          f"other text, or the model's own --tokenizer")
 
 
 class Sampler:
@@ -111,8 +132,7 @@ class Sampler:
             ids = [self.bos] + list(prompt_ids)
         else:
             ids = list(prompt_ids) if prompt_ids else [self.eot if self.eot is not None else 0]
-        if any(not 0 <= t < cfg.vocab_size for t in ids):
-            raise ValueError(f"prompt has token ids outside the model's vocabulary of {cfg.vocab_size}")
+        check_prompt_ids(ids, cfg.vocab_size)
         # keep within the model's context: the most recent tokens win
         max_new_tokens = max(0, min(max_new_tokens, cfg.max_seq_len - 1))
         ids = ids[-(cfg.max_seq_len - max_new_tokens):] if max_new_tokens else ids[-cfg.max_seq_len:]

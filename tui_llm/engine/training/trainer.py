@@ -30,8 +30,9 @@ import numpy as np
 
 from tui_llm.engine import events as ev
 from tui_llm.engine.data.loader import TrainLoader, ValLoader
+from tui_llm.engine.data.loader_state import BatchMismatch
 from tui_llm.engine.data.sidecar import check_data_tokenizer
-from tui_llm.engine.data.tokens import DataError, open_dataset
+from tui_llm.engine.data.tokens import DataError, _as_shards, open_dataset
 from tui_llm.engine.errors import TuiLlmError
 from tui_llm.engine.formats import CheckpointError
 from tui_llm.engine.formats.gguf_tokenizer import resolve_tokenizer_dir
@@ -41,14 +42,14 @@ from tui_llm.engine.machine import set_threads
 from tui_llm.engine.models.build import build_model
 from tui_llm.engine.models.llama import Llama
 from tui_llm.engine.run.channel import ControlServer
-from tui_llm.engine.run.run_dir import RunDir, RunDirError
+from tui_llm.engine.run.run_dir import RunDir, RunDirError, checkpoint_step
 from tui_llm.engine.tokenizers.lookup import load_tokenizer
 from tui_llm.engine.training.control import Control
 from tui_llm.engine.training.distributed import World
 from tui_llm.engine.training.model_source import fresh_model, load_model_source, restore_tokenizer_dir
 from tui_llm.engine.training.optim import AdamW, AdamWConfig, learning_rate
 from tui_llm.engine.training.run_config import ConfigError, RunConfig, default_val_file, live_setting
-from tui_llm.engine.training.sampler import Sampler
+from tui_llm.engine.training.sampler import PromptError, Sampler, check_prompt_ids
 from tui_llm.engine.training.state import TrainingState
 
 __all__ = ["Trainer", "RunConfig", "ConfigError", "TrainingError"]
@@ -72,10 +73,13 @@ class Trainer:
         self.config = replace(config)
         self.world = world or World.single()
         self.control = Control()
+        self._notes: list[str] = []  # said once the run starts (small validation data, a directory started over)
         self._load_model(_resume)
         self._open_data()
         self._make_optimizer()
         self._start_at(_resume)
+        self._failed_saves = 0                   # saves failed in a row ...
+        self._save_problem: str | None = None  # ... and why (said once)
         self._claim_run_dir(fresh=_resume is None)
         self.sampler: Sampler | None = None
         self._emit: Callable[[ev.Event], None] = lambda event: None  # run() sets the real one
@@ -88,13 +92,30 @@ class Trainer:
     def resume(cls, path, *, world: World | None = None, **overrides) -> Trainer:
         """Continue the run saved at `path` (a run directory: its newest checkpoint; or a checkpoint
         file). `overrides` may change run settings (steps, lr, cadences, ...) but not the model or
-        the data (ConfigError names the field)."""
+        the data (ConfigError names the field).
+
+        A run directory whose run stopped before its first checkpoint is started again from step 0
+        with the configuration its config.json recorded."""
+        saved = _unsaved_run_config(path)
+        if saved is not None:
+            config = saved.resumed_with(overrides)
+            config.out_dir = str(Path(path).absolute())
+            return cls(config, world=world)
         state = TrainingState.load(path)
         return cls(state.run_config.resumed_with(overrides), world=world, _resume=state)
 
     def _short_name(self) -> str:
+        """The model part of a run directory's default name: the preset (d6, llama-d4), or the name
+        of what the weights came from (SmolLM2-135M for an HF dir or cached name, gpt2_124M for an
+        llm.c file, model for model.gguf, the run directory's name for one of our checkpoints)."""
         import re
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.model_name).name)[:40] or "model"
+
+        name = self.model_name
+        if self.config.init_from:
+            source = Path(self.config.init_from.rstrip("/"))
+            name = source.parent.name if checkpoint_step(source) is not None else source.name
+            name = name.removesuffix(".bin").removesuffix(".safetensors").removesuffix(".gguf")
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.")[:40] or "model"
 
     # -- what __init__ does, in order ---------------------------------------------------------
 
@@ -120,6 +141,11 @@ class Trainer:
         if c.tokenizer and self.encoding.vocab_size > self.model.config.vocab_size:
             raise ConfigError("tokenizer", f"{c.tokenizer} has {self.encoding.vocab_size:,} tokens, more than the "
                                            f"model's vocabulary of {self.model.config.vocab_size:,}")
+        if c.prompt:
+            try:
+                check_prompt_ids(self.encoding.encode_ordinary(c.prompt), self.model.config.vocab_size)
+            except PromptError as e:
+                raise ConfigError("prompt", e.problem) from None
         if c.seq_len > self.model.config.max_seq_len:
             raise ConfigError("seq_len", f"{c.seq_len} is larger than the model's maximum sequence length "
                                          f"{self.model.config.max_seq_len}")
@@ -141,6 +167,7 @@ class Trainer:
                                                   f"{' * '.join(str(v) for _, v in factors)} = {tokens_per_micro}")
         self.grad_accum = total // tokens_per_micro
         self.tokens_per_step = total
+        c.total_batch_size = total  # recorded resolved: a resume on another number of processes keeps it
         self.loader = TrainLoader(self.train_tokens, c.batch_size, c.seq_len, shuffle=c.shuffle, seed=42,
                                   grad_accum=self.grad_accum, rank=world.rank, world_size=world.size)
         val_file = c.val_file or default_val_file(c.train_file)
@@ -148,9 +175,26 @@ class Trainer:
         if val_file:
             check_data_tokenizer(val_file, self.encoding)
             self.val_tokens = open_dataset(val_file, c.data_format, vocab_size=vocab_size)
-            # whole total batches, as one process with the whole batch would see them (split in _validate)
-            self.val_loader = ValLoader(self.val_tokens, self.loader.rows, c.seq_len)
-        self.val_file = val_file
+            self.val_loader = self._val_loader(val_file)
+        self.val_file = val_file if self.val_loader else None
+
+    def _val_loader(self, val_file: str) -> ValLoader | None:
+        """Whole total batches, as one process with the whole batch would see them (split into
+        micro-batches in _validate). Validation tokens too few for that (a small corpus): as many
+        micro-batches as they hold, said at the start; too few for one: no validation, said too."""
+        B, T = self.config.batch_size, self.config.seq_len
+        shards = [t.shape[0] for _, t in _as_shards(self.val_tokens)]
+        rows = min(self.loader.rows, min((n - 1) // T for n in shards) // B * B)
+        if rows == self.loader.rows:
+            return ValLoader(self.val_tokens, rows, T)
+        have = f"{Path(val_file).name} holds {min(shards):,} tokens"
+        if rows < B:
+            self._notes.append(f"no validation: {have}, fewer than one batch of B*T+1 = {B * T + 1:,} "
+                               f"(make more text, a larger --val-fraction in prepare, or a smaller -b / -t)")
+            return None
+        self._notes.append(f"validation uses batches of {rows} rows, not {self.loader.rows}: {have}, fewer than one "
+                           f"total batch of {self.loader.rows * T + 1:,}")
+        return ValLoader(self.val_tokens, rows, T)
 
     def _make_optimizer(self) -> None:
         """AdamW (with --zero 1 each rank keeps its state for its slice of the parameters); rank 0's
@@ -182,6 +226,11 @@ class Trainer:
         self.step = self.optimizer.step = self.last_saved_step = state.step
         try:
             self.loader.load_state_dict(state.loader)
+        except BatchMismatch as e:
+            tokens, c = e.rows * self.config.seq_len, self.config
+            how = f"pass it, or launch {e.rows // c.batch_size} processes" if e.rows % c.batch_size == 0 else "pass it"
+            name = path.name if path else "it"
+            raise ConfigError("total_batch_size", f"must be {tokens} to continue {name}: {e} ({how})") from None
         except (DataError, KeyError, TypeError, ValueError) as e:
             raise CheckpointError(path, f"bad loader state: {e}") from None
         try:
@@ -207,10 +256,14 @@ class Trainer:
         problem = None
         if world.is_root:
             try:
-                if fresh:
-                    self.run_dir.create()
+                note = self.run_dir.create() if fresh else None
                 self.run_dir.lock()
-            except RunDirError as e:
+                self.run_dir.check_files()      # config.json or metrics.jsonl a directory: one line now,
+                self.run_dir.metrics.check()    # not an error once the run has started
+                if note:
+                    self._notes.append(note)
+            except TuiLlmError as e:
+                self.run_dir.close()
                 problem = (e.problem, e.field)
         problem = world.bcast_obj(problem)
         if problem:
@@ -254,6 +307,9 @@ class Trainer:
             except ConfigError as e:
                 self._emit(ev.Notice(step=self.step, text=f"setting not changed: {e}", level=ev.Level.WARNING))
                 return
+            if value == getattr(self.config, cmd.name):
+                self._emit(ev.Notice(step=self.step, text=f"{cmd.name} is already {value}: nothing changed"))
+                return
             setattr(self.config, cmd.name, value)  # every rank: the schedule and cadences stay the same everywhere
             self._emit(ev.SettingChanged(step=self.step, name=cmd.name, value=value))
 
@@ -287,21 +343,26 @@ class Trainer:
             raise ValueError(f"on_error must be 'stop' or 'pause', got {on_error!r}")
         self._on_error = on_error
         self._emit = (lambda event: self._record(event, emit)) if self.world.is_root else (lambda event: None)
+        self._emit_compiling = emit if self.world.is_root else (lambda event: None)  # rank 0 alone says it
         c = self.config
         reason = ev.FinishReason.ERROR
         try:
             set_threads(c.threads or self.world.threads_per_rank())
-            progress = lambda done, total, name: emit(ev.Compiling(done=done, total=total, name=name))  # noqa: E731
-            compile_kernels("llama" if isinstance(self.model, Llama) else "gpt2", progress)
+            compile_kernels("llama" if isinstance(self.model, Llama) else "gpt2", self._compiling)
             if self.world.is_root:
                 self._open_history()
                 self.run_dir.write_config({"run_config": c.to_dict(), "model_config": self.model.config.to_dict(),
                                            "model_name": self.model_name, "num_params": self.model.num_parameters})
                 self._start_channel()  # before RunStarted: a watcher that sees it can connect at once
             self._emit(self._run_started())
+            for note in self._notes:
+                self._emit(ev.Notice(step=self.step, text=note))
             if self._history_note:  # the history lost records: the checkpoint still holds the run
                 self._emit(ev.Notice(step=self.step, level=ev.Level.WARNING, text=self._history_note))
             reason = self._loop()
+        except _StoppedWhileCompiling:  # a signal or Stop before anything was trained: nothing to save
+            sent = self.control.stop_sent
+            reason = ev.FinishReason(sent.reason) if sent is not None else ev.FinishReason.STOPPED
         except Exception as e:  # anything unexpected still reaches the consumer as one event
             if self.world.is_distributed:  # the other ranks wait in a collective: end the whole job
                 self.world.abort(f"{type(e).__name__}: {e}")
@@ -316,6 +377,12 @@ class Trainer:
             self.run_dir.discard()  # quit before the first step: leave nothing behind
         self.run_dir.close()
         return reason
+
+    def _compiling(self, done: int, total: int, name: str) -> None:
+        """Compile progress; a Stop sent meanwhile (a signal at start-up) ends the run here."""
+        if self.control.stop_sent is not None and not self.world.is_distributed:  # MPI: the ranks agree at step 0
+            raise _StoppedWhileCompiling
+        self._emit_compiling(ev.Compiling(done=done, total=total, name=name))
 
     def _loop(self) -> ev.FinishReason:
         c = self.config
@@ -354,7 +421,10 @@ class Trainer:
         return self._finish(ev.FinishReason(stop.reason))
 
     def _finish(self, reason: ev.FinishReason) -> ev.FinishReason:
-        """The final save; a run that could not save its final state finished in error."""
+        """The final save; a run that could not save its final state finished in error. A run that
+        trained nothing (--steps 0, stopped before its first step) has nothing to save."""
+        if self.step == 0:
+            return reason
         if self._save(ev.SaveReason.FINAL) is False:
             return ev.FinishReason.ERROR
         return reason
@@ -431,8 +501,12 @@ class Trainer:
         c = self.config
         if self.sampler is None:
             self.sampler = Sampler(self.model, self.encoding)
-        result = self.sampler.generate(prompt, c.sample_len, temperature=c.temperature, top_k=c.top_k,
-                                       rng=self.sample_rng)
+        try:
+            result = self.sampler.generate(prompt, c.sample_len, temperature=c.temperature, top_k=c.top_k,
+                                           rng=self.sample_rng)
+        except PromptError as e:  # a prompt asked for while training (a key, a watcher): only that sample fails
+            self._emit(ev.Notice(step=self.step, level=ev.Level.WARNING, text=f"no sample: {e}"))
+            return
         self._emit(ev.Sample(step=self.step, prompt=prompt, text=result.text, token_ids=result.token_ids,
                              token_texts=result.token_texts, token_probs=[round(p, 5) for p in result.token_probs],
                              tok_per_s=result.tok_per_s))
@@ -445,8 +519,9 @@ class Trainer:
             self._sample(prompt)
         finally:
             self._emit = emit
-        sample = events[0]
-        assert isinstance(sample, ev.Sample)
+        sample = events[0] if events else None
+        if not isinstance(sample, ev.Sample):  # the prompt was refused (a Notice says why)
+            raise PromptError(getattr(sample, "text", "no sample"))
         return sample
 
     # -------------------------------------------------------------------------------------
@@ -478,16 +553,38 @@ class Trainer:
             self.run_dir.metrics.sync()
             self.state(adam_m, adam_v).save(path)
         except (OSError, CheckpointError, TrainingError) as e:
-            msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            self._emit(ev.Error(step=self.step, message=f"saving {path} failed: {msg}; the previous checkpoint is intact"))
-            if self._on_error == "pause" and self.control.stop is None and reason != ev.SaveReason.FINAL:
-                self.control.pause(self.step, self._emit)
+            self._save_failed(path, e.strerror if isinstance(e, OSError) and e.strerror else str(e), reason)
             return False
+        if self._failed_saves:
+            self._emit(ev.Notice(step=self.step, text=f"saving works again ({self._failed_saves} failed before)"))
+            self._failed_saves, self._save_problem = 0, None
         self.last_saved_step = self.step
         self.last_checkpoint = path
         self._emit(ev.CheckpointSaved(step=self.step, path=str(path), seconds=time.perf_counter() - t0, reason=reason))
         self.run_dir.prune(self.config.keep_checkpoints, protect=path)
         return True
+
+    def _save_failed(self, path: Path, problem: str, reason: ev.SaveReason) -> None:
+        """Say a failed save once per problem (a full disk fails every save the same way). Training
+        goes on only while a good checkpoint holds the run; without one it stops (headless) or
+        pauses (the UI), naming the steps that would be lost."""
+        self._failed_saves += 1
+        if problem != self._save_problem:
+            self._save_problem = problem
+            kept = f"the checkpoint of step {self.last_saved_step} is intact" if self.last_saved_step >= 0 \
+                else "no checkpoint has been saved yet"
+            again = "; training goes on and saves are retried (said once)" \
+                if reason == ev.SaveReason.PERIODIC and self.last_saved_step >= 0 else ""
+            self._emit(ev.Error(step=self.step, message=f"saving {path} failed: {problem}; {kept}{again}"))
+        if reason == ev.SaveReason.FINAL or self.control.stop is not None:
+            return
+        if self.last_saved_step < 0 and self._on_error == "stop":
+            self._emit(ev.Error(step=self.step, message=f"stopping: no checkpoint can be saved, so steps 1..{self.step} "
+                                                        f"would be lost however long the run goes on"))
+            self.control.send(ev.Stop(save=True, reason=ev.FinishReason.ERROR))
+        elif self._on_error == "pause" and (reason == ev.SaveReason.REQUEST or self.last_saved_step < 0
+                                            or self._failed_saves == 1):
+            self.control.pause(self.step, self._emit)
 
     def _history_keep(self) -> int:
         """How many bytes of metrics.jsonl belong to this run's past: on resume, up to where the
@@ -500,7 +597,16 @@ class Trainer:
 
     def _open_history(self) -> None:
         """metrics.jsonl: cut back to this run's past, then appended to."""
-        self._history_note = self.run_dir.metrics.open(self._history_keep())
+        metrics = self.run_dir.metrics
+        damaged = self.history_bytes is not None and self.history_bytes > 0 \
+            and not metrics.ends_a_line_at(self.history_bytes)
+        note = metrics.open(self._history_keep())
+        if damaged and note is None:
+            note = f"{metrics.path.name} does not end a line where the checkpoint recorded its history (damaged)"
+        if note and self.last_checkpoint is not None:  # the checkpoint is the run: say what it gave back
+            note += (f"; the run continues from {self.last_checkpoint.name} at step {self.step} (weights, optimizer, "
+                     f"data position and settings come from it); the history of the steps before is incomplete")
+        self._history_note = note
         self._history_opened = True
 
     def history(self) -> list[dict]:
@@ -528,3 +634,26 @@ class Trainer:
             batches_per_epoch=self.loader.num_samples, tokens_per_step=self.tokens_per_step,
             world_size=self.world.size,
             step=self.step, steps=c.steps, elapsed_s=self.elapsed_s)
+
+
+def _unsaved_run_config(path) -> RunConfig | None:
+    """The configuration of a run directory whose run stopped before its first checkpoint (its
+    config.json), or None: a directory with a checkpoint, or a checkpoint file, is resumed from it."""
+    run_dir = RunDir(path)
+    if not run_dir.path.is_dir() or run_dir.checkpoints():
+        return None
+    try:
+        saved = run_dir.read_config()
+    except RunDirError as e:
+        raise RunDirError(f"{run_dir.path}: no checkpoint to resume from, and no configuration to start it again "
+                          f"from ({e.problem}); start it with the command that made it") from None
+    if not isinstance(saved.get("run_config"), dict):
+        raise RunDirError(f"{run_dir.path / 'config.json'}: no run_config in it (not a run directory of ours)")
+    try:
+        return RunConfig.from_dict(saved["run_config"])
+    except ConfigError as e:
+        raise RunDirError(f"{run_dir.path / 'config.json'}: {e}") from None
+
+
+class _StoppedWhileCompiling(Exception):
+    """A Stop arrived before the first step (a signal during start-up): the run ends untrained."""
