@@ -137,7 +137,7 @@ def bench_case(case: Case, old, repeats: int) -> dict[str, tuple[float, float]]:
         "packed": lambda: timed(lambda: case.run_new(case.packed)),
     }
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-    for name, run in variants.items():  # warm-up: compile, touch the buffers
+    for run in variants.values():  # warm-up: compile, touch the buffers
         run()
     for _ in range(repeats):
         for name, run in variants.items():
