@@ -43,7 +43,8 @@ def chat_parser() -> Parser:
 def add_chat_options(p: Parser) -> None:
     """--chat-template and --system (shared with `sample --chat`)."""
     p.add_argument("--chat-template", metavar="FILE|chatml",
-                   help="the template (a .jinja file, a tokenizer_config.json, or chatml); default: the tokenizer's own")
+                   help="the template (a .jinja file, a tokenizer_config.json, or chatml); default: the run's "
+                        "--chat-template, else the tokenizer's own")
     p.add_argument("--system", metavar="TEXT", help="a system prompt to start the conversation with")
 
 
@@ -59,7 +60,7 @@ def load_chat(args):
     from tui_llm.engine.models.llama import LlamaConfig
     from tui_llm.engine.tokenizers.lookup import load_tokenizer
     from tui_llm.engine.training.chat import Chat
-    from tui_llm.engine.training.model_source import load_model_source
+    from tui_llm.engine.training.model_source import load_model_source, recorded_chat_template
 
     if args.system is not None and not args.system.strip():
         raise UsageError("--system is empty")
@@ -67,8 +68,9 @@ def load_chat(args):
     tokenizer_dir = args.tokenizer or tokenizer_dir
     if isinstance(cfg, LlamaConfig) and tokenizer_dir is None:
         raise UsageError(f"{args.init_from}: no tokenizer.json with this Llama model; give --tokenizer DIR")
+    chat_template = args.chat_template or recorded_chat_template(args.init_from)  # a run's own, by default
     set_threads(args.threads)
-    return name, Chat(build_model(cfg, flat), load_tokenizer(tokenizer_dir), args.chat_template)
+    return name, Chat(build_model(cfg, flat), load_tokenizer(tokenizer_dir), chat_template)
 
 
 def cmd_chat(argv) -> int:

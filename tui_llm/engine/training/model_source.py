@@ -5,6 +5,7 @@ tokenizer that goes with them.
 
     config, flat, name, tokenizer_dir = load_model_source("runs/x")   # or a checkpoint, an llm.c .bin,
                                                                       # an HF dir or a cached name
+    recorded_chat_template("runs/x")                                  # the run's --chat-template, if any
 The tokenizer directory is where the model's tokenizer.json lives: a Llama-family HF dir's own,
 or the one a run recorded (`run_config.tokenizer` in its checkpoints); None means GPT-2's.
 """
@@ -57,6 +58,20 @@ def recorded_tokenizer(target: str) -> str | None:
         tokenizer = run_config.get("tokenizer") if isinstance(run_config, dict) else None
         return tokenizer if isinstance(tokenizer, str) else None
     return None
+
+
+def recorded_chat_template(source) -> str | None:
+    """The chat template a run was given (`run_config.chat_template` of a run directory's newest
+    checkpoint, or of a checkpoint); None for anything else, or a run without one."""
+    path = Path(str(source)).expanduser()
+    if path.is_dir() and is_run_dir(path) and hf_model_type(path) is None:
+        path = resolve_checkpoint(path)
+    if not (path.is_file() and detect_checkpoint_kind(path) == "training"):
+        return None
+    _, meta = load_training_checkpoint(path, names=[])
+    run_config = meta.get("run_config")
+    template = run_config.get("chat_template") if isinstance(run_config, dict) else None
+    return template if isinstance(template, str) else None
 
 
 def fresh_model(c: RunConfig) -> tuple[Model, str]:

@@ -64,6 +64,7 @@ class RunConfig:
     temperature: float = 1.0
     top_k: int = 0
     prompt: str = ""
+    chat_template: str | None = None    # the chat panel's, tui-llm chat RUN_DIR's: a file or "chatml"; None: the tokenizer's
     save_every: int = 250               # 0 = only on request and at the end
     keep_checkpoints: int = 2           # older periodic checkpoints are deleted; 0 keeps all
     out_dir: str | None = None          # None: runs/<date>-<model>
@@ -86,7 +87,7 @@ class RunConfig:
             kinds = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}.get(type(default), ())
             if f.name in SIZES:
                 kinds = (int,)
-            if f.name in ("val_file", "init_from", "out_dir", "tokenizer"):
+            if f.name in ("val_file", "init_from", "out_dir", "tokenizer", "chat_template"):
                 kinds = (str,)
             ok = (v is None and default is None) or \
                 (isinstance(v, kinds) and not (isinstance(v, bool) and bool not in kinds))
