@@ -267,3 +267,25 @@ def test_tied_head_copy_unprefixed_names_and_inv_freq_are_accepted(tmp_path):
     write_safetensors(tmp_path / "model.safetensors", tensors)
     with pytest.raises(CheckpointError, match="lm_head.weight differs from embed_tokens"):
         read_hf_llama(tmp_path)
+
+
+def test_a_frozen_base_keeps_bf16_bits(tmp_path):
+    """dtype="bf16": BF16 tensors are copied bit for bit (no float32 copy), others rounded to
+    nearest even; peek_hf_llama tells a BF16 directory from its headers alone."""
+    from tui_llm.engine.formats.hf_llama import peek_hf_llama
+
+    bf16_dir, f32_dir = tmp_path / "bf16", tmp_path / "f32"
+    bf16_dir.mkdir()
+    f32_dir.mkdir()
+    make_hf_dir(bf16_dir, hf_config(), "BF16", shards=2)
+    make_hf_dir(f32_dir, hf_config(), "F32")
+    assert peek_hf_llama(bf16_dir)[1] is True and peek_hf_llama(f32_dir)[1] is False
+    cfg, wide = read_hf_llama(bf16_dir)
+    _, bits = read_hf_llama(bf16_dir, dtype="bf16")
+    assert bits.dtype == np.uint16 and bits.nbytes * 2 == wide.nbytes
+    assert np.array_equal((bits.astype(np.uint32) << 16).view(np.float32), wide)   # the file's bits exactly
+    _, f32 = read_hf_llama(f32_dir)
+    _, rounded = read_hf_llama(f32_dir, dtype="bf16")
+    assert np.array_equal(rounded, to_bf16_bits(f32))
+    x, y = (np.random.default_rng(4).integers(0, V, (2, 8)).astype(np.int32) for _ in range(2))
+    assert abs(Llama(cfg, bits).forward(x, y) - Llama(cfg, wide).forward(x, y)) < 1e-6

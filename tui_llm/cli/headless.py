@@ -21,6 +21,44 @@ def safe_text(text: str, keep_newlines: bool = False) -> str:
     return str(text).translate(_ESCAPES_KEEP_NEWLINES if keep_newlines else _ESCAPES)
 
 
+def parameters_line(event: ev.RunStarted) -> str:
+    """`parameters: ...`: total and trained, and a LoRA run's adapters (a record from a file may
+    lack any of the LoRA keys: they show as "?")."""
+    c = event.run_config if isinstance(event.run_config, dict) else {}
+    trainable = event.trainable_params or event.num_params
+    if not c.get("lora_rank"):
+        return f"parameters: {event.num_params:,}, all trained (full fine-tuning)"
+    def number(key) -> str:
+        value = c.get(key)
+        return f"{value:g}" if type(value) in (int, float) else "?"
+    rslora = ", rsLoRA" if c.get("use_rslora") else ""
+    dropout = f", dropout {number('lora_dropout')}" if c.get("lora_dropout") else ""
+    share = f" ({trainable / event.num_params:.2%})" if event.num_params else ""
+    return (f"parameters: {event.num_params:,} in all, {trainable:,} trained{share}: LoRA rank {number('lora_rank')}, "
+            f"alpha {number('lora_alpha')}{rslora}{dropout} on {safe_text(c.get('lora_targets', '?'))}; frozen "
+            f"{safe_text(c.get('base_dtype', 'fp32'))} base")
+
+
+def memory_line(event: ev.RunStarted) -> str:
+    """`memory: ...`: what the run needs (the estimate made before it started)."""
+    m = event.memory if isinstance(event.memory, dict) else {}
+
+    def size(key) -> str:
+        value = m.get(key, 0)
+        return human_bytes(value) if type(value) is int else "?"
+    if not m:
+        return f"memory: {human_bytes(event.memory_bytes)} needed"
+    used = "activations_recompute" if m.get("recompute") else "activations"
+    adapters = f", adapters {size('adapters')}" if m.get("adapters") else ""
+    return (f"memory: {size('total')} needed: weights {size('weights')}{adapters}, gradients {size('gradients')}, "
+            f"AdamW {size('optimizer')}, activations {size(used)} ({size('activations')} without --recompute, "
+            f"{size('activations_recompute')} with)")
+
+
+def human_bytes(n: int) -> str:
+    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
 class HeadlessPrinter:
     """Turns trainer events into the headless command's lines."""
 
@@ -77,8 +115,8 @@ class HeadlessPrinter:
         self.line(f"model: {safe_text(event.model_name)} | {mc['num_layers']} layers, {mc['num_heads']} heads{kv}, "
                   f"{mc['channels']} channels{ffn}, max {mc['max_seq_len']} positions, vocab {mc['vocab_size']} "
                   f"(padded {mc['padded_vocab_size']})")
-        self.line(f"parameters: {event.num_params:,} ({event.num_params * 4 / 2**20:,.1f} MiB; with grads "
-                  f"and AdamW state {event.memory_bytes / 2**20:,.1f} MiB)")
+        self.line(parameters_line(event))
+        self.line(memory_line(event))
         val = f"{safe_text(event.val_file)} ({event.val_tokens:,} tokens)" if event.val_file else "none"
         per_micro = c.number("batch_size") * c.number("seq_len") * max(event.world_size, 1)
         accum = event.tokens_per_step // per_micro if per_micro > 0 else 1

@@ -40,19 +40,18 @@ def cmd_sample(argv) -> int:
         raise UsageError(f"{' and '.join(chat_only)}: only with --chat QUESTION")
     import numpy as np
 
+    from tui_llm.engine.api import load_model
     from tui_llm.engine.machine import set_threads
-    from tui_llm.engine.models.build import build_model
     from tui_llm.engine.models.llama import LlamaConfig
     from tui_llm.engine.tokenizers.lookup import load_tokenizer
-    from tui_llm.engine.training.model_source import load_model_source
     from tui_llm.engine.training.sampler import Sampler
 
-    cfg, flat, name, tokenizer_dir = load_model_source(args.init_from)
-    tokenizer_dir = args.tokenizer or tokenizer_dir
-    if isinstance(cfg, LlamaConfig) and tokenizer_dir is None:
+    model = load_model(args.init_from, tokenizer=args.tokenizer)   # a LoRA run's: its base with the adapters
+    name, tokenizer_dir = model.name, model.tokenizer_dir
+    if isinstance(model.config, LlamaConfig) and tokenizer_dir is None:
         raise UsageError(f"{args.init_from}: no tokenizer.json with this Llama model; give --tokenizer DIR")
     set_threads(args.threads)
-    sampler = Sampler(build_model(cfg, flat), load_tokenizer(tokenizer_dir))
+    sampler = Sampler(model, load_tokenizer(tokenizer_dir))
     rng = np.random.default_rng(args.seed)
     for i in range(args.num_samples):
         result = sampler.generate(args.prompt, args.sample_len, temperature=args.temperature, top_k=args.top_k, rng=rng)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shlex
 import signal
 import sys
+from argparse import ArgumentTypeError
 from pathlib import Path
 
 from tui_llm import __version__
@@ -55,6 +56,23 @@ def train_parser() -> Parser:
     g.add_argument("--init-style", choices=("llmc", "numpy"),
                    help="fresh weights: llmc = bit-identical to llm.c's train_gpt2.py init (torch's generator; "
                         "default), numpy = numpy's generator (faster start)")
+    g = p.add_argument_group("LoRA (adapters over a frozen base) and memory")
+    g.add_argument("--lora-rank", type=positive_int, metavar="R",
+                   help="train LoRA adapters of rank R over the frozen model instead of every weight")
+    g.add_argument("--lora-alpha", type=float, metavar="A", help="the adapters' scale is A / R (default A = 2R)")
+    g.add_argument("--lora-dropout", type=float, metavar="P",
+                   help="dropout on the adapters' input while training, 0..1 (default 0)")
+    g.add_argument("--lora-targets", metavar="NAMES",
+                   help="modules to adapt, by Hugging Face's names: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
+                        "down_proj (Llama family), c_attn,c_proj,c_fc (GPT-2; attn.c_proj / mlp.c_proj for one of "
+                        "the two); default all-linear (all of them)")
+    g.add_argument("--use-rslora", action="store_true", default=None, help="scale A / sqrt(R) (rsLoRA)")
+    g.add_argument("--base-dtype", choices=("fp32", "bf16"),
+                   help="with LoRA: keep the frozen base as bf16 (2 bytes per parameter) or fp32 (default: bf16 "
+                        "when its file is bf16)")
+    g.add_argument("--recompute", action="store_true", default=None,
+                   help="keep only each layer's input and run the layer again in the backward (less memory, "
+                        "same numbers, about a third more compute)")
     g = p.add_argument_group("schedule")
     g.add_argument("-b", "--batch-size", type=int, help="sequences per micro-batch, per process (default 4)")
     g.add_argument("-t", "--seq-len", type=int, help="tokens per sequence (default 64)")
@@ -90,6 +108,17 @@ def train_parser() -> Parser:
     g.add_argument("--no-shuffle", dest="shuffle", action="store_false", default=None,
                    help="train on the samples in file order (default: llm.c's shuffled order)")
     return p
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number > 0 (0 is not a rank: leave --lora-rank out for full fine-tuning)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise ArgumentTypeError(f"must be positive, got {value} (leave the flag out for full fine-tuning)")
+    return value
 
 
 def given_settings(args) -> dict:

@@ -6,9 +6,18 @@ import numpy as np
 
 from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.build import build_model
+from tui_llm.engine.models.lora import LoraConfig
 from tui_llm.engine.tokenizers.lookup import load_tokenizer
-from tui_llm.engine.training.model_source import load_model_source
+from tui_llm.engine.training.model_source import (
+    base_identity,
+    check_base,
+    is_lora_checkpoint,
+    load_base,
+    load_model_source,
+    resolve_source,
+)
 from tui_llm.engine.training.sampler import Sampler, SampleResult
+from tui_llm.engine.training.state import TrainingState
 
 
 def default_train_file(data_dir="data") -> str:
@@ -25,11 +34,31 @@ def load_model(source, tokenizer=None) -> Model:
     """A model (GPT-2 or Llama family) from a run directory (its newest checkpoint), one of our
     checkpoints, an llm.c .bin, a Hugging Face directory or a name in the local Hugging Face cache.
 
-    `model.tokenizer_dir` is where its tokenizer.json lives (None: GPT-2's); `tokenizer` overrides it."""
+    A LoRA run's checkpoint gives its base with the adapters attached (they take part in
+`generate`). `model.tokenizer_dir` is where its tokenizer.json lives (None: GPT-2's); `tokenizer`
+overrides it."""
+    target = resolve_source(source)
+    if is_lora_checkpoint(target):
+        return load_lora_model(target, tokenizer)
     config, flat, name, tokenizer_dir = load_model_source(source)
     model = build_model(config, flat)
     model.name = name
     model.tokenizer_dir = str(tokenizer) if tokenizer is not None else tokenizer_dir
+    return model
+
+
+def load_lora_model(checkpoint, tokenizer=None) -> Model:
+    """A LoRA run's model: its base read again from where the run recorded it (refused if its
+    fingerprint changed), with the checkpoint's adapters attached."""
+    state = TrainingState.load(checkpoint)
+    assert state.lora is not None and state.base is not None
+    c = state.run_config
+    config, flat, name, recorded = load_base(c)
+    model = build_model(config, flat)
+    model.attach_lora(LoraConfig.from_dict(state.lora, state.model_config), flat=state.params)
+    check_base(base_identity(model, c.init_from, name), state.base, state.path)
+    model.name = f"{state.model_name} + LoRA adapters ({state.path})"
+    model.tokenizer_dir = str(tokenizer) if tokenizer is not None else c.tokenizer or recorded
     return model
 
 

@@ -80,8 +80,10 @@ class RunStarted(Event):
     model_name: str       # preset name, source file or Hugging Face name
     run_config: dict      # the resolved RunConfig (what config.json holds)
     model_config: dict    # the model's architecture (GPTConfig.to_dict())
-    num_params: int
-    memory_bytes: int     # params + grads + AdamW m and v (this rank's slice of m and v with --zero 1)
+    num_params: int       # every parameter: the model's, plus a LoRA run's adapters
+    trainable_params: int = 0  # what the optimizer updates: num_params, or a LoRA run's adapters
+    memory_bytes: int     # what the run needs in all (memory.total; with --zero 1 this rank's)
+    memory: dict = field(default_factory=dict)  # the estimate's parts (training/memory.py MemoryEstimate)
     train_file: str
     train_tokens: int
     val_file: str | None

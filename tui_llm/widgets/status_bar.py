@@ -165,7 +165,11 @@ class StatusBar(Widget):
         if self.run_info is not None:
             run = self.run_info
             top.append(f"  {run.model_name}", "bold")
-            top.append(f" {human_count(run.num_params)} params", "dim")
+            trained = run.trainable_params or run.num_params
+            params = f" {human_count(run.num_params)} params" if trained == run.num_params else \
+                f" {human_count(trained)} of {human_count(run.num_params)} params trained (LoRA)"
+            top.append(params, "dim")
+            top.append(f"  {run.memory_bytes / 2**30:,.1f} GiB", "dim")
             top.append(f"  data {Path(run.train_file).name}")
             top.append(f" ({human_count(run.train_tokens)} tok)", "dim")
 

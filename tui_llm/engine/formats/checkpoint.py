@@ -20,12 +20,14 @@ from tui_llm.engine.formats.common import CheckpointError, check_finite, file_si
 from tui_llm.engine.formats.safetensors import read_header, read_tensor, write_safetensors
 from tui_llm.engine.models.build import config_from_dict, num_parameters
 from tui_llm.engine.models.gpt2_config import GPTConfig
+from tui_llm.engine.models.lora import LoraConfig, LoraError
+from tui_llm.engine.models.lora import num_parameters as lora_parameters
 
 TRAINING_FORMAT = "tui-llm-training"
 TRAINING_FORMAT_VERSION = "1"
 TRAINING_PARAMS_KEY = "params"              # arrays[...]: the flat parameter buffer
 TRAINING_MODEL_CONFIG_KEY = "model_config"  # meta[...]: GPTConfig.to_dict()
-PARAM_SHAPED = ("params", "adam_m", "adam_v")  # arrays with the parameter buffer's layout
+PARAM_SHAPED = ("params", "lora", "adam_m", "adam_v")  # arrays with the trained buffer's layout
 
 
 def save_training_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
@@ -71,21 +73,28 @@ def load_training_checkpoint(path, names: Iterable[str] | None = None) -> tuple[
         except (KeyError, ValueError, RecursionError) as e:
             raise CheckpointError(path, f"bad training metadata: {type(e).__name__}: {e}") from None
         cfg = training_model_config(path, meta) if TRAINING_MODEL_CONFIG_KEY in meta else None
+        trained = None if cfg is None else num_parameters(cfg)   # the size of params, adam_m, adam_v
+        if cfg is not None and "lora" in meta:                    # a LoRA run's: the adapters' (lora, adam_m, adam_v)
+            try:
+                trained = lora_parameters(cfg, LoraConfig.from_dict(meta["lora"], cfg))
+            except LoraError as e:
+                raise CheckpointError(path, str(e)) from None
         names = list(entries) if names is None else list(names)
         missing = [name for name in names if name not in entries]
         if missing:
             raise CheckpointError(path, f"missing arrays: {', '.join(missing)} (has {', '.join(entries) or 'none'})")
         for name in PARAM_SHAPED:  # checked from the header alone, before anything is allocated
             entry = entries.get(name)
-            if entry is not None and cfg is not None and (entry.dtype != "F32" or entry.shape != (num_parameters(cfg),)):
+            if entry is not None and trained is not None and (entry.dtype != "F32" or entry.shape != (trained,)):
                 raise CheckpointError(path, f"array {name!r} is {entry.dtype} {list(entry.shape)}; the model config "
-                                            f"needs F32 [{num_parameters(cfg)}]")
+                                            f"needs F32 [{trained}]")
         arrays = {}
         for name in names:
             arr = read_tensor(f, path, data_start, name, entries[name])
             if arr.dtype.kind == "f":
                 try:
-                    check_finite(path, arr.reshape(-1), cfg if name in PARAM_SHAPED and isinstance(cfg, GPTConfig) else None)
+                    check_finite(path, arr.reshape(-1), cfg if name in PARAM_SHAPED and isinstance(cfg, GPTConfig)
+                                 and "lora" not in meta else None)
                 except CheckpointError as e:
                     raise CheckpointError(path, f"array {name!r}: {e.problem}") from None
             arrays[name] = arr
@@ -106,6 +115,10 @@ def training_model_config(path, meta: dict):
 
 def load_training_params(path) -> tuple:
     """(config, flat params, description) of a training checkpoint: what --init-from uses."""
+    _, meta = load_training_checkpoint(path, names=[])
+    if "lora" in meta:
+        raise CheckpointError(path, "is a LoRA run's checkpoint (adapters over a base model): --resume continues it; "
+                                    "exporting its adapter or merged weights is not supported yet")
     arrays, meta = load_training_checkpoint(path, names=[TRAINING_PARAMS_KEY])
     if TRAINING_MODEL_CONFIG_KEY not in meta:
         raise CheckpointError(path, "training checkpoint has no usable model config (no model_config in its metadata)")

@@ -3,7 +3,8 @@
 A model directory holds `config.json` and `model.safetensors` (or shards listed by
 `model.safetensors.index.json`). Reading maps HF's tensors onto the engine's flat layout
 (llama_config.py): q/k/v rows go into the fused `qkvw`, gate/up into `fcw`; float32, float16 and
-bfloat16 tensors are converted to float32 in chunks, straight into the flat buffer. Both config
+bfloat16 tensors are converted to float32 in chunks, straight into the flat buffer (or, for a
+frozen LoRA base kept as bf16, BF16 tensors copied bit for bit into a uint16 buffer). Both config
 spellings are read: transformers 4.x (`rope_theta`, `rope_scaling` at the top level) and 5.x
 (`rope_parameters`). What the engine cannot run exactly is refused with one line naming it:
 other model types, mixture-of-experts, sliding windows shorter than the sequence used, RoPE
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from tui_llm.engine.formats.common import CheckpointError, check_finite
+from tui_llm.engine.kernels.bf16 import narrow_to_bf16
 from tui_llm.engine.machine import NotEnoughMemory
 from tui_llm.engine.models.llama_config import LlamaConfig, LlamaConfigError, LlamaParams, check_rope_scaling
 
@@ -239,14 +241,23 @@ def _weight_files(directory: Path) -> tuple[dict[str, Path], dict[Path, dict]]:
     return {name: f for f in files for name in headers[f]}, headers
 
 
+def _to_bf16_bits(chunk: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bf16 bits (uint16), ties to even."""
+    bits = np.empty(chunk.size, np.uint16)
+    narrow_to_bf16(bits, np.ascontiguousarray(chunk, np.float32))
+    return bits
+
+
 def _read_tensor(path: Path, header: dict, name: str, dest: np.ndarray) -> None:
-    """Fill the contiguous view dest with the named tensor, converted to float32 chunk by chunk."""
+    """Fill the contiguous view dest with the named tensor chunk by chunk: converted to float32, or,
+    for a bf16 destination (uint16 bits, a frozen base), BF16 bits copied as they are (others rounded)."""
     code, shape, start, _ = header[name]
     if shape != dest.shape:
         raise CheckpointError(path, f"{name} has shape {shape}, config.json implies {dest.shape}")
     if code not in DTYPES:
         raise CheckpointError(path, f"{name} has dtype {code}; only F32, F16 and BF16 are supported")
     stored, convert = DTYPES[code]
+    keep_bits = dest.dtype == np.uint16
     assert dest.flags.c_contiguous  # so that reshape(-1) below is a view, not a copy
     out = dest.reshape(-1)
     try:
@@ -254,10 +265,18 @@ def _read_tensor(path: Path, header: dict, name: str, dest: np.ndarray) -> None:
             for i in range(0, out.size, CHUNK):
                 count = min(CHUNK, out.size - i)
                 f.seek(start + i * stored.itemsize)
-                chunk = convert(np.fromfile(f, dtype=stored, count=count))
-                if chunk.size != count:
+                raw = np.fromfile(f, dtype=stored, count=count)
+                if raw.size != count:
                     raise CheckpointError(path, f"{name}: truncated")
-                if not np.isfinite(chunk).all():
+                if keep_bits and code == "BF16":
+                    chunk = raw
+                    finite = ((raw & 0x7F80) != 0x7F80).all()   # exponent all ones: inf or NaN
+                else:
+                    chunk = convert(raw)
+                    finite = np.isfinite(chunk).all()
+                    if keep_bits:
+                        chunk = _to_bf16_bits(chunk)
+                if not finite:
                     raise CheckpointError(path, f"{name} has NaN or infinite values")
                 out[i:i + count] = chunk
     except OSError as e:
@@ -276,8 +295,8 @@ def hf_model_type(path) -> str | None:
     return model_type if isinstance(model_type, str) else None
 
 
-def read_hf_llama(path, max_seq_len: int | None = None) -> tuple[LlamaConfig, np.ndarray]:
-    """(LlamaConfig, flat float32 parameters) from an HF model directory (or a file inside it)."""
+def _read_config(path, max_seq_len: int | None = None) -> tuple[Path, dict, LlamaConfig]:
+    """(the model directory, its config.json dict, LlamaConfig) of an HF directory or a file inside it."""
     directory = Path(path).expanduser()
     directory = directory.parent if directory.is_file() else directory
     if not directory.is_dir():
@@ -291,11 +310,26 @@ def read_hf_llama(path, max_seq_len: int | None = None) -> tuple[LlamaConfig, np
         raise CheckpointError(directory, f"no {CONFIG}") from None
     except ValueError as e:
         raise CheckpointError(config_path, f"bad JSON: {e}") from None
-    cfg = config_from_hf(hf, config_path, max_seq_len)
+    return directory, hf, config_from_hf(hf, config_path, max_seq_len)
+
+
+def peek_hf_llama(path) -> tuple[LlamaConfig, bool]:
+    """(LlamaConfig, whether its weights are stored as BF16) from config.json and the safetensors
+    headers alone: what a run's memory estimate needs before any weight is read."""
+    directory, _, cfg = _read_config(path)
+    _, headers = _weight_files(directory)
+    codes = {code for header in headers.values() for code, shape, _, _ in header.values() if len(shape) == 2}
+    return cfg, codes == {"BF16"}
+
+
+def read_hf_llama(path, max_seq_len: int | None = None, dtype: str = "fp32") -> tuple[LlamaConfig, np.ndarray]:
+    """(LlamaConfig, flat parameters) from an HF model directory (or a file inside it): float32, or
+    with dtype="bf16" the bf16 bits (uint16) of a frozen base, BF16 tensors copied without widening."""
+    directory, hf, cfg = _read_config(path, max_seq_len)
     files, headers = _weight_files(directory)
     # a bare LlamaModel (no LM head wrapper) saves its tensors without the "model." prefix
     names = {(n if n.startswith(("model.", "lm_head.")) else "model." + n): n for n in files}
-    p = LlamaParams(cfg)  # zero-filled: the padded vocabulary rows stay zero
+    p = LlamaParams(cfg, dtype=np.uint16 if dtype == "bf16" else np.float32)  # zeros: padded vocabulary rows stay 0
     wanted = dict(hf_tensor_map(p))
     missing = [n for n in wanted if n not in names]
     if missing:
@@ -312,7 +346,7 @@ def read_hf_llama(path, max_seq_len: int | None = None) -> tuple[LlamaConfig, np
     for name, dest in wanted.items():
         read(name, dest)
     if cfg.tied_embeddings and "lm_head.weight" in names:
-        head = np.empty((cfg.vocab_size, cfg.channels), np.float32)
+        head = np.empty((cfg.vocab_size, cfg.channels), p.flat.dtype)
         read("lm_head.weight", head)
         if not np.array_equal(head, p.wte[:cfg.vocab_size]):
             raise CheckpointError(directory, "lm_head.weight differs from embed_tokens but tie_word_embeddings is true")

@@ -7,7 +7,8 @@ tensor bytes back to back. The header maps each tensor name to {"dtype", "shape"
 must fit in the file, dtypes must be known, shapes non-negative ints whose byte size equals the
 offsets, and the tensors must tile the data section exactly (no gap, overlap or trailing bytes).
 
-BF16 has no numpy dtype: it is read as its uint16 bit patterns and widened to float32 exactly.
+BF16 has no numpy dtype: it is read as its uint16 bit patterns and widened to float32 exactly
+(or kept as those bits, read_tensor(keep_bf16=True)).
 """
 
 from __future__ import annotations
@@ -125,11 +126,13 @@ def read_header(f, path) -> tuple[dict[str, Entry], dict[str, str], int]:
     return entries, metadata, data_start
 
 
-def read_tensor(f, path, data_start: int, name: str, entry: Entry) -> np.ndarray:
-    """A fresh native-endian array (BF16 widened to float32) holding one tensor of the file."""
-    check_fits_memory((entry.end - entry.start) * (2 if entry.dtype == "BF16" else 1), f"tensor {name!r}", path=path)
+def read_tensor(f, path, data_start: int, name: str, entry: Entry, keep_bf16: bool = False) -> np.ndarray:
+    """A fresh native-endian array holding one tensor of the file: BF16 widened to float32, or with
+    keep_bf16 its bits as they are (uint16, for a frozen bf16 base)."""
+    widen = entry.dtype == "BF16" and not keep_bf16
+    check_fits_memory((entry.end - entry.start) * (2 if widen else 1), f"tensor {name!r}", path=path)
     f.seek(data_start + entry.start)
-    if entry.dtype == "BF16":
+    if widen:
         out = np.empty(entry.shape, np.float32)
         bits, flat = out.reshape(-1).view(np.uint32), np.empty(min(CHUNK, out.size), "<u2")
         for start in range(0, out.size, CHUNK):

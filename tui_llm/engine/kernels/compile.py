@@ -8,14 +8,16 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tui_llm.engine.kernels import common, gpt2, llama, optimizer
+from tui_llm.engine.kernels import bf16, common, gpt2, llama, optimizer
+from tui_llm.engine.kernels import lora as lora_kernels
 
 Progress = Callable[[int, int, str], None]
 
 
-def compile_kernels(arch: str = "gpt2", progress: Progress | None = None) -> None:
-    """arch: "gpt2" or "llama". progress(done, total, name) is called before each group and at the end."""
-    calls = _shared_calls() + (_llama_calls() if arch == "llama" else _gpt2_calls())
+def compile_kernels(arch: str = "gpt2", progress: Progress | None = None, lora: bool = False) -> None:
+    """arch: "gpt2" or "llama"; lora: a LoRA run's too (bf16 base, fingerprint, dropout).
+    progress(done, total, name) is called before each group and at the end."""
+    calls = _shared_calls() + (_llama_calls() if arch == "llama" else _gpt2_calls()) + (_lora_calls() if lora else [])
     for i, (name, call) in enumerate(calls):
         if progress is not None:
             progress(i, len(calls), name)
@@ -76,4 +78,14 @@ def _llama_calls() -> list[tuple[str, Callable[[], object]]]:
         ("swiglu", lambda: (llama.swiglu_forward(a2[:, :2], a2), llama.swiglu_backward(a2, a2[:, :2].copy(), a2.copy()))),
         ("attention (cached)", lambda: common.attention_cached(y3[0], qkv3[0], np.zeros((4, 4), f32),
                                                                np.zeros((4, 4), f32), 0, 2, 1)),
+    ]
+
+
+def _lora_calls() -> list[tuple[str, Callable[[], object]]]:
+    f32 = np.float32
+    a1, bits, a2 = np.zeros(6, f32), np.zeros(6, np.uint16), np.zeros((2, 3), f32)
+    return [
+        ("bf16 base", lambda: (bf16.widen_bf16(a1, bits), bf16.narrow_to_bf16(bits.copy(), a1),
+                               bf16.fingerprint_f32(a1), bf16.fingerprint_bf16(bits))),
+        ("lora dropout", lambda: lora_kernels.dropout_apply(a2.copy(), a2, 0.5, np.uint64(1))),
     ]

@@ -108,7 +108,8 @@ def layernorm_forward(out, mean, rstd, x, weight, bias):
 @njit(**PJIT)
 def layernorm_backward(dx, dweight, dbias, dout, x, mean, rstd, weight, accumulate):
     """dx += d(out)/dx . dout (rows in parallel); dweight, dbias are overwritten (accumulate=False)
-    or added to (True: the next micro-batch of an accumulated step)."""
+    or added to (True: the next micro-batch of an accumulated step); empty ones are not computed
+    (a frozen base)."""
     N, C = x.shape
     for r in prange(N):
         m, s = mean[r], rstd[r]
@@ -128,6 +129,8 @@ def layernorm_backward(dx, dweight, dbias, dout, x, mean, rstd, weight, accumula
             g = weight[c] * drow[c]
             dxr[c] += s * (g - g_mean - n * gn_mean)
     # parameter gradients: column sums over rows (serial over rows, vectorised over C)
+    if dweight.shape[0] == 0:
+        return
     if not accumulate:
         dweight[:] = 0.0
         dbias[:] = 0.0

@@ -56,7 +56,8 @@ def rmsnorm_forward(out, rstd, x, weight, eps):
 @njit(**PJIT)
 def rmsnorm_backward(dx, dweight, dout, x, rstd, weight, accumulate):
     """dx += d(out)/dx . dout (rows in parallel); dweight is overwritten, or added to when
-    accumulate (the next micro-batch of an accumulated step).
+    accumulate (the next micro-batch of an accumulated step); an empty dweight is not computed
+    (a frozen base).
 
     With g = weight * dout and xhat = x * s: dx = s * (g - xhat * mean(g * xhat)).
     """
@@ -70,6 +71,8 @@ def rmsnorm_backward(dx, dweight, dout, x, rstd, weight, accumulate):
         gx = gx * s * s / C
         for c in range(C):
             dxr[c] += s * (weight[c] * drow[c] - row[c] * gx)
+    if dweight.shape[0] == 0:
+        return
     if not accumulate:
         dweight[:] = 0.0
     for r in range(N):
@@ -102,11 +105,12 @@ def head_rmsnorm_forward(heads, pre, rstd, weight, eps):
 @njit(**PJIT)
 def head_rmsnorm_backward(dheads, dweight, pre, rstd, weight, accumulate):
     """In place: dheads (N, nh, hd), the gradient of the normed heads, becomes that of the heads
-    before the norm; dweight (hd,) is overwritten, or added to when accumulate."""
+    before the norm; dweight (hd,) is overwritten, or added to when accumulate (an empty one is
+    not computed: a frozen base)."""
     N, nh, hd = dheads.shape
-    if not accumulate:
+    if not accumulate and dweight.shape[0] > 0:
         dweight[:] = 0.0
-    for r in range(N):  # the weight's gradient first (it needs d of the output), serial: one sum
+    for r in range(N if dweight.shape[0] > 0 else 0):  # the weight's gradient first (it needs d of the output)
         for h in range(nh):
             s, x, d = rstd[r, h], pre[r, h], dheads[r, h]
             for c in range(hd):

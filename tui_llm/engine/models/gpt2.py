@@ -19,6 +19,9 @@ attending to a key/value cache of the earlier ones), which is what the sampler r
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from tui_llm.engine.kernels import common as K
@@ -30,62 +33,108 @@ from tui_llm.engine.kernels.attention import (
     check_doc_starts,
     doc_positions,
 )
-from tui_llm.engine.kernels.grad_accumulation import head_grad, matmul_grad, needs_scratch
+from tui_llm.engine.kernels.grad_accumulation import head_grad, needs_scratch
+from tui_llm.engine.machine import check_fits_memory
 from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.gpt2_config import MATRIX_PARAMS, GPTConfig, ParamTensors, init_params
+
+
+class BlockBuffers:
+    """The buffers one layer writes. Training: layer l's slices of Activations (with recompute, the
+    one layer's worth every layer reuses); extend: the cache's scratch rows, the residual stream
+    updated in place (residual2 and residual3 are its x). 2-D buffers are (N rows, features)."""
+
+    def __init__(self, ln1, ln1_mean, ln1_rstd, qkv, att_lse, atty, residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu,
+                 residual3, proj, lora_u=None, key=None):
+        self.ln1, self.ln1_mean, self.ln1_rstd, self.qkv = ln1, ln1_mean, ln1_rstd, qkv
+        self.att_lse, self.atty = att_lse, atty  # att_lse (B, NH, T): attention rows' log-sum-exp
+        self.residual2, self.ln2, self.ln2_mean, self.ln2_rstd = residual2, ln2, ln2_mean, ln2_rstd
+        self.fch, self.fch_gelu, self.residual3, self.proj = fch, fch_gelu, residual3, proj
+        self.lora_u = lora_u    # LoRA: {base matrix: (N, k r)} kept for the backward (None: not kept)
+        self.key = key          # LoRA dropout masks' key (None: no dropout)
 
 
 class Activations:
     """Every buffer the forward pass keeps for the backward pass, for one (B, T).
 
-    Per-layer buffers are stacked over L; 2-D buffers are (N = B*T rows, features).
+    Per-layer buffers are stacked over L; 2-D buffers are (N = B*T rows, features). recompute:
+    the per-layer buffers are one layer's, reused by every layer, and only each layer's output
+    (residual3, the next layer's input) is kept over L; the backward runs a layer again first.
     """
 
-    def __init__(self, cfg: GPTConfig, B: int, T: int):
+    def __init__(self, cfg: GPTConfig, B: int, T: int, recompute: bool = False, lora_u: dict | None = None):
+        self.B, self.T, self.recompute = B, T, recompute
+        for name, shape in self.shapes(cfg, B, T, recompute).items():
+            setattr(self, name, np.empty(shape, np.float32))
+        kept = 1 if recompute else cfg.num_layers
+        self.lora_u = {m: np.empty((kept,) + tuple(shape[1:]), np.float32) for m, shape in (lora_u or {}).items()}
+        self.key: int | None = None  # the last training forward's dropout key
+        NH = cfg.num_heads
+        self.att_scratch = AttentionScratch(B, T, NH, NH, cfg.channels // NH)  # one block of scores, any layer
+
+    if TYPE_CHECKING:  # the buffers are attributes named as in shapes()
+        def __getattr__(self, name: str) -> np.ndarray: ...
+
+    @staticmethod
+    def shapes(cfg: GPTConfig, B: int, T: int, recompute: bool = False) -> dict[str, tuple[int, ...]]:
         L, C, NH, Vp = cfg.num_layers, cfg.channels, cfg.num_heads, cfg.padded_vocab_size
         N = B * T
-        f32 = np.float32
-        self.B, self.T = B, T
-        self.encoded = np.empty((N, C), f32)            # wte[tokens] + wpe
-        self.ln1 = np.empty((L, N, C), f32)
-        self.ln1_mean = np.empty((L, N), f32)
-        self.ln1_rstd = np.empty((L, N), f32)
-        self.qkv = np.empty((L, N, 3 * C), f32)
-        self.att_lse = np.empty((L, B, NH, T), f32)     # attention rows' log-sum-exp (the probabilities, rebuilt)
-        self.atty = np.empty((L, N, C), f32)            # attention output (heads side by side)
-        self.residual2 = np.empty((L, N, C), f32)       # after the attention block
-        self.ln2 = np.empty((L, N, C), f32)
-        self.ln2_mean = np.empty((L, N), f32)
-        self.ln2_rstd = np.empty((L, N), f32)
-        self.fch = np.empty((L, N, 4 * C), f32)         # fc pre-activation (bias included)
-        self.fch_gelu = np.empty((L, N, 4 * C), f32)
-        self.residual3 = np.empty((L, N, C), f32)       # after the MLP block
-        self.lnf = np.empty((N, C), f32)
-        self.lnf_mean = np.empty(N, f32)
-        self.lnf_rstd = np.empty(N, f32)
-        self.logits = np.empty((N, Vp), f32)            # becomes dlogits in a training forward
-        self.losses = np.empty(N, f32)
-        self.proj_out = np.empty((N, C), f32)           # scratch: a projection before its residual add
-        # backward scratch
-        self.dresidual = np.empty((N, C), f32)
-        self.d_c = np.empty((N, C), f32)
-        self.d_3c = np.empty((N, 3 * C), f32)
-        self.d_4c = np.empty((N, 4 * C), f32)
-        self.att_scratch = AttentionScratch(B, T, NH, NH, C // NH)  # one block of scores, any layer
+        Lb = 1 if recompute else L
+        return {
+            "encoded": (N, C),                 # wte[tokens] + wpe
+            "ln1": (Lb, N, C), "ln1_mean": (Lb, N), "ln1_rstd": (Lb, N),
+            "qkv": (Lb, N, 3 * C),
+            "att_lse": (Lb, B, NH, T),         # attention rows' log-sum-exp (the probabilities, rebuilt)
+            "atty": (Lb, N, C),                # attention output (heads side by side)
+            "residual2": (Lb, N, C),           # after the attention block
+            "ln2": (Lb, N, C), "ln2_mean": (Lb, N), "ln2_rstd": (Lb, N),
+            "fch": (Lb, N, 4 * C),             # fc pre-activation (bias included)
+            "fch_gelu": (Lb, N, 4 * C),
+            "residual3": (L, N, C),            # after the MLP block: the next layer's input (always kept)
+            "lnf": (N, C), "lnf_mean": (N,), "lnf_rstd": (N,),
+            "logits": (N, Vp),                 # becomes dlogits in a training forward
+            "losses": (N,),
+            "proj_out": (N, C),                # scratch: a projection before its residual add
+            # backward scratch
+            "dresidual": (N, C), "d_c": (N, C), "d_3c": (N, 3 * C), "d_4c": (N, 4 * C),
+        }
+
+    @classmethod
+    def nbytes_for(cls, cfg: GPTConfig, B: int, T: int, recompute: bool = False, lora_u: dict | None = None) -> int:
+        kept = 1 if recompute else cfg.num_layers
+        arrays = sum(math.prod(shape) for shape in cls.shapes(cfg, B, T, recompute).values())
+        NH = cfg.num_heads
+        return 4 * (arrays + sum(kept * math.prod(shape[1:]) for shape in (lora_u or {}).values())) + \
+            AttentionScratch.nbytes_for(B, T, NH, NH, cfg.channels // NH)
+
+    def layer(self, l: int) -> BlockBuffers:
+        i = 0 if self.recompute else l
+        return BlockBuffers(self.ln1[i], self.ln1_mean[i], self.ln1_rstd[i], self.qkv[i], self.att_lse[i], self.atty[i],
+                            self.residual2[i], self.ln2[i], self.ln2_mean[i], self.ln2_rstd[i], self.fch[i],
+                            self.fch_gelu[i], self.residual3[l], self.proj_out,
+                            {m: u[i] for m, u in self.lora_u.items()}, self.key)
 
     def nbytes(self) -> int:
-        return self.att_scratch.nbytes() + sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+        arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)] + list(self.lora_u.values())
+        return self.att_scratch.nbytes() + sum(a.nbytes for a in arrays)
 
 
 class GPT(Model):
     MATRIX_PARAMS = MATRIX_PARAMS
+
+    def __init__(self, config: GPTConfig, params: np.ndarray | None = None, *, recompute: bool = False):
+        super().__init__(config, params, recompute=recompute)
+        self.no_grad = np.empty(0, np.float32)  # a norm's weight gradient that a frozen base does not want
 
     @staticmethod
     def make_params(config: GPTConfig, params: np.ndarray | None = None) -> ParamTensors:
         return ParamTensors(config, params)
 
     def make_activations(self, B: int, T: int) -> Activations:
-        return Activations(self.config, B, T)
+        lora_u = self.lora.u_shapes(self.config.num_layers, B * T) if self.lora is not None else None
+        check_fits_memory(Activations.nbytes_for(self.config, B, T, self.recompute, lora_u),
+                          f"batch {B} x {T}'s activations")
+        return Activations(self.config, B, T, self.recompute, lora_u)
 
     # -----------------------------------------------------------------------------------
     @classmethod
@@ -102,6 +151,25 @@ class GPT(Model):
         return cls(config, init_params(config, normal))
 
     # -----------------------------------------------------------------------------------
+    def _encode(self, out: np.ndarray, tokens: np.ndarray, positions: np.ndarray) -> None:
+        """out (B*T, C) = wte[tokens] + wpe[positions], tokens and positions (B, T) int32."""
+        B, T = tokens.shape
+        if not self.w.bf16:
+            GK.encoder_forward(out.reshape(B, T, -1), tokens, positions, self.params.wte, self.params.wpe)
+            return
+        self.w.gather(out, "wte", tokens.reshape(-1))
+        out += self.w("wpe")[positions.reshape(-1)]
+
+    def _attend_training(self, b: BlockBuffers, B: int, T: int):
+        """Causal attention over the T positions of each sequence (or document); b.att_lse keeps
+        each row's log-sum-exp, from which the backward rebuilds the probabilities."""
+        C, NH = self.config.channels, self.config.num_heads
+        scratch, doc_starts = self.acts.att_scratch, self.doc_starts
+
+        def attend(out, qkv):
+            attention_forward(out.reshape(B, T, C), b.att_lse, qkv.reshape(B, T, 3 * C), NH, NH, scratch, doc_starts)
+        return attend
+
     def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False,
                 doc_starts: np.ndarray | None = None):
         """inputs, targets: (B, T) int32 token ids. Returns the mean loss (or None without targets).
@@ -112,32 +180,25 @@ class GPT(Model):
         position's document starts (attention.check_doc_starts). Each document then attends only
         to itself and its positions start at 0, as if it ran alone.
         """
-        cfg, p = self.config, self.params
+        cfg = self.config
         B, T = inputs.shape
-        C, NH, L, V = cfg.channels, cfg.num_heads, cfg.num_layers, cfg.vocab_size
+        L, V = cfg.num_layers, cfg.vocab_size
         N = B * T
         a = self._ensure_buffers(B, T)
         inputs = np.ascontiguousarray(inputs, dtype=np.int32)
         self.inputs = inputs
+        a.key = self.lora.step_key if training and self.lora is not None and self.lora.lora.dropout > 0 else None
         self.doc_starts = None if doc_starts is None else check_doc_starts(doc_starts, B, T)
         self.positions = doc_positions(self.doc_starts, B, T)
 
-        GK.encoder_forward(a.encoded.reshape(B, T, C), inputs, self.positions, p.wte, p.wpe)
+        self._encode(a.encoded, inputs, self.positions)
         residual = a.encoded
         for l in range(L):
-            lse = a.att_lse[l]  # (B, NH, T), kept for the backward pass
-
-            def attend(out, qkv):  # causal attention over the T positions of each sequence (or document)
-                attention_forward(out.reshape(B, T, C), lse, qkv.reshape(B, T, 3 * C), NH, NH, a.att_scratch,
-                                  self.doc_starts)
-
-            self._attention_block(l, a.residual2[l], residual, a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l],
-                                  a.qkv[l], a.atty[l], a.proj_out, attend)
-            self._mlp_block(l, a.residual3[l], a.residual2[l], a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l],
-                            a.fch[l], a.fch_gelu[l], a.proj_out)
+            b = a.layer(l)
+            self._layer(l, residual, b, self._attend_training(b, B, T))
             residual = a.residual3[l]
-        GK.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb)
-        np.matmul(a.lnf, p.wte.T, out=a.logits)  # (N, Vp)
+        GK.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, self.w("lnfw"), self.w("lnfb"))
+        self.w.head_forward(a.logits, a.lnf, "wte")  # (N, Vp)
 
         self.trained_forward = False
         if targets is None:
@@ -153,24 +214,34 @@ class GPT(Model):
     # One layer, in two residual halves. Rows are positions (N of them); `attend(atty, qkv)`
     # writes the attention output (N, C) from the (N, 3C) queries, keys and values.
 
-    def _attention_block(self, l, out, x, ln, mean, rstd, qkv, atty, proj, attend) -> None:
-        """out = x + attproj(attend(qkv(ln1(x)))). x, out, ln, atty, proj: (N, C); qkv: (N, 3C); mean, rstd: (N,)."""
-        p = self.params
-        GK.layernorm_forward(ln, mean, rstd, x, p.ln1w[l], p.ln1b[l])
-        np.matmul(ln, p.qkvw[l].T, out=qkv)
-        K.add_bias(qkv, p.qkvb[l])
-        attend(atty, qkv)
-        np.matmul(atty, p.attprojw[l].T, out=proj)
-        GK.residual_bias_forward(out, x, proj, p.attprojb[l])
+    def _layer(self, l: int, x: np.ndarray, b: BlockBuffers, attend, rerun: bool = False) -> None:
+        """b.residual3 = layer l of x: the attention half, then the MLP half. rerun: the backward's
+        recompute, which stops at what the backward reads (gelu(fc)): the projection's output is
+        the next layer's input, kept from the forward."""
+        self._attention_block(l, x, b, attend)
+        self._mlp_block(l, b, rerun)
 
-    def _mlp_block(self, l, out, x, ln, mean, rstd, fch, fch_gelu, proj) -> None:
-        """out = x + fcproj(gelu(fc(ln2(x)))). x, out, ln, proj: (N, C); fch, fch_gelu: (N, 4C)."""
-        p = self.params
-        GK.layernorm_forward(ln, mean, rstd, x, p.ln2w[l], p.ln2b[l])
-        np.matmul(ln, p.fcw[l].T, out=fch)          # pre-activation, bias added by the next kernel
-        GK.bias_gelu_forward(fch_gelu, fch, p.fcb[l])
-        np.matmul(fch_gelu, p.fcprojw[l].T, out=proj)
-        GK.residual_bias_forward(out, x, proj, p.fcprojb[l])
+    def _attention_block(self, l: int, x: np.ndarray, b: BlockBuffers, attend) -> None:
+        """b.residual2 = x + attproj(attend(qkv(ln1(x))))."""
+        w = self.w
+        GK.layernorm_forward(b.ln1, b.ln1_mean, b.ln1_rstd, x, w("ln1w", l), w("ln1b", l))
+        self._linear(b.qkv, b.ln1, "qkvw", l, b.lora_u, b.key)
+        K.add_bias(b.qkv, w("qkvb", l))
+        attend(b.atty, b.qkv)
+        self._linear(b.proj, b.atty, "attprojw", l, b.lora_u, b.key)
+        GK.residual_bias_forward(b.residual2, x, b.proj, w("attprojb", l))
+
+    def _mlp_block(self, l: int, b: BlockBuffers, rerun: bool = False) -> None:
+        """b.residual3 = b.residual2 + fcproj(gelu(fc(ln2(b.residual2))))."""
+        w = self.w
+        GK.layernorm_forward(b.ln2, b.ln2_mean, b.ln2_rstd, b.residual2, w("ln2w", l), w("ln2b", l))
+        self._linear(b.fch, b.ln2, "fcw", l, b.lora_u, b.key)  # pre-activation, bias added by the next kernel
+        GK.bias_gelu_forward(b.fch_gelu, b.fch, w("fcb", l))
+        if rerun:
+            self._rerun_linear(b.fch_gelu, "fcprojw", l, b.lora_u, b.key)
+            return
+        self._linear(b.proj, b.fch_gelu, "fcprojw", l, b.lora_u, b.key)
+        GK.residual_bias_forward(b.residual3, b.residual2, b.proj, w("fcprojb", l))
 
     # -----------------------------------------------------------------------------------
     # Generation: positions t0.. appended to a key/value cache
@@ -179,21 +250,20 @@ class GPT(Model):
         return KVCache(self.config)
 
     def extend(self, cache: KVCache, tokens: np.ndarray, t0: int) -> np.ndarray:
-        """Run tokens (n,) at positions t0..t0+n-1, storing their keys and values in `cache`
-        (positions before t0 must already be there); return the last position's logits (Vp,).
+        """Run tokens (n,) at positions t0..t0+n-1 (adapters included), storing their keys and values
+        in `cache` (positions before t0 must already be there); return the last position's logits (Vp,).
 
         The returned array is the cache's buffer: the next extend() overwrites it.
         """
-        cfg, p = self.config, self.params
+        cfg = self.config
         tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
         n, C, NH = tokens.size, cfg.channels, cfg.num_heads
         if n == 0 or t0 < 0 or t0 + n > cfg.max_seq_len:
             raise ValueError(f"positions {t0}..{t0 + n - 1} are outside the model's 0..{cfg.max_seq_len - 1}")
         if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
             raise ValueError(f"token ids must be in 0..{cfg.vocab_size - 1}")
-        b = cache.scratch(n)
-        x = b["x"]                                    # (n, C): the residual stream, updated in place
-        np.add(p.wte[tokens], p.wpe[t0:t0 + n], out=x)
+        x, b = cache.scratch(n)                       # x (n, C): the residual stream, updated in place
+        self._encode(x, tokens.reshape(1, n), np.arange(t0, t0 + n, dtype=np.int32).reshape(1, n))
         for l in range(cfg.num_layers):
             keys, values = cache.k[l], cache.v[l]    # (maxT, C)
 
@@ -202,70 +272,79 @@ class GPT(Model):
                 values[t0:t0 + n] = qkv[:, 2 * C:]
                 K.attention_cached(out, qkv, keys, values, t0, NH, NH)
 
-            self._attention_block(l, x, x, b["ln"], b["mean"], b["rstd"], b["qkv"], b["atty"], b["proj"], attend)
-            self._mlp_block(l, x, x, b["ln"], b["mean"], b["rstd"], b["fch"], b["fch_gelu"], b["proj"])
+            self._layer(l, x, b, attend)
         last = slice(n - 1, n)
-        GK.layernorm_forward(b["ln"][last], b["mean"][last], b["rstd"][last], x[last], p.lnfw, p.lnfb)
-        np.matmul(b["ln"][last], p.wte.T, out=cache.logits)
+        GK.layernorm_forward(b.ln1[last], b.ln1_mean[last], b.ln1_rstd[last], x[last], self.w("lnfw"), self.w("lnfb"))
+        self.w.head_forward(cache.logits, b.ln1[last], "wte")
         return cache.logits[0]
 
     # -----------------------------------------------------------------------------------
     def backward(self, accumulate: bool = False) -> None:
-        """Every parameter gradient for the last training forward: written into self.grads, or
-        added to them with accumulate=True (the next micro-batch of an accumulated step).
+        """Every gradient of what trains, for the last training forward: written into the gradient
+        buffer, or added to it with accumulate=True (the next micro-batch of an accumulated step).
 
         Weight gradients are written by BLAS (out=) and bias/LayerNorm gradients by the
         kernels, so each step's gradients replace the previous ones: no separate zeroing pass
         over the 16 tensors. The residual stream's gradient (dresidual) accumulates down the
-        layers exactly as llm.c's `+=` kernels do.
+        layers exactly as llm.c's `+=` kernels do. A frozen base (LoRA) gets input gradients only.
         """
         if not self.trained_forward or self.inputs is None:
             raise RuntimeError("backward() needs a forward(inputs, targets, training=True) first")
-        cfg, p, a = self.config, self.params, self.acts
-        g = self.allocate_grads()
+        cfg, w, a = self.config, self.w, self.acts
+        g = self.allocate_grads() if self.lora is None else None     # the base's gradients, if it trains
         B, T = self.inputs.shape
         C, NH, L = cfg.channels, cfg.num_heads, cfg.num_layers
         dlogits = a.logits                      # (N, Vp), padded columns are zero
         dres = a.dresidual
         acc = accumulate
-        if acc and self.grad_scratch is None and needs_scratch():  # one layer's largest weight gradient (4C x C)
+        if g is not None and acc and self.grad_scratch is None and needs_scratch():  # one layer's largest (4C x C)
             self.grad_scratch = np.empty(4 * C * C, np.float32)
         scratch = self.grad_scratch
 
+        def grad(name, l=None):  # a norm's gradient buffer, or nothing for a frozen base
+            return self.no_grad if g is None else (g.views[name] if l is None else g.views[name][l])
+
         # lm-head (tied with wte) and final LayerNorm
-        head_grad(g.wte, dlogits, a.lnf, scratch, acc)    # (Vp, C); the encoder adds its part below
-        np.matmul(dlogits, p.wte, out=a.d_c)                 # d lnf
+        if g is not None:
+            head_grad(g.wte, dlogits, a.lnf, scratch, acc)    # (Vp, C); the encoder adds its part below
+        w.head_backward(a.d_c, dlogits, "wte")               # d lnf
         dres[:] = 0.0
         last = a.residual3[L - 1] if L > 0 else a.encoded
-        GK.layernorm_backward(dres, g.lnfw, g.lnfb, a.d_c, last, a.lnf_mean, a.lnf_rstd, p.lnfw, acc)
+        GK.layernorm_backward(dres, grad("lnfw"), grad("lnfb"), a.d_c, last, a.lnf_mean, a.lnf_rstd, w("lnfw"), acc)
 
         for l in reversed(range(L)):
+            b = a.layer(l)
             residual = a.encoded if l == 0 else a.residual3[l - 1]
+            if a.recompute:  # this layer's buffers again, bit for bit as the forward made them
+                self._layer(l, residual, b, self._attend_training(b, B, T), rerun=True)
             # MLP block
-            matmul_grad(g.fcprojw[l], dres.T, a.fch_gelu[l], scratch, acc)
-            K.column_sum(g.fcprojb[l], dres, acc)
-            np.matmul(dres, p.fcprojw[l], out=a.d_4c)          # d gelu output
-            GK.gelu_backward_inplace(a.d_4c, a.fch[l])       # d fc output
-            matmul_grad(g.fcw[l], a.d_4c.T, a.ln2[l], scratch, acc)
-            K.column_sum(g.fcb[l], a.d_4c, acc)
-            np.matmul(a.d_4c, p.fcw[l], out=a.d_c)             # d ln2 output
-            GK.layernorm_backward(dres, g.ln2w[l], g.ln2b[l], a.d_c, a.residual2[l],
-                                 a.ln2_mean[l], a.ln2_rstd[l], p.ln2w[l], acc)
+            self._linear_backward(a.d_4c, dres, b.fch_gelu, "fcprojw", l, acc, b.lora_u, b.key)  # d gelu output
+            if g is not None:
+                K.column_sum(g.fcprojb[l], dres, acc)
+            GK.gelu_backward_inplace(a.d_4c, b.fch)       # d fc output
+            self._linear_backward(a.d_c, a.d_4c, b.ln2, "fcw", l, acc, b.lora_u, b.key)        # d ln2 output
+            if g is not None:
+                K.column_sum(g.fcb[l], a.d_4c, acc)
+            GK.layernorm_backward(dres, grad("ln2w", l), grad("ln2b", l), a.d_c, b.residual2,
+                                  b.ln2_mean, b.ln2_rstd, w("ln2w", l), acc)
             # attention block
-            matmul_grad(g.attprojw[l], dres.T, a.atty[l], scratch, acc)
-            K.column_sum(g.attprojb[l], dres, acc)
-            np.matmul(dres, p.attprojw[l], out=a.d_c)          # d attention output
-            attention_backward(a.d_3c.reshape(B, T, 3 * C), a.d_c.reshape(B, T, C), a.atty[l].reshape(B, T, C),
-                               a.att_lse[l], a.qkv[l].reshape(B, T, 3 * C), NH, NH, a.att_scratch, self.doc_starts)
-            matmul_grad(g.qkvw[l], a.d_3c.T, a.ln1[l], scratch, acc)
-            K.column_sum(g.qkvb[l], a.d_3c, acc)
-            np.matmul(a.d_3c, p.qkvw[l], out=a.d_c)            # d ln1 output
-            GK.layernorm_backward(dres, g.ln1w[l], g.ln1b[l], a.d_c, residual,
-                                 a.ln1_mean[l], a.ln1_rstd[l], p.ln1w[l], acc)
+            self._linear_backward(a.d_c, dres, b.atty, "attprojw", l, acc, b.lora_u, b.key)    # d attention output
+            if g is not None:
+                K.column_sum(g.attprojb[l], dres, acc)
+            attention_backward(a.d_3c.reshape(B, T, 3 * C), a.d_c.reshape(B, T, C), b.atty.reshape(B, T, C),
+                               b.att_lse, b.qkv.reshape(B, T, 3 * C), NH, NH, a.att_scratch, self.doc_starts)
+            needs_dx = g is not None or l > 0   # a frozen embedding wants no gradient below layer 0
+            self._linear_backward(a.d_c if needs_dx else None, a.d_3c, b.ln1, "qkvw", l, acc, b.lora_u, b.key)
+            if g is not None:
+                K.column_sum(g.qkvb[l], a.d_3c, acc)
+            if needs_dx:
+                GK.layernorm_backward(dres, grad("ln1w", l), grad("ln1b", l), a.d_c, residual,
+                                      b.ln1_mean, b.ln1_rstd, w("ln1w", l), acc)
 
-        if not acc:
-            g.wpe[:] = 0.0
-        GK.encoder_backward(g.wte, g.wpe, dres.reshape(B, T, C), self.inputs, self.positions)
+        if g is not None:
+            if not acc:
+                g.wpe[:] = 0.0
+            GK.encoder_backward(g.wte, g.wpe, dres.reshape(B, T, C), self.inputs, self.positions)
         self.trained_forward = False
 
 
@@ -281,8 +360,9 @@ class KVCache:
         self._rows = 0
         self._scratch: dict[str, np.ndarray] = {}
 
-    def scratch(self, n: int) -> dict[str, np.ndarray]:
-        """Buffers for n rows (grown when a longer extend comes; shorter ones use the first rows)."""
+    def scratch(self, n: int) -> tuple[np.ndarray, BlockBuffers]:
+        """The residual stream x (n, C) and a layer's buffers over n rows (grown when a longer
+        extend comes; shorter ones use the first rows)."""
         if n > self._rows:
             C = self.config.channels
             widths = {"x": C, "ln": C, "qkv": 3 * C, "atty": C, "proj": C, "fch": 4 * C, "fch_gelu": 4 * C}
@@ -290,4 +370,7 @@ class KVCache:
             self._scratch["mean"] = np.empty(n, np.float32)
             self._scratch["rstd"] = np.empty(n, np.float32)
             self._rows = n
-        return {name: buf[:n] for name, buf in self._scratch.items()}
+        s = {name: buf[:n] for name, buf in self._scratch.items()}
+        x = s["x"]
+        return x, BlockBuffers(s["ln"], s["mean"], s["rstd"], s["qkv"], None, s["atty"], x, s["ln"], s["mean"],
+                               s["rstd"], s["fch"], s["fch_gelu"], x, s["proj"])

@@ -63,8 +63,9 @@ class GPTConfig:
             raise ValueError(f"channels ({self.channels}) must be divisible by heads ({self.num_heads})")
         if self.padded_vocab_size < self.vocab_size:
             raise ValueError(f"padded vocab {self.padded_vocab_size} < vocab {self.vocab_size}")
-        check_fits_memory(training_bytes(self), f"training {num_parameters(self):,} parameters (weights, "
-                                                "gradients and AdamW state)")
+        # the least any use of this model allocates: its weights as bf16 (a frozen LoRA base); what a
+        # run needs in all is estimated before it starts (training/memory.py)
+        check_fits_memory(2 * num_parameters(self), f"a {num_parameters(self):,}-parameter model's weights")
 
     @property
     def head_size(self) -> int:
@@ -157,15 +158,17 @@ def training_bytes(cfg: GPTConfig) -> int:
 
 class ParamTensors:
     """Named views (p.wte, p.qkvw, ...) into one flat float32 buffer: llm.c's GPT-2 layout, or
-    the (name, shape) list another architecture passes as `shapes`."""
+    the (name, shape) list another architecture passes as `shapes`. A frozen base may be bf16
+    bits instead (uint16; models/weights.py widens them for the math)."""
 
-    def __init__(self, cfg, flat: np.ndarray | None = None, shapes=None):
+    def __init__(self, cfg, flat: np.ndarray | None = None, shapes=None, dtype=np.float32):
         ranges = param_ranges(cfg, shapes)
         n = ranges[-1][3] if ranges else 0
         if flat is None:
-            flat = np.zeros(n, dtype=np.float32)
-        if flat.dtype != np.float32 or flat.ndim != 1 or flat.size != n or not flat.flags.c_contiguous:
-            raise ValueError(f"flat parameter buffer must be contiguous float32 of size {n}")
+            check_fits_memory(n * np.dtype(dtype).itemsize, f"{n:,} parameters")
+            flat = np.zeros(n, dtype=dtype)
+        if flat.dtype not in (np.float32, np.uint16) or flat.ndim != 1 or flat.size != n or not flat.flags.c_contiguous:
+            raise ValueError(f"flat parameter buffer must be contiguous float32 (or bf16 bits) of size {n}")
         self.config = cfg
         self.flat = flat
         self.views: dict[str, np.ndarray] = {}

@@ -23,6 +23,9 @@ from llama_kernels.py.
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from tui_llm.engine.kernels import common as K
@@ -34,7 +37,7 @@ from tui_llm.engine.kernels.attention import (
     check_doc_starts,
     doc_positions,
 )
-from tui_llm.engine.kernels.grad_accumulation import head_grad, matmul_grad, needs_scratch
+from tui_llm.engine.kernels.grad_accumulation import head_grad, needs_scratch
 from tui_llm.engine.machine import check_fits_memory
 from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.llama_config import (
@@ -51,70 +54,86 @@ __all__ = ["Llama", "LlamaConfig", "LlamaConfigError", "KVCache", "training_memo
 
 class BlockBuffers:
     """The buffers one block writes. Training: layer l's slices of Activations (kept for the
-    backward). extend: the cache's scratch, the same for every layer, residuals updated in place."""
+    backward; with recompute the one block's worth every layer reuses). extend: the cache's
+    scratch, the same for every layer, residuals updated in place."""
 
     def __init__(self, ln1, ln1_rstd, qkv, att_lse, atty, residual2, ln2, ln2_rstd, fch, fch_act, residual3, proj,
-                 qk_norm=None):
+                 qk_norm=None, lora_u=None, key=None):
         self.ln1, self.ln1_rstd, self.qkv, self.att_lse, self.atty = ln1, ln1_rstd, qkv, att_lse, atty
         self.residual2, self.ln2, self.ln2_rstd = residual2, ln2, ln2_rstd
         self.fch, self.fch_act, self.residual3, self.proj = fch, fch_act, residual3, proj
         # Qwen3: (q before its norm (N, H, hd), its rstd (N, H), k before (N, KV, hd), its rstd (N, KV))
         self.qk_norm = qk_norm
+        self.lora_u = lora_u    # LoRA: {base matrix: (N, k r)} kept for the backward (None: not kept)
+        self.key = key          # LoRA dropout masks' key (None: no dropout)
 
 
 class Activations:
     """Every buffer the forward keeps for the backward, for one (B, T). Per-layer buffers are
-    stacked over L; 2-D buffers are (N = B*T rows, features)."""
+    stacked over L; 2-D buffers are (N = B*T rows, features).
 
-    def __init__(self, cfg: LlamaConfig, B: int, T: int):
-        L, C, H, F, Vp = cfg.num_layers, cfg.channels, cfg.num_heads, cfg.ffn_channels, cfg.padded_vocab_size
-        N, W, QD = B * T, cfg.qkv_dim, cfg.q_dim
-        f32 = np.float32
-        self.B, self.T = B, T
-        self.encoded = np.empty((N, C), f32)            # wte[tokens]
-        self.ln1 = np.empty((L, N, C), f32)
-        self.ln1_rstd = np.empty((L, N), f32)
-        self.qkv = np.empty((L, N, W), f32)             # q and k after RoPE, v
-        self.att_lse = np.empty((L, B, H, T), f32)      # attention rows' log-sum-exp (the probabilities, rebuilt)
-        self.atty = np.empty((L, N, QD), f32)           # attention output, heads side by side
-        self.residual2 = np.empty((L, N, C), f32)       # after the attention block
-        self.ln2 = np.empty((L, N, C), f32)
-        self.ln2_rstd = np.empty((L, N), f32)
-        self.fch = np.empty((L, N, 2 * F), f32)         # [gate | up] pre-activation
-        self.fch_act = np.empty((L, N, F), f32)         # silu(gate) * up
-        self.residual3 = np.empty((L, N, C), f32)       # after the MLP block
-        self.lnf = np.empty((N, C), f32)
-        self.lnf_rstd = np.empty(N, f32)
-        self.logits = np.empty((N, Vp), f32)            # becomes dlogits in a training forward
-        self.losses = np.empty(N, f32)
-        self.proj = np.empty((N, C), f32)               # scratch: a projection before its residual add
-        # backward scratch
-        self.dresidual = np.empty((N, C), f32)
-        self.d_c = np.empty((N, C), f32)
-        self.d_q = np.empty((N, QD), f32)
-        self.d_qkv = np.empty((N, W), f32)
-        self.d_f = np.empty((N, F), f32)
-        self.d_2f = np.empty((N, 2 * F), f32)
-        self.att_scratch = AttentionScratch(B, T, H, cfg.num_kv_heads, cfg.head_dim)  # one block of scores
-        self.qk_norm = qk_norm_buffers(cfg, N, L) if cfg.qk_norm else None    # Qwen3: q, k before their norm
+    recompute: the per-layer buffers are one layer's (stacked over 1), reused by every layer;
+    only each layer's output (residual3, the next layer's input) is kept over L, and the backward
+    runs a layer's forward again before its backward. lora_u: the adapters' kept shapes per module
+    (Adapters.u_shapes), or None."""
+
+    def __init__(self, cfg: LlamaConfig, B: int, T: int, recompute: bool = False, lora_u: dict | None = None):
+        self.B, self.T, self.recompute = B, T, recompute
+        for name, shape in self.shapes(cfg, B, T, recompute).items():
+            setattr(self, name, np.empty(shape, np.float32))
+        self.qk_norm = (self.q_pre, self.q_rstd, self.k_pre, self.k_rstd) if cfg.qk_norm else None
+        kept = 1 if recompute else cfg.num_layers
+        self.lora_u = {m: np.empty((kept,) + tuple(shape[1:]), np.float32) for m, shape in (lora_u or {}).items()}
+        self.key: int | None = None  # the last training forward's dropout key
+        self.att_scratch = AttentionScratch(B, T, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)  # one block of scores
+
+    if TYPE_CHECKING:  # the buffers are attributes named as in shapes()
+        def __getattr__(self, name: str) -> np.ndarray: ...
 
     @staticmethod
-    def nbytes_for(cfg: LlamaConfig, B: int, T: int) -> int:
-        L, C, H, F, N = cfg.num_layers, cfg.channels, cfg.num_heads, cfg.ffn_channels, B * T
-        per_layer = N * (4 * C + 2 + cfg.qkv_dim + cfg.q_dim + 3 * F) + B * H * T
-        rest = N * (C * 5 + 2 + cfg.padded_vocab_size + cfg.q_dim + cfg.qkv_dim + 3 * F)
-        if cfg.qk_norm:
-            per_layer += N * (cfg.q_dim + cfg.kv_dim + H + cfg.num_kv_heads)
-        return 4 * (L * per_layer + rest) + AttentionScratch.nbytes_for(B, T, H, cfg.num_kv_heads, cfg.head_dim)
+    def shapes(cfg: LlamaConfig, B: int, T: int, recompute: bool = False) -> dict[str, tuple[int, ...]]:
+        L, C, H, F, Vp = cfg.num_layers, cfg.channels, cfg.num_heads, cfg.ffn_channels, cfg.padded_vocab_size
+        N, W, QD, KV, hd = B * T, cfg.qkv_dim, cfg.q_dim, cfg.num_kv_heads, cfg.head_dim
+        Lb = 1 if recompute else L       # per-layer buffers kept for every layer, or one layer's
+        shapes = {
+            "encoded": (N, C),                 # wte[tokens]
+            "ln1": (Lb, N, C), "ln1_rstd": (Lb, N),
+            "qkv": (Lb, N, W),                 # q and k after RoPE, v
+            "att_lse": (Lb, B, H, T),          # attention rows' log-sum-exp (the probabilities, rebuilt)
+            "atty": (Lb, N, QD),               # attention output, heads side by side
+            "residual2": (Lb, N, C),           # after the attention block
+            "ln2": (Lb, N, C), "ln2_rstd": (Lb, N),
+            "fch": (Lb, N, 2 * F),             # [gate | up] pre-activation
+            "fch_act": (Lb, N, F),             # silu(gate) * up
+            "residual3": (L, N, C),            # after the MLP block: the next layer's input (always kept)
+            "lnf": (N, C), "lnf_rstd": (N,),
+            "logits": (N, Vp),                 # becomes dlogits in a training forward
+            "losses": (N,),
+            "proj": (N, C),                    # scratch: a projection before its residual add
+            # backward scratch
+            "dresidual": (N, C), "d_c": (N, C), "d_q": (N, QD), "d_qkv": (N, W), "d_f": (N, F), "d_2f": (N, 2 * F),
+        }
+        if cfg.qk_norm:                        # Qwen3: q, k before their norm, and their rstd
+            shapes.update(q_pre=(Lb, N, H, hd), q_rstd=(Lb, N, H), k_pre=(Lb, N, KV, hd), k_rstd=(Lb, N, KV))
+        return shapes
+
+    @classmethod
+    def nbytes_for(cls, cfg: LlamaConfig, B: int, T: int, recompute: bool = False, lora_u: dict | None = None) -> int:
+        kept = 1 if recompute else cfg.num_layers
+        arrays = sum(math.prod(shape) for shape in cls.shapes(cfg, B, T, recompute).values())
+        return 4 * (arrays + sum(kept * math.prod(shape[1:]) for shape in (lora_u or {}).values())) + \
+            AttentionScratch.nbytes_for(B, T, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
 
     def layer(self, l: int) -> BlockBuffers:
-        return BlockBuffers(self.ln1[l], self.ln1_rstd[l], self.qkv[l], self.att_lse[l], self.atty[l],
-                            self.residual2[l], self.ln2[l], self.ln2_rstd[l], self.fch[l], self.fch_act[l],
-                            self.residual3[l], self.proj, self.qk_norm and tuple(buf[l] for buf in self.qk_norm))
+        i = 0 if self.recompute else l
+        return BlockBuffers(self.ln1[i], self.ln1_rstd[i], self.qkv[i], self.att_lse[i], self.atty[i],
+                            self.residual2[i], self.ln2[i], self.ln2_rstd[i], self.fch[i], self.fch_act[i],
+                            self.residual3[l], self.proj, self.qk_norm and tuple(buf[i] for buf in self.qk_norm),
+                            {m: u[i] for m, u in self.lora_u.items()}, self.key)
 
     def nbytes(self) -> int:
-        arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)] + list(self.qk_norm or ())
-        return sum(a.nbytes for a in arrays) + self.att_scratch.nbytes()
+        arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)] + list(self.lora_u.values())
+        return self.att_scratch.nbytes() + sum(a.nbytes for a in arrays)
 
 
 def qk_norm_buffers(cfg: LlamaConfig, n: int, layers: int) -> tuple[np.ndarray, ...]:
@@ -125,8 +144,8 @@ def qk_norm_buffers(cfg: LlamaConfig, n: int, layers: int) -> tuple[np.ndarray, 
 
 
 def training_memory_bytes(cfg: LlamaConfig, B: int, T: int) -> int:
-    """What training at (B, T) allocates: weights, gradients, AdamW m and v (4 x 4 bytes per
-    parameter) and the activations. check_fits_memory(training_memory_bytes(...), ...) refuses early."""
+    """What full fine-tuning at (B, T) allocates: weights, gradients, AdamW m and v (4 x 4 bytes per
+    parameter) and the activations (training/memory.py estimates every kind of run)."""
     return 16 * num_parameters(cfg) + Activations.nbytes_for(cfg, B, T)
 
 
@@ -161,18 +180,21 @@ class KVCache:
 class Llama(Model):
     MATRIX_PARAMS = MATRIX_PARAMS
 
-    def __init__(self, config: LlamaConfig, params: np.ndarray | None = None):
-        super().__init__(config, params)
+    def __init__(self, config: LlamaConfig, params: np.ndarray | None = None, *, recompute: bool = False):
+        super().__init__(config, params, recompute=recompute)
         self.rope_cos, self.rope_sin = rope_tables(config, config.max_seq_len)  # (maxT, hd/2)
         self.eps = np.float32(config.rms_norm_eps)
+        self.no_grad = np.empty(0, np.float32)  # a norm's weight gradient that a frozen base does not want
 
     @staticmethod
     def make_params(config: LlamaConfig, params: np.ndarray | None = None) -> LlamaParams:
         return LlamaParams(config, params)
 
     def make_activations(self, B: int, T: int) -> Activations:
-        check_fits_memory(Activations.nbytes_for(self.config, B, T), f"batch {B} x {T}'s activations")
-        return Activations(self.config, B, T)
+        lora_u = self.lora.u_shapes(self.config.num_layers, B * T) if self.lora is not None else None
+        check_fits_memory(Activations.nbytes_for(self.config, B, T, self.recompute, lora_u),
+                          f"batch {B} x {T}'s activations")
+        return Activations(self.config, B, T, self.recompute, lora_u)
 
     # -----------------------------------------------------------------------------------
     @classmethod
@@ -203,46 +225,54 @@ class Llama(Model):
             p.knormw[:] = 1.0
         return model
 
-    def head(self) -> np.ndarray:
+    @property
+    def head_name(self) -> str:
         """The output matrix (Vp, C): wte when tied."""
-        return self.params.wte if self.config.tied_embeddings else self.params.lm_head
+        return "wte" if self.config.tied_embeddings else "lm_head"
+
+    def head(self) -> np.ndarray:
+        return self.params.views[self.head_name]
 
     def _block(self, l: int, residual: np.ndarray, b: BlockBuffers, B: int, T: int, positions: np.ndarray,
-               cache: KVCache | None, t0: int = 0, scratch: AttentionScratch | None = None) -> None:
+               cache: KVCache | None, t0: int = 0, rerun: bool = False) -> None:
         """Layer l on rows (B*T, C) at positions (B, T) (RoPE's); writes b.residual3.
 
         Without a cache the keys/values are this call's own (causal over its T positions, or over
         each document of self.doc_starts); with one, they are appended at t0 (the rows are
         positions t0..t0+T-1) and the queries attend to cache positions 0..t0+t.
+        rerun: the backward's recompute, which stops at what the backward reads (silu(gate) * up):
+        the down projection's output is the next layer's input, kept from the forward.
         """
-        cfg, p = self.config, self.params
+        cfg, w = self.config, self.w
         H, KV, QD, KVD = cfg.num_heads, cfg.num_kv_heads, cfg.q_dim, cfg.kv_dim
         # attention: residual2 = residual + attproj(attention(rope(qkv(rmsnorm(residual)))))
-        LK.rmsnorm_forward(b.ln1, b.ln1_rstd, residual, p.ln1w[l], self.eps)
-        np.matmul(b.ln1, p.qkvw[l].T, out=b.qkv)                                  # (N, (H+2KV) hd)
+        LK.rmsnorm_forward(b.ln1, b.ln1_rstd, residual, w("ln1w", l), self.eps)
+        self._linear(b.qkv, b.ln1, "qkvw", l, b.lora_u, b.key)                    # (N, (H+2KV) hd)
         if cfg.qkv_bias:
-            K.add_bias(b.qkv, p.qkvb[l])
+            K.add_bias(b.qkv, w("qkvb", l))
         if cfg.qk_norm:  # Qwen3: every q head and every k head RMS-normed (weights per layer), then RoPE
             q_pre, q_rstd, k_pre, k_rstd = b.qk_norm
             hd = cfg.head_dim
-            LK.head_rmsnorm_forward(b.qkv[:, :QD].reshape(-1, H, hd), q_pre, q_rstd, p.qnormw[l], self.eps)
-            LK.head_rmsnorm_forward(b.qkv[:, QD:QD + KVD].reshape(-1, KV, hd), k_pre, k_rstd, p.knormw[l], self.eps)
+            LK.head_rmsnorm_forward(b.qkv[:, :QD].reshape(-1, H, hd), q_pre, q_rstd, w("qnormw", l), self.eps)
+            LK.head_rmsnorm_forward(b.qkv[:, QD:QD + KVD].reshape(-1, KV, hd), k_pre, k_rstd, w("knormw", l), self.eps)
         LK.rope_rotate(b.qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, positions, 1.0)
         if cache is None:
-            assert scratch is not None  # the training forward passes its attention scratch
-            attention_forward(b.atty.reshape(B, T, QD), b.att_lse, b.qkv.reshape(B, T, -1), H, KV, scratch,
-                              self.doc_starts)
+            attention_forward(b.atty.reshape(B, T, QD), b.att_lse, b.qkv.reshape(B, T, -1), H, KV,
+                              self.acts.att_scratch, self.doc_starts)
         else:
             cache.k[l, t0:t0 + T] = b.qkv[:, QD:QD + KVD]
             cache.v[l, t0:t0 + T] = b.qkv[:, QD + KVD:]
             K.attention_cached(b.atty, b.qkv, cache.k[l], cache.v[l], t0, H, KV)
-        np.matmul(b.atty, p.attprojw[l].T, out=b.proj)                             # (N, C)
+        self._linear(b.proj, b.atty, "attprojw", l, b.lora_u, b.key)              # (N, C)
         np.add(residual, b.proj, out=b.residual2)
         # MLP: residual3 = residual2 + fcproj(silu(gate) * up), [gate | up] = fc(rmsnorm(residual2))
-        LK.rmsnorm_forward(b.ln2, b.ln2_rstd, b.residual2, p.ln2w[l], self.eps)
-        np.matmul(b.ln2, p.fcw[l].T, out=b.fch)                                    # (N, 2F)
+        LK.rmsnorm_forward(b.ln2, b.ln2_rstd, b.residual2, w("ln2w", l), self.eps)
+        self._linear(b.fch, b.ln2, "fcw", l, b.lora_u, b.key)                     # (N, 2F)
         LK.swiglu_forward(b.fch_act, b.fch)                                     # (N, F)
-        np.matmul(b.fch_act, p.fcprojw[l].T, out=b.proj)                           # (N, C)
+        if rerun:
+            self._rerun_linear(b.fch_act, "fcprojw", l, b.lora_u, b.key)
+            return
+        self._linear(b.proj, b.fch_act, "fcprojw", l, b.lora_u, b.key)            # (N, C)
         np.add(b.residual2, b.proj, out=b.residual3)
 
     def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False,
@@ -255,22 +285,23 @@ class Llama(Model):
         (attention.check_doc_starts). Each document then attends only to itself and its RoPE
         positions start at 0, as if it ran alone.
         """
-        cfg, p = self.config, self.params
+        cfg = self.config
         B, T = inputs.shape
         N = B * T
         a = self._ensure_buffers(B, T)
         inputs = np.ascontiguousarray(inputs, dtype=np.int32)
         self.inputs = inputs
+        a.key = self.lora.step_key if training and self.lora is not None and self.lora.lora.dropout > 0 else None
         self.doc_starts = None if doc_starts is None else check_doc_starts(doc_starts, B, T)
         self.positions = doc_positions(self.doc_starts, B, T)
 
-        np.take(p.wte, inputs.reshape(N), axis=0, out=a.encoded)               # (N, C)
+        self.w.gather(a.encoded, "wte", inputs.reshape(N))                      # (N, C)
         residual = a.encoded
         for l in range(cfg.num_layers):
-            self._block(l, residual, a.layer(l), B, T, self.positions, None, scratch=a.att_scratch)
+            self._block(l, residual, a.layer(l), B, T, self.positions, None)
             residual = a.residual3[l]
-        LK.rmsnorm_forward(a.lnf, a.lnf_rstd, residual, p.lnfw, self.eps)
-        np.matmul(a.lnf, self.head().T, out=a.logits)                              # (N, Vp)
+        LK.rmsnorm_forward(a.lnf, a.lnf_rstd, residual, self.w("lnfw"), self.eps)
+        self.w.head_forward(a.logits, a.lnf, self.head_name)                      # (N, Vp)
 
         self.trained_forward = False
         if targets is None:
@@ -285,63 +316,68 @@ class Llama(Model):
 
     # -----------------------------------------------------------------------------------
     def backward(self, accumulate: bool = False) -> None:
-        """Every parameter gradient for the last training forward: written into self.grads, or
-        added to them with accumulate=True (the next micro-batch of an accumulated step). The
-        residual stream's gradient accumulates down the layers."""
+        """Every gradient of what trains, for the last training forward: written into the gradient
+        buffer, or added to it with accumulate=True (the next micro-batch of an accumulated step).
+        The residual stream's gradient accumulates down the layers. A frozen base (LoRA) gets input
+        gradients only: no weight, norm or embedding gradient is computed for it."""
         if not self.trained_forward or self.inputs is None:
             raise RuntimeError("backward() needs a forward(inputs, targets, training=True) first")
-        cfg, p, a = self.config, self.params, self.acts
-        g = self.allocate_grads()
+        cfg, w, a = self.config, self.w, self.acts
+        g = self.allocate_grads() if self.lora is None else None     # the base's gradients, if it trains
         B, T = self.inputs.shape
+        positions = doc_positions(self.doc_starts, B, T) if self.positions is None else self.positions
         H, KV, L = cfg.num_heads, cfg.num_kv_heads, cfg.num_layers
         dlogits, dres = a.logits, a.dresidual    # (N, Vp) with zero padded columns; (N, C)
         acc = accumulate
-        if acc and self.grad_scratch is None and needs_scratch():  # one layer's largest weight gradient
+        if g is not None and acc and self.grad_scratch is None and needs_scratch():  # one layer's largest weight gradient
             C, W, F = cfg.channels, cfg.qkv_dim, cfg.ffn_channels
             self.grad_scratch = np.empty(max(W, 2 * F, cfg.q_dim) * C, np.float32)
         scratch = self.grad_scratch
 
+        def grad(name, l=None):  # a norm's or bias's gradient buffer, or nothing for a frozen base
+            return self.no_grad if g is None else (g.views[name] if l is None else g.views[name][l])
+
         # output head and final RMSNorm
-        if cfg.tied_embeddings:
-            head_grad(g.wte, dlogits, a.lnf, scratch, acc)      # (Vp, C); the embedding adds its part below
-        else:
-            head_grad(g.lm_head, dlogits, a.lnf, scratch, acc)
-            if not acc:
+        if g is not None:
+            head_grad(g.views[self.head_name], dlogits, a.lnf, scratch, acc)  # (Vp, C); a tied embedding adds below
+            if not cfg.tied_embeddings and not acc:
                 g.wte[:] = 0.0
-        np.matmul(dlogits, self.head(), out=a.d_c)  # d lnf
+        w.head_backward(a.d_c, dlogits, self.head_name)       # d lnf
         dres[:] = 0.0
         last = a.residual3[L - 1] if L > 0 else a.encoded
-        LK.rmsnorm_backward(dres, g.lnfw, a.d_c, last, a.lnf_rstd, p.lnfw, acc)
+        LK.rmsnorm_backward(dres, grad("lnfw"), a.d_c, last, a.lnf_rstd, w("lnfw"), acc)
 
         for l in reversed(range(L)):
+            b = a.layer(l)
             residual = a.encoded if l == 0 else a.residual3[l - 1]
+            if a.recompute:  # this layer's buffers again, bit for bit as the forward made them
+                self._block(l, residual, b, B, T, positions, None, rerun=True)
             # MLP block
-            matmul_grad(g.fcprojw[l], dres.T, a.fch_act[l], scratch, acc)     # (C, F)
-            np.matmul(dres, p.fcprojw[l], out=a.d_f)              # d swiglu output (N, F)
-            LK.swiglu_backward(a.d_2f, a.d_f, a.fch[l])        # d [gate | up] (N, 2F)
-            matmul_grad(g.fcw[l], a.d_2f.T, a.ln2[l], scratch, acc)           # (2F, C)
-            np.matmul(a.d_2f, p.fcw[l], out=a.d_c)                # d ln2 output
-            LK.rmsnorm_backward(dres, g.ln2w[l], a.d_c, a.residual2[l], a.ln2_rstd[l], p.ln2w[l], acc)
+            self._linear_backward(a.d_f, dres, b.fch_act, "fcprojw", l, acc, b.lora_u, b.key)  # d swiglu output
+            LK.swiglu_backward(a.d_2f, a.d_f, b.fch)        # d [gate | up] (N, 2F)
+            self._linear_backward(a.d_c, a.d_2f, b.ln2, "fcw", l, acc, b.lora_u, b.key)        # d ln2 output
+            LK.rmsnorm_backward(dres, grad("ln2w", l), a.d_c, b.residual2, b.ln2_rstd, w("ln2w", l), acc)
             # attention block
-            matmul_grad(g.attprojw[l], dres.T, a.atty[l], scratch, acc)       # (C, H hd)
-            np.matmul(dres, p.attprojw[l], out=a.d_q)             # d attention output (N, H hd)
-            attention_backward(a.d_qkv.reshape(B, T, -1), a.d_q.reshape(B, T, -1), a.atty[l].reshape(B, T, -1),
-                               a.att_lse[l], a.qkv[l].reshape(B, T, -1), H, KV, a.att_scratch, self.doc_starts)
-            LK.rope_rotate(a.d_qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, self.positions, -1.0)
+            self._linear_backward(a.d_q, dres, b.atty, "attprojw", l, acc, b.lora_u, b.key)   # d attention output
+            attention_backward(a.d_qkv.reshape(B, T, -1), a.d_q.reshape(B, T, -1), b.atty.reshape(B, T, -1),
+                               b.att_lse, b.qkv.reshape(B, T, -1), H, KV, a.att_scratch, self.doc_starts)
+            LK.rope_rotate(a.d_qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, positions, -1.0)
             if cfg.qk_norm:
                 QD, KVD, hd = cfg.q_dim, cfg.kv_dim, cfg.head_dim
-                q_pre, q_rstd, k_pre, k_rstd = (buf[l] for buf in a.qk_norm)
-                LK.head_rmsnorm_backward(a.d_qkv[:, :QD].reshape(-1, H, hd), g.qnormw[l], q_pre, q_rstd, p.qnormw[l],
-                                         acc)
-                LK.head_rmsnorm_backward(a.d_qkv[:, QD:QD + KVD].reshape(-1, KV, hd), g.knormw[l], k_pre, k_rstd,
-                                         p.knormw[l], acc)
-            if cfg.qkv_bias:
+                q_pre, q_rstd, k_pre, k_rstd = b.qk_norm
+                LK.head_rmsnorm_backward(a.d_qkv[:, :QD].reshape(-1, H, hd), grad("qnormw", l), q_pre, q_rstd,
+                                         w("qnormw", l), acc)
+                LK.head_rmsnorm_backward(a.d_qkv[:, QD:QD + KVD].reshape(-1, KV, hd), grad("knormw", l), k_pre,
+                                         k_rstd, w("knormw", l), acc)
+            if cfg.qkv_bias and g is not None:
                 K.column_sum(g.qkvb[l], a.d_qkv, acc)
-            matmul_grad(g.qkvw[l], a.d_qkv.T, a.ln1[l], scratch, acc)         # ((H+2KV) hd, C)
-            np.matmul(a.d_qkv, p.qkvw[l], out=a.d_c)              # d ln1 output
-            LK.rmsnorm_backward(dres, g.ln1w[l], a.d_c, residual, a.ln1_rstd[l], p.ln1w[l], acc)
+            needs_dx = g is not None or l > 0   # a frozen embedding wants no gradient below layer 0
+            self._linear_backward(a.d_c if needs_dx else None, a.d_qkv, b.ln1, "qkvw", l, acc, b.lora_u, b.key)
+            if needs_dx:
+                LK.rmsnorm_backward(dres, grad("ln1w", l), a.d_c, residual, b.ln1_rstd, w("ln1w", l), acc)
 
-        LK.embedding_backward(g.wte, dres, self.inputs.reshape(-1))
+        if g is not None:
+            LK.embedding_backward(g.wte, dres, self.inputs.reshape(-1))
         self.trained_forward = False
 
     # -----------------------------------------------------------------------------------
@@ -353,19 +389,19 @@ class Llama(Model):
         return KVCache(cfg, max_tokens)
 
     def extend(self, cache: KVCache, tokens: np.ndarray, t0: int) -> np.ndarray:
-        """Run tokens (n,) at positions t0..t0+n-1 through the model, appending their keys and
-        values to the cache (which must hold positions 0..t0-1). Returns the last position's
-        logits (Vp,), a view that the next call overwrites."""
-        cfg, p = self.config, self.params
+        """Run tokens (n,) at positions t0..t0+n-1 through the model (adapters included), appending
+        their keys and values to the cache (which must hold positions 0..t0-1). Returns the last
+        position's logits (Vp,), a view that the next call overwrites."""
+        cfg = self.config
         tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
         n = tokens.shape[0]
         if n == 0 or t0 < 0 or t0 + n > cache.max_tokens:
             raise ValueError(f"extend: positions {t0}..{t0 + n - 1} do not fit a {cache.max_tokens}-position cache")
         x, b = cache.scratch(n)
-        np.take(p.wte, tokens, axis=0, out=x)
+        self.w.gather(x, "wte", tokens)
         positions = np.arange(t0, t0 + n, dtype=np.int32).reshape(1, n)
         for l in range(cfg.num_layers):
             self._block(l, x, b, 1, n, positions, cache, t0)
-        LK.rmsnorm_forward(b.ln1[n - 1:n], b.ln1_rstd[:1], x[n - 1:n], p.lnfw, self.eps)
-        np.matmul(b.ln1[n - 1:n], self.head().T, out=cache.logits)
+        LK.rmsnorm_forward(b.ln1[n - 1:n], b.ln1_rstd[:1], x[n - 1:n], self.w("lnfw"), self.eps)
+        self.w.head_forward(cache.logits, b.ln1[n - 1:n], self.head_name)
         return cache.logits[0]

@@ -101,7 +101,9 @@ class LlamaConfig:
                 err(f"{name} {tok} is outside the vocabulary of {self.vocab_size}")
         if self.rope_scaling is not None:
             object.__setattr__(self, "rope_scaling", check_rope_scaling(self.rope_scaling))
-        check_fits_memory(4 * num_parameters(self), f"a {num_parameters(self):,}-parameter model's float32 weights")
+        # the least any use allocates: bf16 weights (a frozen LoRA base); a run's whole need is estimated
+        # before it starts (training/memory.py)
+        check_fits_memory(2 * num_parameters(self), f"a {num_parameters(self):,}-parameter model's weights")
 
     # shapes used everywhere
     @property
@@ -212,5 +214,5 @@ def num_parameters(cfg: LlamaConfig) -> int:
 class LlamaParams(ParamTensors):
     """Named views (p.wte, p.qkvw, ...) into one flat float32 buffer in the layout above."""
 
-    def __init__(self, cfg: LlamaConfig, flat: np.ndarray | None = None):
-        super().__init__(cfg, flat, shapes=param_shapes(cfg))
+    def __init__(self, cfg: LlamaConfig, flat: np.ndarray | None = None, dtype=np.float32):
+        super().__init__(cfg, flat, shapes=param_shapes(cfg), dtype=dtype)

@@ -5,7 +5,13 @@ tokenizer that goes with them.
 
     config, flat, name, tokenizer_dir = load_model_source("runs/x")   # or a checkpoint, an llm.c .bin,
                                                                       # an HF dir or a cached name
+    config, file_bf16 = peek_model_source("runs/x")                   # before reading any weight (or None)
+    model = load_model("runs/x")                                      # a Model, a LoRA run's with its adapters
     recorded_chat_template("runs/x")                                  # the run's --chat-template, if any
+
+A LoRA run's checkpoint holds its adapters and the identity of its base (`base`: where it came
+from, `init_from` as an absolute path or a cached name, and the fingerprint of its weights): the
+base is read again from there and refused if its fingerprint differs (check_base).
 The tokenizer directory is where the model's tokenizer.json lives: a Llama-family HF dir's own,
 or the one a run recorded (`run_config.tokenizer` in its checkpoints); None means GPT-2's.
 """
@@ -15,9 +21,21 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from tui_llm.engine.formats import detect_checkpoint_kind, load_model_weights, load_training_checkpoint
-from tui_llm.engine.formats.hf_llama import hf_model_type
+import numpy as np
+
+from tui_llm.engine.formats import (
+    CheckpointError,
+    detect_checkpoint_kind,
+    load_model_weights,
+    load_training_checkpoint,
+    training_model_config,
+)
+from tui_llm.engine.formats.hf_gpt2 import hf_files, read_hf_config
+from tui_llm.engine.formats.hf_llama import hf_model_type, peek_hf_llama, read_hf_llama
+from tui_llm.engine.formats.llmc import read_llmc_header
+from tui_llm.engine.formats.safetensors import read_header
 from tui_llm.engine.hf_cache import find_hf_cached
+from tui_llm.engine.kernels.bf16 import fingerprint, narrow_to_bf16
 from tui_llm.engine.machine import NotEnoughMemory
 from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.gpt2 import GPT
@@ -29,17 +47,79 @@ from tui_llm.engine.tokenizers.lookup import load_tokenizer
 from tui_llm.engine.training.run_config import ConfigError, RunConfig
 
 
-def load_model_source(source) -> tuple:
-    """(config, flat, name, tokenizer_dir or None) of a run directory (its newest checkpoint), a
-    checkpoint, an llm.c .bin, a Hugging Face directory or a cached name."""
+def resolve_source(source) -> str:
+    """What a source names: a run directory's newest checkpoint, else the path (or the cached name)."""
     path = Path(str(source)).expanduser()
     hf_dir = path.is_dir() and (hf_model_type(path) is not None or (path / "model.safetensors").is_file()
                                 or (path / "model.safetensors.index.json").is_file())
     if path.is_dir() and is_run_dir(path) and not hf_dir:  # an HF dir has a config.json too
         path = resolve_checkpoint(path)
-    target = str(path) if path.exists() else str(source)
+    return str(path) if path.exists() else str(source)
+
+
+def load_model_source(source, base_dtype: str = "fp32") -> tuple:
+    """(config, flat, name, tokenizer_dir or None) of a run directory (its newest checkpoint), a
+    checkpoint, an llm.c .bin, a Hugging Face directory or a cached name. base_dtype="bf16": the
+    flat buffer is bf16 bits (uint16), read as such from a BF16 Hugging Face Llama (no float32
+    copy), else rounded from float32 after reading."""
+    target = resolve_source(source)
+    if is_lora_checkpoint(target):
+        raise CheckpointError(target, "is a LoRA run's checkpoint (adapters over a base model): --resume continues "
+                                      "it; exporting its adapter or merged weights is not supported yet")
+    if base_dtype == "bf16":
+        cached = find_hf_cached(target) if not Path(target).exists() else None
+        directory = cached or Path(target)
+        if hf_model_type(directory) not in (None, "gpt2"):
+            llama_config, bits = read_hf_llama(directory, dtype="bf16")
+            return llama_config, bits, f"Hugging Face {hf_model_type(directory)} {source} (bf16, {bits.size / 1e6:.1f}M " \
+                                 f"params)", recorded_tokenizer(target)
     config, flat, name = load_model_weights(target)
-    return config, flat, name, recorded_tokenizer(target)
+    return config, to_bf16(flat) if base_dtype == "bf16" else flat, name, recorded_tokenizer(target)
+
+
+def to_bf16(flat: np.ndarray) -> np.ndarray:
+    """float32 weights rounded to bf16 bits (uint16), ties to even."""
+    bits = np.empty(flat.size, np.uint16)
+    narrow_to_bf16(bits, flat)
+    return bits
+
+
+def peek_model_source(source) -> tuple | None:
+    """(config, whether the weights are stored as bf16) from a source's headers alone, or None
+    where that takes reading the weights (GGUF). Bad sources raise as load_model_source would."""
+    target = resolve_source(source)
+    path = Path(target)
+    if not path.exists():
+        cached = find_hf_cached(target)
+        if cached is None:
+            return None  # load_model_source says why
+        path = cached
+    kind = detect_checkpoint_kind(path)
+    if kind == "hf_llama":
+        return peek_hf_llama(path)
+    if kind == "llmc":
+        version, config = read_llmc_header(path)
+        return config, version == 5
+    if kind == "training":
+        _, meta = load_training_checkpoint(path, names=[])
+        if "lora" in meta:
+            return None
+        return training_model_config(path, meta), False
+    if kind == "hf":
+        config_path, weights = hf_files(path)
+        with open(weights, "rb") as f:
+            entries, _, _ = read_header(f, weights)
+        codes = {e.dtype for e in entries.values() if len(e.shape) == 2}
+        return read_hf_config(config_path), codes == {"BF16"}
+    return None
+
+
+def is_lora_checkpoint(target: str) -> bool:
+    path = Path(target)
+    if not path.is_file() or detect_checkpoint_kind(path) != "training":
+        return False
+    _, meta = load_training_checkpoint(path, names=[])
+    return "lora" in meta
 
 
 def recorded_tokenizer(target: str) -> str | None:
@@ -76,6 +156,16 @@ def recorded_chat_template(source) -> str | None:
 
 def fresh_model(c: RunConfig) -> tuple[Model, str]:
     """A new model of the preset's sizes (or the given ones), and its name."""
+    config, name = fresh_config(c)
+    if isinstance(config, LlamaConfig):
+        return Llama.random_init(config, seed=c.seed), name
+    if c.init_style == "llmc":  # bit-identical to llm.c's train_gpt2.py --model dN init
+        return GPT(config, llmc_random_init(config, seed=c.seed)), name
+    return GPT.random_init(config, seed=c.seed), name
+
+
+def fresh_config(c: RunConfig) -> tuple[GPTConfig | LlamaConfig, str]:
+    """The config of a new model of the preset's sizes (or the given ones), and its name."""
     tokenizer = load_tokenizer(c.tokenizer) if c.tokenizer else None
     try:
         base = preset_config(c.model, max_seq_len=c.max_seq_len)
@@ -96,11 +186,36 @@ def fresh_model(c: RunConfig) -> tuple[Model, str]:
                                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
         except (LlamaConfigError, NotEnoughMemory) as e:
             raise ConfigError(None, f"a Llama of these sizes cannot be built: {e}") from None
-        return Llama.random_init(llama_cfg, seed=c.seed), f"llama-{name}"
+        return llama_cfg, f"llama-{name}"
     try:
         cfg = GPTConfig(num_layers=L, num_heads=H, channels=C, max_seq_len=c.max_seq_len, vocab_size=vocab_size)
     except ValueError as e:
         raise ConfigError("model", str(e)) from None
-    if c.init_style == "llmc":  # bit-identical to llm.c's train_gpt2.py --model dN init
-        return GPT(cfg, llmc_random_init(cfg, seed=c.seed)), name
-    return GPT.random_init(cfg, seed=c.seed), name
+    return cfg, name
+
+
+# ---------------------------------------------------------------------------------------
+# A LoRA run's frozen base: loaded from where the run recorded it, checked by its fingerprint
+
+def load_base(c: RunConfig) -> tuple:
+    """(config, flat, name, tokenizer_dir) of a LoRA run's base in c.base_dtype: c.init_from's
+    weights, or the fresh model c describes (the same seed gives the same weights)."""
+    if c.init_from:
+        return load_model_source(c.init_from, c.base_dtype)
+    model, name = fresh_model(c)
+    return model.config, to_bf16(model.params.flat) if c.base_dtype == "bf16" else model.params.flat, name, None
+
+
+def base_identity(model: Model, init_from: str | None, name: str) -> dict:
+    """What a LoRA checkpoint records about its base (`base` in its metadata)."""
+    return {"init_from": init_from, "model_name": name, "dtype": model.base_dtype,
+            "num_params": model.num_parameters, "fingerprint": fingerprint(model.params.flat)}
+
+
+def check_base(now: dict, recorded: dict, checkpoint) -> None:
+    """CheckpointError (one line) when the base loaded now is not the one the adapters were trained on."""
+    if now["fingerprint"] != recorded.get("fingerprint"):
+        where = recorded.get("init_from") or f"the fresh model {recorded.get('model_name')!r}"
+        raise CheckpointError(checkpoint, f"its adapters were trained on a base model with fingerprint "
+                                          f"{recorded.get('fingerprint')}, but {where} now has {now['fingerprint']}: "
+                                          f"the base changed; restore it, or start a new run")

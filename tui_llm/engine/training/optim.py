@@ -22,7 +22,8 @@ class AdamWConfig:
 
 
 class AdamW:
-    """m and v live in flat buffers with the parameters' layout; one fused pass per step.
+    """m and v live in flat buffers with the trained parameters' layout (model.trainable: every
+    weight, or a LoRA run's adapters); one fused pass per step.
 
     shard=(start, end): this process updates only params[start:end] and keeps m and v for that
     slice alone (ZeRO-1: the ranks of an MPI run share the optimizer state; distributed.py
@@ -32,7 +33,7 @@ class AdamW:
     def __init__(self, model: Model, config: AdamWConfig | None = None, shard: tuple[int, int] | None = None):
         self.model = model
         self.config = config or AdamWConfig()
-        self.start, self.end = shard if shard is not None else (0, model.num_parameters)
+        self.start, self.end = shard if shard is not None else (0, model.num_trainable)
         self.m = np.zeros(self.end - self.start, np.float32)
         self.v = np.zeros(self.end - self.start, np.float32)
         self.step = 0  # number of updates done; the next one uses t = step + 1
@@ -67,7 +68,7 @@ class AdamW:
         if cfg.grad_clip > 0 and grad_norm > cfg.grad_clip:
             scale *= cfg.grad_clip / grad_norm
         self.step += 1
-        adamw_update(self.model.params.flat[self.start:self.end], grads, self.m, self.v,
+        adamw_update(self.model.trainable.flat[self.start:self.end], grads, self.m, self.v,
                        self.decay_starts, self.decay_ends, lr, cfg.beta1, cfg.beta2, cfg.eps,
                        cfg.weight_decay, self.step, scale)
         return grad_norm

@@ -16,9 +16,11 @@ from tui_llm.engine.errors import TuiLlmError
 FIXED_ON_RESUME = frozenset({"arch", "model", "init_from", "init_style", "layers", "heads", "kv_heads", "channels",
                              "ffn_channels", "max_seq_len", "tokenizer",
                              "batch_size", "seq_len", "total_batch_size", "shuffle", "train_file", "val_file",
-                             "data_format", "seed", "out_dir"})
+                             "data_format", "seed", "out_dir",
+                             "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "use_rslora", "base_dtype"})
 
 ARCHS = ("gpt2", "llama")
+BASE_DTYPES = ("auto", "fp32", "bf16")
 SIZES = ("layers", "heads", "kv_heads", "channels", "ffn_channels")  # optional sizes of a fresh model
 LIMIT = 2**62  # beyond any step, batch or token count a run can reach
 
@@ -72,6 +74,13 @@ class RunConfig:
     threads: int = 0                    # 0 = all cores (divided among the processes of an MPI run)
     zero: int = 0                       # 1: ZeRO-1 under MPI, AdamW state split among the ranks; not kept on resume
     shuffle: bool = True
+    lora_rank: int = 0                  # LoRA adapters of this rank over a frozen base; 0: full fine-tuning
+    lora_alpha: float = 0.0             # the adapters' scale is lora_alpha / lora_rank; 0: 2 * lora_rank
+    lora_dropout: float = 0.0           # dropout on the adapters' input while training
+    lora_targets: str = "all-linear"    # modules to adapt, by PEFT's names (q_proj,v_proj / c_attn,c_proj) or all-linear
+    use_rslora: bool = False            # scale lora_alpha / sqrt(lora_rank) (rsLoRA)
+    base_dtype: str = "auto"            # a LoRA run's frozen base in memory: fp32 | bf16; auto: bf16 when its file is
+    recompute: bool = False             # keep only each layer's input and run the layer again in the backward
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
@@ -89,6 +98,8 @@ class RunConfig:
                 kinds = (int,)
             if f.name in ("val_file", "init_from", "out_dir", "tokenizer", "chat_template"):
                 kinds = (str,)
+            if f.name == "lora_alpha":
+                kinds = (int, float)
             ok = (v is None and default is None) or \
                 (isinstance(v, kinds) and not (isinstance(v, bool) and bool not in kinds))
             if not ok:
@@ -103,7 +114,7 @@ class RunConfig:
         """Every number finite and in range, every choice known; raises ConfigError naming the field."""
         positive = ("batch_size", "seq_len", "val_batches", "max_seq_len", "sample_len")
         not_negative = ("steps", "val_every", "sample_every", "save_every", "warmup", "top_k", "threads",
-                        "keep_checkpoints", "total_batch_size", "seed")
+                        "keep_checkpoints", "total_batch_size", "seed", "lora_rank")
         for name in positive + not_negative + SIZES:
             v = getattr(self, name)
             if v is None and name in SIZES:
@@ -117,7 +128,8 @@ class RunConfig:
                 raise ConfigError(name, f"must be less than 2**62 ({LIMIT:.2e}), got {_shown(v)}")
         finite = {"lr": (0.0, 10.0, False), "lr_scale": (0.0, 100.0, True), "final_lr_fraction": (0.0, 1.0, True),
                   "weight_decay": (0.0, 10.0, True),
-                  "grad_clip": (0.0, 1e9, True), "temperature": (0.0, 100.0, True)}
+                  "grad_clip": (0.0, 1e9, True), "temperature": (0.0, 100.0, True),
+                  "lora_alpha": (0.0, 1e6, True), "lora_dropout": (0.0, 0.999, True)}
         for name, (least, high, least_ok) in finite.items():
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
@@ -125,12 +137,26 @@ class RunConfig:
                 bound = ">=" if least_ok else ">"
                 raise ConfigError(name, f"must be a number {bound} {least:g} and <= {high:g}, got {v!r}")
         choices = {"lr_schedule": ("constant", "cosine"), "init_style": ("llmc", "numpy"),
-                   "data_format": ("auto", "llmc", "int32", "uint16"), "arch": ARCHS, "zero": (0, 1)}
+                   "data_format": ("auto", "llmc", "int32", "uint16"), "arch": ARCHS, "zero": (0, 1),
+                   "base_dtype": BASE_DTYPES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"must be one of {', '.join(map(str, allowed))}, got {getattr(self, name)!r}")
         if not isinstance(self.prompt, str):
             raise ConfigError("prompt", "must be text")
+        for name in ("shuffle", "use_rslora", "recompute"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.lora_targets, str):
+            raise ConfigError("lora_targets", f"must be text (module names separated by commas), got {self.lora_targets!r}")
+        if not self.lora_rank:  # full fine-tuning: the LoRA settings would be silently ignored
+            given = [name for name, off in (("lora_alpha", 0.0), ("lora_dropout", 0.0), ("lora_targets", "all-linear"),
+                                            ("use_rslora", False)) if getattr(self, name) != off]
+            if given:
+                raise ConfigError(given[0], "is a LoRA setting: add --lora-rank R to train adapters")
+            if self.base_dtype == "bf16":
+                raise ConfigError("base_dtype", "bf16 holds a frozen base: it needs LoRA (--lora-rank R); "
+                                                "full fine-tuning trains fp32 weights")
         if self.arch == "gpt2":
             for name in ("kv_heads", "ffn_channels"):
                 if getattr(self, name) is not None:

@@ -9,6 +9,10 @@ a checkpoint file.
 A checkpoint holds the weights and AdamW's m and v (flat float32, the model's layout) and, in its
 metadata, the step, the run settings (live ones included), the architecture, the data loader's
 position, the sampling RNG, where metrics.jsonl stood (`history_bytes`), training time and tokens.
+A LoRA run's holds its adapters instead of the weights (array `lora`, the adapters' flat layout,
+models/lora.py; m and v in that layout) and, in its metadata, the adapters' settings (`lora`) and
+the base model's identity (`base`: init_from, model_name, dtype, num_params, fingerprint); the
+base itself is not copied, a resume reads it again from `init_from` and checks its fingerprint.
 Nothing read from a checkpoint is used unchecked: a crafted file gives one CheckpointError line.
 """
 
@@ -41,6 +45,8 @@ class TrainingState:
     elapsed_s: float             # training time so far
     tokens: int                  # tokens trained on so far
     path: Path | None = None     # the checkpoint file it was read from
+    lora: dict | None = None     # LoRA: LoraConfig.to_dict(); params, adam_m, adam_v are then the adapters'
+    base: dict | None = None     # LoRA: the frozen base's identity (model_source.base_identity)
 
     # -- to and from a file -----------------------------------------------------------------
 
@@ -49,14 +55,18 @@ class TrainingState:
         meta = {"step": self.step, "run_config": self.run_config.to_dict(), "model_config": self.model_config.to_dict(),
                 "model_name": self.model_name, "loader": self.loader, "sample_rng": self.sample_rng,
                 "history_bytes": self.history_bytes, "elapsed_s": self.elapsed_s, "tokens": self.tokens}
-        save_training_checkpoint(path, {"params": self.params, "adam_m": self.adam_m, "adam_v": self.adam_v}, meta)
+        if self.lora is not None:
+            meta.update(lora=self.lora, base=self.base)
+        weights = "lora" if self.lora is not None else "params"
+        save_training_checkpoint(path, {weights: self.params, "adam_m": self.adam_m, "adam_v": self.adam_v}, meta)
 
     @classmethod
     def load(cls, path) -> TrainingState:
         """The state in a run directory's newest checkpoint, or in a checkpoint file, every value checked."""
         checkpoint = resolve_checkpoint(path)
         arrays, meta = load_training_checkpoint(checkpoint)
-        for key in ("params", "adam_m", "adam_v"):
+        weights = "lora" if "lora" in meta else "params"
+        for key in (weights, "adam_m", "adam_v"):
             if key not in arrays:
                 raise CheckpointError(checkpoint, f"not a resumable training checkpoint (no {key})")
         if not isinstance(meta.get("run_config"), dict):
@@ -72,7 +82,7 @@ class TrainingState:
             model_config = config_from_dict(meta["model_config"])
         except (TypeError, ValueError) as e:
             raise CheckpointError(checkpoint, f"bad model_config: {e}") from None
-        n = arrays["params"].size
+        n = arrays[weights].size
         for key in ("adam_m", "adam_v"):
             if arrays[key].dtype != np.float32 or arrays[key].shape != (n,):
                 raise CheckpointError(checkpoint, f"{key} is {arrays[key].dtype} {arrays[key].shape}, "
@@ -85,12 +95,26 @@ class TrainingState:
         return cls(
             step=step, run_config=run_config, model_config=model_config,
             model_name=str(meta.get("model_name", "checkpoint")),
-            params=arrays["params"], adam_m=arrays["adam_m"], adam_v=arrays["adam_v"],
+            params=arrays[weights], adam_m=arrays["adam_m"], adam_v=arrays["adam_v"],
             loader=meta["loader"], sample_rng=meta["sample_rng"],
             history_bytes=_meta_int(meta, "history_bytes", checkpoint) if meta.get("history_bytes") is not None else None,
             elapsed_s=float(elapsed) if type(elapsed) in (int, float) and 0 <= elapsed < float("inf") else 0.0,
             tokens=_meta_int(meta, "tokens", checkpoint) if "tokens" in meta else -1,  # -1: from before tokens
-            path=checkpoint.absolute())
+            path=checkpoint.absolute(), lora=meta.get("lora"), base=_base_identity(meta, checkpoint))
+
+
+def _base_identity(meta: dict, path) -> dict | None:
+    """A LoRA checkpoint's `base`, every field checked (None without LoRA)."""
+    if "lora" not in meta:
+        return None
+    base = meta.get("base")
+    ok = isinstance(base, dict) and (base.get("init_from") is None or isinstance(base.get("init_from"), str)) \
+        and isinstance(base.get("model_name"), str) and base.get("dtype") in ("fp32", "bf16") \
+        and isinstance(base.get("num_params"), int) and isinstance(base.get("fingerprint"), str) \
+        and len(base["fingerprint"]) == 16
+    if not ok:
+        raise CheckpointError(path, f"bad base model identity in a LoRA checkpoint: {str(base)[:80]}")
+    return base
 
 
 def _meta_int(meta: dict, key: str, path) -> int:

@@ -36,16 +36,30 @@ from tui_llm.engine.data.tokens import DataError, _as_shards, open_dataset
 from tui_llm.engine.errors import TuiLlmError
 from tui_llm.engine.formats import CheckpointError
 from tui_llm.engine.kernels.compile import compile_kernels
+from tui_llm.engine.kernels.lora import dropout_key
 from tui_llm.engine.kernels.optimizer import sum_of_squares
 from tui_llm.engine.machine import set_threads
 from tui_llm.engine.models.build import build_model
 from tui_llm.engine.models.llama import Llama
+from tui_llm.engine.models.lora import LoraConfig, LoraError, resolve_targets
 from tui_llm.engine.run.channel import ControlServer
 from tui_llm.engine.run.run_dir import RunDir, RunDirError, checkpoint_step
 from tui_llm.engine.tokenizers.lookup import find_tokenizer_dir, load_tokenizer
 from tui_llm.engine.training.control import Control
 from tui_llm.engine.training.distributed import World
-from tui_llm.engine.training.model_source import fresh_model, load_model_source
+from tui_llm.engine.training.memory import MemoryEstimate, check_run_fits
+from tui_llm.engine.training.model_source import (
+    base_identity,
+    check_base,
+    fresh_config,
+    fresh_model,
+    is_lora_checkpoint,
+    load_base,
+    load_model_source,
+    peek_model_source,
+    resolve_source,
+    to_bf16,
+)
 from tui_llm.engine.training.optim import AdamW, AdamWConfig, learning_rate
 from tui_llm.engine.training.run_config import ConfigError, RunConfig, default_val_file, live_setting
 from tui_llm.engine.training.sampler import PromptError, Sampler, check_prompt_ids
@@ -119,18 +133,50 @@ class Trainer:
     # -- what __init__ does, in order ---------------------------------------------------------
 
     def _load_model(self, state: TrainingState | None) -> None:
-        """The model, and the tokenizer it speaks (recorded absolute, so a resume and `sample` find it)."""
+        """The model, and the tokenizer it speaks (recorded absolute, so a resume and `sample` find it).
+
+        Before any weight is read: the adapters' settings are checked against the model and the
+        run's memory is estimated (refused if it does not fit). A LoRA run's base comes from
+        init_from (an absolute path, or a cached name) or the fresh model the settings describe,
+        in base_dtype; its fingerprint is the base's identity in checkpoints, checked on resume."""
         c = self.config
+        if c.init_from and Path(c.init_from).expanduser().exists():
+            c.init_from = str(Path(c.init_from).expanduser().absolute())
+        model_config, file_bf16 = self._plan_model(state)
+        loaded = None
+        if model_config is None:  # a source whose sizes are known only once it is read (GGUF)
+            loaded = load_model_source(c.init_from)
+            model_config = loaded[0]
+        self.lora_config = self._lora_config(model_config, state)
+        c.base_dtype = ("bf16" if file_bf16 else "fp32") if c.base_dtype == "auto" else c.base_dtype
+        if self.lora_config is None:
+            c.base_dtype = "fp32"
+        self.memory = self._check_memory(model_config, file_bf16)
         tokenizer_dir = c.tokenizer
-        if state is not None:
+        if state is not None and self.lora_config is None:
             self.model = build_model(state.model_config, state.params)
             self.model_name = state.model_name
-        elif c.init_from:
-            model_cfg, flat, self.model_name, recorded = load_model_source(c.init_from)
+        elif c.init_from or self.lora_config is not None:  # weights from a file, or a LoRA run's base
+            if loaded is None:
+                loaded = load_base(c) if self.lora_config is not None else load_model_source(c.init_from)
+            elif c.base_dtype == "bf16":
+                loaded = (loaded[0], to_bf16(loaded[1]), *loaded[2:])
+            model_cfg, flat, self.model_name, recorded = loaded
             self.model = build_model(model_cfg, flat)
             tokenizer_dir = tokenizer_dir or recorded
         else:
             self.model, self.model_name = fresh_model(c)
+        self.model.recompute = c.recompute
+        self.base: dict | None = None
+        if self.lora_config is not None:
+            self.model.attach_lora(self.lora_config, flat=state.params if state is not None else None, seed=c.seed)
+            self.base = base_identity(self.model, c.init_from, self.model_name)
+            if state is not None:
+                assert state.base is not None
+                self.model_name = state.model_name
+                check_base(self.base, state.base, state.path)
+            if len(set(self.world.allgather_obj(self.base["fingerprint"]))) > 1:
+                raise ConfigError("init_from", "the ranks loaded different base models (their fingerprints differ)")
         c.tokenizer = str(find_tokenizer_dir(tokenizer_dir)) if tokenizer_dir else None
         self.encoding = load_tokenizer(c.tokenizer)
         if isinstance(self.model, Llama) and c.tokenizer is None:
@@ -147,6 +193,44 @@ class Trainer:
         if c.seq_len > self.model.config.max_seq_len:
             raise ConfigError("seq_len", f"{c.seq_len} is larger than the model's maximum sequence length "
                                          f"{self.model.config.max_seq_len}")
+
+    def _plan_model(self, state: TrainingState | None) -> tuple:
+        """(the model's config, whether its weights are stored as bf16) before reading them; the
+        config is None where the file must be read to know it."""
+        c = self.config
+        if state is not None:
+            return state.model_config, state.base is not None and state.base["dtype"] == "bf16"
+        if c.init_from:
+            if is_lora_checkpoint(resolve_source(c.init_from)):
+                raise ConfigError("init_from", f"{c.init_from} is a LoRA run: --resume continues it (starting a new "
+                                               "run from its adapters is not supported yet)")
+            peeked = peek_model_source(c.init_from)
+            return peeked if peeked is not None else (None, False)
+        return fresh_config(c)[0], False
+
+    def _lora_config(self, model_config, state: TrainingState | None) -> LoraConfig | None:
+        """The adapters' settings (a checkpoint's on resume), checked against the model; None: full fine-tuning."""
+        c = self.config
+        if state is not None and state.lora is not None:
+            try:
+                return LoraConfig.from_dict(state.lora, state.model_config)
+            except LoraError as e:
+                raise CheckpointError(state.path, str(e)) from None
+        if not c.lora_rank:
+            return None
+        if c.lora_alpha == 0:
+            c.lora_alpha = 2.0 * c.lora_rank
+        try:
+            return LoraConfig(rank=c.lora_rank, alpha=float(c.lora_alpha), targets=resolve_targets(c.lora_targets,
+                              model_config), dropout=float(c.lora_dropout), use_rslora=c.use_rslora)
+        except LoraError as e:
+            raise ConfigError("lora_targets" if "targets" in str(e) else "lora_rank", str(e)) from None
+
+    def _check_memory(self, model_config, file_bf16: bool) -> MemoryEstimate:
+        c = self.config
+        shards = self.world.size if c.zero else 1
+        return check_run_fits(model_config, c.batch_size, c.seq_len, lora=self.lora_config, base_dtype=c.base_dtype,
+                              recompute=c.recompute, optimizer_shards=shards, file_bf16=file_bf16)
 
     def _open_data(self) -> None:
         """Training and validation tokens and their loaders (paths made absolute, so a resume works
@@ -201,9 +285,9 @@ class Trainer:
         if c.zero and world.size < 2:
             raise ConfigError("zero", "1 needs an MPI run of 2 or more processes (mpiexec -n N tui-llm --no-ui ...)")
         self.optimizer = AdamW(self.model, AdamWConfig(lr=c.lr, weight_decay=c.weight_decay, grad_clip=c.grad_clip),
-                               shard=world.shard(self.model.num_parameters) if c.zero else None)
+                               shard=world.shard(self.model.num_trainable) if c.zero else None)
         self.sharded = bool(c.zero)
-        world.bcast_(self.model.params.flat)
+        world.bcast_(self.model.trainable.flat)  # a LoRA base is every rank's own (its fingerprints agree)
 
     def _start_at(self, state: TrainingState | None) -> None:
         """Where the run stands: step 0 of a fresh run, or everything a checkpoint saved."""
@@ -217,9 +301,9 @@ class Trainer:
         if state is None:
             return
         path = state.path
-        if state.params.size != self.model.num_parameters:
-            raise CheckpointError(path, f"holds {state.params.size:,} parameters; its model has "
-                                        f"{self.model.num_parameters:,}")
+        if state.params.size != self.model.num_trainable:
+            raise CheckpointError(path, f"holds {state.params.size:,} parameters; its model trains "
+                                        f"{self.model.num_trainable:,}")
         self.optimizer.load_state(state.adam_m, state.adam_v)  # this rank's slice under --zero 1
         self.step = self.optimizer.step = self.last_saved_step = state.step
         try:
@@ -271,9 +355,10 @@ class Trainer:
         """What a checkpoint of this step holds (adam_m, adam_v: the whole AdamW state)."""
         return TrainingState(
             step=self.step, run_config=self.config, model_config=self.model.config, model_name=self.model_name,
-            params=self.model.params.flat, adam_m=adam_m, adam_v=adam_v, loader=self.loader.state_dict(),
+            params=self.model.trainable.flat, adam_m=adam_m, adam_v=adam_v, loader=self.loader.state_dict(),
             sample_rng=dict(self.sample_rng.bit_generator.state), history_bytes=self.run_dir.metrics.size(),
-            elapsed_s=self.elapsed_s, tokens=self.tokens)
+            elapsed_s=self.elapsed_s, tokens=self.tokens,
+            lora=self.lora_config.to_dict() if self.lora_config is not None else None, base=self.base)
 
     # -------------------------------------------------------------------------------------
     # commands (any thread)
@@ -346,11 +431,14 @@ class Trainer:
         reason = ev.FinishReason.ERROR
         try:
             set_threads(c.threads or self.world.threads_per_rank())
-            compile_kernels("llama" if isinstance(self.model, Llama) else "gpt2", self._compiling)
+            compile_kernels("llama" if isinstance(self.model, Llama) else "gpt2", self._compiling,
+                            lora=self.model.lora is not None)
             if self.world.is_root:
                 self._open_history()
                 self.run_dir.write_config({"run_config": c.to_dict(), "model_config": self.model.config.to_dict(),
-                                           "model_name": self.model_name, "num_params": self.model.num_parameters})
+                                           "model_name": self.model_name, "num_params": self.model.num_parameters,
+                                           **({"lora": self.lora_config.to_dict(), "base": self.base}
+                                              if self.lora_config is not None else {})})
                 self._start_channel()  # before RunStarted: a watcher that sees it can connect at once
             self._emit(self._run_started())
             for note in self._notes:
@@ -436,6 +524,8 @@ class Trainer:
         loss_sum = 0.0
         for micro in range(self.grad_accum):
             x, y = self.loader.next_batch()
+            if model.lora is not None:  # this micro-batch's dropout masks (the same after a resume)
+                model.lora.step_key = dropout_key(c.seed, self.step, micro, world.rank)
             t1 = time.perf_counter()
             loss = model.forward(x, y, training=True)
             assert loss is not None  # forward with targets returns the loss
@@ -466,7 +556,7 @@ class Trainer:
         lr = learning_rate(self.step, c.lr, c.steps, c.lr_schedule, c.warmup, c.final_lr_fraction) * c.lr_scale
         opt.update(lr, grad_norm, grads=grads, grad_scale=scale)
         if self.sharded:
-            world.allgather_shards_(model.params.flat)  # every rank updated its slice: now all hold all
+            world.allgather_shards_(model.trainable.flat)  # every rank updated its slice: now all hold all
         t4 = time.perf_counter()
         step_s = t4 - t0
         self.step += 1
@@ -530,7 +620,7 @@ class Trainer:
         None: nothing new to save."""
         adam_m, adam_v = self.optimizer.m, self.optimizer.v
         if self.sharded:  # every rank sends its slice of AdamW's state to rank 0; m lands in the gradient
-            n = self.model.num_parameters  # buffer (free between steps, rewritten by the next backward)
+            n = self.model.num_trainable  # buffer (free between steps, rewritten by the next backward)
             whole_m = self.world.gather_shards(adam_m, n, into=self.model.allocate_grads().flat)
             whole_v = self.world.gather_shards(adam_v, n)
             if whole_m is None or whole_v is None:  # not rank 0: it sent its slices
@@ -545,7 +635,7 @@ class Trainer:
         path = self.run_dir.checkpoint_path(self.step)
         t0 = time.perf_counter()
         try:
-            for name, buf in (("weights", self.model.params.flat), ("AdamW m", adam_m), ("AdamW v", adam_v)):
+            for name, buf in (("weights", self.model.trainable.flat), ("AdamW m", adam_m), ("AdamW v", adam_v)):
                 if not math.isfinite(sum_of_squares(buf)):
                     raise TrainingError(f"not saving step {self.step}: the {name} are not finite")
             self.run_dir.metrics.sync()
@@ -625,8 +715,8 @@ class Trainer:
         c, m = self.config, self.model
         return ev.RunStarted(
             run_dir=str(self.run_dir.path), model_name=self.model_name, run_config=c.to_dict(),
-            model_config=m.config.to_dict(), num_params=m.num_parameters,
-            memory_bytes=m.params.flat.nbytes + m.num_parameters * 4 + self.optimizer.m.nbytes + self.optimizer.v.nbytes,
+            model_config=m.config.to_dict(), num_params=m.num_parameters + (m.lora.num_parameters if m.lora else 0),
+            trainable_params=m.num_trainable, memory_bytes=self.memory.total, memory=self.memory.to_dict(),
             train_file=str(c.train_file), train_tokens=self.train_tokens.num_tokens,
             val_file=self.val_file, val_tokens=self.val_tokens.num_tokens if self.val_tokens else 0,
             batches_per_epoch=self.loader.num_samples, tokens_per_step=self.tokens_per_step,
