@@ -55,22 +55,22 @@ def load_chat(args):
     RunConfig(sample_len=args.sample_len, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
               threads=args.threads).validate()
     from tui_llm.cli.parser import UsageError
+    from tui_llm.engine.api import load_model
     from tui_llm.engine.machine import set_threads
-    from tui_llm.engine.models.build import build_model
     from tui_llm.engine.models.llama import LlamaConfig
     from tui_llm.engine.tokenizers.lookup import load_tokenizer
     from tui_llm.engine.training.chat import Chat
-    from tui_llm.engine.training.model_source import load_model_source, recorded_chat_template
+    from tui_llm.engine.training.model_source import recorded_chat_template
 
     if args.system is not None and not args.system.strip():
         raise UsageError("--system is empty")
-    cfg, flat, name, tokenizer_dir = load_model_source(args.init_from)
-    tokenizer_dir = args.tokenizer or tokenizer_dir
-    if isinstance(cfg, LlamaConfig) and tokenizer_dir is None:
+    model = load_model(args.init_from, tokenizer=args.tokenizer)   # a LoRA run's: its base with the adapters
+    name, tokenizer_dir = model.name, model.tokenizer_dir
+    if isinstance(model.config, LlamaConfig) and tokenizer_dir is None:
         raise UsageError(f"{args.init_from}: no tokenizer.json with this Llama model; give --tokenizer DIR")
     chat_template = args.chat_template or recorded_chat_template(args.init_from)  # a run's own, by default
     set_threads(args.threads)
-    return name, Chat(build_model(cfg, flat), load_tokenizer(tokenizer_dir), chat_template)
+    return name, Chat(model, load_tokenizer(tokenizer_dir), chat_template)
 
 
 def cmd_chat(argv) -> int:
