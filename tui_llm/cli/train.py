@@ -30,6 +30,9 @@ def train_parser() -> Parser:
                    help=f"token file (or a quoted glob of shards) to train on (default {DEFAULT_TRAIN}, "
                         "prepared on first use)")
     p.add_argument("--val", dest="val_file", metavar="VAL_BIN", help="validation tokens (default: sibling *_val.bin)")
+    p.add_argument("--document-attention", action="store_true", default=None,
+                   help="plain text: each document (from one end-of-text token to the next) attends only to itself "
+                        "and its positions restart (packed --chat data always does)")
     p.add_argument("--format", dest="data_format", choices=("auto", "llmc", "int32", "uint16"),
                    help="token file format (default auto: llm.c header or legacy int32; uint16 must be asked for)")
     p.add_argument("--no-ui", action="store_true", help="headless: print one line per step")

@@ -112,6 +112,7 @@ class TrainStep(Event):
     epoch: int
     tokens: int           # tokens trained on so far
     elapsed_s: float      # training time so far (continues across --resume)
+    loss_tokens: int = 0  # predictions the step's loss averaged over (all ranks): its masked tokens, else every one
     kind = "train"
 
 

@@ -74,6 +74,7 @@ class RunConfig:
     threads: int = 0                    # 0 = all cores (divided among the processes of an MPI run)
     zero: int = 0                       # 1: ZeRO-1 under MPI, AdamW state split among the ranks; not kept on resume
     shuffle: bool = True
+    document_attention: bool = False    # plain text: a document starts at each end-of-text token (packed data: always)
     lora_rank: int = 0                  # LoRA adapters of this rank over a frozen base; 0: full fine-tuning
     lora_alpha: float = 0.0             # the adapters' scale is lora_alpha / lora_rank; 0: 2 * lora_rank
     lora_dropout: float = 0.0           # dropout on the adapters' input while training
