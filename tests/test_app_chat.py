@@ -64,3 +64,18 @@ async def test_chat_panel_talks_to_the_trainer_and_training_goes_on(tmp_path):
         await until(pilot, lambda: isinstance(app.screen, ChatScreen), "the chat panel again")
         await pilot.press(*"last", "enter")
         await until(pilot, lambda: "reply to 'last' at step 5" in transcript(app), "a reply from the final weights")
+
+
+async def test_status_bar_shows_the_counted_tokens_of_a_masked_step(tmp_path):
+    trainer = FakeTrainer(tmp_path / "run")
+    app = TrainerApp(trainer)
+    async with app.run_test(size=(160, 30)) as pilot:
+        await until(pilot, lambda: app.phase == ev.RunState.RUNNING, "the run to start")
+        trainer.advance(1)  # the fake's steps count every position: nothing extra shown
+        await until(pilot, lambda: app.steps_done == 1, "a step")
+        bar = app.dashboard.status_bar
+        assert "loss_tokens" not in bar.render().plain
+        masked = ev.TrainStep(step=2, loss=1.0, fwd_ms=1, bwd_ms=1, opt_ms=1, step_ms=3, tok_per_s=1.0, lr=1e-3,
+                              grad_norm=1.0, epoch=0, tokens=8192, elapsed_s=1.0, loss_tokens=1234)
+        bar.record_step(masked)  # as a packed-data step arrives
+        assert "loss_tokens 1.2k" in bar.render().plain

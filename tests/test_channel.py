@@ -69,17 +69,22 @@ def test_requests_become_commands_and_bad_ones_one_line_errors(tmp_path):
         assert ask(server, client, {"command": "sample", "prompt": "ROMEO:"}) == {"ok": True}
         assert ask(server, client, {"command": "set", "name": "top_k", "value": 40.0}) == {"ok": True}
         assert ask(server, client, {"command": "ping"}) == {"ok": True}
-        assert received == [ev.Pause(), ev.SampleNow(prompt="ROMEO:"), ev.SetSetting(name="top_k", value=40)]
+        chat = {"command": "chat", "messages": [{"role": "user", "content": "Hi", "extra": 1}]}
+        assert ask(server, client, chat) == {"ok": True}
+        assert received == [ev.Pause(), ev.SampleNow(prompt="ROMEO:"), ev.SetSetting(name="top_k", value=40),
+                            ev.ChatNow(messages=({"role": "user", "content": "Hi"},))]
         for bad, says in [({"command": "set", "name": "lr_scale", "value": -1}, "lr_scale must be"),
                           ({"command": "set", "name": "lr", "value": 1.0}, "not a live setting"),
                           ({"command": "set", "name": "top_k", "value": 2.5}, "top_k must be a whole number"),
                           ({"command": "fly"}, "unknown command"), ([1, 2], "JSON object"),
-                          ({"command": "stop", "save": "yes"}, "save must be")]:
+                          ({"command": "stop", "save": "yes"}, "save must be"),
+                          ({"command": "chat", "messages": [{"role": "user"}]}, "messages must be"),
+                          ({"command": "chat", "messages": "Hi"}, "messages must be")]:
             reply = ask(server, client, bad)
             assert reply["ok"] is False and says in reply["error"] and "\n" not in reply["error"], reply
         assert ask(server, client, b"not json\n")["ok"] is False
         assert ask(server, client, {"command": "resume"}) == {"ok": True}  # the connection still works
-        assert len(received) == 4
+        assert len(received) == 5
     finally:
         server.close()
     assert not (tmp_path / SOCKET).exists()
