@@ -178,6 +178,11 @@ def test_steer_a_real_headless_run(train_file, tmp_path):
         assert two.send(ev.SampleNow(prompt="hi")) == {"ok": True}
         run.wait_for(lambda: any(m["type"] == "sample" for m in read_metrics(run_dir)), "a sample record")
         assert [m["prompt"] for m in read_metrics(run_dir) if m["type"] == "sample"] == ["hi"]
+        assert two.send(ev.ChatNow(messages=({"role": "user", "content": "hi"},))) == {"ok": True}
+        run.wait_for(lambda: any(m["type"] == "chat" for m in read_metrics(run_dir)), "a chat record")
+        chat, = [m for m in read_metrics(run_dir) if m["type"] == "chat"]
+        assert chat["text"] == "" and "no chat template" in chat["message"]  # GPT-2 without --chat-template
+        assert any(line.startswith("chat reply at step") and "no reply" in line for line in run.lines)
         assert one.send(ev.SaveNow()) == {"ok": True}
         run.wait_for(lambda: list(run_dir.glob("ckpt_*.safetensors")), "a checkpoint")
         assert two.send(ev.SetSetting(name="lr_scale", value=0.5)) == {"ok": True}
@@ -193,7 +198,7 @@ def test_steer_a_real_headless_run(train_file, tmp_path):
     finally:
         run.close()
     metrics = read_metrics(run_dir)
-    assert no_steps_while_paused(metrics) == ["sample", "checkpoint", "setting", "setting", "setting"]
+    assert no_steps_while_paused(metrics) == ["sample", "chat", "checkpoint", "setting", "setting", "setting"]
     settings = [(m["name"], m["value"], m["step"]) for m in metrics if m["type"] == "setting"]
     assert settings == [("lr_scale", 0.5, printed), ("lr_scale", 0, printed), ("lr_scale", 0.5, printed)]
     assert f"setting lr_scale = 0.5 (step {printed})" in run.lines
