@@ -76,6 +76,10 @@ def test_reply_limits_eos_and_context():
     tiny = scripted_chat("x", max_seq_len=8)
     with pytest.raises(ChatError, match="context is 8"):
         tiny.reply([{"role": "user", "content": "a long question that fills the context"}], sample_len=5)
+    ending = scripted_chat("Hi<|im_end|>")  # cut while writing the end of turn: that beginning is left out
+    cut = len(ENC.encode("Hi<|im_"))
+    reply = ending.reply([{"role": "user", "content": "x"}], sample_len=cut, temperature=0)
+    assert reply.stopped == "sample_len" and reply.text == "Hi"
     stopped = scripted_chat("a b c d e f g h")
     reply = stopped.reply([{"role": "user", "content": "x"}], sample_len=50, temperature=0, cancelled=lambda: True)
     assert reply.stopped == "cancelled" and len(reply.token_ids) == 1

@@ -11,7 +11,8 @@ added). Generation stops at the end of the assistant's turn: the model's end-of-
 template's end-of-turn text ("<|im_end|>", "<|eot_id|>", found by rendering a reply and reading what the
 template puts after it), which for GPT-2 with --chat-template chatml is several ordinary tokens, so the
 reply's text is watched for it; the end-of-turn text is never part of a reply. While streaming, text that
-might be the start of the end-of-turn text is held back until it is clear that it is not.
+might be the start of the end-of-turn text is held back until it is clear that it is not (a reply cut
+short by sample_len while it was writing the end of turn leaves that beginning out).
 
 Conversations are lists of {"role", "content"} dicts, as in the JSONL that `tui-llm prepare --chat` reads,
 and saved that way (`save_conversation`: one `{"messages": [...]}` line, written atomically).
@@ -168,8 +169,9 @@ class Chat:
             if cancelled is not None and cancelled():
                 stopped = "cancelled"
                 break
-        if stopped != "end_of_turn":
+        if stopped != "end_of_turn":  # cut short: what is held back is shown, unless it was the end of turn starting
             text += stream.flush()
+            text = text[:len(text) - _held_back(text, stop)]
         show(len(text))
         return ChatReply(text, generated, len(ids), stopped, time.perf_counter() - start)
 
