@@ -178,6 +178,20 @@ async def test_chat_screen_streams_a_reply_resets_and_saves(tmp_path):
         await until(pilot, lambda: app.return_code == 0, "the app to exit")
 
 
+class BrokenChat:
+    def reply(self, asked, **kw):
+        raise RuntimeError("a bug")
+
+
+async def test_a_reply_worker_that_crashes_is_said_and_the_chat_goes_on():
+    app = ChatApp(BrokenChat(), Conversation(), {}, rng=None)
+    async with app.run_test(size=(100, 30)) as pilot:
+        log = app.screen.query_one(ChatLog)
+        await pilot.press(*"hi", "enter")
+        await until(pilot, lambda: "no reply: RuntimeError: a bug" in log.transcript(), "the failure note")
+        assert not app.chat_screen.busy and app.chat_screen.conversation.messages == []
+
+
 # ------------------------------------------------------------------------------------------------
 # the command line (subprocesses)
 

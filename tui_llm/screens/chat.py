@@ -21,7 +21,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from tui_llm.engine.errors import TuiLlmError
 from tui_llm.engine.training.chat import COMMANDS, Conversation, parse_command
@@ -180,6 +180,11 @@ class ChatScreen(Screen):
 
     def on_chat_screen_reply_failed(self, message: ReplyFailed) -> None:
         self.reply_failed(message.problem)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A reply worker that crashed (a bug, not a refusal): say so instead of waiting for ever."""
+        if event.worker.group == "chat-reply" and event.state == WorkerState.ERROR:
+            self.reply_failed(f"{type(event.worker.error).__name__}: {event.worker.error}")
 
     def reply_arrived(self, text: str, stopped: str = "end_of_turn", tok_per_s: float = 0.0) -> None:
         """The whole reply to the pending message (also from the app, for the dashboard's panel)."""
