@@ -173,9 +173,14 @@ class FakeTrainer:
                 case _:
                     commands.append(item)
 
+    def chat(self, messages) -> ev.ChatReply:
+        return self._chat_event(list(messages))
+
     def _on_command(self, command: ev.Command) -> None:
         if isinstance(command, ev.SampleNow):
             self._record(self._sample_event(command.prompt))
+        elif isinstance(command, ev.ChatNow):
+            self._record(self._chat_event(list(command.messages)))
         elif isinstance(command, ev.SaveNow):
             self._save(ev.SaveReason.REQUEST)
         elif isinstance(command, ev.SetSetting):
@@ -210,6 +215,14 @@ class FakeTrainer:
             step=self.step, prompt=prompt, text="".join(pieces), token_ids=list(range(len(pieces))),
             token_texts=pieces, token_probs=probs, tok_per_s=100.0,
         )
+
+    def _chat_event(self, messages: list[dict]) -> ev.ChatReply:
+        """A reply naming the last message and the step (so a test sees which weights answered);
+        "fail" as the message: no reply, as when the conversation is too long."""
+        last = messages[-1]["content"] if messages else ""
+        if last == "fail":
+            return ev.ChatReply(step=self.step, text="", message="the conversation is too long")
+        return ev.ChatReply(step=self.step, text=f"reply to {last!r} at step {self.step}", tok_per_s=50.0)
 
     def _save(self, reason: ev.SaveReason) -> bool | None:
         if self.step == self.last_saved_step:  # nothing new: no file (as the real one)

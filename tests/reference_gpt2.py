@@ -40,16 +40,24 @@ def gelu_back(dy, x):
     return dy * (0.5 * (1 + th) + 0.5 * x * (1 - th ** 2) * s * (1 + 3 * 0.044715 * x ** 2))
 
 
-def forward_backward(P: dict, tokens, targets, n_head: int, vocab_size: int):
-    """P: dict of float64 arrays in llm.c shapes. Returns (logits (B,T,Vp), loss, grads dict)."""
+def forward_backward(P: dict, tokens, targets, n_head: int, vocab_size: int, weights=None, doc_starts=None):
+    """P: dict of float64 arrays in llm.c shapes. Returns (logits (B,T,Vp), loss, grads dict).
+
+    weights (B, T): the loss is sum(weights * losses) instead of their mean (a masked loss).
+    doc_starts (B, T): where each position's document starts; the attention mask is written out:
+    query i sees key j when doc_starts[b, i] <= j <= i, and positions restart at each document."""
     B, T = tokens.shape
     Vp, C = P["wte"].shape
     L = P["qkvw"].shape[0]
     hs = C // n_head
-    mask = np.tril(np.ones((T, T), bool))
+    starts = np.zeros((B, T), int) if doc_starts is None else np.asarray(doc_starts)
+    j = np.arange(T)
+    mask = (j[None, None, :] <= j[None, :, None]) & (j[None, None, :] >= starts[:, :, None])  # (B, T query, T key)
+    mask = mask[:, None]  # (B, 1, T, T): every head
+    positions = j[None, :] - starts
     caches = []
 
-    x = P["wte"][tokens] + P["wpe"][:T]
+    x = P["wte"][tokens] + P["wpe"][positions]
     for l in range(L):
         h1, ln1c = layernorm(x, P["ln1w"][l], P["ln1b"][l])
         qkv = h1 @ P["qkvw"][l].T + P["qkvb"][l]
@@ -75,7 +83,8 @@ def forward_backward(P: dict, tokens, targets, n_head: int, vocab_size: int):
     real = logits[..., :vocab_size]
     logz = np.log(np.exp(real - real.max(-1, keepdims=True)).sum(-1)) + real.max(-1)
     picked = np.take_along_axis(real, targets[..., None], -1)[..., 0]
-    loss = float((logz - picked).mean())
+    losses = logz - picked
+    loss = float(losses.mean()) if weights is None else float((losses * weights).sum())
 
     # backward
     G = {k: np.zeros_like(v) for k, v in P.items()}
@@ -83,7 +92,7 @@ def forward_backward(P: dict, tokens, targets, n_head: int, vocab_size: int):
     dreal = probs.copy()
     np.put_along_axis(dreal, targets[..., None], np.take_along_axis(dreal, targets[..., None], -1) - 1, -1)
     dlogits = np.zeros_like(logits)
-    dlogits[..., :vocab_size] = dreal / (B * T)
+    dlogits[..., :vocab_size] = dreal / (B * T) if weights is None else dreal * np.asarray(weights)[..., None]
     G["wte"] += dlogits.reshape(-1, Vp).T @ hf.reshape(-1, C)
     dhf = dlogits @ P["wte"]
     dx, G["lnfw"], G["lnfb"] = layernorm_back(dhf, lnfc, P["lnfw"])
@@ -114,7 +123,7 @@ def forward_backward(P: dict, tokens, targets, n_head: int, vocab_size: int):
         dx_ln, G["ln1w"][l], G["ln1b"][l] = layernorm_back(dh1, ln1c, P["ln1w"][l])
         dx = dx2 + dx_ln
     np.add.at(G["wte"], tokens.reshape(-1), dx.reshape(-1, C))
-    G["wpe"][:T] += dx.sum(0)
+    np.add.at(G["wpe"], positions.reshape(-1), dx.reshape(-1, C))
     return logits, loss, G
 
 

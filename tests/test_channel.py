@@ -69,17 +69,22 @@ def test_requests_become_commands_and_bad_ones_one_line_errors(tmp_path):
         assert ask(server, client, {"command": "sample", "prompt": "ROMEO:"}) == {"ok": True}
         assert ask(server, client, {"command": "set", "name": "top_k", "value": 40.0}) == {"ok": True}
         assert ask(server, client, {"command": "ping"}) == {"ok": True}
-        assert received == [ev.Pause(), ev.SampleNow(prompt="ROMEO:"), ev.SetSetting(name="top_k", value=40)]
+        chat = {"command": "chat", "messages": [{"role": "user", "content": "Hi", "extra": 1}]}
+        assert ask(server, client, chat) == {"ok": True}
+        assert received == [ev.Pause(), ev.SampleNow(prompt="ROMEO:"), ev.SetSetting(name="top_k", value=40),
+                            ev.ChatNow(messages=({"role": "user", "content": "Hi"},))]
         for bad, says in [({"command": "set", "name": "lr_scale", "value": -1}, "lr_scale must be"),
                           ({"command": "set", "name": "lr", "value": 1.0}, "not a live setting"),
                           ({"command": "set", "name": "top_k", "value": 2.5}, "top_k must be a whole number"),
                           ({"command": "fly"}, "unknown command"), ([1, 2], "JSON object"),
-                          ({"command": "stop", "save": "yes"}, "save must be")]:
+                          ({"command": "stop", "save": "yes"}, "save must be"),
+                          ({"command": "chat", "messages": [{"role": "user"}]}, "messages must be"),
+                          ({"command": "chat", "messages": "Hi"}, "messages must be")]:
             reply = ask(server, client, bad)
             assert reply["ok"] is False and says in reply["error"] and "\n" not in reply["error"], reply
         assert ask(server, client, b"not json\n")["ok"] is False
         assert ask(server, client, {"command": "resume"}) == {"ok": True}  # the connection still works
-        assert len(received) == 4
+        assert len(received) == 5
     finally:
         server.close()
     assert not (tmp_path / SOCKET).exists()
@@ -173,6 +178,11 @@ def test_steer_a_real_headless_run(train_file, tmp_path):
         assert two.send(ev.SampleNow(prompt="hi")) == {"ok": True}
         run.wait_for(lambda: any(m["type"] == "sample" for m in read_metrics(run_dir)), "a sample record")
         assert [m["prompt"] for m in read_metrics(run_dir) if m["type"] == "sample"] == ["hi"]
+        assert two.send(ev.ChatNow(messages=({"role": "user", "content": "hi"},))) == {"ok": True}
+        run.wait_for(lambda: any(m["type"] == "chat" for m in read_metrics(run_dir)), "a chat record")
+        chat, = [m for m in read_metrics(run_dir) if m["type"] == "chat"]
+        assert chat["text"] == "" and "no chat template" in chat["message"]  # GPT-2 without --chat-template
+        assert any(line.startswith("chat reply at step") and "no reply" in line for line in run.lines)
         assert one.send(ev.SaveNow()) == {"ok": True}
         run.wait_for(lambda: list(run_dir.glob("ckpt_*.safetensors")), "a checkpoint")
         assert two.send(ev.SetSetting(name="lr_scale", value=0.5)) == {"ok": True}
@@ -188,7 +198,7 @@ def test_steer_a_real_headless_run(train_file, tmp_path):
     finally:
         run.close()
     metrics = read_metrics(run_dir)
-    assert no_steps_while_paused(metrics) == ["sample", "checkpoint", "setting", "setting", "setting"]
+    assert no_steps_while_paused(metrics) == ["sample", "chat", "checkpoint", "setting", "setting", "setting"]
     settings = [(m["name"], m["value"], m["step"]) for m in metrics if m["type"] == "setting"]
     assert settings == [("lr_scale", 0.5, printed), ("lr_scale", 0, printed), ("lr_scale", 0.5, printed)]
     assert f"setting lr_scale = 0.5 (step {printed})" in run.lines

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tui_llm.cli.chat import chat_parser
 from tui_llm.cli.export import export_parser
 from tui_llm.cli.prepare import prepare_parser
 from tui_llm.cli.sample import sample_parser
@@ -27,7 +28,8 @@ from tui_llm.engine.training.run_config import LIVE_SETTINGS, RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 GLOSSARY = (ROOT / "docs" / "glossary.md").read_text()
-RUN_PARSERS = {"tui-llm": train_parser(), "sample": sample_parser(), "export": export_parser(), "watch": watch_parser()}
+RUN_PARSERS = {"tui-llm": train_parser(), "sample": sample_parser(), "export": export_parser(), "watch": watch_parser(),
+               "chat": chat_parser()}
 
 
 def section(title: str) -> str:

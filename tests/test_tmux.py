@@ -211,3 +211,36 @@ def test_signal_saves_exits_and_resume_continues_exactly(train_file, tmp_path, u
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming at step {stopped_at}" in resumed.stdout
     assert train_losses(run) == uninterrupted_losses  # bit-identical
+
+
+def test_chat_screen_replies_and_resets(tmp_path):
+    """`tui-llm chat` in a real terminal: type a message, the reply appears, /reset clears, /quit exits 0."""
+    from tui_llm.engine.formats.llmc import write_llmc
+    from tui_llm.engine.models.gpt2 import GPT
+    from tui_llm.engine.models.gpt2_config import GPTConfig
+
+    cfg = GPTConfig(num_layers=1, num_heads=2, channels=32, max_seq_len=128, vocab_size=50257)
+    model = tmp_path / "tiny.bin"
+    write_llmc(model, cfg, GPT.random_init(cfg, seed=1).params.flat)
+    args = ["env", f"PYTHONPATH={SOURCE_ROOT}", sys.executable, "-m", "tui_llm", "chat", str(model),
+            "--chat-template", "chatml", "--temperature", "0", "--sample-len", "8", "--threads", "1",
+            "--system", "be brief"]
+    status = tmp_path / "chat.exit"
+    inner = "trap : HUP; " + shlex.join(args) + f"; echo EXIT=$? > {shlex.quote(str(status))}"
+    term = Terminal(90, 24, f"sh -c {shlex.quote(inner)}; sleep 60")
+    try:
+        term.wait_for(lambda s: "system: be brief" in s and "/help" in s, "the chat screen")
+        term.press("-l", "hello model")
+        term.press("Enter")
+        screen = term.wait_for(lambda s: "you: hello model" in s and re.search(r"model: \S", s)
+                               and "tok/s" in s, "the reply")
+        assert "<|im_end|>" not in screen
+        term.press("-l", "/reset")
+        term.press("Enter")
+        term.wait_for(lambda s: "conversation reset" in s and "hello model" not in s, "the reset")
+        term.press("-l", "/quit")
+        term.press("Enter")
+        term.wait_for(lambda s: status.exists(), "exit")
+        assert status.read_text().strip() == "EXIT=0"
+    finally:
+        term.close()

@@ -28,7 +28,9 @@ from textual.worker import Worker, WorkerState
 
 from tui_llm.engine import events as ev
 from tui_llm.engine.run.run_dir import RunDir
+from tui_llm.engine.training.chat import Conversation
 from tui_llm.engine.training.run_config import LIVE_SETTINGS, ConfigError, RunConfig
+from tui_llm.screens.chat import ChatScreen
 from tui_llm.screens.checkpoints import CheckpointsScreen
 from tui_llm.screens.dashboard import DashboardScreen
 from tui_llm.screens.dialogs import HelpScreen, LeaveScreen, PromptScreen, QuitScreen, SettingsScreen
@@ -48,6 +50,8 @@ class Trainer(Protocol):
     def history(self) -> list[dict]: ...
 
     def sample(self, prompt: str = "") -> ev.Sample: ...
+
+    def chat(self, messages: list[dict]) -> ev.ChatReply: ...
 
 
 @dataclass
@@ -70,6 +74,7 @@ PALETTE = (
     ("resume", "Resume training", "Continue from where training paused"),
     ("sample", "Sample now", "Generate a sample from the current weights"),
     ("prompt", "Sample from a prompt", "Type a prompt and generate from it"),
+    ("chat", "Chat", "Talk to the current weights with the run's chat template"),
     ("save", "Save checkpoint", "Write a checkpoint of the current step"),
     ("settings", "Live settings", "Change lr_scale, temperature, top_k, ... of the running run"),
     ("screen.log_scale", "Toggle log scale", "Switch the loss axis between linear and log"),
@@ -96,6 +101,8 @@ class TrainerApp(App[int]):
         Binding("s", "sample", "Sample", tooltip="Sample from the current weights"),
         Binding("g", "prompt", "Prompt", tooltip="Sample from a prompt you type"),
         Binding("c,ctrl+s", "save", "Save", tooltip="Save a checkpoint of the current step"),
+        Binding("t", "chat", "Chat", show=False,
+                tooltip="Talk to the current weights (the run's chat template); training goes on meanwhile"),
         Binding("v", "settings", "Settings", show=False, tooltip="Change a live setting (lr_scale, temperature, ...)"),
         Binding("k", "checkpoints", "Checkpoints", show=False,
                 tooltip="The run's checkpoints: sample from one, mark one to keep, the resume command"),
@@ -161,6 +168,8 @@ class TrainerApp(App[int]):
         """The live settings' current values (from RunStarted, then each SettingChanged)."""
         self.resumed = False
         """The run has steps from before (a --resume)."""
+        self.conversation = Conversation()
+        """The chat panel's conversation (kept while the panel is closed)."""
         self._early_signals: list[Signalled] = []
         self.signal_handlers = None  # run_app's (terminal.SignalHandlers): ctrl+c goes through them
 
@@ -240,6 +249,8 @@ class TrainerApp(App[int]):
                 self.unsaved = True
             case ev.Sample():
                 self.sampling = False
+            case ev.ChatReply():
+                self.deliver_chat_reply(event)
             case ev.CheckpointSaved():
                 if isinstance(self.screen, CheckpointsScreen):
                     self.screen.reload()
@@ -286,6 +297,12 @@ class TrainerApp(App[int]):
             log.add(f"metrics written to {event.worker.result}", "good")
         elif name == "export" and state == WorkerState.ERROR:
             log.add(f"export failed: {event.worker.error}", "error")
+        elif name == "final-chat" and state in (WorkerState.SUCCESS, WorkerState.ERROR):
+            if state == WorkerState.SUCCESS:
+                self.deliver_chat_reply(event.worker.result)
+                self.dashboard.show(event.worker.result)
+            elif isinstance(self.screen, ChatScreen):
+                self.screen.reply_failed(str(event.worker.error))
         elif name == "final-sample" and state in (WorkerState.SUCCESS, WorkerState.ERROR):
             self.sampling = False
             if state == WorkerState.SUCCESS:
@@ -336,6 +353,8 @@ class TrainerApp(App[int]):
             return training and self.phase == RunState.PAUSED
         if action in ("sample", "prompt"):
             return True if (training or self.can_sample_final()) and not self.sampling else None
+        if action == "chat":
+            return True if (training or self.can_chat_final()) and not isinstance(self.screen, ChatScreen) else None
         if action == "save":  # the trainer skips a save when no step was done since the last
             return True if training and not self.saving and self.unsaved else None
         if action == "settings":
@@ -350,6 +369,10 @@ class TrainerApp(App[int]):
         """The run finished with its weights in memory: sample from them in a thread."""
         return (self.phase == RunState.FINISHED and self.steps_done > 0
                 and self.signal_exit is None and hasattr(self.trainer, "sample"))
+
+    def can_chat_final(self) -> bool:
+        """The run finished with its weights in memory: chat with them in a thread."""
+        return (self.phase == RunState.FINISHED and self.signal_exit is None and hasattr(self.trainer, "chat"))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The command palette offers the same actions as the keys, when they apply."""
@@ -388,6 +411,32 @@ class TrainerApp(App[int]):
                 self.action_sample(prompt)
 
         self.push_screen(PromptScreen(), sample)
+
+    def action_chat(self) -> None:
+        """The chat panel: talk to the current weights (escape comes back; the conversation is kept)."""
+        self.push_screen(ChatScreen(self.conversation,
+                                    title=f"{self.title}: chat with the current weights (escape: back to the dashboard)",
+                                    can_leave=True))
+
+    def on_chat_screen_asked(self, message: ChatScreen.Asked) -> None:
+        """The chat panel wants a reply: the trainer gives it between steps (after the run: a thread)."""
+        if self.phase == RunState.FINISHED or not self.alive:
+            if self.can_chat_final():
+                self.run_worker(lambda: self.trainer.chat(message.messages), name="final-chat", thread=True,
+                                exclusive=True, group="chat", exit_on_error=False)
+            elif isinstance(self.screen, ChatScreen):
+                self.screen.reply_failed("the run has ended without weights to talk to")
+            return
+        self.trainer.send(ev.ChatNow(messages=tuple(message.messages)))
+
+    def deliver_chat_reply(self, event: ev.ChatReply) -> None:
+        """A ChatReply goes to the chat panel, if it is open (and waiting)."""
+        screen = self.screen
+        if isinstance(screen, ChatScreen):
+            if event.message:
+                screen.reply_failed(event.message)
+            else:
+                screen.reply_arrived(event.text, tok_per_s=event.tok_per_s)
 
     def action_save(self) -> None:
         """Ask for a checkpoint of the current step."""

@@ -5,6 +5,7 @@
     tui-llm sample --init-from MODEL          generate text from a model                             sample.py
     tui-llm export --init-from MODEL OUT      write a model as llm.c .bin or a Hugging Face directory export.py
     tui-llm watch RUN_DIR                     watch and steer a run another process trains           watch.py
+    tui-llm chat RUN_DIR|MODEL                talk to a model with its chat template                 chat.py
 
 parser.py holds what they share (the one-line argparse, exit codes, defaults), headless.py the
 lines a headless run prints. The CLI only maps flags to the engine's RunConfig fields (`--seq-len`
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         from tui_llm.cli.streams import courtesy_streams
 
         argv = list(sys.argv[1:] if argv is None else argv)
-        name = argv[0] if argv and argv[0] in ("prepare", "sample", "export", "watch") else "train"
+        name = argv[0] if argv and argv[0] in ("prepare", "sample", "export", "watch", "chat") else "train"
         if name != "train":
             argv = argv[1:]
         with courtesy_streams():  # a closed pipe or a hung-up terminal never stops a command (cli/streams.py)
@@ -73,6 +74,8 @@ def _command(name: str):
         from tui_llm.cli.export import cmd_export as command
     elif name == "watch":
         from tui_llm.cli.watch import cmd_watch as command
+    elif name == "chat":
+        from tui_llm.cli.chat import cmd_chat as command
     else:
         from tui_llm.cli.train import cmd_train as command
     return command

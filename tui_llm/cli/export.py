@@ -71,7 +71,10 @@ def export_gguf(args, cfg, flat, name: str, tokenizer_dir) -> int:
                          f"tokenizer")
     out = check_export_destination(args.init_from, args.out, "gguf", force=args.force)
     general_name, description = export_provenance(args.init_from)
-    template = load_chat_template(args.chat_template) if args.chat_template else None
+    from tui_llm.engine.training.model_source import recorded_chat_template
+
+    chosen = args.chat_template or recorded_chat_template(args.init_from)  # default: the run's --chat-template
+    template = load_chat_template(chosen) if chosen else None
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
     outtype = args.outtype or "f16"
     write_gguf(out, cfg, flat, tokenizer, outtype=outtype, name=general_name, description=description,

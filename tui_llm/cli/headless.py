@@ -65,6 +65,7 @@ class HeadlessPrinter:
     def __init__(self, out=None):
         self.out = out  # None: whatever sys.stdout is when a line is printed
         self.steps = 0
+        self.tokens_per_step = 0
         self.compiling_shown = False
 
     def line(self, text: str) -> None:
@@ -79,15 +80,20 @@ class HeadlessPrinter:
             case ev.RunStarted():
                 self.started(event)
             case ev.TrainStep():
+                masked = 0 < event.loss_tokens != self.tokens_per_step  # a loss mask: how many predictions counted
                 self.line(f"step {event.step}/{self.steps} | loss {event.loss:.4f} | fwd {event.fwd_ms:,.0f} ms | "
                           f"bwd {event.bwd_ms:,.0f} ms | opt {event.opt_ms:,.0f} ms | {event.tok_per_s:,.0f} tok/s | "
-                          f"lr {event.lr:.2e} | grad_norm {event.grad_norm:.3f}")
+                          f"lr {event.lr:.2e} | grad_norm {event.grad_norm:.3f}"
+                          + (f" | loss_tokens {event.loss_tokens:,}" if masked else ""))
             case ev.Validation():
                 self.line(f"val loss {event.loss:.4f} (step {event.step})")
             case ev.Sample():
                 head = f"sample at step {event.step}" + (f", prompt {safe_text(repr(event.prompt))}" if event.prompt else "")
                 text = safe_text(event.prompt + event.text, keep_newlines=True)
                 self.line(f"{head} ({event.tok_per_s:,.0f} tok/s):\n---\n{text}\n---")
+            case ev.ChatReply():
+                said = f"no reply: {event.message}" if event.message else event.text
+                self.line(f"chat reply at step {event.step}: {safe_text(said, keep_newlines=True)}")
             case ev.CheckpointSaved():
                 self.line(f"saved checkpoint {event.path} (step {event.step}, {event.seconds:.1f} s)")
             case ev.Notice():
@@ -109,6 +115,7 @@ class HeadlessPrinter:
         """The start-up lines. `watch --no-ui` prints them from a record in a file: a key that is
         missing or not a number shows as "?", never an exception."""
         self.steps = event.steps
+        self.tokens_per_step = event.tokens_per_step
         mc, c = _Fields(event.model_config), _Fields(event.run_config)
         kv = f" / {mc['num_kv_heads']} KV" if mc.get("num_kv_heads", mc["num_heads"]) != mc["num_heads"] else ""
         ffn = f", SwiGLU {mc['ffn_channels']}" if "ffn_channels" in mc else ""

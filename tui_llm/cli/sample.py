@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tui_llm.cli.chat import add_chat_options
 from tui_llm.cli.headless import safe_text
 from tui_llm.cli.parser import EXIT_OK, SAMPLE_LEN, SEED, Parser, UsageError
 
@@ -19,6 +20,9 @@ def sample_parser() -> Parser:
     p.add_argument("--threads", type=int, default=0, help="threads (default 0 = all cores)")
     p.add_argument("--tokenizer", metavar="DIR|NAME|GGUF",
                    help="the model's tokenizer (default: the one recorded with it)")
+    p.add_argument("--chat", metavar="QUESTION",
+                   help="ask one question with the model's chat template and print the reply (tui-llm chat's one-shot form)")
+    add_chat_options(p)
     return p
 
 
@@ -30,6 +34,11 @@ def cmd_sample(argv) -> int:
               threads=args.threads).validate()
     if args.num_samples <= 0:
         raise UsageError(f"--num-samples must be positive, got {args.num_samples}")
+    if args.chat is not None:
+        return _sample_chat(args)
+    chat_only = [flag for flag, value in (("--chat-template", args.chat_template), ("--system", args.system)) if value]
+    if chat_only:
+        raise UsageError(f"{' and '.join(chat_only)}: only with --chat QUESTION")
     import numpy as np
 
     from tui_llm.engine.api import load_model
@@ -49,4 +58,27 @@ def cmd_sample(argv) -> int:
         result = sampler.generate(args.prompt, args.sample_len, temperature=args.temperature, top_k=args.top_k, rng=rng)
         print(f"--- sample {i + 1} from {safe_text(name)} ({len(result.token_ids)} tokens, {result.tok_per_s:.1f} tok/s)")
         print(safe_text(result.full_text, keep_newlines=True), flush=True)
+    return EXIT_OK
+
+
+def _sample_chat(args) -> int:
+    """One question, one reply per sample (each from the same conversation), streamed to stdout."""
+    if args.prompt:
+        raise UsageError("--prompt and --chat: give one (--chat renders the question with the chat template)")
+    if not args.chat.strip():
+        raise UsageError("--chat: the question is empty")
+    import numpy as np
+
+    from tui_llm.cli.chat import load_chat
+    from tui_llm.engine.training.chat import Conversation
+
+    name, chat = load_chat(args)
+    asked = Conversation(system=args.system).ask(args.chat)
+    rng = np.random.default_rng(args.seed)
+    for i in range(args.num_samples):
+        if args.num_samples > 1:
+            print(f"--- reply {i + 1} from {safe_text(name)}", flush=True)
+        chat.reply(asked, args.sample_len, args.temperature, args.top_k, rng,
+                   on_text=lambda piece: print(safe_text(piece, keep_newlines=True), end="", flush=True))
+        print(flush=True)
     return EXIT_OK

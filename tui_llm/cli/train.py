@@ -30,6 +30,9 @@ def train_parser() -> Parser:
                    help=f"token file (or a quoted glob of shards) to train on (default {DEFAULT_TRAIN}, "
                         "prepared on first use)")
     p.add_argument("--val", dest="val_file", metavar="VAL_BIN", help="validation tokens (default: sibling *_val.bin)")
+    p.add_argument("--document-attention", action="store_true", default=None,
+                   help="plain text: each document (from one end-of-text token to the next) attends only to itself "
+                        "and its positions restart (packed --chat data always does)")
     p.add_argument("--format", dest="data_format", choices=("auto", "llmc", "int32", "uint16"),
                    help="token file format (default auto: llm.c header or legacy int32; uint16 must be asked for)")
     p.add_argument("--no-ui", action="store_true", help="headless: print one line per step")
@@ -94,6 +97,9 @@ def train_parser() -> Parser:
     g.add_argument("--temperature", type=float, help="sampling temperature, 0 = greedy (default 1.0)")
     g.add_argument("--top-k", type=int, help="sample from the k most likely tokens, 0 = all (default 0)")
     g.add_argument("--prompt", help="text the periodic samples start from (default: end-of-text)")
+    g.add_argument("--chat-template", metavar="FILE|chatml",
+                   help="the template the chat panel (t) talks with, and `tui-llm chat RUN_DIR` after: a .jinja file, "
+                        "a tokenizer_config.json or chatml (default: the tokenizer's own)")
     g.add_argument("--save-every", type=int, help="checkpoint every N steps, 0 = only at the end (default 250)")
     g.add_argument("--keep-checkpoints", type=int, help="periodic checkpoints kept (default 2, 0 = all)")
     g.add_argument("--out-dir", help="run directory, new or empty (default runs/<date>-<model>)")

@@ -112,6 +112,7 @@ class TrainStep(Event):
     epoch: int
     tokens: int           # tokens trained on so far
     elapsed_s: float      # training time so far (continues across --resume)
+    loss_tokens: int = 0  # predictions the step's loss averaged over (all ranks): its masked tokens, else every one
     kind = "train"
 
 
@@ -132,6 +133,18 @@ class Sample(Event):
     token_probs: list[float] = field(default_factory=list)  # probability each token was drawn with
     tok_per_s: float = 0.0
     kind = "sample"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatReply(Event):
+    """The model's reply to a ChatNow's conversation (from the current weights); `message` says why
+    there is none (text "" then): a conversation longer than the context, a template that refused it."""
+    step: int
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    tok_per_s: float = 0.0
+    message: str = ""
+    kind = "chat"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,7 +204,7 @@ class Finished(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in (
-    Compiling, RunStarted, TrainStep, Validation, Sample, CheckpointSaved, Paused, Resumed, Notice, Error,
+    Compiling, RunStarted, TrainStep, Validation, Sample, ChatReply, CheckpointSaved, Paused, Resumed, Notice, Error,
     SettingChanged, Finished)}
 """metrics.jsonl "type" -> event class."""
 
@@ -271,6 +284,13 @@ class Resume(Command):
 @dataclass(frozen=True, kw_only=True)
 class SampleNow(Command):
     prompt: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatNow(Command):
+    """Reply to this conversation ({"role", "content"} messages, the user's last) with the current
+    weights, the run's chat template and its sampling settings; a ChatReply answers."""
+    messages: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

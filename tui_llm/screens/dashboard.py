@@ -222,6 +222,9 @@ class DashboardScreen(Screen):
                 self.samples.show(
                     event.step, event.prompt, event.text, event.token_texts, event.token_probs
                 )
+            case ev.ChatReply(step=step, text=text, message=message):
+                add(f"step {step:,}: chat: no reply ({message})" if message else
+                    f"step {step:,}: chat reply ({len(event.token_ids)} tokens): {text[:60]}")
             case ev.CheckpointSaved():
                 add(f"step {event.step:,}: saved {event.path} ({event.reason}, {event.seconds:.1f} s)", "good")
             case ev.Paused(step=step):

@@ -184,6 +184,8 @@ class StatusBar(Widget):
             if self.last is not None:
                 last = self.last
                 bottom.append(f"  ep {last.epoch}  lr {last.lr:.2e}  grad_norm {last.grad_norm:.2f}")
+                if 0 < last.loss_tokens != self.run_info.tokens_per_step:  # a loss mask: what the loss counted
+                    bottom.append(f"  loss_tokens {human_count(last.loss_tokens)}", "dim")
             bottom.append(f"  {human_duration(self.elapsed_s())}", "dim")
             if step < total and state not in (RunState.FINISHED, RunState.ERROR):
                 now = time.monotonic() if self.clock_runs else self._last_arrival or time.monotonic()

@@ -317,3 +317,20 @@ class PackedFile:
         if rows.size and (rows.min() < 0 or rows.max() >= self.num_rows):
             raise DataError(f"{self.tokens.path}: row index out of range 0..{self.num_rows - 1}")
         return row_batch(self.tokens.tokens, self.mask.flags, rows, self.row_tokens, pad_id)
+
+
+def open_packed(spec, vocab_size: int = 2**32) -> list[PackedFile] | None:
+    """The PackedFiles of a token file or a glob of shards when a .mask lies beside them; None for plain
+    token files (no masks). DataError (one line) for a mask that does not match its tokens, or shards of
+    which only some have one."""
+    from tui_llm.engine.data.tokens import open_dataset
+
+    files = open_dataset(spec, "auto", vocab_size=vocab_size, check_ids=False).files
+    masked = [mask_path(f.path).is_file() for f in files]
+    if not any(masked):
+        return None
+    if not all(masked):
+        plain = files[masked.index(False)].path
+        raise DataError(f"{plain}: no {mask_path(plain).name} beside it, while other shards of {spec} have a mask "
+                        f"(prepare them together)")
+    return [PackedFile.open(f.path, vocab_size=vocab_size) for f in files]

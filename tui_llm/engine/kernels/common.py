@@ -223,28 +223,47 @@ def softmax_crossentropy(logits, losses, targets, vocab_size, dloss, want_grad):
     N, Vp = logits.shape
     for r in prange(N):
         ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
-        row = logits[r]
-        maxval = np.float32(-1e30)
-        for i in range(vocab_size):
-            maxval = max(maxval, row[i])
-        y = targets[r]
-        target_logit = row[y]
-        total = np.float32(0.0)
-        for start in range(0, vocab_size, EXP_BLOCK):
-            count = min(EXP_BLOCK, vocab_size - start)
-            exp_block(row[start:start + count], maxval, np.float32(1.0), ibuf, pbuf)
-            for j in range(count):
-                total += pbuf[j]
+        losses[r] = _crossentropy_row(logits[r], targets[r], vocab_size, dloss, want_grad, ibuf, pbuf)
+
+
+@njit(**PJIT)
+def softmax_crossentropy_weighted(logits, losses, targets, vocab_size, row_dloss, want_grad):
+    """softmax_crossentropy with a dloss of each row's own (row_dloss (N,) float32: the loss mask times
+    the step's scale). A row of weight 0 is not computed at all: its loss is 0 and its dlogits 0."""
+    N, Vp = logits.shape
+    for r in prange(N):
+        if row_dloss[r] == 0.0:
+            losses[r] = 0.0
             if want_grad:
-                row[start:start + count] = pbuf[:count]
-        # loss from the log-sum-exp (llm.c's -log(prob), without underflow)
-        losses[r] = math.log(total) - (target_logit - maxval)
+                logits[r, :] = 0.0
+            continue
+        ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
+        losses[r] = _crossentropy_row(logits[r], targets[r], vocab_size, row_dloss[r], want_grad, ibuf, pbuf)
+
+
+@njit(**JIT)
+def _crossentropy_row(row, y, vocab_size, dloss, want_grad, ibuf, pbuf):
+    """-log softmax(row[:V])[y]; with want_grad the row becomes its dlogits times dloss (padding 0)."""
+    maxval = np.float32(-1e30)
+    for i in range(vocab_size):
+        maxval = max(maxval, row[i])
+    target_logit = row[y]
+    total = np.float32(0.0)
+    for start in range(0, vocab_size, EXP_BLOCK):
+        count = min(EXP_BLOCK, vocab_size - start)
+        exp_block(row[start:start + count], maxval, np.float32(1.0), ibuf, pbuf)
+        for j in range(count):
+            total += pbuf[j]
         if want_grad:
-            scale = dloss / total
-            for i in range(vocab_size):
-                row[i] *= scale
-            row[y] -= dloss
-            row[vocab_size:] = 0.0
+            row[start:start + count] = pbuf[:count]
+    loss = math.log(total) - (target_logit - maxval)  # from the log-sum-exp (llm.c's -log(prob), no underflow)
+    if want_grad:
+        scale = dloss / total
+        for i in range(vocab_size):
+            row[i] *= scale
+        row[y] -= dloss
+        row[vocab_size:] = 0.0
+    return loss
 
 
 @njit(**PJIT)

@@ -38,6 +38,7 @@ def _shared_calls() -> list[tuple[str, Callable[[], object]]]:
                                                                          0, 0, f32(1.0), True))),
         ("softmax / cross-entropy", lambda: (
             common.softmax_crossentropy(a2, np.zeros(2, f32), np.zeros(2, np.int32), 5, f32(0.5), True),
+            common.softmax_crossentropy_weighted(a2, np.zeros(2, f32), np.zeros(2, np.int32), 5, np.ones(2, f32), True),
             common.softmax_rows(a2, a2, 5, f32(1.0)))),
         ("adamw", lambda: (optimizer.sum_of_squares(a1), optimizer.accumulate(a1.copy(), a1),
                            optimizer.adamw_update(a1, a1, a1.copy(), a1.copy(), ranges, ranges,

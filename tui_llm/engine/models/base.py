@@ -3,6 +3,7 @@ activation buffers of the last (B, T), and the API the trainer, the optimizer an
 
     model = GPT(config) | Llama(config)           # or .random_init(config, seed)
     loss = model.forward(inputs, targets, training=True)   # (B, T) int32 token ids
+    loss = model.forward(inputs, targets, training=True, loss_weights=w)   # sum(w * losses): a masked loss
     model.backward(accumulate=False)              # gradients into model.grads (or added to them)
     cache = model.new_kv_cache()                  # sampling: positions appended one call at a time
     logits = model.extend(cache, tokens, t0)
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from tui_llm.engine.kernels import common as K
 from tui_llm.engine.kernels.grad_accumulation import matmul_grad
 from tui_llm.engine.models.gpt2_config import ParamTensors
 from tui_llm.engine.models.lora import Adapters, LoraConfig, init_adapters
@@ -142,8 +144,34 @@ class Model:
             self.acts = self.make_activations(B, T)
         return self.acts
 
+    def _loss(self, targets: np.ndarray, loss_weights: np.ndarray | None, training: bool) -> float:
+        """The loss of acts.logits against targets (B, T); with training the logits become dlogits.
+
+        Without loss_weights: the mean over the B*T positions, and its gradient. With loss_weights
+        (B, T) float32: sum(loss_weights * losses) and its gradient; a position of weight 0 costs
+        nothing. The trainer passes the loss mask divided by the counted tokens of the whole optimizer
+        step (times its micro-batches and ranks, which the mean gradient divides by again), so the
+        step's loss and gradient are the mean over its counted tokens however the step is split."""
+        a, V = self.acts, self.config.vocab_size
+        targets = np.ascontiguousarray(targets, dtype=np.int32)
+        self.targets = targets
+        N = targets.size
+        if loss_weights is None:
+            K.softmax_crossentropy(a.logits, a.losses, targets.reshape(N), V, np.float32(1.0 / N), training)
+            loss = float(a.losses.sum(dtype=np.float32) / N)
+        else:
+            weights = np.ascontiguousarray(loss_weights, dtype=np.float32)
+            if weights.shape != targets.shape:
+                raise ValueError(f"loss_weights has shape {weights.shape}, the targets {targets.shape}")
+            weights = weights.reshape(N)
+            K.softmax_crossentropy_weighted(a.logits, a.losses, targets.reshape(N), V, weights, training)
+            loss = float(np.dot(a.losses.astype(np.float64), weights))
+        self.trained_forward = training
+        return loss
+
     # the math, per architecture
-    def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False) -> float | None:
+    def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False,
+                doc_starts: np.ndarray | None = None, loss_weights: np.ndarray | None = None) -> float | None:
         raise NotImplementedError
 
     def backward(self, accumulate: bool = False) -> None:

@@ -177,8 +177,9 @@ class GPT(Model):
         return attend
 
     def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False,
-                doc_starts: np.ndarray | None = None):
-        """inputs, targets: (B, T) int32 token ids. Returns the mean loss (or None without targets).
+                doc_starts: np.ndarray | None = None, loss_weights: np.ndarray | None = None):
+        """inputs, targets: (B, T) int32 token ids. Returns the mean loss (or None without targets);
+        with loss_weights (B, T) float32, sum(loss_weights * losses) (Model._loss: a masked loss).
 
         With training=True the logits buffer is turned into dlogits on the way (fused softmax,
         cross-entropy and its gradient), ready for backward(); acts.logits then no longer holds
@@ -188,8 +189,7 @@ class GPT(Model):
         """
         cfg = self.config
         B, T = inputs.shape
-        L, V = cfg.num_layers, cfg.vocab_size
-        N = B * T
+        L = cfg.num_layers
         a = self._ensure_buffers(B, T)
         inputs = np.ascontiguousarray(inputs, dtype=np.int32)
         self.inputs = inputs
@@ -210,11 +210,7 @@ class GPT(Model):
         if targets is None:
             self.targets = None
             return None
-        targets = np.ascontiguousarray(targets, dtype=np.int32)
-        self.targets = targets
-        K.softmax_crossentropy(a.logits, a.losses, targets.reshape(N), V, np.float32(1.0 / N), training)
-        self.trained_forward = training
-        return float(a.losses.sum(dtype=np.float32) / N)
+        return self._loss(targets, loss_weights, training)
 
     # -----------------------------------------------------------------------------------
     # One layer, in two residual halves. Rows are positions (N of them); `attend(atty, qkv)`

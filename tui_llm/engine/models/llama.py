@@ -280,8 +280,9 @@ class Llama(Model):
         np.add(b.residual2, b.proj, out=b.residual3)
 
     def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False,
-                doc_starts: np.ndarray | None = None):
-        """inputs, targets: (B, T) int32 token ids. Returns the mean loss (or None without targets).
+                doc_starts: np.ndarray | None = None, loss_weights: np.ndarray | None = None):
+        """inputs, targets: (B, T) int32 token ids. Returns the mean loss (or None without targets);
+        with loss_weights (B, T) float32, sum(loss_weights * losses) (Model._loss: a masked loss).
 
         With training=True the logits buffer becomes dlogits (fused softmax/cross-entropy/gradient),
         ready for backward(); acts.logits then no longer holds logits. doc_starts (B, T) int32, for
@@ -311,12 +312,7 @@ class Llama(Model):
         if targets is None:
             self.targets = None
             return None
-        targets = np.ascontiguousarray(targets, dtype=np.int32)
-        self.targets = targets
-        K.softmax_crossentropy(a.logits, a.losses, targets.reshape(N), cfg.vocab_size, np.float32(1.0 / N),
-                               training)
-        self.trained_forward = training
-        return float(a.losses.sum(dtype=np.float32) / N)
+        return self._loss(targets, loss_weights, training)
 
     # -----------------------------------------------------------------------------------
     def backward(self, accumulate: bool = False) -> None:

@@ -9,6 +9,7 @@ Protocol: newline-delimited JSON; each request line gets one reply line.
 
     {"command": "pause"}   {"command": "resume"}   {"command": "save"}   {"command": "ping"}
     {"command": "sample", "prompt": "ROMEO:"}      (prompt optional: the run's --prompt)
+    {"command": "chat", "messages": [{"role": "user", "content": "Hi"}]}   (the reply: a "chat" event)
     {"command": "stop"}                            (saves first; "save": false does not)
     {"command": "set", "name": "lr_scale", "value": 0.5}      (run_config.LIVE_SETTINGS)
     -> {"ok": true}   or   {"ok": false, "error": "one line"}
@@ -83,6 +84,8 @@ def command_to_json(command: ev.Command) -> dict:
             return {"command": "resume"}
         case ev.SampleNow(prompt=prompt):
             return {"command": "sample", "prompt": prompt}
+        case ev.ChatNow(messages=messages):
+            return {"command": "chat", "messages": list(messages)}
         case ev.SaveNow():
             return {"command": "save"}
         case ev.Stop(save=save):
@@ -107,6 +110,13 @@ def command_from_json(request, check_setting: Callable[[str, object], object]) -
         if not isinstance(prompt, str):
             raise ValueError("sample: prompt must be text")
         return ev.SampleNow(prompt=prompt)
+    if name == "chat":
+        messages = request.get("messages", [])
+        if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages):
+            raise ValueError('chat: messages must be a list of {"role": text, "content": text}')
+        return ev.ChatNow(messages=tuple({"role": m["role"], "content": m["content"]} for m in messages))
     if name == "stop":
         save = request.get("save", True)
         if not isinstance(save, bool):

@@ -4,7 +4,7 @@
     control.send(Pause())                   # any thread
     control.serve(handler)                  # the training thread, between steps
 
-`serve` applies pause/resume/stop itself and hands sample, save and set requests to the trainer's
+`serve` applies pause/resume/stop itself and hands sample, chat, save and set requests to the trainer's
 `handler`. While paused it keeps serving (a paused run still samples, saves and stops) and
 returns only when resumed or stopped. The real trainer and the UI tests' fake trainer share
 this loop, so they cannot drift apart.
@@ -49,7 +49,7 @@ class Control:
               emit: Callable[[ev.Event], None], poll: Callable[[bool], list[ev.Command]] | None = None) -> None:
         """Apply queued commands; while paused, wait here until resumed or stopped.
 
-        handler(cmd) runs SampleNow, SaveNow and SetSetting; step() is the steps-done count for events;
+        handler(cmd) runs SampleNow, ChatNow, SaveNow and SetSetting; step() is the steps-done count for events;
         poll() (default: this queue) returns the commands to apply now, with a short wait while
         paused; an MPI run passes one that agrees on them across ranks.
         """
@@ -79,5 +79,5 @@ class Control:
             if self.stop is None:
                 self.stop = cmd
             self.paused = False
-        elif isinstance(cmd, (ev.SampleNow, ev.SaveNow, ev.SetSetting)) and self.stop is None:
+        elif isinstance(cmd, (ev.SampleNow, ev.ChatNow, ev.SaveNow, ev.SetSetting)) and self.stop is None:
             handler(cmd)

@@ -7,6 +7,7 @@ tokenizer that goes with them.
                                                                       # an HF dir, a cached name or a GGUF
     config, file_bf16 = peek_model_source("runs/x")                   # before reading any weight (or None)
     model = load_model("runs/x")                                      # a Model, a LoRA run's with its adapters
+    recorded_chat_template("runs/x")                                  # the run's --chat-template, if any
 
 A LoRA run's checkpoint holds its adapters and the identity of its base (`base`: where it came
 from, `init_from` as an absolute path or a cached name, and the fingerprint of its weights): the
@@ -151,6 +152,20 @@ def recorded_tokenizer(target: str) -> str | None:
         tokenizer, init_from = run_config.get("tokenizer"), run_config.get("init_from")
         return restore_tokenizer_dir(tokenizer, init_from) if isinstance(tokenizer, str) else None
     return None
+
+
+def recorded_chat_template(source) -> str | None:
+    """The chat template a run was given (`run_config.chat_template` of a run directory's newest
+    checkpoint, or of a checkpoint); None for anything else, or a run without one."""
+    path = Path(str(source)).expanduser()
+    if path.is_dir() and is_run_dir(path) and hf_model_type(path) is None:
+        path = resolve_checkpoint(path)
+    if not (path.is_file() and detect_checkpoint_kind(path) == "training"):
+        return None
+    _, meta = load_training_checkpoint(path, names=[])
+    run_config = meta.get("run_config")
+    template = run_config.get("chat_template") if isinstance(run_config, dict) else None
+    return template if isinstance(template, str) else None
 
 
 def restore_tokenizer_dir(recorded: str | None, init_from: str | None) -> str | None:

@@ -66,6 +66,7 @@ class RunConfig:
     temperature: float = 1.0
     top_k: int = 0
     prompt: str = ""
+    chat_template: str | None = None    # the chat panel's, tui-llm chat RUN_DIR's: a file or "chatml"; None: the tokenizer's
     save_every: int = 250               # 0 = only on request and at the end
     keep_checkpoints: int = 2           # older periodic checkpoints are deleted; 0 keeps all
     out_dir: str | None = None          # None: runs/<date>-<model>
@@ -73,6 +74,7 @@ class RunConfig:
     threads: int = 0                    # 0 = all cores (divided among the processes of an MPI run)
     zero: int = 0                       # 1: ZeRO-1 under MPI, AdamW state split among the ranks; not kept on resume
     shuffle: bool = True
+    document_attention: bool = False    # plain text: a document starts at each end-of-text token (packed data: always)
     lora_rank: int = 0                  # LoRA adapters of this rank over a frozen base; 0: full fine-tuning
     lora_alpha: float = 0.0             # the adapters' scale is lora_alpha / lora_rank; 0: 2 * lora_rank
     lora_dropout: float = 0.0           # dropout on the adapters' input while training
@@ -95,7 +97,7 @@ class RunConfig:
             kinds = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}.get(type(default), ())
             if f.name in SIZES:
                 kinds = (int,)
-            if f.name in ("val_file", "init_from", "out_dir", "tokenizer"):
+            if f.name in ("val_file", "init_from", "out_dir", "tokenizer", "chat_template"):
                 kinds = (str,)
             if f.name == "lora_alpha":
                 kinds = (int, float)

@@ -23,6 +23,7 @@ on past the end-of-text token, as llm.c's do.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,11 +117,30 @@ class Sampler:
                 self.cache = self.model.new_kv_cache()
         return self.cache
 
+    def tokens(self, ids: list[int], max_new_tokens: int, temperature: float, top_k: int,
+               rng: np.random.Generator, use_cache: bool = True) -> Iterator[tuple[int, float]]:
+        """Up to max_new_tokens (token, probability) pairs after the token ids `ids`, one at a time
+        (the caller stops early by not asking for more). ids + max_new_tokens must fit max_seq_len."""
+        model, cfg = self.model, self.model.config
+        ids = list(ids)
+        cache = self._cache_for(len(ids) + max_new_tokens)
+        logits = model.extend(cache, np.asarray(ids, np.int32), 0)
+        for k in range(max_new_tokens):
+            token, prob = choose_token(logits, cfg.vocab_size, temperature, top_k, rng.random(), self.probs)
+            yield token, prob
+            if k + 1 == max_new_tokens:
+                return
+            ids.append(token)
+            if use_cache:  # only the new position
+                logits = model.extend(cache, np.asarray([token], np.int32), len(ids) - 1)
+            else:          # everything again, from position 0
+                logits = model.extend(cache, np.asarray(ids, np.int32), 0)
+
     def generate(self, prompt: str | list[int] = "", max_new_tokens: int = 64, temperature: float = 1.0,
                  top_k: int = 0, seed: int | None = None, rng: np.random.Generator | None = None,
                  use_cache: bool = True, stop_at_eot: bool | None = None) -> SampleResult:
         """stop_at_eot: None stops at the EOS for the model's own (HF) tokenizer, not for GPT-2's."""
-        model, cfg = self.model, self.model.config
+        cfg = self.model.config
         if isinstance(prompt, str):
             prompt_text = prompt
             prompt_ids = self.encoding.encode_ordinary(prompt) if prompt else []
@@ -138,23 +158,13 @@ class Sampler:
         ids = ids[-(cfg.max_seq_len - max_new_tokens):] if max_new_tokens else ids[-cfg.max_seq_len:]
         rng = rng if rng is not None else np.random.default_rng(seed)
 
-        cache = self._cache_for(len(ids) + max_new_tokens)
         start = time.perf_counter()
         generated, probs = [], []
-        logits = model.extend(cache, np.asarray(ids, np.int32), 0)
-        for _ in range(max_new_tokens):
-            token, prob = choose_token(logits, cfg.vocab_size, temperature, top_k, rng.random(), self.probs)
+        for token, prob in self.tokens(ids, max_new_tokens, temperature, top_k, rng, use_cache):
             generated.append(token)
             probs.append(prob)
             if stop_at_eot and token == self.eot:
                 break
-            ids.append(token)
-            if len(generated) == max_new_tokens:
-                break
-            if use_cache:  # only the new position
-                logits = model.extend(cache, np.asarray([token], np.int32), len(ids) - 1)
-            else:          # everything again, from position 0
-                logits = model.extend(cache, np.asarray(ids, np.int32), 0)
         seconds = time.perf_counter() - start
 
         if hasattr(self.encoding, "token_pieces"):

@@ -12,6 +12,12 @@ several micro-batches (`total_batch_size`). Everything a run needs to continue e
 AdamW moments, step, loader position, sampling RNG, where the history stood) goes into its
 checkpoints; the history itself is the run directory's metrics.jsonl.
 
+Packed conversations (a .mask beside the token file: `prepare --chat`) train on the loss of their
+counted tokens: the step's count is known (and all-reduced) before its first micro-batch, and every
+micro-batch's loss is weighted by its mask over that count (_step_weights), so any split of the step
+into micro-batches and ranks gives the single-process result. `ChatNow` asks the current weights for
+a reply with the run's chat template (the dashboard's chat panel).
+
 (About 450 lines: the loop, the commands it serves between steps and its saves read best
 together. What a checkpoint holds is in resume_state.py, where weights come from in
 model_source.py.)
@@ -29,8 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from tui_llm.engine import events as ev
-from tui_llm.engine.data.loader import TrainLoader, ValLoader
+from tui_llm.engine.data.loader import Batch, PackedTrainLoader, PackedValLoader, TrainLoader, ValLoader, documents_at
 from tui_llm.engine.data.loader_state import BatchMismatch
+from tui_llm.engine.data.packed import open_packed
 from tui_llm.engine.data.sidecar import check_data_tokenizer
 from tui_llm.engine.data.tokens import DataError, _as_shards, open_dataset
 from tui_llm.engine.errors import TuiLlmError
@@ -45,7 +52,9 @@ from tui_llm.engine.models.llama import Llama
 from tui_llm.engine.models.lora import LoraConfig, LoraError, resolve_targets
 from tui_llm.engine.run.channel import ControlServer
 from tui_llm.engine.run.run_dir import RunDir, RunDirError, checkpoint_step
+from tui_llm.engine.tokenizers.chat_template import BUILTIN_TEMPLATES, ChatTemplateError, load_chat_template
 from tui_llm.engine.tokenizers.lookup import load_tokenizer
+from tui_llm.engine.training.chat import Chat
 from tui_llm.engine.training.control import Control
 from tui_llm.engine.training.distributed import World
 from tui_llm.engine.training.memory import MemoryEstimate, check_run_fits
@@ -97,6 +106,7 @@ class Trainer:
         self._save_problem: str | None = None  # ... and why (said once)
         self._claim_run_dir(fresh=_resume is None)
         self.sampler: Sampler | None = None
+        self.chatter: Chat | None = None  # the chat panel's (ChatNow), made on first use
         self._emit: Callable[[ev.Event], None] = lambda event: None  # run() sets the real one
         self._history_error: OSError | None = None
         self._history_opened = False
@@ -193,6 +203,13 @@ class Trainer:
                 check_prompt_ids(self.encoding.encode_ordinary(c.prompt), self.model.config.vocab_size)
             except PromptError as e:
                 raise ConfigError("prompt", e.problem) from None
+        if c.chat_template is not None:  # the chat panel's: refused now rather than at the first question
+            if c.chat_template not in BUILTIN_TEMPLATES and Path(c.chat_template).expanduser().exists():
+                c.chat_template = str(Path(c.chat_template).expanduser().absolute())
+            try:
+                load_chat_template(c.chat_template, c.tokenizer)
+            except ChatTemplateError as e:
+                raise ConfigError("chat_template", e.problem) from None
         if c.seq_len > self.model.config.max_seq_len:
             raise ConfigError("seq_len", f"{c.seq_len} is larger than the model's maximum sequence length "
                                          f"{self.model.config.max_seq_len}")
@@ -253,8 +270,19 @@ class Trainer:
         self.grad_accum = total // tokens_per_micro
         self.tokens_per_step = total
         c.total_batch_size = total  # recorded resolved: a resume on another number of processes keeps it
-        self.loader = TrainLoader(self.train_tokens, c.batch_size, c.seq_len, shuffle=c.shuffle, seed=42,
-                                  grad_accum=self.grad_accum, rank=world.rank, world_size=world.size)
+        # packed rows (a .mask beside the tokens: prepare --chat) carry their loss mask and documents
+        self.packed = open_packed(c.train_file, vocab_size)
+        self.doc_start_token = self.encoding.eot_token if c.document_attention else None
+        self.loader: TrainLoader
+        if self.packed is not None:
+            self.loader = PackedTrainLoader(self.packed, c.batch_size, c.seq_len, shuffle=c.shuffle, seed=42,
+                                            grad_accum=self.grad_accum, rank=world.rank, world_size=world.size)
+        else:
+            if c.document_attention and self.doc_start_token is None:
+                raise ConfigError("document_attention", "needs an end-of-text token, and this tokenizer has none")
+            self.loader = TrainLoader(self.train_tokens, c.batch_size, c.seq_len, shuffle=c.shuffle, seed=42,
+                                      grad_accum=self.grad_accum, rank=world.rank, world_size=world.size,
+                                      doc_start_token=self.doc_start_token)
         val_file = c.val_file or default_val_file(c.train_file)
         self.val_tokens = self.val_loader = None
         if val_file:
@@ -263,11 +291,23 @@ class Trainer:
             self.val_loader = self._val_loader(val_file)
         self.val_file = val_file if self.val_loader else None
 
-    def _val_loader(self, val_file: str) -> ValLoader | None:
+    def _val_loader(self, val_file: str) -> ValLoader | PackedValLoader | None:
         """Whole total batches, as one process with the whole batch would see them (split into
         micro-batches in _validate). Validation tokens too few for that (a small corpus): as many
-        micro-batches as they hold, said at the start; too few for one: no validation, said too."""
+        micro-batches as they hold, said at the start; too few for one: no validation, said too.
+        Packed training data is validated on packed rows (micro-batches of B rows, masked)."""
         B, T = self.config.batch_size, self.config.seq_len
+        val_packed = open_packed(val_file, self.model.config.vocab_size)
+        if (val_packed is None) != (self.packed is None):
+            has, lacks = (val_file, self.config.train_file) if self.packed is None else (self.config.train_file, val_file)
+            raise DataError(f"{has} has a loss mask (.mask) and {lacks} has none: prepare them together (--val "
+                            f"another file, or --val-every 0)")
+        if val_packed is not None:
+            loader = PackedValLoader(val_packed, B, T)
+            if loader.num_samples == 0:
+                self._notes.append(f"no validation: {Path(val_file).name} holds fewer than {B} packed rows")
+                return None
+            return loader
         shards = [t.shape[0] for _, t in _as_shards(self.val_tokens)]
         rows = min(self.loader.rows, min((n - 1) // T for n in shards) // B * B)
         if rows == self.loader.rows:
@@ -385,6 +425,8 @@ class Trainer:
     def _on_command(self, cmd: ev.Command) -> None:
         if isinstance(cmd, ev.SampleNow):
             self._sample(cmd.prompt or self.config.prompt)
+        elif isinstance(cmd, ev.ChatNow):
+            self._chat(list(cmd.messages))
         elif isinstance(cmd, ev.SaveNow):
             self._save(ev.SaveReason.REQUEST)
         elif isinstance(cmd, ev.SetSetting):
@@ -518,6 +560,18 @@ class Trainer:
             return ev.FinishReason.ERROR
         return reason
 
+    def _step_weights(self, batches: list[Batch]) -> tuple[list, int]:
+        """The loss weights of the step's micro-batches, and the counted predictions of the whole step
+        (all ranks). Masked data: each micro-batch's mask times K*N/counted, so that the mean gradient
+        below (1/K of the sum over micro-batches, averaged over the N ranks) is the gradient of the mean
+        over the step's counted tokens, exactly as one process with the whole batch computes it."""
+        if batches[0].weights is None:
+            return [None] * len(batches), self.tokens_per_step
+        mine = sum(b.loss_tokens for b in batches)
+        counted = int(self.world.allreduce_sum_(np.array([mine], np.float64))[0])
+        scale = np.float32(self.grad_accum * self.world.size / max(counted, 1))
+        return [None if b.weights is None else b.weights * scale for b in batches], counted
+
     def _train_step(self) -> None:
         """One optimizer step: grad_accum micro-batches on every rank, their mean gradient
         averaged over the ranks (one all-reduce), then the same AdamW update everywhere."""
@@ -525,12 +579,14 @@ class Trainer:
         t0 = time.perf_counter()
         fwd_s = bwd_s = 0.0
         loss_sum = 0.0
-        for micro in range(self.grad_accum):
-            x, y = self.loader.next_batch()
+        batches = [self.loader.next_micro() for _ in range(self.grad_accum)]  # (B, T) each
+        weights, loss_tokens = self._step_weights(batches)
+        for micro, (batch, weight) in enumerate(zip(batches, weights)):
             if model.lora is not None:  # this micro-batch's dropout masks (the same after a resume)
                 model.lora.step_key = dropout_key(c.seed, self.step, micro, world.rank)
             t1 = time.perf_counter()
-            loss = model.forward(x, y, training=True)
+            loss = model.forward(batch.inputs, batch.targets, training=True, doc_starts=batch.doc_starts,
+                                 loss_weights=weight)
             assert loss is not None  # forward with targets returns the loss
             t2 = time.perf_counter()
             loss_sum += loss
@@ -568,18 +624,34 @@ class Trainer:
         self._emit(ev.TrainStep(
             step=self.step, loss=loss, fwd_ms=fwd_s * 1e3, bwd_ms=bwd_s * 1e3, opt_ms=(t4 - t3) * 1e3,
             step_ms=step_s * 1e3, tok_per_s=self.tokens_per_step / step_s, lr=lr, grad_norm=grad_norm,
-            epoch=self.loader.epoch, tokens=self.tokens, elapsed_s=round(self.elapsed_s, 3)))
+            epoch=self.loader.epoch, tokens=self.tokens, elapsed_s=round(self.elapsed_s, 3), loss_tokens=loss_tokens))
 
     def _validate(self) -> None:
         """The mean loss of the first val_batches total batches: each is cut into micro-batches of
-        batch_size rows, dealt out to the ranks in turn, so any split gives the same mean."""
+        batch_size rows, dealt out to the ranks in turn, so any split gives the same mean. Packed
+        rows: the mean over their counted tokens (masked)."""
         B, world, val_loader = self.config.batch_size, self.world, self.val_loader
         if val_loader is None:
+            return
+        if isinstance(val_loader, PackedValLoader):
+            micros = self.config.val_batches * (self.loader.rows // B)  # as many rows as val_batches total batches
+            weighted, counted = 0.0, 0
+            for batch in val_loader.micros(micros):
+                assert batch.weights is not None
+                loss = self.model.forward(batch.inputs, batch.targets, doc_starts=batch.doc_starts,
+                                          loss_weights=batch.weights)
+                assert loss is not None
+                weighted += loss
+                counted += batch.loss_tokens
+            total = world.allreduce_sum_(np.array([weighted, counted], np.float64))
+            self._emit(ev.Validation(step=self.step, loss=float(total[0] / max(total[1], 1))))
             return
         loss_sum, count = 0.0, 0
         for x, y in val_loader.batches(self.config.val_batches):  # (rows, T) each
             for j in range(world.rank, x.shape[0] // B, world.size):
-                loss = self.model.forward(x[j * B:(j + 1) * B], y[j * B:(j + 1) * B])
+                rows = x[j * B:(j + 1) * B]
+                loss = self.model.forward(rows, y[j * B:(j + 1) * B],
+                                          doc_starts=documents_at(rows, self.doc_start_token))
                 assert loss is not None
                 loss_sum += loss
                 count += 1
@@ -614,6 +686,33 @@ class Trainer:
         if not isinstance(sample, ev.Sample):  # the prompt was refused (a Notice says why)
             raise PromptError(getattr(sample, "text", "no sample"))
         return sample
+
+    def _chat(self, messages: list[dict]) -> None:
+        """The reply of the current weights to a conversation (rank 0; the run's template and sampling
+        settings); a ChatReply says it, or why there is none."""
+        if not self.world.is_root:
+            return
+        c = self.config
+        try:
+            if self.chatter is None:
+                self.chatter = Chat(self.model, self.encoding, c.chat_template)
+            reply = self.chatter.reply(messages, c.sample_len, c.temperature, c.top_k, rng=self.sample_rng)
+        except TuiLlmError as e:  # no template, a conversation the template refuses or the context cannot hold
+            self._emit(ev.ChatReply(step=self.step, text="", message=str(e)))
+            return
+        self._emit(ev.ChatReply(step=self.step, text=reply.text, token_ids=reply.token_ids, tok_per_s=reply.tok_per_s))
+
+    def chat(self, messages: list[dict]) -> ev.ChatReply:
+        """_chat's reply, returned (the model stays loaded after a run finishes)."""
+        events: list[ev.Event] = []
+        emit, self._emit = self._emit, events.append
+        try:
+            self._chat(list(messages))
+        finally:
+            self._emit = emit
+        reply = events[0]
+        assert isinstance(reply, ev.ChatReply)
+        return reply
 
     # -------------------------------------------------------------------------------------
     # checkpoints and history
