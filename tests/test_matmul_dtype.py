@@ -14,10 +14,13 @@ from tests import reference_gpt2 as ref_gpt2
 from tests import reference_llama as ref_llama
 from tests.run_helpers import make_data, read_metrics, run, run_cli
 from tests.test_llama import CONFIGS, random_model
+from tests.test_lora import lora_config, randomise_adapters
 from tests.test_model import CFG, make_batch, reference_params
+from tui_llm.engine.kernels.bf16 import narrow_to_bf16
 from tui_llm.engine.kernels.bf16_matmul import cpu_has_bf16
 from tui_llm.engine.models.gpt2 import GPT
 from tui_llm.engine.models.gpt2_config import PARAM_NAMES
+from tui_llm.engine.models.llama import Llama
 
 needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no avx512_bf16 (vdpbf16ps)")
 TINY = ["--model", "d2", "-b", "2", "-t", "16", "--max-seq-len", "32", "--threads", "1", "--init-style", "numpy",
@@ -133,3 +136,25 @@ def test_an_unknown_matmul_dtype_is_one_line(tmp_path):
     r = run_cli(str(make_data(tmp_path)), "--no-ui", *TINY, "--matmul-dtype", "fp16")
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "fp16" in lines[0], r.stderr
+
+
+@needs_bf16
+def test_a_lora_run_over_a_bf16_base_with_bf16_products():
+    """A frozen base stored as bf16 bits (widened per product, the head in row blocks) and the same
+    values stored as fp32 give the same numbers with bf16 products too: rounding a bf16 value to
+    bf16 is exact, only the order of float32 sums may differ."""
+    cfg = CONFIGS["gqa-untied"]
+    bits = np.empty(random_model(cfg).params.flat.size, np.uint16)
+    narrow_to_bf16(bits, random_model(cfg).params.flat)
+    exact = Llama(cfg, (bits.astype(np.uint32) << 16).view(np.float32))
+    bf16 = Llama(cfg, bits)
+    x, y = make_batch()
+    losses = []
+    for model in (exact, bf16):
+        model.attach_lora(lora_config(model))
+        randomise_adapters(model)
+        model.w.matmul_dtype = "bf16"
+        losses.append(model.forward(x, y, training=True))
+        model.backward()
+    assert abs(losses[0] - losses[1]) < 1e-6 * losses[0]
+    assert rel_err(bf16.lora.grads.flat, exact.lora.grads.flat.astype(np.float64)) < 1e-5
