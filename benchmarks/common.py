@@ -105,7 +105,8 @@ def machine_info() -> dict[str, str]:
     import numba
     import numpy
     flags = cpu_flags()
-    simd = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "?"
+    named = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16")
+    simd = ", ".join(f for f in named if f in flags) or "?"
     return {
         "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
         "cpu": f"{cpu_model()} ({simd})",

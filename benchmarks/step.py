@@ -3,6 +3,7 @@
     python benchmarks/step.py                        # d12 B=4 T=64 and d6 B=8 T=256
     python benchmarks/step.py --config d4:8:128      # or --model d4 --batch 8 --seq 128
     python benchmarks/step.py --profile --markdown   # + per-kernel breakdown, markdown section
+    python benchmarks/step.py --matmul-dtype compare --threads 2   # fp32 vs bf16 products, side by side
 
 Each step is timed in three phases: forward (with the fused softmax/cross-entropy), backward,
 optimizer (grad_norm + AdamW update), as the trainer runs them. The floor is the same step's
@@ -39,7 +40,9 @@ from common import (
 )
 
 import tui_llm.engine.kernels.grad_accumulation as GA
+import tui_llm.engine.models.base as MB
 import tui_llm.engine.models.gpt2 as M
+import tui_llm.engine.models.weights as MW
 from tui_llm.engine.kernels import common as K
 from tui_llm.engine.kernels import gpt2 as GK
 from tui_llm.engine.machine import set_threads
@@ -91,19 +94,21 @@ class Bench:
     def tokens(self) -> int:
         return self.spec.batch * self.spec.seq
 
+    clock = staticmethod(time.perf_counter)  # time.thread_time for --clock cpu
+
     def step(self) -> tuple[float, float, float]:
         """One training step; returns (forward, backward, optimizer) seconds."""
-        t0 = time.perf_counter()
+        t0 = self.clock()
         self.phase = "fwd"
         self.model.forward(self.inputs, self.targets, training=True)
-        t1 = time.perf_counter()
+        t1 = self.clock()
         self.phase = "bwd"
         self.model.backward()
-        t2 = time.perf_counter()
+        t2 = self.clock()
         self.phase = "opt"
         norm = self.optimizer.grad_norm()
         self.optimizer.update(HPARAMS["lr"], norm)
-        t3 = time.perf_counter()
+        t3 = self.clock()
         self.phase = ""
         return t1 - t0, t2 - t1, t3 - t2
 
@@ -139,13 +144,14 @@ class _NumpyWithMatmul:
 @contextlib.contextmanager
 def matmuls_through(fn, model_module=M):
     """Route every np.matmul(a, b, out=out) of the model's module (tui_llm.engine.models.gpt2 by
-    default) and of grad_accumulation through fn(a, b, out=out)."""
+    default), models/base.py and models/weights.py (where the weight products are) and of
+    grad_accumulation through fn(a, b, out=out)."""
     stand_in = _NumpyWithMatmul(fn)
-    model_module.np = GA.np = stand_in
+    model_module.np = GA.np = MB.np = MW.np = stand_in
     try:
         yield
     finally:
-        model_module.np = GA.np = np
+        model_module.np = GA.np = MB.np = MW.np = np
 
 
 # ---------------------------------------------------------------------------------------
@@ -442,6 +448,36 @@ def run_one(spec: RunSpec, args) -> str:
     return "\n".join(md)
 
 
+def run_dtypes(spec: RunSpec, args) -> str:
+    """--matmul-dtype compare: the same model's step with fp32 and with bf16 products, alternating
+    step by step (so load changes hit both alike); medians and the ratio."""
+    bench = Bench(spec)
+    if args.clock == "cpu":
+        bench.clock = time.thread_time  # type: ignore[assignment]
+    clock = "calling thread's CPU time" if args.clock == "cpu" else "wall-clock"
+    print(f"== {spec}: {bench.model.num_parameters / 1e6:.2f}M params, {bench.tokens} tokens/step, fp32 vs bf16 "
+          f"products, {args.steps} steps each after {args.warmup} warm-up, {args.threads_used} threads, {clock}")
+    dtypes = ("fp32", "bf16")
+    samples: dict[str, dict[str, list[float]]] = {d: defaultdict(list) for d in dtypes}
+    for i in range(args.warmup + args.steps):
+        for dtype in dtypes:
+            bench.model.w.matmul_dtype = dtype
+            f, b, o = bench.step()
+            if i >= args.warmup:
+                for name, s in zip(PHASES + ("step",), (f, b, o, f + b + o)):
+                    samples[dtype][name].append(s)
+    stats = {d: {name: Stats(v) for name, v in samples[d].items()} for d in dtypes}
+    rows = [[name] + [stats[d][name].ms() for d in dtypes]
+            + [f"{stats['fp32'][name].median / stats['bf16'][name].median:.2f}"] for name in PHASES + ("step",)]
+    headers = ["", "fp32 products", "bf16 products", "fp32/bf16"]
+    summary = " ; ".join(f"{d}: {bench.tokens / stats[d]['step'].median:,.0f} tokens/s" for d in dtypes)
+    print(text_table(headers, rows))
+    print(summary)
+    print()
+    return "\n".join([f"### {spec} ({bench.model.num_parameters / 1e6:.1f}M params, {args.threads_used} threads, "
+                      f"{clock}): --matmul-dtype fp32 vs bf16", "", markdown_table(headers, rows), "", summary, ""])
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", action="append", type=RunSpec.parse, metavar="MODEL:B:T",
@@ -454,12 +490,21 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="numba + BLAS threads (default: all cores)")
     p.add_argument("--profile", action="store_true", help="per-kernel breakdown of the step")
     p.add_argument("--show-matmuls", action="store_true", help="list every recorded matmul of one step")
+    p.add_argument("--matmul-dtype", choices=("fp32", "compare"), default="fp32",
+                   help="fp32: the step against its BLAS floor (default); compare: the step with fp32 products "
+                        "against the same step with bf16 products (needs avx512_bf16)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="compare's clock: wall (default) or cpu, the calling thread's CPU time (--threads 1 only: "
+                        "then every kernel and product runs on that thread; on a loaded machine it leaves out the "
+                        "time spent waiting for a core)")
     add_markdown_arg(p)
     args = p.parse_args(argv)
     runs = list(args.config or [])
     if args.model:
         runs.append(RunSpec(args.model, args.batch, args.seq))
     args.runs = runs or [RunSpec.parse(s) for s in DEFAULT_RUNS]
+    if args.clock == "cpu" and (args.threads != 1 or args.matmul_dtype != "compare"):
+        p.error("--clock cpu needs --threads 1 and --matmul-dtype compare")
     return args
 
 
@@ -467,8 +512,13 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     args.threads_used = set_threads(args.threads)
     info = print_machine(machine_info())
-    sections = [run_one(spec, args) for spec in args.runs]
-    md = "\n".join([f"## Training step vs BLAS floor ({info['date']})", "", f"`{command_line()}`", "",
+    if args.matmul_dtype == "compare":
+        sections = [run_dtypes(spec, args) for spec in args.runs]
+        title = "Training step, fp32 vs bf16 products"
+    else:
+        sections = [run_one(spec, args) for spec in args.runs]
+        title = "Training step vs BLAS floor"
+    md = "\n".join([f"## {title} ({info['date']})", "", f"`{command_line()}`", "",
                     machine_markdown(info), ""] + sections)
     emit_markdown(md, args.markdown)
 

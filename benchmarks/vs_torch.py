@@ -14,7 +14,10 @@ step too). Attention is F.scaled_dot_product_attention(is_causal=True), as nanoG
 padded vocabulary torch's cross-entropy runs over all 50304 logits (nanoGPT's way); ours over
 the 50257 real ones (the padded logits are exactly 0 in both, so the work is the same).
 
-In each configuration our steps run first, then torch's, in the same process. tui_llm sets
+In each configuration our steps run first, then torch's, in the same process. With --bf16 both
+models live at once and their steps alternate (ours with --matmul-dtype bf16's products, torch's
+forward under torch.autocast("cpu", dtype=torch.bfloat16), its backward following it), so a
+change in the machine's load hits both alike. tui_llm sets
 OMP_WAIT_POLICY=PASSIVE for its own thread pools on import; torch gets its default (the variable
 is removed before torch loads its OpenMP runtime) unless you set OMP_WAIT_POLICY yourself.
 """
@@ -138,8 +141,9 @@ def make_torch_optimizer(torch, model, impl: str):
 
 
 class TorchBench:
-    def __init__(self, torch, bench: Bench, vocab_rows: int, adamw: str, compile_: bool):
+    def __init__(self, torch, bench: Bench, vocab_rows: int, adamw: str, compile_: bool, autocast: bool = False):
         self.torch = torch
+        self.autocast = autocast
         self.model = build_torch_gpt(torch, bench.config, vocab_rows, seed=1337)
         self.optimizer = make_torch_optimizer(torch, self.model, adamw)
         self.forward = torch.compile(self.model) if compile_ else self.model
@@ -151,7 +155,11 @@ class TorchBench:
     def step(self) -> tuple[float, float, float]:
         torch = self.torch
         t0 = time.perf_counter()
-        loss = self.forward(self.inputs, self.targets)
+        if self.autocast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = self.forward(self.inputs, self.targets)
+        else:
+            loss = self.forward(self.inputs, self.targets)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -194,7 +202,43 @@ def torch_environment() -> str:
 
 # ---------------------------------------------------------------------------------------
 
+def time_alternating(bench: Bench, tb: TorchBench, steps: int, warmup: int) -> tuple[dict, dict]:
+    """(ours, torch's) Stats by phase, their steps alternating."""
+    samples: tuple[dict, dict] = (defaultdict(list), defaultdict(list))
+    for i in range(warmup + steps):
+        for side, step in zip(samples, (bench.step, tb.step)):
+            f, b, o = step()
+            if i >= warmup:
+                for name, s in zip(PHASES + ("step",), (f, b, o, f + b + o)):
+                    side[name].append(s)
+    return tuple({k: Stats(v) for k, v in side.items()} for side in samples)  # type: ignore[return-value]
+
+
+def run_bf16(torch, spec: RunSpec, args) -> str:
+    """Ours with bf16 products against torch eager under autocast(bfloat16), alternating."""
+    bench = Bench(spec)
+    bench.model.w.matmul_dtype = "bf16"
+    vocab_rows = args.torch_vocab or bench.config.padded_vocab_size
+    print(f"== {spec}: {bench.model.num_parameters / 1e6:.2f}M params, ours --matmul-dtype bf16 vs torch eager "
+          f"autocast(bfloat16), alternating, {args.steps} steps after {args.warmup} warm-up, {args.threads_used} threads")
+    tb = TorchBench(torch, bench, vocab_rows, args.adamw, args.compile, autocast=True)
+    ours, theirs = time_alternating(bench, tb, args.steps, args.warmup)
+    rows = [[name, ours[name].ms(), theirs[name].ms(), f"{theirs[name].median / ours[name].median:.2f}"]
+            for name in PHASES + ("step",)]
+    headers = ["", "ours bf16 median (min-max)", "torch autocast bf16 median (min-max)", "torch/ours"]
+    print(text_table(headers, rows))
+    notes = (f"torch/ours {theirs['step'].median / ours['step'].median:.2f} for the whole step; tokens/s ours "
+             f"{bench.tokens / ours['step'].median:,.0f}, torch {bench.tokens / theirs['step'].median:,.0f}; "
+             f"last losses ours {bench.model.forward(bench.inputs, bench.targets):.3f}, torch {tb.last_loss:.3f}")
+    print(notes)
+    print()
+    return "\n".join([f"### {spec}, ours bf16 products vs torch eager autocast(bfloat16), {args.threads_used} threads",
+                      "", markdown_table(headers, rows), "", notes, ""])
+
+
 def run_one(torch, spec: RunSpec, args) -> str:
+    if args.bf16:
+        return run_bf16(torch, spec, args)
     bench = Bench(spec)
     cfg = bench.config
     vocab_rows = args.torch_vocab or cfg.padded_vocab_size
@@ -236,6 +280,9 @@ def parse_args(argv=None):
                    help="rows of torch's wte/lm-head (default: our padded 50304; 50257 for the unpadded vocabulary)")
     p.add_argument("--adamw", choices=["default", "for-loop", "foreach", "fused"], default="default",
                    help="torch AdamW implementation (default: torch's own choice)")
+    p.add_argument("--bf16", action="store_true",
+                   help="ours with bf16 products (--matmul-dtype bf16) against torch eager under "
+                        "autocast(bfloat16), steps alternating")
     add_markdown_arg(p)
     args = p.parse_args(argv)
     args.runs = args.config or [RunSpec.parse(s) for s in DEFAULT_RUNS]

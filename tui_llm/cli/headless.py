@@ -137,7 +137,8 @@ class HeadlessPrinter:
         start = f", resuming at step {event.step}" if event.step else ""
         lr = c.get("lr")
         lr = f"{lr:g}" if type(lr) in (int, float) else "?"
-        self.line(f"run: {safe_text(event.run_dir)} | {event.steps} steps, {batch}, lr {lr}{start}")
+        products = ", matrix products in bf16" if c.get("matmul_dtype") == "bf16" else ""
+        self.line(f"run: {safe_text(event.run_dir)} | {event.steps} steps, {batch}, lr {lr}{products}{start}")
 
 
 class _Fields(dict):

@@ -8,16 +8,21 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tui_llm.engine.kernels import bf16, common, gpt2, llama, optimizer
+from tui_llm.engine.kernels import bf16, bf16_matmul, common, gpt2, llama, optimizer
 from tui_llm.engine.kernels import lora as lora_kernels
 
 Progress = Callable[[int, int, str], None]
 
 
-def compile_kernels(arch: str = "gpt2", progress: Progress | None = None, lora: bool = False) -> None:
-    """arch: "gpt2" or "llama"; lora: a LoRA run's too (bf16 base, fingerprint, dropout).
+def compile_kernels(arch: str = "gpt2", progress: Progress | None = None, lora: bool = False,
+                    bf16_products: bool = False) -> None:
+    """arch: "gpt2" or "llama"; lora: a LoRA run's too (bf16 base, fingerprint, dropout);
+    bf16_products: the bf16 GEMM's (--matmul-dtype bf16).
     progress(done, total, name) is called before each group and at the end."""
     calls = _shared_calls() + (_llama_calls() if arch == "llama" else _gpt2_calls()) + (_lora_calls() if lora else [])
+    if bf16_products:
+        a2 = np.zeros((2, 6), np.float32)
+        calls.append(("bf16 products", lambda: bf16_matmul.bf16_matmul(a2, a2.T)))
     for i, (name, call) in enumerate(calls):
         if progress is not None:
             progress(i, len(calls), name)

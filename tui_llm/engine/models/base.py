@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from tui_llm.engine.kernels import common as K
-from tui_llm.engine.kernels.grad_accumulation import matmul_grad
 from tui_llm.engine.models.gpt2_config import ParamTensors
 from tui_llm.engine.models.lora import Adapters, LoraConfig, init_adapters
 from tui_llm.engine.models.weights import Weights
@@ -114,7 +113,7 @@ class Model:
     def _linear(self, out: np.ndarray, x: np.ndarray, matrix: str, layer: int, kept=None, key=None) -> None:
         """out (N, rows) = x (N, in) @ W.T for layer `layer`'s `matrix`, plus its adapters' terms
         (kept: where they keep u for the backward; key: the dropout masks', None for none)."""
-        np.matmul(x, self.w(matrix, layer).T, out=out)
+        self.w.linear(out, x, matrix, layer)
         if self.lora is not None:
             self.lora.forward(out, x, matrix, layer, kept, key)
 
@@ -129,9 +128,9 @@ class Model:
         with LoRA, and dx (N, in) = dout @ W + the adapters' terms (skipped when dx is None)."""
         if self.lora is None:
             g = self.allocate_grads()
-            matmul_grad(g.views[matrix][layer], dout.T, x, self.grad_scratch, accumulate)
+            self.w.weight_grad(g.views[matrix][layer], dout, x, self.grad_scratch, accumulate)
         if dx is not None:
-            np.matmul(dout, self.w(matrix, layer), out=dx)
+            self.w.linear_dx(dx, dout, matrix, layer)
         if self.lora is not None:
             self.lora.backward(dx, dout, x, matrix, layer, kept, key, accumulate)
 

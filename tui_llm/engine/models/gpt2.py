@@ -34,7 +34,7 @@ from tui_llm.engine.kernels.attention import (
     doc_positions,
     keeps_probabilities,
 )
-from tui_llm.engine.kernels.grad_accumulation import head_grad, needs_scratch
+from tui_llm.engine.kernels.grad_accumulation import needs_scratch
 from tui_llm.engine.machine import check_fits_memory
 from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.gpt2_config import MATRIX_PARAMS, GPTConfig, ParamTensors, init_params
@@ -308,7 +308,7 @@ class GPT(Model):
 
         # lm-head (tied with wte) and final LayerNorm
         if g is not None:
-            head_grad(g.wte, dlogits, a.lnf, scratch, acc)    # (Vp, C); the encoder adds its part below
+            w.weight_grad(g.wte, dlogits, a.lnf, scratch, acc, head=True)    # (Vp, C); the encoder adds its part below
         w.head_backward(a.d_c, dlogits, "wte")               # d lnf
         dres[:] = 0.0
         last = a.residual3[L - 1] if L > 0 else a.encoded

@@ -38,7 +38,7 @@ from tui_llm.engine.kernels.attention import (
     doc_positions,
     keeps_probabilities,
 )
-from tui_llm.engine.kernels.grad_accumulation import head_grad, needs_scratch
+from tui_llm.engine.kernels.grad_accumulation import needs_scratch
 from tui_llm.engine.machine import check_fits_memory
 from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.llama_config import (
@@ -339,7 +339,8 @@ class Llama(Model):
 
         # output head and final RMSNorm
         if g is not None:
-            head_grad(g.views[self.head_name], dlogits, a.lnf, scratch, acc)  # (Vp, C); a tied embedding adds below
+            # (Vp, C); a tied embedding adds below
+            w.weight_grad(g.views[self.head_name], dlogits, a.lnf, scratch, acc, head=True)
             if not cfg.tied_embeddings and not acc:
                 g.wte[:] = 0.0
         w.head_backward(a.d_c, dlogits, self.head_name)       # d lnf

@@ -17,6 +17,15 @@ the returned array before asking for another). The embedding and output head (vo
 channels, the largest tensors) are widened in row blocks of that scratch as the products go.
 There is never a second full-size float32 copy of the model: the extra memory is one layer matrix
 plus the small tensors.
+
+The products with the weights go through here too, in the precision `matmul_dtype` names
+(`--matmul-dtype`): "fp32", numpy's BLAS (np.matmul, exactly as before); "bf16", the bf16 GEMM of
+kernels/bf16_matmul.py, which rounds both inputs to bf16 as it packs them and sums in float32
+(CPUs with avx512_bf16). The weights themselves, their gradients and AdamW's state stay float32.
+
+    w.linear(y, x, "fcw", l)                    # y = x @ Wᵀ
+    w.linear_dx(dx, dy, "fcw", l)               # dx = dy @ W
+    w.weight_grad(dW, dy, x, scratch, acc)      # dW (+)= dyᵀ @ x
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ import numpy as np
 
 from tui_llm.engine.kernels import blas
 from tui_llm.engine.kernels.bf16 import widen_bf16
+from tui_llm.engine.kernels.bf16_matmul import bf16_matmul
+from tui_llm.engine.kernels.grad_accumulation import head_grad, matmul_grad
 from tui_llm.engine.models.gpt2_config import ParamTensors
 
 
@@ -32,6 +43,7 @@ class Weights:
     def __init__(self, params: ParamTensors, layer_matrices: tuple[str, ...], big: tuple[str, ...] = ("wte", "lm_head")):
         self.params = params
         self.bf16 = params.flat.dtype == np.uint16
+        self.matmul_dtype = "fp32"  # "bf16": the products round their inputs to bf16 (set by the trainer)
         self.small: dict[str, np.ndarray] = {}
         self.scratch = np.empty(0, np.float32)
         if self.bf16:
@@ -59,6 +71,34 @@ class Weights:
         """Memory beyond the flat buffer: the widened small tensors and the scratch."""
         return self.scratch.nbytes + sum(a.nbytes for a in self.small.values())
 
+    # -- products with a layer's matrix ----------------------------------------------------------
+
+    def _product(self, out: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool = False) -> None:
+        """out = a @ b (out += a @ b when accumulate; only the bf16 path is asked to), in matmul_dtype."""
+        if self.matmul_dtype == "bf16":
+            bf16_matmul(a, b, out=out, accumulate=accumulate)
+        else:
+            np.matmul(a, b, out=out)
+
+    def linear(self, out: np.ndarray, x: np.ndarray, name: str, layer: int) -> None:
+        """out (N, rows) = x (N, in) @ W.T for layer `layer`'s (rows, in) matrix `name`."""
+        self._product(out, x, self(name, layer).T)
+
+    def linear_dx(self, dx: np.ndarray, dout: np.ndarray, name: str, layer: int) -> None:
+        """dx (N, in) = dout (N, rows) @ W for layer `layer`'s (rows, in) matrix `name`."""
+        self._product(dx, dout, self(name, layer))
+
+    def weight_grad(self, grad: np.ndarray, dout: np.ndarray, x: np.ndarray, scratch: np.ndarray | None,
+                    accumulate: bool, head: bool = False) -> None:
+        """grad (rows, in) = dout (N, rows).T @ x (N, in), or += it when accumulating (the head's
+        through head_grad's blocks when fp32 has to add through the scratch)."""
+        if self.matmul_dtype == "bf16":
+            bf16_matmul(dout.T, x, out=grad, accumulate=accumulate)
+        elif head:
+            head_grad(grad, dout, x, scratch, accumulate)
+        else:
+            matmul_grad(grad, dout.T, x, scratch, accumulate)
+
     # -- the vocabulary-sized tensors, in row blocks ------------------------------------------
 
     def _blocks(self, rows: int, cols: int):
@@ -77,18 +117,24 @@ class Weights:
         """out (N, Vp) = x (N, C) @ W.T for the (Vp, C) tensor `name`."""
         W = self.params.views[name]
         if not self.bf16:
-            np.matmul(x, W.T, out=out)
+            self._product(out, x, W.T)
             return
         for r0, r1 in self._blocks(*W.shape):
             block = self.scratch[:(r1 - r0) * W.shape[1]].reshape(r1 - r0, W.shape[1])
             widen_bf16(block.reshape(-1), W[r0:r1].reshape(-1))
-            np.matmul(x, block.T, out=out[:, r0:r1])
+            self._product(out[:, r0:r1], x, block.T)
 
     def head_backward(self, dx: np.ndarray, dout: np.ndarray, name: str) -> None:
         """dx (N, C) = dout (N, Vp) @ W for the (Vp, C) tensor `name`."""
         W = self.params.views[name]
         if not self.bf16:
-            np.matmul(dout, W, out=dx)
+            self._product(dx, dout, W)
+            return
+        if self.matmul_dtype == "bf16":
+            for i, (r0, r1) in enumerate(self._blocks(*W.shape)):
+                block = self.scratch[:(r1 - r0) * W.shape[1]].reshape(r1 - r0, W.shape[1])
+                widen_bf16(block.reshape(-1), W[r0:r1].reshape(-1))
+                bf16_matmul(dout[:, r0:r1], block, out=dx, accumulate=i > 0)
             return
         add = blas.matmul_add
         part = None if add is not None else np.empty_like(dx)

@@ -21,6 +21,7 @@ FIXED_ON_RESUME = frozenset({"arch", "model", "init_from", "init_style", "layers
 
 ARCHS = ("gpt2", "llama")
 BASE_DTYPES = ("auto", "fp32", "bf16")
+MATMUL_DTYPES = ("fp32", "bf16", "auto")
 SIZES = ("layers", "heads", "kv_heads", "channels", "ffn_channels")  # optional sizes of a fresh model
 LIMIT = 2**62  # beyond any step, batch or token count a run can reach
 
@@ -82,6 +83,7 @@ class RunConfig:
     use_rslora: bool = False            # scale lora_alpha / sqrt(lora_rank) (rsLoRA)
     base_dtype: str = "auto"            # a LoRA run's frozen base in memory: fp32 | bf16; auto: bf16 when its file is
     recompute: bool = False             # keep only each layer's input and run the layer again in the backward
+    matmul_dtype: str = "fp32"          # the weights' products: fp32 | bf16 (inputs rounded, fp32 sums) | auto
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
@@ -139,7 +141,7 @@ class RunConfig:
                 raise ConfigError(name, f"must be a number {bound} {least:g} and <= {high:g}, got {v!r}")
         choices = {"lr_schedule": ("constant", "cosine"), "init_style": ("llmc", "numpy"),
                    "data_format": ("auto", "llmc", "int32", "uint16"), "arch": ARCHS, "zero": (0, 1),
-                   "base_dtype": BASE_DTYPES}
+                   "base_dtype": BASE_DTYPES, "matmul_dtype": MATMUL_DTYPES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"must be one of {', '.join(map(str, allowed))}, got {getattr(self, name)!r}")

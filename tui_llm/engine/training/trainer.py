@@ -43,6 +43,7 @@ from tui_llm.engine.data.tokens import DataError, _as_shards, open_dataset
 from tui_llm.engine.errors import TuiLlmError
 from tui_llm.engine.formats import CheckpointError
 from tui_llm.engine.formats.gguf_tokenizer import resolve_tokenizer_dir
+from tui_llm.engine.kernels import bf16_matmul
 from tui_llm.engine.kernels.compile import compile_kernels
 from tui_llm.engine.kernels.lora import dropout_key
 from tui_llm.engine.kernels.optimizer import sum_of_squares
@@ -178,6 +179,8 @@ class Trainer:
         else:
             self.model, self.model_name = fresh_model(c)
         self.model.recompute = c.recompute
+        c.matmul_dtype = self._matmul_dtype(c.matmul_dtype)
+        self.model.w.matmul_dtype = c.matmul_dtype
         self.base: dict | None = None
         if self.lora_config is not None:
             self.model.attach_lora(self.lora_config, flat=state.params if state is not None else None, seed=c.seed)
@@ -213,6 +216,21 @@ class Trainer:
         if c.seq_len > self.model.config.max_seq_len:
             raise ConfigError("seq_len", f"{c.seq_len} is larger than the model's maximum sequence length "
                                          f"{self.model.config.max_seq_len}")
+
+    def _matmul_dtype(self, requested: str) -> str:
+        """The products' precision this run uses (recorded resolved): bf16 needs vdpbf16ps (avx512_bf16);
+        auto picks it where the CPU has it (the bf16 kernel is faster there, BENCHMARKS.md) and
+        falls back to fp32 with a notice where it has not."""
+        has_bf16 = bf16_matmul.cpu_has_bf16()
+        if requested == "fp32" or (requested == "bf16" and has_bf16):
+            return requested
+        if requested == "bf16":
+            raise ConfigError("matmul_dtype", "bf16 needs a CPU with avx512_bf16 (vdpbf16ps) and this one has "
+                                              "none: use fp32 (or auto, which falls back to it)")
+        if has_bf16:
+            return "bf16"
+        self._notes.append("matrix products in fp32: this CPU has no avx512_bf16 for --matmul-dtype auto's bf16")
+        return "fp32"
 
     def _plan_model(self, state: TrainingState | None) -> tuple:
         """(the model's config, whether its weights are stored as bf16) before reading them; the
@@ -477,7 +495,7 @@ class Trainer:
         try:
             set_threads(c.threads or self.world.threads_per_rank())
             compile_kernels("llama" if isinstance(self.model, Llama) else "gpt2", self._compiling,
-                            lora=self.model.lora is not None)
+                            lora=self.model.lora is not None, bf16_products=c.matmul_dtype == "bf16")
             if self.world.is_root:
                 self._open_history()
                 self.run_dir.write_config({"run_config": c.to_dict(), "model_config": self.model.config.to_dict(),
