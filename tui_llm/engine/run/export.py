@@ -9,8 +9,9 @@ from pathlib import Path
 
 from tui_llm.engine.formats.common import CheckpointError
 from tui_llm.engine.formats.hf_gpt2 import HF_CONFIG, HF_WEIGHTS
+from tui_llm.engine.formats.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
-EXPORT_KINDS = ("llmc", "hf")  # a single file / a directory of files
+EXPORT_KINDS = ("llmc", "hf", "peft")  # a single file / a directory of files / an adapter directory
 
 
 def is_run_directory(directory: Path) -> bool:
@@ -24,7 +25,8 @@ def is_run_directory(directory: Path) -> bool:
 def check_export_destination(source, dest, kind: str, force: bool = False) -> Path:
     """Raise CheckpointError (one line) unless `dest` is a safe place for an export of `source`.
 
-    kind "llmc" writes one file, "hf" a directory (config.json + model.safetensors). Refused:
+    kind "llmc" writes one file, "hf" a directory (config.json + model.safetensors), "peft" a
+    directory (adapter_config.json + adapter_model.safetensors). Refused:
     a destination that is neither a regular file nor a directory (device node, FIFO, socket), one
     of the wrong kind, the export's own source (or a directory holding it), an existing run
     directory, an existing model file or HF export unless force=True, and a place whose nearest
@@ -56,9 +58,12 @@ def check_export_destination(source, dest, kind: str, force: bool = False) -> Pa
                 raise CheckpointError(dest, "is a tui-llm run directory; refusing to export into it")
             if not force and ((dest / HF_CONFIG).exists() or (dest / HF_WEIGHTS).exists()):
                 raise CheckpointError(dest, "already holds a model; pass --force to replace it")
+            if not force and ((dest / ADAPTER_CONFIG).exists() or (dest / ADAPTER_WEIGHTS).exists()):
+                raise CheckpointError(dest, "already holds an adapter; pass --force to replace it")
         else:
-            if kind == "hf":
-                raise CheckpointError(dest, "is a file; a Hugging Face export is a directory")
+            if kind in ("hf", "peft"):
+                raise CheckpointError(dest, f"is a file; a{' Hugging Face' if kind == 'hf' else ' PEFT adapter'} "
+                                            "export is a directory")
             if not force:
                 raise CheckpointError(dest, "already exists; pass --force to replace it")
 
