@@ -72,7 +72,7 @@ def test_peft_directory_has_peft_keys_shapes_config_and_our_bytes(tmp_path):
     path = tmp_path / "a" / ADAPTER_WEIGHTS
     with open(path, "rb") as f:
         entries, metadata, data_start = read_header(f, path)
-    assert metadata == {"format": "pt", "tui_llm.base_fingerprint": "0123456789abcdef", "tui_llm.base_dtype": "fp32"}
+    assert metadata == {"format": "pt", "tui_llm_base_fingerprint": "0123456789abcdef", "tui_llm_base_dtype": "fp32"}
     assert len(entries) == 2 * 7 * 2
     q_a = entries["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]
     k_b = entries["base_model.model.model.layers.1.self_attn.k_proj.lora_B.weight"]

@@ -22,7 +22,7 @@ both A and B, every layer), every shape against the base and against `r`, dtypes
 finite values. Each problem is one CheckpointError line.
 
 Besides PEFT's keys, our safetensors metadata records the base we trained on:
-`tui_llm.base_fingerprint` and `tui_llm.base_dtype` (models/base identity); PEFT ignores them.
+`tui_llm_base_fingerprint` and `tui_llm_base_dtype` (models/base identity); PEFT ignores them.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from tui_llm.engine.models.lora import (
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MAX_CONFIG_BYTES = 1_000_000
-FINGERPRINT_KEY, DTYPE_KEY = "tui_llm.base_fingerprint", "tui_llm.base_dtype"
+FINGERPRINT_KEY, DTYPE_KEY = "tui_llm_base_fingerprint", "tui_llm_base_dtype"
 # base_model.model.<layers>.<l>.<module>.lora_<A|B>.weight
 _KEY = re.compile(r"^base_model\.model\.(?P<layers>transformer\.h|model\.layers)\.(?P<layer>\d+)\."
                   r"(?P<module>.+)\.lora_(?P<which>[AB])\.weight$")
