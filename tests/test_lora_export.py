@@ -172,6 +172,17 @@ def test_adapters_that_do_not_fit_the_base_are_refused_in_one_line(tmp_path):
     refused(tmp_path / "llama", LLAMA, "bad JSON")
 
 
+def test_target_modules_as_peft_writes_them_for_gpt2_every_full_path(tmp_path):
+    """PEFT saves GPT-2's all-linear as every module's full path (c_proj alone is ambiguous)."""
+    write_peft(tmp_path / "a", adapted_model(GPT2, targets="c_attn").lora.params, None)
+    edit_config(tmp_path / "a", target_modules=["transformer.h.1.attn.c_attn", "transformer.h.0.attn.c_attn",
+                                                "transformer.h.0.mlp.c_fc"])
+    lora, _, _ = read_peft(tmp_path / "a", GPT2)
+    assert lora.targets == ("attn.c_attn",)
+    edit_config(tmp_path / "a", target_modules=["transformer.h.0.attn.c_attn"])
+    refused(tmp_path / "a", GPT2, "attn.c_attn", "target_modules")
+
+
 def test_an_adapter_with_non_finite_values_is_refused(tmp_path):
     model = adapted_model(GPT2)
     write_peft(tmp_path / "a", model.lora.params, None)

@@ -221,12 +221,14 @@ def read_peft_metadata(directory) -> dict[str, str]:
     return metadata
 
 
-def _selected(module: str, targets: list[str] | str | None) -> bool:
-    """Whether PEFT's target_modules (a list: a name matches a path that is it or ends with
-    ".name") selects this module; a string (all-linear, or a regular expression) is not checked."""
+def _selected(path: str, targets: list[str] | str | None) -> bool:
+    """Whether PEFT's target_modules selects the module at `path` (its full name in the model,
+    e.g. transformer.h.0.attn.c_attn): a list entry matches a path that is it or ends with
+    "." + it (PEFT writes short names, or every full path); a string (all-linear, or a regular
+    expression) is not checked."""
     if not isinstance(targets, list):
         return True
-    return any(module == t or module.endswith("." + t) for t in targets)
+    return any(path == t or path.endswith("." + t) for t in targets)
 
 
 def read_peft(directory, config: GPTConfig | LlamaConfig) -> tuple[LoraConfig, np.ndarray, PeftConfig]:
@@ -283,7 +285,7 @@ def read_peft(directory, config: GPTConfig | LlamaConfig) -> tuple[LoraConfig, n
             if missing:
                 raise CheckpointError(path, f"{module} has no {', '.join(missing[:3])}: adapters on only some layers "
                                             "are not supported")
-            if not _selected(module, peft.target_modules):
+            if not all(_selected(f"{want_layers}.{layer}.{module}", peft.target_modules) for layer in range(L)):
                 raise CheckpointError(path, f"adapts {module}, which target_modules {peft.target_modules} in "
                                             f"{ADAPTER_CONFIG} does not select")
         try:
