@@ -6,6 +6,7 @@ The check against the real PEFT library is benchmarks/peft_roundtrip.py (a throw
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -18,12 +19,12 @@ from tui_llm.engine.data.tokens import write_tokens
 from tui_llm.engine.formats import CheckpointError, write_hf
 from tui_llm.engine.formats.hf_llama import write_hf_llama
 from tui_llm.engine.formats.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_peft, write_peft
-from tui_llm.engine.formats.safetensors import read_header
+from tui_llm.engine.formats.safetensors import read_header, write_safetensors
 from tui_llm.engine.kernels.bf16 import fingerprint
 from tui_llm.engine.models.gpt2 import GPT
 from tui_llm.engine.models.gpt2_config import GPTConfig
 from tui_llm.engine.models.llama import Llama, LlamaConfig
-from tui_llm.engine.models.lora import LoraConfig, merge_into, resolve_targets
+from tui_llm.engine.models.lora import LoraConfig, merge_into, peft_tensor_map, resolve_targets
 
 GPT2 = GPTConfig(max_seq_len=32, num_layers=2, num_heads=2, channels=64)
 LLAMA = LlamaConfig(vocab_size=300, max_seq_len=32, num_layers=2, num_heads=4, num_kv_heads=2, channels=64,
@@ -284,9 +285,10 @@ def test_merged_hf_and_llmc_exports_give_the_runs_logits(gpt2_run):
 
 def test_training_continues_from_a_peft_adapter_on_its_base(gpt2_run, tmp_path):
     d = gpt2_run
+    shutil.copytree(d / "peft", tmp_path / "adapter")
     config = tui_llm.RunConfig(train_file=str(d / "s_train.bin"), out_dir=str(tmp_path / "more"),
-                               init_from=str(d / "peft"), batch_size=2, seq_len=16, steps=1, threads=1, val_every=0,
-                               sample_every=0, save_every=0)
+                               init_from=str(tmp_path / "adapter"), batch_size=2, seq_len=16, steps=1, threads=1,
+                               val_every=0, sample_every=0, save_every=0)
     trainer = tui_llm.Trainer(config)
     run = load_model(d / "run")
     assert np.array_equal(trainer.model.lora.params.flat, run.lora.params.flat)
@@ -297,6 +299,22 @@ def test_training_continues_from_a_peft_adapter_on_its_base(gpt2_run, tmp_path):
     resumed = load_model(tmp_path / "more")                                        # its checkpoint: base recorded
     assert resumed.lora.lora == run.lora.lora
     assert not np.array_equal(resumed.lora.params.flat, run.lora.params.flat)     # it trained on
+    shutil.rmtree(tmp_path / "adapter")                  # a resume needs the base it recorded, not the adapter
+    again = tui_llm.Trainer.resume(tmp_path / "more", steps=2)
+    assert again.step == 1 and np.array_equal(again.model.lora.params.flat, resumed.lora.params.flat)
+    again.run(lambda e: None)
+    assert again.step == 2
+
+
+def test_adapters_stored_as_f16_or_bf16_are_widened_exactly(tmp_path):
+    model = adapted_model(GPT2, targets="c_fc")
+    write_peft(tmp_path / "a", model.lora.params, None)
+    path = tmp_path / "a" / ADAPTER_WEIGHTS
+    tensors = peft_tensor_map(model.lora.params)
+    with open(path, "wb") as f:   # as PEFT saves a float16 model's adapter
+        write_safetensors(f, [(key, view.astype(np.float16)) for key, view in tensors], {"format": "pt"})
+    _, flat, _ = read_peft(tmp_path / "a", GPT2)
+    assert np.array_equal(flat, model.lora.params.flat.astype(np.float16).astype(np.float32))
 
 
 def test_sample_with_an_adapter_equals_sample_with_the_run(gpt2_run):
