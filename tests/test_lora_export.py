@@ -27,9 +27,9 @@ from tui_llm.engine.models.llama import Llama, LlamaConfig
 from tui_llm.engine.models.lora import LoraConfig, merge_into, peft_tensor_map, resolve_targets
 
 GPT2 = GPTConfig(max_seq_len=32, num_layers=2, num_heads=2, channels=64)
-LLAMA = LlamaConfig(vocab_size=300, max_seq_len=32, num_layers=2, num_heads=4, num_kv_heads=2, channels=64,
+LLAMA = LlamaConfig(vocab_size=400, max_seq_len=32, num_layers=2, num_heads=4, num_kv_heads=2, channels=64,
                     ffn_channels=96)
-QWEN2 = LlamaConfig(vocab_size=300, max_seq_len=32, num_layers=2, num_heads=4, num_kv_heads=2, channels=64,
+QWEN2 = LlamaConfig(vocab_size=400, max_seq_len=32, num_layers=2, num_heads=4, num_kv_heads=2, channels=64,
                     ffn_channels=96, qkv_bias=True)
 
 
@@ -152,10 +152,10 @@ def edit_config(directory, **changes):
 def test_adapters_that_do_not_fit_the_base_are_refused_in_one_line(tmp_path):
     write_peft(tmp_path / "llama", adapted_model(LLAMA).lora.params, None)
     refused(tmp_path / "llama", GPT2, "Llama-family", "GPT-2")                       # another architecture
-    wider = LlamaConfig(vocab_size=300, max_seq_len=32, num_layers=2, num_heads=4, num_kv_heads=2, channels=128,
+    wider = LlamaConfig(vocab_size=400, max_seq_len=32, num_layers=2, num_heads=4, num_kv_heads=2, channels=128,
                         ffn_channels=96)
     refused(tmp_path / "llama", wider, "shape", "another model size")
-    deeper = LlamaConfig(vocab_size=300, max_seq_len=32, num_layers=3, num_heads=4, num_kv_heads=2, channels=64,
+    deeper = LlamaConfig(vocab_size=400, max_seq_len=32, num_layers=3, num_heads=4, num_kv_heads=2, channels=64,
                          ffn_channels=96)
     refused(tmp_path / "llama", deeper, "layer 2", "only some layers")
     edit_config(tmp_path / "llama", r=8)
@@ -386,3 +386,50 @@ def test_export_into_an_existing_adapter_needs_force(gpt2_run, tmp_path):
     assert cli("export", "--init-from", d / "run", target, "--to", "peft").returncode == 0
     one_line_refusal(cli("export", "--init-from", d / "run", target, "--to", "peft"), "--force")
     assert cli("export", "--init-from", d / "run", target, "--to", "peft", "--force").returncode == 0
+
+
+# ---------------------------------------------------------------------------------------
+# llama.cpp's LoRA GGUF: base GGUF + adapter GGUF = the merged model's GGUF
+
+@pytest.mark.parametrize("config", [GPT2, LLAMA, QWEN2], ids=["gpt2", "llama-gqa", "qwen2"])
+def test_gguf_adapter_on_the_base_gguf_is_the_merged_gguf(tmp_path, config):
+    from gguf import GGUFReader
+
+    from tests.test_hf_tokenizer import train as train_tokenizer
+    from tui_llm.engine.formats.gguf import write_gguf
+    from tui_llm.engine.formats.gguf_lora import write_gguf_lora
+    from tui_llm.engine.tokenizers.hf import HFTokenizer
+
+    model = adapted_model(config, use_rslora=config is QWEN2)
+    merged = base_model(config)
+    merge_into(merged.params, model.lora.params)
+    tokenizer = None
+    if isinstance(config, LlamaConfig):   # a 400-token BPE trained here
+        train_tokenizer(tmp_path / "tok", tokenizer_config={"bos_token": "<s>", "eos_token": "<|endoftext|>"})
+        tokenizer = HFTokenizer.from_dir(tmp_path / "tok")
+    write_gguf(tmp_path / "base.gguf", config, base_model(config).params.flat, tokenizer)
+    write_gguf(tmp_path / "merged.gguf", config, merged.params.flat, tokenizer)
+    write_gguf_lora(tmp_path / "lora.gguf", model.lora.params)
+
+    def tensors(path):
+        reader = GGUFReader(path)
+        return reader, {t.name: (np.array(t.data, np.float32), tuple(int(n) for n in t.shape)) for t in reader.tensors}
+
+    reader, lora = tensors(tmp_path / "lora.gguf")
+    fields = {f.name: f.contents() for f in reader.fields.values()}
+    arch = "gpt2" if config is GPT2 else "qwen2" if config is QWEN2 else "llama"
+    assert fields["general.architecture"] == arch and fields["general.type"] == "adapter"
+    assert fields["adapter.type"] == "lora"
+    r, scale = model.lora.lora.rank, model.lora.lora.scale
+    assert fields["adapter.lora.alpha"] == pytest.approx(scale * r)              # llama.cpp scales by alpha / r
+    _, base = tensors(tmp_path / "base.gguf")
+    _, want = tensors(tmp_path / "merged.gguf")
+    first = "blk.0.attn_qkv.weight" if config is GPT2 else "blk.0.attn_q.weight"
+    assert lora[first + ".lora_a"][1] == (base[first][1][0], r)                  # GGUF dims: a (in, r)
+    assert lora[first + ".lora_b"][1] == (r, base[first][1][1])                  #            b (r, out)
+    adapted = {name.removesuffix(".lora_a") for name in lora if name.endswith(".lora_a")}
+    assert len(adapted) == config.num_layers * len(model.lora.lora.targets)
+    for name in adapted:
+        a, b = lora[name + ".lora_a"][0], lora[name + ".lora_b"][0]
+        got = base[name][0] + np.float32(scale) * (b @ a)
+        assert np.abs(got - want[name][0]).max() < 1e-5, name

@@ -15,6 +15,8 @@ LlamaConfig (Hugging Face llama/mistral/qwen2 dirs, checkpoints whose model_conf
     gguf.py         GGUF (llama.cpp, Ollama): write_gguf / read_gguf; gguf_file.py the bounded
                     container parser, gguf_vocab.py the tokenizer metadata (imported on use: not
                     re-exported here, so `gguf` is loaded only when a GGUF file is)
+    gguf_lora.py    LoRA adapters as llama.cpp's GGUF adapter file (for its --lora)
+    peft.py         Hugging Face PEFT LoRA adapter directories (write_peft / read_peft)
     detect.py       load_model_weights: any of the above, by magic bytes
 
 Every read validates sizes before allocating and refuses NaN/inf weights; every problem with a
