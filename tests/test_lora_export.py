@@ -346,6 +346,8 @@ def test_bad_adapter_commands_say_one_line_exit_2_and_write_nothing(gpt2_run, tm
     write_hf(other, GPT2, base_model(GPT2, seed=9).params.flat)
     edit_config(moved, base_model_name_or_path=str(other))
     one_line_refusal(cli("export", "--init-from", moved, out, "--to", "hf"), "fingerprint")
+    one_line_refusal(cli("--init-from", moved, d / "s_train.bin", "--no-ui", "--steps", "1", "--out-dir", out),
+                     "fingerprint")
     # an adapter for another architecture, shapes that do not match, a damaged file
     llama = tmp_path / "llama_base"
     write_hf_llama(llama, LLAMA, base_model(LLAMA).params.flat)

@@ -149,6 +149,7 @@ class Trainer:
         if c.base is not None and not (state is not None or (c.init_from and is_peft_dir(c.init_from))):
             raise ConfigError("base", "is the base model of a PEFT adapter given as --init-from ADAPTER_DIR; "
                                       "without one, give the model as --init-from")
+        named_base = c.base is not None   # a base the user named is not checked against the adapter's record
         if state is None and c.init_from and is_peft_dir(c.init_from):
             c.base = peft_base_source(c.init_from, c.base)   # recorded: a resume needs no adapter directory
         model_config, file_bf16 = self._plan_model(state)
@@ -183,7 +184,7 @@ class Trainer:
             self.base = base_identity(self.model, c.base or c.init_from, self.model_name)
             if state is None and self._adapter is not None:
                 assert c.init_from is not None
-                check_peft_base(self.model, Path(c.init_from), explicit_base=False)
+                check_peft_base(self.model, Path(c.init_from), explicit_base=named_base)
             if state is not None:
                 assert state.base is not None
                 self.model_name = state.model_name
