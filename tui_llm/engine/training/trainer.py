@@ -248,7 +248,7 @@ class Trainer:
         targets given that differ are refused; dropout given on the command line is kept)."""
         c = self.config
         assert c.init_from is not None
-        lora, flat, peft = read_peft(c.init_from, model_config)
+        lora, flat, _ = read_peft(c.init_from, model_config)
         if c.lora_rank and c.lora_rank != lora.rank:
             raise ConfigError("lora_rank", f"{c.lora_rank} differs from the adapter's r={lora.rank} "
                                            f"({c.init_from}); leave --lora-rank out to continue it")
@@ -271,7 +271,6 @@ class Trainer:
         c.lora_rank, c.lora_alpha, c.lora_targets = lora.rank, lora.alpha, targets
         c.lora_dropout, c.use_rslora = lora.dropout, lora.use_rslora
         self._adapter = (lora, flat)
-        del peft
         return lora
 
     def _check_memory(self, model_config, file_bf16: bool) -> MemoryEstimate:
