@@ -111,7 +111,7 @@ def ref_worker(threads: int, seq_len: int, rank: int) -> None:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        print(f"{time.perf_counter() - t0} {float(loss)}", flush=True)
+        print(f"{time.perf_counter() - t0} {float(loss.detach())}", flush=True)
 
 
 # =======================================================================================
