@@ -435,3 +435,25 @@ def test_gguf_adapter_on_the_base_gguf_is_the_merged_gguf(tmp_path, config):
         a, b = lora[name + ".lora_a"][0], lora[name + ".lora_b"][0]
         got = base[name][0] + np.float32(scale) * (b @ a)
         assert np.abs(got - want[name][0]).max() < 1e-5, name
+
+
+def test_gguf_lora_export_of_a_run_and_of_its_peft_adapter(gpt2_run, tmp_path):
+    from gguf import GGUFReader
+
+    d = gpt2_run
+    for source, out in ((d / "run", tmp_path / "run.gguf"), (d / "peft", tmp_path / "peft.gguf")):
+        result = cli("export", "--init-from", source, out, "--to", "gguf-lora")
+        assert result.returncode == 0, result.stderr
+    run = load_model(d / "run")
+    views = run.lora.params.views
+    for out in (tmp_path / "run.gguf", tmp_path / "peft.gguf"):
+        reader = GGUFReader(out)
+        fields = {f.name: f.contents() for f in reader.fields.values()}
+        assert fields["general.type"] == "adapter" and fields["adapter.lora.alpha"] == pytest.approx(8.0)
+        tensors = {t.name: np.array(t.data) for t in reader.tensors}
+        assert sorted(tensors) == sorted(f"blk.{layer}.{name}.weight.lora_{ab}" for layer in range(2)
+                                         for name in ("attn_qkv", "ffn_down") for ab in "ab")
+        assert np.array_equal(tensors["blk.1.attn_qkv.weight.lora_a"], views["attn.c_attn.lora_A"][1])
+        assert np.array_equal(tensors["blk.0.ffn_down.weight.lora_b"], views["mlp.c_proj.lora_B"][0])
+    one_line_refusal(cli("export", "--init-from", d / "base", tmp_path / "x.gguf", "--to", "gguf-lora"), "whole model")
+    assert not (tmp_path / "x.gguf").exists()

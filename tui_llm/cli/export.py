@@ -14,11 +14,12 @@ def export_parser() -> Parser:
     p.add_argument("--init-from", required=True, metavar="MODEL",
                    help="our run directory or checkpoint, llm.c .bin, Hugging Face dir/name, or a PEFT adapter dir")
     p.add_argument("out", help="output file (.bin) or directory (hf, peft)")
-    p.add_argument("--to", choices=("llmc", "llmc-bf16", "llmc-v1", "hf", "peft"), default="llmc",
+    p.add_argument("--to", choices=("llmc", "llmc-bf16", "llmc-v1", "hf", "peft", "gguf-lora"), default="llmc",
                    help="llmc: version 3 fp32 (llm.c's train_gpt2.c); llmc-bf16: version 5; llmc-v1: unpadded "
                         "fp32 (llm.rust); hf: model.safetensors + config.json for transformers; peft: a LoRA run's "
-                        "adapter alone (adapter_config.json + adapter_model.safetensors for PeftModel); a LoRA "
-                        "run to llmc or hf is merged into its base (default llmc)")
+                        "adapter alone (adapter_config.json + adapter_model.safetensors for PeftModel); gguf-lora: "
+                        "the adapter alone as a GGUF file for llama.cpp's --lora; a LoRA run to llmc or hf is "
+                        "merged into its base (default llmc)")
     p.add_argument("--base", metavar="MODEL",
                    help="the base model of a PEFT adapter given as --init-from (default: the one it names)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -33,9 +34,9 @@ def cmd_export(argv) -> int:
         return _export_adapters(args)
     if args.base is not None:
         raise UsageError("--base is the base model of a PEFT adapter given as --init-from")
-    if args.to == "peft":
-        raise UsageError(f"--to peft writes a LoRA adapter, and {args.init_from} is a whole model (give a LoRA run "
-                         "or a PEFT adapter directory)")
+    if args.to in ("peft", "gguf-lora"):
+        raise UsageError(f"--to {args.to} writes a LoRA adapter, and {args.init_from} is a whole model (give a LoRA "
+                         "run or a PEFT adapter directory)")
     from tui_llm.engine.run.export import check_export_destination
     from tui_llm.engine.training.model_source import load_model_source
 
@@ -77,6 +78,8 @@ def _export_adapters(args) -> int:
     from tui_llm.engine.run.export import check_export_destination
     from tui_llm.engine.training.model_source import load_lora_source, peek_lora_config
 
+    if args.to == "gguf-lora":
+        return _export_gguf_lora(args)
     # What the destination must be, checked before the base is read (that can take a while)
     _check_kind(peek_lora_config(args.init_from, args.base), args.to)
     kind = "peft" if args.to == "peft" else "hf" if args.to == "hf" else "llmc"
@@ -97,4 +100,20 @@ def _export_adapters(args) -> int:
     merge_into(base, adapters)
     _write_model(args, src.config, merged, src.tokenizer_dir)
     print(f"wrote {args.out} ({args.to}, the base with its LoRA adapters merged) from {safe_text(str(src.path))}")
+    return EXIT_OK
+
+
+def _export_gguf_lora(args) -> int:
+    """The adapters alone as llama.cpp's GGUF LoRA adapter (formats/gguf_lora.py); the base's
+    weights are not read (its headers give its config)."""
+    from tui_llm.engine.formats.gguf_lora import write_gguf_lora
+    from tui_llm.engine.models.lora import LoraParams
+    from tui_llm.engine.run.export import check_export_destination
+    from tui_llm.engine.training.model_source import read_adapters
+
+    check_export_destination(args.init_from, args.out, "llmc", force=args.force)   # one file
+    config, lora, flat = read_adapters(args.init_from, args.base)
+    write_gguf_lora(args.out, LoraParams(config, lora, flat), name=f"LoRA adapter from {args.init_from}"[:200])
+    print(f"wrote {args.out} (GGUF LoRA adapter, r={lora.rank}, for llama.cpp's --lora over the base's GGUF) from "
+          f"{safe_text(str(args.init_from))}")
     return EXIT_OK

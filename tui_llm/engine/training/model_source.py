@@ -328,3 +328,22 @@ def peek_lora_config(source, base: str | None = None) -> GPTConfig | LlamaConfig
         return peeked[0] if peeked is not None else None
     target = resolve_source(source)
     return training_model_config(Path(target), load_training_checkpoint(target, names=[])[1])
+
+
+def read_adapters(source, base: str | None = None) -> tuple:
+    """(base config, LoraConfig, the adapters' flat float32 buffer) of a LoRA run or PEFT adapter,
+    without reading the base's weights where its headers tell its config (GGUF: they are read)."""
+    from tui_llm.engine.training.state import TrainingState
+
+    if is_peft_dir(source):
+        config = peek_lora_config(source, base)
+        if config is None:
+            src = load_lora_source(source, base)
+            return src.config, src.lora, src.adapters
+        lora, adapters, _ = read_peft(source, config)
+        return config, lora, adapters
+    if base is not None:
+        raise ConfigError("base", "is for a PEFT adapter directory given as --init-from (a LoRA run records its base)")
+    state = TrainingState.load(resolve_source(source))
+    assert state.lora is not None
+    return state.model_config, LoraConfig.from_dict(state.lora, state.model_config), state.params
