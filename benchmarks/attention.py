@@ -8,7 +8,7 @@
 
 For each shape and T, one round times (in this order, alternating, `--repeats` rounds; medians):
   old       the kept-probabilities attention, each layer with its own (B, H, T, T) buffer
-  new       attention.py, causal
+  new       attention.py, causal (rows of one block, T <= BLOCK, keep their probabilities as the models do)
   new docs  attention.py with doc_starts, every row one document (must cost <= 1.05x `new`)
   packed    attention.py with doc_starts, rows packed with documents of 1..T/4 tokens (random)
 Times are wall-clock medians, and the medians of the process's CPU time beside them (with one
@@ -98,6 +98,8 @@ class Case:
         self.dqkv = np.empty((B, T, W), np.float32)
         self.lse = np.empty((L, B, H, T), np.float32)
         self.scratch = A.AttentionScratch(B, T, H, KV, hd)
+        # rows of one block keep their probabilities, as the models do
+        self.probs = np.zeros((L, B, H, T, T), np.float32) if A.keeps_probabilities(T) else None
         self.one_doc = np.zeros((B, T), np.int32)
         self.packed = packed_starts(B, T, rng)
         # the old version's buffers: every layer's probabilities, one layer's d scores
@@ -108,10 +110,14 @@ class Case:
     def run_new(self, doc_starts) -> None:
         H, KV = self.H, self.KV
         for l in range(self.layers):
-            A.attention_forward(self.atty[l], self.lse[l], self.qkv[l], H, KV, self.scratch, doc_starts)
+            A.attention_forward(self.atty[l], self.lse[l], self.qkv[l], H, KV, self.scratch, doc_starts,
+                                self.kept(l))
         for l in reversed(range(self.layers)):
             A.attention_backward(self.dqkv, self.datty, self.atty[l], self.lse[l], self.qkv[l], H, KV, self.scratch,
-                                 doc_starts)
+                                 doc_starts, self.kept(l))
+
+    def kept(self, l: int) -> np.ndarray | None:
+        return None if self.probs is None else self.probs[l]
 
     def run_old(self, old) -> None:
         H, KV = self.H, self.KV
@@ -157,8 +163,11 @@ def hwm():
         if line.startswith('VmHWM:'):
             return int(line.split()[1]) * 1024
 import numpy as np
-from tui_llm.engine.config import GPTConfig
-from tui_llm.engine.model import GPT
+try:  # this tree's layout, or the old commit's
+    from tui_llm.engine.models.gpt2 import GPT, GPTConfig
+except ImportError:
+    from tui_llm.engine.config import GPTConfig
+    from tui_llm.engine.model import GPT
 B, T = 1, int(sys.argv[1])
 cfg = GPTConfig(max_seq_len=T, vocab_size=50257, num_layers=12, num_heads=12, channels=768)
 model = GPT.random_init(cfg, seed=1)
@@ -182,8 +191,8 @@ def llama_1b_activations(T: int, B: int = 1) -> tuple[int, int]:
     """Llama-3.2-1B's training activations at (B, T), (old, new) bytes: new from
     Activations.nbytes_for; old = new without the row statistics and the attention scratch, with
     the (L+1) (B, H, T, T) probabilities and d scores and the per-query-head dK/dV buffer back."""
-    from tui_llm.engine.llama import Activations
-    from tui_llm.engine.llama_config import LlamaConfig
+    from tui_llm.engine.models.llama import Activations
+    from tui_llm.engine.models.llama_config import LlamaConfig
     cfg = LlamaConfig(vocab_size=128256, max_seq_len=T, num_layers=16, num_heads=32, num_kv_heads=8, channels=2048,
                       ffn_channels=8192, head_dim=64, rope_theta=500000.0)
     L, H = cfg.num_layers, cfg.num_heads
@@ -220,7 +229,7 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true")
     args = ap.parse_args()
-    from tui_llm.engine.threads import set_threads
+    from tui_llm.engine.machine import set_threads
     threads = set_threads(args.threads)
     print_machine()
     print(f"command: {command_line()}  ({threads} threads)\n")

@@ -29,14 +29,21 @@ import tui_llm  # noqa: F401
 # Machine
 
 def cpu_model() -> str:
+    """The model name, with family and model numbers (a bare "AMD EPYC" names no generation:
+    family 25 model 1 is Zen 3, model 17 is Zen 4)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+                if not line.strip():
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    return f"{fields['model name']}, family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
 
 
 def cpu_flags() -> set[str]:
@@ -98,7 +105,7 @@ def machine_info() -> dict[str, str]:
     import numba
     import numpy
     flags = cpu_flags()
-    simd = ", ".join(f for f in ("avx2", "fma", "avx512f") if f in flags) or "?"
+    simd = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "?"
     return {
         "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
         "cpu": f"{cpu_model()} ({simd})",

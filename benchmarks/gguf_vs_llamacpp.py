@@ -21,6 +21,13 @@ LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM), converted to f32/bf16/q8_
 read_gguf: logits against transformers', token ids of our rebuilt tokenizer against the HF tokenizer.
 The converter names pre-tokenizers by hashing a real tokenizer's output; for tokenizers trained here
 there is no hash, so the script tells it the name (GPT-2's real vocabulary needs no help).
+Part C, the commands a user types (`python -m tui_llm` in subprocesses): prepare -> train ->
+`export --to gguf` (f32, q8_0) -> llama.cpp, for a fresh GPT-2 (d2), a fresh llama (--arch llama,
+llama-bpe tokenizer) and a qwen3 started from an HF directory; our side is `tui_llm.load_model(the .gguf)`
+with the tokenizer rebuilt from the file (logits, greedy, tokenizer as in part A). Then the way back:
+`prepare --tokenizer the.gguf` (token files identical to the original tokenizer's), `--init-from the.gguf`,
+train on, `--resume`, export again, llama.cpp again; and part B's converter files (when part B ran)
+through `load_model`, whose tokenizers are rebuilt from ggml metadata alone, against llama.cpp.
 """
 
 from __future__ import annotations
@@ -349,13 +356,113 @@ def convert(src: Path, model_dir: Path, out: Path, outtype: str, pre: str | None
         raise SystemExit(f"convert_hf_to_gguf.py failed:\n{r.stderr[-3000:]}")
 
 
+# ---------------------------------------------------------------------------------------
+# Part C
+
+
+def tui_llm_cli(*args, env) -> str:
+    """`python -m tui_llm ARGS` (this interpreter, this checkout); its stdout, or exit with its stderr."""
+    r = subprocess.run([sys.executable, "-m", "tui_llm", *map(str, args)], capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise SystemExit(f"tui-llm {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return r.stdout
+
+
+def against_llama_cpp(gguf: Path, row: dict, key: str) -> None:
+    """llama.cpp and `tui_llm.load_model(gguf)` (its tokenizer rebuilt from the file) on the same file."""
+    import tui_llm
+    from tui_llm.engine.tokenizers.lookup import load_tokenizer
+
+    ours = tui_llm.load_model(gguf)
+    tok = load_tokenizer(ours.tokenizer_dir)
+    prompt = tok.encode_ordinary(TEXTS[0])
+    llm = open_llama_cpp(gguf)
+    row[f"logits_rel_{key}"] = rel(ours_logits(ours, prompt), cpp_logits(llm, prompt))
+    row[f"greedy_equal_{key}"] = sum(a == b for a, b in zip(ours_greedy(ours, prompt, 32), cpp_greedy(llm, prompt, 32)))
+    mism = []
+    for t in TEXTS:
+        special = tok.encode(t, allowed_special="all") if ours.tokenizer_dir is None else \
+            tok.tokenizer.encode(t, add_special_tokens=False).ids
+        mism += [("plain", t[:20])] * (llm.tokenize(t.encode(), add_bos=False, special=False) != tok.encode_ordinary(t))
+        mism += [("special", t[:20])] * (llm.tokenize(t.encode(), add_bos=False, special=True) != special)
+    row[f"tokenizer_mismatches_{key}"] = mism
+    del llm
+
+
+def part_c(work: Path, text: str, steps: int) -> list[dict]:
+    from tui_llm.engine.formats.gguf_file import read_contents
+    from tui_llm.engine.formats.hf_llama import write_hf_llama
+    from tui_llm.engine.models.llama_config import num_parameters
+
+    c = work / "cli"
+    c.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(c / "cache"))
+    (c / "shakespeare.txt").write_text(text, encoding="utf-8")
+    train = ["--no-ui", "-b", "4", "-t", "64", "--lr", "3e-3", "--threads", "2", "--val-every", "0",
+             "--sample-every", "0", "--save-every", "0"]
+    qwen3_dir = c / "qwen3-start"  # an HF directory to start from, as a downloaded model would be
+    tok = train_tokenizer(c / "tok-qwen2", "qwen2", text)
+    cfg = LlamaConfig(vocab_size=1024 + 64, max_seq_len=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
+                      channels=64, ffn_channels=128, qk_norm=True, tied_embeddings=False,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    write_hf_llama(qwen3_dir, cfg, (np.random.default_rng(0).standard_normal(num_parameters(cfg)) * 0.02)
+                   .astype(np.float32), tokenizer_dir=c / "tok-qwen2")
+    cases = [("gpt2", None, ["--model", "d2", "--max-seq-len", "128", "--init-style", "numpy"]),
+             ("llama", train_tokenizer(c / "tok-llama-bpe", "llama-bpe", text).path.parent,
+              ["--arch", "llama", "--model", "d2", "--kv-heads", "1", "--max-seq-len", "128"]),
+             ("qwen3", qwen3_dir, ["--init-from", qwen3_dir])]
+    rows = []
+    for name, tokenizer, start in cases:
+        t0 = time.time()
+        data = c / f"data-{name}"
+        tui_llm_cli("prepare", c / "shakespeare.txt", "--out-dir", data, "--val-fraction", "0.05",
+                    *(["--tokenizer", tokenizer] if tokenizer else []), env=env)
+        run = c / f"run-{name}"
+        tui_llm_cli(data / "shakespeare_train.bin", *train, *start, *(["--tokenizer", tokenizer] if name == "llama"
+                                                                       else []), "--steps", steps, "--out-dir", run,
+                    env=env)
+        row: dict = {"model": f"{name} (run: {' '.join(map(str, start[:2]))}...)"}
+        for outtype in ("f32", "q8_0"):
+            gguf = c / f"{name}-{outtype}.gguf"
+            tui_llm_cli("export", "--init-from", run, gguf, "--to", "gguf", "--outtype", outtype, "--force", env=env)
+            against_llama_cpp(gguf, row, outtype)
+        md = read_contents(c / f"{name}-f32.gguf").metadata
+        row["general.description"] = md.get("general.description")
+        row["modelfile"] = (c / f"{name}-f32.Modelfile").read_text().splitlines()
+
+        # the way back: the GGUF as tokenizer and as starting point, resumed, exported, run by llama.cpp
+        back = c / f"data-{name}-from-gguf"
+        tui_llm_cli("prepare", c / "shakespeare.txt", "--out-dir", back, "--val-fraction", "0.05", "--tokenizer",
+                    c / f"{name}-f32.gguf", env=env)
+        row["prepare_from_gguf_identical"] = all(
+            (data / f).read_bytes() == (back / f).read_bytes() for f in ("shakespeare_train.bin", "shakespeare_val.bin"))
+        again = c / f"run-{name}-from-gguf"
+        tui_llm_cli(back / "shakespeare_train.bin", *train, "--init-from", c / f"{name}-f32.gguf", "--steps",
+                    steps // 10, "--out-dir", again, env=env)
+        tui_llm_cli("--resume", again, "--no-ui", "--steps", 2 * (steps // 10), env=env)
+        tui_llm_cli("export", "--init-from", again, c / f"{name}-again.gguf", "--to", "gguf", "--outtype", "f32",
+                    "--force", env=env)
+        against_llama_cpp(c / f"{name}-again.gguf", row, "again_f32")
+        row["general.description_again"] = read_contents(c / f"{name}-again.gguf").metadata.get("general.description")
+        row["seconds"] = round(time.time() - t0, 1)
+        log(json.dumps(row))
+        rows.append(row)
+    for converted in sorted(work.glob("converted-*-f32.gguf")):  # part B's: tokenizers rebuilt from ggml metadata
+        row = {"model": f"{converted.name} (llama.cpp's converter)"}
+        against_llama_cpp(converted, row, "f32")
+        log(json.dumps(row))
+        rows.append(row)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--llama-cpp-src", type=Path, required=True, help="llama.cpp source (the sdist's vendor/llama.cpp)")
     ap.add_argument("--out", type=Path, default=None, help="where the model files go (default a temp dir)")
     ap.add_argument("--steps", type=int, default=150, help="training steps per model")
     ap.add_argument("--skip-a", action="store_true", help="only part B")
-    ap.add_argument("--skip-b", action="store_true", help="only part A (no torch needed)")
+    ap.add_argument("--skip-b", action="store_true", help="no part B (no torch needed)")
+    ap.add_argument("--skip-c", action="store_true", help="no part C (the commands)")
     args = ap.parse_args()
     import llama_cpp
     with open("/proc/cpuinfo") as f:
@@ -371,6 +478,9 @@ def main():
     if not args.skip_b:
         log("## B: llama.cpp convert_hf_to_gguf.py -> tui-llm (against transformers)")
         part_b(work, text, args.llama_cpp_src)
+    if not args.skip_c:
+        log("## C: the commands: prepare -> train -> export --to gguf -> llama.cpp, and --init-from the GGUF back")
+        part_c(work, text, args.steps)
 
 
 if __name__ == "__main__":

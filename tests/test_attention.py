@@ -15,6 +15,7 @@ from tui_llm.engine.kernels.attention import (
     attention_forward,
     check_doc_starts,
     doc_starts_from_mask,
+    keeps_probabilities,
 )
 from tui_llm.engine.models.gpt2 import GPT
 from tui_llm.engine.models.gpt2_config import GPTConfig
@@ -100,18 +101,22 @@ def backward_reference(qkv, datty, H, KV, starts):
     return np.concatenate([d.transpose(0, 2, 1, 3).reshape(B, T, -1) for d in (dq, dk, dv)], -1)
 
 
-def run(qkv, datty, H, KV, starts=None, block=None, workers=None):
-    """Our forward and backward, every output buffer filled with garbage first (all overwritten)."""
+def run(qkv, datty, H, KV, starts=None, block=None, workers=None, keep=False):
+    """Our forward and backward, every output buffer filled with garbage first (all overwritten).
+    keep: the rows are one block and the forward keeps the probabilities for the backward."""
     B, T, W = qkv.shape
     scratch = AttentionScratch(B, T, H, KV, W // (H + 2 * KV), block, workers)
+    probs = np.full((B, H, T, T), np.nan, np.float32) if keep else None
     for buffers in scratch.buffers:
         for buf in (buffers.scores, buffers.dscores, buffers.kv_part):
             buf.fill(np.nan)
     atty = np.full((B, T, datty.shape[2]), 7.0, np.float32)
     lse = np.full((B, H, T), 7.0, np.float32)
-    attention_forward(atty, lse, qkv, H, KV, scratch, starts)
+    attention_forward(atty, lse, qkv, H, KV, scratch, starts, probs)
+    if keep:
+        lse.fill(np.nan)  # the backward must read the kept probabilities, not the statistics
     dqkv = np.full_like(qkv, 5.0)
-    attention_backward(dqkv, datty, atty, lse, qkv, H, KV, scratch, starts)
+    attention_backward(dqkv, datty, atty, lse, qkv, H, KV, scratch, starts, probs)
     return atty, lse, dqkv
 
 
@@ -124,30 +129,37 @@ CASES = [  # B, T, H, KV, hd, block (None: attention.BLOCK)
 ]
 
 
+KEPT = [case + (keep,) for case in CASES for keep in (False, True) if not keep or keeps_probabilities(case[1], case[5])]
+
+
 @pytest.mark.parametrize("documents", [False, True])
-@pytest.mark.parametrize("B,T,H,KV,hd,block", CASES)
-def test_forward_and_backward_by_formulas(B, T, H, KV, hd, block, documents):
+@pytest.mark.parametrize("B,T,H,KV,hd,block,keep", KEPT)
+def test_forward_and_backward_by_formulas(B, T, H, KV, hd, block, keep, documents):
     rng = np.random.default_rng(T * 10 + H + documents)
     qkv = rng.standard_normal((B, T, (H + 2 * KV) * hd)).astype(np.float32)
     datty = rng.standard_normal((B, T, H * hd)).astype(np.float32)
     starts = packed_starts(B, T, rng) if documents else None
-    atty, lse, dqkv = run(qkv, datty, H, KV, starts, block)
     ref_starts = np.zeros((B, T), np.int32) if starts is None else starts
     _, eatty, expected_lse = attention_reference(qkv.astype(np.float64), H, KV, ref_starts)
+    if not keep:
+        atty, lse, dqkv = run(qkv, datty, H, KV, starts, block)
+        assert np.max(np.abs(lse - expected_lse)) < 1e-5 * max(1.0, np.max(np.abs(expected_lse)))
+    else:
+        atty, _, dqkv = run(qkv, datty, H, KV, starts, block, keep=True)
     assert rel_err(atty, eatty) < RTOL
-    assert np.max(np.abs(lse - expected_lse)) < 1e-5 * max(1.0, np.max(np.abs(expected_lse)))
     expected = backward_reference(qkv.astype(np.float64), datty.astype(np.float64), H, KV, ref_starts)
     assert rel_err(dqkv, expected) < 2e-5
 
 
+@pytest.mark.parametrize("keep", [False, True])
 @pytest.mark.parametrize("H,KV,documents", [(4, 4, False), (4, 2, False), (6, 1, False), (4, 4, True), (4, 2, True)])
-def test_backward_matches_finite_differences(H, KV, documents):
+def test_backward_matches_finite_differences(H, KV, documents, keep):
     B, T, hd = 3, 7, 4
     rng = np.random.default_rng(H * 10 + KV)
     qkv = rng.standard_normal((B, T, (H + 2 * KV) * hd)).astype(np.float32)
     datty = rng.standard_normal((B, T, H * hd)).astype(np.float32)
     starts = starts_of([[3, 3, 1], [7], [1, 1, 2, 3]], T) if documents else np.zeros((B, T), np.int32)
-    _, _, dqkv = run(qkv, datty, H, KV, starts if documents else None, block=3)
+    _, _, dqkv = run(qkv, datty, H, KV, starts if documents else None, block=T if keep else 3, keep=keep)
     x, w = qkv.astype(np.float64), datty.astype(np.float64)
     fd = np.zeros_like(x)
     flat, h = x.reshape(-1), 1e-6
@@ -186,6 +198,9 @@ def test_passes_over_batch_rows_and_heads(scores_bytes, in_blas, workers, monkey
     assert rel_err(atty, eatty) < RTOL and np.max(np.abs(lse - expected_lse)) < 1e-5 * np.max(np.abs(expected_lse))
     expected = backward_reference(qkv.astype(np.float64), datty.astype(np.float64), H, KV, starts)
     assert rel_err(dqkv, expected) < 2e-5
+    # the same passes over rows of one block, the probabilities kept (each pass writes its own part)
+    atty, _, dqkv = run(qkv, datty, H, KV, starts, block=T, workers=workers, keep=True)
+    assert rel_err(atty, eatty) < RTOL and rel_err(dqkv, expected) < 2e-5
 
 
 def test_documents_do_not_see_each_other():

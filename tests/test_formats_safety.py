@@ -10,7 +10,7 @@ from safetensors.numpy import save_file
 
 from tui_llm.engine import formats as ck
 from tui_llm.engine.formats import CheckpointError, atomic_files, atomic_write, remove_stale_temp_files, require
-from tui_llm.engine.formats.atomic import temp_name
+from tui_llm.engine.formats.atomic import atomic_write_together, temp_name
 from tui_llm.engine.formats.safetensors import read_header
 from tui_llm.engine.models.gpt2_config import GPTConfig, num_parameters
 from tui_llm.engine.run.export import check_export_destination
@@ -51,6 +51,78 @@ def test_atomic_files_failure_keeps_the_previous_directory(tmp_path):
         raise RuntimeError("disk full")
     assert (out / "a.txt").read_text() == "good"
     assert os.listdir(tmp_path) == ["model"]
+
+
+def test_atomic_write_together_side_by_side_files_appear_together_or_not_at_all(tmp_path, monkeypatch):
+    model, modelfile = tmp_path / "m.gguf", tmp_path / "m.Modelfile"
+    (tmp_path / "other.txt").write_text("a user's file")
+    with atomic_write_together([modelfile, model]) as (mf, f):
+        mf.write(b"FROM ./m.gguf\n")
+        f.write(b"GGUF one")
+        assert not model.exists() and not modelfile.exists()  # nothing visible until the body is done
+    assert (model.read_bytes(), modelfile.read_bytes()) == (b"GGUF one", b"FROM ./m.gguf\n")
+
+    with pytest.raises(OSError), atomic_write_together([modelfile, model]) as (mf, f):  # the body fails
+        mf.write(b"new")
+        raise OSError(28, "No space left on device")
+    assert (model.read_bytes(), modelfile.read_bytes()) == (b"GGUF one", b"FROM ./m.gguf\n")
+    assert sorted(os.listdir(tmp_path)) == ["m.Modelfile", "m.gguf", "other.txt"]
+
+    renames = []  # the order: every temporary written first, the Modelfile renamed, the model last
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renames.append(os.path.basename(b)), real_replace(a, b)))
+    with atomic_write_together([modelfile, model]) as (mf, f):
+        mf.write(b"two")
+        f.write(b"GGUF two")
+    assert renames == ["m.Modelfile", "m.gguf"] and model.read_bytes() == b"GGUF two"
+
+    def fail_on_the_model(a, b):  # the commit point fails: the model stays as it was, no temporary is left
+        if str(b).endswith(".gguf"):
+            raise OSError(5, "Input/output error")
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", fail_on_the_model)
+    with pytest.raises(OSError), atomic_write_together([modelfile, model]) as (mf, f):
+        mf.write(b"three")
+        f.write(b"GGUF three")
+    assert model.read_bytes() == b"GGUF two"
+    assert sorted(os.listdir(tmp_path)) == ["m.Modelfile", "m.gguf", "other.txt"]
+    with pytest.raises(ValueError), atomic_write_together([model, model]):
+        pass
+
+
+def test_atomic_files_without_replace_keeps_what_another_process_made(tmp_path):
+    out = tmp_path / "gguf-0123"
+    with atomic_files(out, replace=False) as tmp:
+        with atomic_write(tmp / "tokenizer.json", "w") as f:
+            f.write("first")
+        out.mkdir()  # another process (an MPI rank) finished the same directory meanwhile
+        (out / "tokenizer.json").write_text("theirs")
+    assert (out / "tokenizer.json").read_text() == "theirs" and os.listdir(tmp_path) == ["gguf-0123"]
+    with atomic_files(out, replace=False) as tmp, atomic_write(tmp / "tokenizer.json", "w") as f:
+        f.write("again")
+    assert (out / "tokenizer.json").read_text() == "theirs" and os.listdir(tmp_path) == ["gguf-0123"]
+
+
+def test_atomic_files_without_replace_loses_the_race_to_rename_quietly(tmp_path, monkeypatch):
+    from tui_llm.engine.formats import atomic
+
+    out = tmp_path / "gguf-0123"
+    real_fsync_dir = atomic.fsync_dir
+
+    calls = []
+
+    def other_process_renames_first(directory):  # between our last check and our rename
+        calls.append(directory)
+        if len(calls) == 2:  # 1: atomic_write's of the file, 2: atomic_files' of the directory, before the rename
+            out.mkdir()
+            (out / "tokenizer.json").write_text("theirs")
+        real_fsync_dir(directory)
+
+    monkeypatch.setattr(atomic, "fsync_dir", other_process_renames_first)
+    with atomic_files(out, replace=False) as tmp, atomic_write(tmp / "tokenizer.json", "w") as f:
+        f.write("ours")
+    assert (out / "tokenizer.json").read_text() == "theirs" and os.listdir(tmp_path) == ["gguf-0123"]
 
 
 def test_remove_stale_temp_files_removes_only_ours(tmp_path):

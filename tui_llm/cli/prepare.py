@@ -62,9 +62,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "<NAME>_train_000000.bin, ... (train with 'data/<NAME>_train_*.bin')")
     parser.add_argument("--val-tokens", type=_tokens, metavar="TOKENS",
                         help="with --shard-size: the first this many tokens become validation (default: one shard)")
-    parser.add_argument("--tokenizer", metavar="DIR|NAME",
-                        help="tokenize with this Hugging Face tokenizer (a model dir with tokenizer.json, or a "
-                             "cached name), framing documents as its family does, instead of GPT-2's; writes "
+    parser.add_argument("--tokenizer", metavar="DIR|NAME|GGUF",
+                        help="tokenize with this Hugging Face tokenizer (a model dir with tokenizer.json, a cached "
+                             "name, or a GGUF file's), framing documents as its family does, instead of GPT-2's; writes "
                              "<NAME>.tokenizer.json beside the token files")
     parser.add_argument("--errors", choices=("strict", "replace", "stop", "skip"), default=None,
                         help="text: invalid UTF-8 stops with an error (strict, default) or becomes U+FFFD (replace); "
@@ -117,8 +117,7 @@ def _run_chat(args) -> None:
         raise PrepareError("--val-tokens only applies with --shard-size (otherwise use --val-fraction)")
     tokenizer = None
     if args.tokenizer is not None:
-        from tui_llm.engine.tokenizers.lookup import load_tokenizer
-        tokenizer = load_tokenizer(args.tokenizer)
+        tokenizer = model_tokenizer(args.tokenizer)
     prepare_chat(args.inputs, out_dir=args.out_dir, name=args.name, seq_len=1024 if args.seq_len is None else args.seq_len,
                  tokenizer=tokenizer, chat_template=args.chat_template, train_on=args.train_on or "assistant",
                  on_long=args.on_long or "truncate", errors="skip" if args.errors == "skip" else "stop",
@@ -154,8 +153,7 @@ def _run(args) -> None:
         raise PrepareError(f"--from only applies to '{TINY_SHAKESPEARE}'; give your files as inputs instead")
     tokenizer = None
     if args.tokenizer is not None:
-        from tui_llm.engine.tokenizers.lookup import load_tokenizer
-        tokenizer = load_tokenizer(args.tokenizer)
+        tokenizer = model_tokenizer(args.tokenizer)
     if args.shard_size is not None:
         if args.val_fraction is not None:
             raise PrepareError("--val-fraction needs the whole corpus in memory; with --shard-size give --val-tokens")
@@ -179,3 +177,13 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def model_tokenizer(spec):
+    """The HFTokenizer `--tokenizer` names (a directory, a cached name, or a GGUF file, whose
+    tokenizer is rebuilt into the cache); None when it is GPT-2's own (a GGUF of GPT-2)."""
+    from tui_llm.engine.formats.gguf_tokenizer import resolve_tokenizer_dir
+    from tui_llm.engine.tokenizers.lookup import load_tokenizer
+
+    directory = resolve_tokenizer_dir(spec)
+    return load_tokenizer(directory) if directory is not None else None

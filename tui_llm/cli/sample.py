@@ -9,8 +9,8 @@ from tui_llm.cli.parser import EXIT_OK, SAMPLE_LEN, SEED, Parser, UsageError
 def sample_parser() -> Parser:
     p = Parser(prog="tui-llm sample", description="Generate text from a model (KV-cache sampler).")
     p.add_argument("--init-from", required=True, metavar="MODEL",
-                   help="our run directory or checkpoint, llm.c .bin, Hugging Face dir or cached name, or a PEFT "
-                        "LoRA adapter directory (sampled with the adapter applied)")
+                   help="our run directory or checkpoint, llm.c .bin, Hugging Face dir or cached name, GGUF "
+                        "file, or a PEFT LoRA adapter directory (sampled with the adapter applied)")
     p.add_argument("--base", metavar="MODEL",
                    help="the base model of a PEFT adapter given as --init-from (default: the one it names)")
     p.add_argument("--prompt", default="", help="text to continue (default: start from end-of-text)")
@@ -20,7 +20,8 @@ def sample_parser() -> Parser:
     p.add_argument("--seed", type=int, default=SEED, help=f"random seed (default {SEED})")
     p.add_argument("--num-samples", type=int, default=1, help="how many samples (default 1)")
     p.add_argument("--threads", type=int, default=0, help="threads (default 0 = all cores)")
-    p.add_argument("--tokenizer", metavar="DIR|NAME", help="the model's tokenizer (default: the one recorded with it)")
+    p.add_argument("--tokenizer", metavar="DIR|NAME|GGUF",
+                   help="the model's tokenizer (default: the one recorded with it)")
     return p
 
 
@@ -48,7 +49,7 @@ def cmd_sample(argv) -> int:
     if isinstance(model.config, LlamaConfig) and tokenizer_dir is None:
         raise UsageError(f"{args.init_from}: no tokenizer.json with this Llama model; give --tokenizer DIR")
     set_threads(args.threads)
-    sampler = Sampler(model, load_tokenizer(tokenizer_dir))
+    sampler = Sampler(model, load_tokenizer(tokenizer_dir))   # load_model made a GGUF's into a directory
     rng = np.random.default_rng(args.seed)
     for i in range(args.num_samples):
         result = sampler.generate(args.prompt, args.sample_len, temperature=args.temperature, top_k=args.top_k, rng=rng)

@@ -42,15 +42,16 @@ def train_parser() -> Parser:
                    help="preset for a fresh model (default d6)")
     g.add_argument("--init-from", metavar="MODEL",
                    help="start from these weights: our run directory or checkpoint, llm.c .bin, Hugging Face dir or "
-                        "cached name; or a PEFT LoRA adapter directory to continue training it on its base")
+                        "cached name, or GGUF file (f32, f16, bf16, q8_0); or a PEFT LoRA adapter directory to "
+                        "continue training it on its base")
     g.add_argument("--resume", metavar="RUN_DIR|CHECKPOINT", help="continue a saved run exactly where it stopped")
     g.add_argument("--layers", type=int, help="override the preset's layer count")
     g.add_argument("--heads", type=int, help="override the preset's head count")
     g.add_argument("--kv-heads", type=int, help="llama: key/value heads (default: --heads)")
     g.add_argument("--channels", type=int, help="override the preset's channel count")
     g.add_argument("--ffn-channels", type=int, help="llama: SwiGLU width (default 8/3 channels, rounded up to 64)")
-    g.add_argument("--tokenizer", metavar="DIR|NAME",
-                   help="Hugging Face tokenizer (a dir with tokenizer.json, or a cached name) of a fresh or "
+    g.add_argument("--tokenizer", metavar="DIR|NAME|GGUF",
+                   help="Hugging Face tokenizer (a dir with tokenizer.json, a cached name, or a GGUF file's) of a fresh or "
                         "loaded model (default: the loaded model's own, else GPT-2's)")
     g.add_argument("--max-seq-len", type=int, help="positions of a fresh model (default 1024)")
     g.add_argument("--init-style", choices=("llmc", "numpy"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tui_llm.engine.formats.gguf_tokenizer import resolve_tokenizer_dir
 from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.build import build_model
 from tui_llm.engine.tokenizers.lookup import load_tokenizer
@@ -23,18 +24,23 @@ def default_train_file(data_dir="data") -> str:
 
 def load_model(source, tokenizer=None, base: str | None = None) -> Model:
     """A model (GPT-2 or Llama family) from a run directory (its newest checkpoint), one of our
-    checkpoints, an llm.c .bin, a Hugging Face directory or a name in the local Hugging Face cache.
+    checkpoints, an llm.c .bin, a Hugging Face directory, a name in the local Hugging Face cache or
+    a GGUF file (f32, f16, bf16 or q8_0, dequantised to float32).
 
     A LoRA run's checkpoint, or a PEFT adapter directory, gives its base with the adapters attached
     (they take part in `generate`); `base` names a PEFT adapter's base where it does not (or
     names one that is not here). `model.tokenizer_dir` is where its tokenizer.json lives (None:
-    GPT-2's); `tokenizer` overrides it."""
+    GPT-2's; a GGUF's is rebuilt from its metadata into the user's cache); `tokenizer` (a
+    directory, cached name or GGUF) overrides it."""
     if is_adapter_source(source):
         return load_lora_model(source, tokenizer, base)
     config, flat, name, tokenizer_dir = load_model_source(source)
     model = build_model(config, flat)
     model.name = name
-    model.tokenizer_dir = str(tokenizer) if tokenizer is not None else tokenizer_dir
+    if tokenizer is not None:
+        found = resolve_tokenizer_dir(tokenizer)
+        tokenizer_dir = str(found) if found else None
+    model.tokenizer_dir = tokenizer_dir
     return model
 
 
@@ -45,7 +51,8 @@ def load_lora_model(source, tokenizer=None, base: str | None = None) -> Model:
     model = build_model(src.config, src.base_flat)
     model.attach_lora(src.lora, flat=src.adapters)
     model.name = f"{src.name} + LoRA adapters ({src.path})"
-    model.tokenizer_dir = str(tokenizer) if tokenizer is not None else src.tokenizer_dir
+    found = resolve_tokenizer_dir(tokenizer if tokenizer is not None else src.tokenizer_dir)
+    model.tokenizer_dir = str(found) if found else None
     return model
 
 

@@ -5,7 +5,8 @@ parameter tensors in llm.c's order (models/gpt2_config.py), or in models/llama_c
 LlamaConfig (Hugging Face llama/mistral/qwen2 dirs, checkpoints whose model_config says
 "arch": "llama"). Modules:
 
-    atomic.py       the one way files are written (atomic_write, atomic_files, stale temp cleanup)
+    atomic.py       the one way files are written (atomic_write, atomic_files, atomic_write_together,
+                    stale temp cleanup)
     common.py       CheckpointError and array <-> file helpers
     safetensors.py  our streaming safetensors reader/writer (F32/F16/BF16 and integer arrays)
     llmc.py         llm.c model files v1/v3/v5
@@ -13,8 +14,9 @@ LlamaConfig (Hugging Face llama/mistral/qwen2 dirs, checkpoints whose model_conf
     hf_llama.py     Hugging Face Llama family (llama, mistral, qwen2)
     checkpoint.py   our resumable training checkpoints
     gguf.py         GGUF (llama.cpp, Ollama): write_gguf / read_gguf; gguf_file.py the bounded
-                    container parser, gguf_vocab.py the tokenizer metadata (imported on use: not
-                    re-exported here, so `gguf` is loaded only when a GGUF file is)
+                    container parser, gguf_vocab.py the tokenizer metadata, gguf_tokenizer.py that
+                    tokenizer as a directory in the user's cache (imported on use: not re-exported
+                    here, so `gguf` is loaded only when a GGUF file is)
     gguf_lora.py    LoRA adapters as llama.cpp's GGUF adapter file (for its --lora)
     peft.py         Hugging Face PEFT LoRA adapter directories (write_peft / read_peft)
     detect.py       load_model_weights: any of the above, by magic bytes

@@ -6,6 +6,13 @@
 * atomic_files(directory): several files that belong together (config.json + model.safetensors).
   They are written into a temporary directory beside `directory`, which replaces it only once
   every file is complete; until then the previous directory is untouched.
+* atomic_write_together(paths): several files side by side that belong together (OUT.gguf and
+  OUT.Modelfile, which a user's directory holds among other files, so no directory can be
+  swapped). Every file is written to its own temporary and fsynced first; only then are they
+  renamed, in the order given, and the LAST rename is the commit point. A failure before it
+  removes every temporary and leaves whatever was there untouched; a crash (SIGKILL, power cut)
+  between the renames can leave the earlier files new and the last one old or absent, so put the
+  file that says "this output is complete" (the model) last.
 * remove_stale_temp_files(directory): a process killed mid-save (SIGKILL, power cut) leaves its
   temporary behind; this removes ours, recognised by their name, and nothing else.
 
@@ -62,12 +69,15 @@ def atomic_write(path, mode: str = "wb"):
 
 
 @contextlib.contextmanager
-def atomic_files(directory) -> Iterator[Path]:
+def atomic_files(directory, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary directory; once the body returns, it becomes `directory`, all at once.
 
     Write each file inside with atomic_write (so each is fsynced). Files of an existing
     `directory` that the body did not write (e.g. tokenizer files next to a model) are carried
     over. If the body raises, the temporary directory is removed and `directory` is untouched.
+    replace=False is for directories named by their content (a cache): if `directory` exists when
+    the body is done (another process made it meanwhile), that one stays and ours is dropped, so a
+    reader never finds it missing.
 
         with atomic_files("out/model") as tmp:
             with atomic_write(tmp / "config.json", "w") as f: ...
@@ -79,10 +89,20 @@ def atomic_files(directory) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        if not replace and directory.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         if directory.is_dir():
             _carry_over(directory, tmp)
         fsync_dir(tmp)
-        if directory.exists():
+        if not replace:
+            try:
+                os.rename(tmp, directory)
+            except OSError as e:  # made by another process between the check and the rename: keep it
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not directory.is_dir():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        elif directory.exists():
             # Two renames: the old directory is parked, then the new one takes its name. A crash
             # between them leaves the old one parked, and remove_stale_temp_files puts it back.
             old = temp_name(directory, OLD_SUFFIX)
@@ -96,6 +116,45 @@ def atomic_files(directory) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(directory.parent)
+
+
+@contextlib.contextmanager
+def atomic_write_together(paths, mode: str = "wb") -> Iterator[list]:
+    """Yield one open file per path (binary, or UTF-8 text for mode "w"); once the body returns,
+    all are fsynced and renamed into place in the given order (see the module docstring).
+
+        with atomic_write_together([out.with_suffix(".Modelfile"), out]) as (modelfile, model): ...
+    """
+    paths = [Path(p) for p in paths]
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"atomic_write_together: a path is given twice ({paths})")
+    for path in paths:
+        _refuse_special(path)
+    temps: list[Path] = []
+    files: list = []
+    try:
+        for path in paths:
+            tmp = temp_name(path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            temps.append(tmp)
+            files.append(os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, encoding="utf-8", newline=""))
+        yield files
+        for f in files:
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+    except BaseException:
+        for f in files:
+            with contextlib.suppress(OSError):
+                f.close()
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    for directory in dict.fromkeys(path.parent for path in paths):
+        fsync_dir(directory)
 
 
 def _refuse_special(path: Path) -> None:

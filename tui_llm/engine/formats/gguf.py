@@ -1,6 +1,7 @@
 """GGUF model files, the format llama.cpp and Ollama run: write ours, load theirs (and ours).
 
-    write_gguf(path, config, flat, tokenizer, outtype="f32"|"f16"|"bf16"|"q8_0", name=..., description=...)
+    write_gguf(path, config, flat, tokenizer, outtype="f32"|"f16"|"bf16"|"q8_0", name=..., description=...,
+               modelfile=True)          # and OUT.Modelfile beside it for `ollama create`, both or neither
     read_gguf(path) -> (config, flat float32, GGUFVocab, metadata)
     read_gguf_vocab(path) -> GGUFVocab          (the tokenizer only, no weights read)
 
@@ -21,7 +22,10 @@ them from the Hugging Face model our export would produce, so llama.cpp loads th
 Storage types follow the converter too: 1-D tensors, norms, biases and GPT-2's position_embd stay
 F32; the matrices take the chosen type (a q8_0 matrix whose rows are not a multiple of 32 falls back
 to F16, as llama.cpp's converter does). q8_0 is gguf-py's quantiser, bit-exact with ggml's
-quantize_row_q8_0_ref. The file is written through atomic_write: complete or absent.
+quantize_row_q8_0_ref. The file (and its Modelfile) is written through atomic_write_together:
+both temporaries are written and fsynced, then the Modelfile is renamed into place and the GGUF
+last, so a complete GGUF always has its Modelfile beside it; any failure before that removes both
+temporaries and leaves the previous files as they were.
 
 Reading accepts what this module writes and what llama.cpp's converter writes for the same
 architectures, F32/F16/BF16/Q8_0 tensors, dequantised to float32; the header is parsed with
@@ -44,7 +48,7 @@ from gguf import (
 )
 from gguf.gguf_writer import WriterState
 
-from tui_llm.engine.formats.atomic import atomic_write
+from tui_llm.engine.formats.atomic import atomic_write_together
 from tui_llm.engine.formats.common import CheckpointError, check_finite
 from tui_llm.engine.formats.gguf_file import (
     READABLE_TYPES,
@@ -54,7 +58,7 @@ from tui_llm.engine.formats.gguf_file import (
     read_tensor_into,
     tensor_nbytes,
 )
-from tui_llm.engine.formats.gguf_vocab import GGUFVocab, vocab_for_export, vocab_from_metadata
+from tui_llm.engine.formats.gguf_vocab import GGUFVocab, modelfile_text, vocab_for_export, vocab_from_metadata
 from tui_llm.engine.models.gpt2_config import GPTConfig, ParamTensors
 from tui_llm.engine.models.llama_config import LlamaConfig, LlamaConfigError, LlamaParams, check_rope_scaling, rope_inv_freq
 
@@ -63,6 +67,16 @@ OUTTYPES = {"f32": (Q.F32, LlamaFileType.ALL_F32), "f16": (Q.F16, LlamaFileType.
             "bf16": (Q.BF16, LlamaFileType.MOSTLY_BF16), "q8_0": (Q.Q8_0, LlamaFileType.MOSTLY_Q8_0)}
 ARCHS = ("gpt2", "llama", "qwen2", "qwen3")
 GPT2_LAYER_NORM_EPS = 1e-5
+# A Llama-family file's context length becomes max_seq_len (RoPE table rows) up to this: Llama 3.1's
+# 131,072. Files that claim more (1M-token Qwen2.5, Llama 4) load with this many positions.
+MAX_POSITIONS = 131072
+MODELFILE_SUFFIX = ".Modelfile"
+F16_MAX = 65504.0
+
+
+def modelfile_path(path) -> Path:
+    """Where the Ollama Modelfile of a GGUF goes: OUT.gguf -> OUT.Modelfile."""
+    return Path(path).with_suffix(MODELFILE_SUFFIX)
 
 
 def tensor_name(kind: MODEL_TENSOR, layer: int | None = None, suffix: str = ".weight") -> str:
@@ -155,11 +169,15 @@ def storage_type(name: str, shape: tuple[int, ...], outtype: Q) -> Q:
 # writing
 
 def write_gguf(path, config, flat: np.ndarray, tokenizer=None, *, outtype: str = "f32", name: str = "tui-llm model",
-               description: str = "", chat_template: str | None = None) -> None:
+               description: str = "", chat_template: str | None = None, modelfile: bool = False) -> None:
     """Write a GGUF file llama.cpp runs: weights (stored as outtype), architecture metadata and the
-    tokenizer (None or GPT-2's tiktoken encoding: GPT-2's; an HFTokenizer: its tokenizer.json).
-    chat_template: a Jinja template, default the tokenizer directory's own (if any).
+    tokenizer (None or GPT-2's tiktoken encoding: GPT-2's; an HFTokenizer: its tokenizer.json; a
+    GGUFVocab: a loaded GGUF's). chat_template: a Jinja template, default the tokenizer's own (if
+    any). modelfile: also write modelfile_path(path) for Ollama, the two together or neither.
     CheckpointError (one line) for anything GGUF or llama.cpp cannot express; nothing is written then."""
+    path = Path(path)
+    if modelfile and modelfile_path(path) == path:
+        raise CheckpointError(path, f"a GGUF named *{MODELFILE_SUFFIX} would be its own Modelfile; name it *.gguf")
     if outtype not in OUTTYPES:
         raise CheckpointError(path, f"unknown GGUF outtype {outtype!r} (choose from {', '.join(OUTTYPES)})")
     qtype, file_type = OUTTYPES[outtype]
@@ -174,6 +192,11 @@ def write_gguf(path, config, flat: np.ndarray, tokenizer=None, *, outtype: str =
         if arch != "llama":
             raise CheckpointError(path, f"llama3 RoPE scaling has no GGUF form for llama.cpp's {arch}")
         tensors.insert(0, (tensor_name(MODEL_TENSOR.ROPE_FREQS), llama3_rope_factors(config), 0, Q.F32))
+    for n, view, _, q in tensors:  # f16 (and q8_0's f16 block scale, max/127) saturate to inf beyond 65504
+        limit = {Q.F16: F16_MAX, Q.Q8_0: F16_MAX * 127}.get(q)
+        if limit is not None and view.size and float(np.abs(view).max()) > limit:
+            raise CheckpointError(path, f"{n} holds weights up to {float(np.abs(view).max()):.4g}, beyond what "
+                                        f"{q.name} stores ({limit:.6g}); export with --outtype bf16 or f32")
 
     w = GGUFWriter(None, arch)
     w.add_type("model")
@@ -187,9 +210,13 @@ def write_gguf(path, config, flat: np.ndarray, tokenizer=None, *, outtype: str =
     for n, view, _, q in tensors:
         w.add_tensor_info(n, view.shape, np.dtype(np.float32), tensor_nbytes(view.shape, q), raw_dtype=q)
 
+    outputs = [modelfile_path(path), path] if modelfile else [path]  # the GGUF last: its rename commits both
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write_together(outputs) as files:
+            f = files[-1]
+            if modelfile:
+                files[0].write(modelfile_text(path.name, vocab).encode("utf-8"))
             w.fout, w.state = [f], WriterState.EMPTY  # gguf-py writes header, metadata and table into our file
             w.write_header_to_file()
             w.write_kv_data_to_file()
@@ -236,7 +263,8 @@ def _add_hyperparameters(w: GGUFWriter, cfg, arch: str) -> None:
 def read_gguf(path, max_seq_len: int | None = None) -> tuple[GPTConfig | LlamaConfig, np.ndarray, GGUFVocab, dict]:
     """(config, flat float32 parameters, vocabulary, metadata) of a GGUF model file.
 
-    max_seq_len: the longest sequence that will be used (default the file's context length).
+    max_seq_len: the longest sequence that will be used (default the file's context length, at most
+    MAX_POSITIONS for the Llama family; GPT-2 always has its position_embd's rows).
     CheckpointError (one line) for a damaged file or anything this engine cannot run exactly."""
     contents = read_contents(path)
     for info in contents.tensors.values():  # name an unsupported quantisation before anything else
@@ -331,7 +359,7 @@ def config_from_gguf(contents: GGUFContents, max_seq_len: int | None = None) -> 
     F, V = num("{arch}.feed_forward_length"), embd.shape[0]
     if embd.shape[1] != C:
         raise CheckpointError(path, f"token_embd has {embd.shape[1]} columns, embedding_length is {C}")
-    use_T = T if max_seq_len is None else max_seq_len
+    use_T = min(T, MAX_POSITIONS) if max_seq_len is None else max_seq_len
     if use_T > T:
         raise CheckpointError(path, f"sequence length {use_T} exceeds the model's context length {T}")
     try:

@@ -20,7 +20,11 @@ sums of dK and dV happen inside it. dK and dV add up over the query blocks insid
 (blas.matmul_add, beta = 1) where numpy's BLAS allows it, else through a scratch buffer.
 
 A block's scores go into a scratch buffer that the next block reuses: the memory is O(H n T)
-per pass, not O(B H T²) per layer. A pass takes as many batch rows (or, for long rows, key/value
+per pass, not O(B H T²) per layer. Short rows are the exception: where a row is one block
+(T <= BLOCK, keeps_probabilities), the caller may keep that block's P per layer (`probs`,
+(B, H, T, T): at most BLOCK x T per head, still linear in T), and the backward reads it instead
+of rebuilding it; at T = 64 the rebuild (one more product and the exponentials) made the
+backward's attention about 1.3x the one that kept P. A pass takes as many batch rows (or, for long rows, key/value
 heads) as keep a block's scores within SCORES_BYTES, so that they are still in cache when the
 softmax kernel and the next products read them. With several threads (the engine's thread
 count, threads.py) the passes are shared out to that many worker threads, each with BLAS on one
@@ -108,6 +112,28 @@ class AttentionScratch:
 
     def nbytes(self) -> int:
         return self.causal.nbytes + sum(b.nbytes() for b in self.buffers)
+
+
+def keeps_probabilities(T: int, block: int | None = None) -> bool:
+    """Whether rows of T positions are one block, so that the probabilities may be kept (the
+    models then pass a (B, H, T, T) `probs` buffer per layer to the forward and the backward)."""
+    return (block or BLOCK) >= T
+
+
+def _probs_view(probs: np.ndarray | None, b: slice, h: slice, G: int) -> np.ndarray | None:
+    """A pass's kept probabilities (rows b, query heads h of probs (B, H, T, T)) laid out as its
+    scores, (rows, kv heads, G*T, T): a view (never a copy, which would lose the writes)."""
+    if probs is None:
+        return None
+    part = probs[b, h]
+    B, heads, T, _ = part.shape
+    return np.reshape(part, (B, heads // G, G * T, T), copy=False)
+
+
+def _check_probs(probs: np.ndarray | None, B: int, H: int, T: int, scratch: AttentionScratch) -> None:
+    if probs is not None and (probs.shape != (B, H, T, T) or scratch.block != T):
+        raise ValueError(f"kept probabilities {probs.shape} need rows of one block: (B, H, T, T) = {(B, H, T, T)}, "
+                         f"T <= {scratch.block}")
 
 
 def check_doc_starts(doc_starts, B: int, T: int) -> np.ndarray:
@@ -217,41 +243,50 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 
 
 def attention_forward(atty: np.ndarray, lse: np.ndarray, qkv: np.ndarray, H: int, KV: int,
-                      scratch: AttentionScratch, doc_starts: np.ndarray | None = None) -> None:
+                      scratch: AttentionScratch, doc_starts: np.ndarray | None = None,
+                      probs: np.ndarray | None = None) -> None:
     """atty (B, T, H hd) = attention output; lse (B, H, T) = each row's log-sum-exp (kept for the
     backward); qkv (B, T, (H + 2KV) hd) with q and k ready (rotated); doc_starts (B, T) int32 or
-    None (causal over the whole row)."""
+    None (causal over the whole row); probs (B, H, T, T) or None: where keeps_probabilities(T),
+    the probabilities are written there for the backward."""
     G, hd = H // KV, qkv.shape[2] // (H + 2 * KV)
     scale = np.float32(1.0 / math.sqrt(hd))
     starts = scratch.causal if doc_starts is None else doc_starts
     q, k, v = _views(qkv, H, KV)
     y = _heads(atty, KV, G)
+    _check_probs(probs, qkv.shape[0], H, qkv.shape[1], scratch)
     _run_passes(lambda b, j, h, buf: _forward(y[b, j], lse[b, h], q[b, j], k[b, j], v[b, j], starts[b], buf,
-                                              scratch.block, scale), scratch)
+                                              scratch.block, scale, _probs_view(probs, b, h, G)),
+                scratch)
 
 
 def attention_backward(dqkv: np.ndarray, datty: np.ndarray, atty: np.ndarray, lse: np.ndarray, qkv: np.ndarray,
-                       H: int, KV: int, scratch: AttentionScratch, doc_starts: np.ndarray | None = None) -> None:
+                       H: int, KV: int, scratch: AttentionScratch, doc_starts: np.ndarray | None = None,
+                       probs: np.ndarray | None = None) -> None:
     """dqkv (B, T, W) is overwritten from datty (B, T, H hd), through the forward's output atty
-    and row statistics lse (B, H, T); the same qkv and doc_starts as the forward."""
+    and row statistics lse (B, H, T), or its kept probabilities probs; the same qkv and
+    doc_starts as the forward."""
     G, hd = H // KV, qkv.shape[2] // (H + 2 * KV)
     scale = np.float32(1.0 / math.sqrt(hd))
     starts = scratch.causal if doc_starts is None else doc_starts
     q, k, v = _views(qkv, H, KV)
     dq, dk, dv = _views(dqkv, H, KV)
     y, dy = _heads(atty, KV, G), _heads(datty, KV, G)
+    _check_probs(probs, qkv.shape[0], H, qkv.shape[1], scratch)
     _run_passes(lambda b, j, h, buf: _backward(dq[b, j], dk[b, j], dv[b, j], dy[b, j], y[b, j], lse[b, h], q[b, j],
-                                               k[b, j], v[b, j], starts[b], buf, scratch.block, scale), scratch)
+                                               k[b, j], v[b, j], starts[b], buf, scratch.block, scale,
+                                               _probs_view(probs, b, h, G)),
+                scratch)
 
 
-def _forward(y, lse, q, k, v, starts, buf, block, scale) -> None:
+def _forward(y, lse, q, k, v, starts, buf, block, scale, probs) -> None:
     """One pass of attention_forward: y, q (B, KV, G, T, hd), k, v (B, KV, T, hd), lse (B, H, T)
-    for the pass's batch rows and heads."""
+    for the pass's batch rows and heads; probs: their kept probabilities (one block), or None."""
     B, KV, G = q.shape[:3]
     H = KV * G
     for r0, r1, k0 in _blocks(starts, block):
         n, m = r1 - r0, r1 - k0
-        s = buf.scores[:B * H * n * m].reshape(B, KV, G * n, m)
+        s = buf.scores[:B * H * n * m].reshape(B, KV, G * n, m) if probs is None else probs
         np.matmul(_rows(q, r0, r1, buf.q_rows), k[:, :, k0:r1].swapaxes(-1, -2), out=s)    # S = Q Kᵀ
         attention_softmax(s.reshape(B, H, n, m), lse, starts, r0, k0, scale)                    # P, lse
         out = _rows(y, r0, r1, buf.out_rows, copy=False)
@@ -259,8 +294,9 @@ def _forward(y, lse, q, k, v, starts, buf, block, scale) -> None:
         _put_rows(y, r0, r1, out)
 
 
-def _backward(dq, dk, dv, dy, y, lse, q, k, v, starts, buf, block, scale) -> None:
-    """One pass of attention_backward, on views as _forward's (dq, dy like q; dk, dv like k)."""
+def _backward(dq, dk, dv, dy, y, lse, q, k, v, starts, buf, block, scale, probs) -> None:
+    """One pass of attention_backward, on views as _forward's (dq, dy like q; dk, dv like k);
+    probs: the forward's kept probabilities (one block), read instead of rebuilt, or None."""
     B, KV, G, T, hd = q.shape
     H = KV * G
     # The last block reaches the last key: it writes dK and dV, the earlier blocks add to them.
@@ -270,14 +306,15 @@ def _backward(dq, dk, dv, dy, y, lse, q, k, v, starts, buf, block, scale) -> Non
     dv[:, :, :first_key] = 0.0
     for r0, r1, k0 in blocks:
         n, m = r1 - r0, r1 - k0
-        s = buf.scores[:B * H * n * m].reshape(B, KV, G * n, m)
+        s = buf.scores[:B * H * n * m].reshape(B, KV, G * n, m) if probs is None else probs
         ds = buf.dscores[:B * H * n * m].reshape(B, KV, G * n, m)
         q_rows, dy_rows = _rows(q, r0, r1, buf.q_rows), _rows(dy, r0, r1, buf.dy_rows)
         keys, values = k[:, :, k0:r1], v[:, :, k0:r1]
-        np.matmul(q_rows, keys.swapaxes(-1, -2), out=s)                                        # S = Q Kᵀ
+        if probs is None:
+            np.matmul(q_rows, keys.swapaxes(-1, -2), out=s)                                    # S = Q Kᵀ
         np.matmul(dy_rows, values.swapaxes(-1, -2), out=ds)                                    # dP = dY Vᵀ
         attention_softmax_backward(s.reshape(B, H, n, m), ds.reshape(B, H, n, m), lse, y.reshape(B, H, T, hd),
-                                   dy.reshape(B, H, T, hd), starts, r0, k0, scale)                          # P, dS
+                                   dy.reshape(B, H, T, hd), starts, r0, k0, scale, probs is None)           # P, dS
         out = _rows(dq, r0, r1, buf.out_rows, copy=False)
         np.matmul(ds, keys, out=out)                                                            # dQ = dS K
         _put_rows(dq, r0, r1, out)

@@ -171,10 +171,11 @@ def attention_softmax(scores, lse, starts, r0, k0, scale):
 
 
 @njit(**JIT)
-def attention_softmax_backward(scores, dscores, lse, y, dy, starts, r0, k0, scale):
-    """In place, on a block laid out as attention_softmax's: scores (the raw S, recomputed)
-    becomes P = exp(scale * S - lse), and dscores (dP, the gradient of P) becomes that of the
-    raw scores, dS = P * (dP - D) * scale; zeros outside the row's keys in both.
+def attention_softmax_backward(scores, dscores, lse, y, dy, starts, r0, k0, scale, rebuild):
+    """In place, on a block laid out as attention_softmax's: dscores (dP, the gradient of P)
+    becomes that of the raw scores, dS = P * (dP - D) * scale, zeros outside the row's keys.
+    rebuild: scores holds the raw S (recomputed) and becomes P = exp(scale * S - lse) first;
+    otherwise scores already holds the forward's P (kept) and is only read.
     D = sum_j P dP = dY . Y (dP = dY Vᵀ, Y = P V), from the forward's output y and its gradient
     dy, (B, H, T, hd)."""
     B, H, n, _ = scores.shape
@@ -189,18 +190,22 @@ def attention_softmax_backward(scores, dscores, lse, y, dy, starts, r0, k0, scal
             dot = np.float32(0.0)
             for c in range(yr.shape[0]):
                 dot += yr[c] * dyr[c]
-            shift = lse[b, h, t] / scale          # exp((S - lse / scale) * scale) = exp(scale * S - lse)
             keys, dkeys = row[lo:hi], d[lo:hi]
-            for start in range(0, keys.shape[0], EXP_BLOCK):
-                count = min(EXP_BLOCK, keys.shape[0] - start)
-                s, ds = keys[start:start + count], dkeys[start:start + count]
-                exp_block(s, shift, scale, ibuf, pbuf)
-                for j in range(count):
-                    p = pbuf[j]
-                    s[j] = p
-                    ds[j] = p * (ds[j] - dot) * scale
-            row[:lo] = 0.0
-            row[hi:] = 0.0
+            if rebuild:
+                shift = lse[b, h, t] / scale          # exp((S - lse / scale) * scale) = exp(scale * S - lse)
+                for start in range(0, keys.shape[0], EXP_BLOCK):
+                    count = min(EXP_BLOCK, keys.shape[0] - start)
+                    s, ds = keys[start:start + count], dkeys[start:start + count]
+                    exp_block(s, shift, scale, ibuf, pbuf)
+                    for j in range(count):
+                        p = pbuf[j]
+                        s[j] = p
+                        ds[j] = p * (ds[j] - dot) * scale
+                row[:lo] = 0.0
+                row[hi:] = 0.0
+            else:
+                for j in range(keys.shape[0]):
+                    dkeys[j] = keys[j] * (dkeys[j] - dot) * scale
             d[:lo] = 0.0
             d[hi:] = 0.0
 

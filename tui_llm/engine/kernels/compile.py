@@ -35,7 +35,7 @@ def _shared_calls() -> list[tuple[str, Callable[[], object]]]:
         ("bias", lambda: (common.add_bias(a2, a1), common.column_sum(a1, a2, False))),
         ("attention softmax", lambda: (common.attention_softmax(att4, stats, starts, 0, 0, f32(1.0)),
                                        common.attention_softmax_backward(att4, att4.copy(), stats, att4, att4, starts,
-                                                                         0, 0, f32(1.0)))),
+                                                                         0, 0, f32(1.0), True))),
         ("softmax / cross-entropy", lambda: (
             common.softmax_crossentropy(a2, np.zeros(2, f32), np.zeros(2, np.int32), 5, f32(0.5), True),
             common.softmax_rows(a2, a2, 5, f32(1.0)))),

@@ -32,6 +32,7 @@ from tui_llm.engine.kernels.attention import (
     attention_forward,
     check_doc_starts,
     doc_positions,
+    keeps_probabilities,
 )
 from tui_llm.engine.kernels.grad_accumulation import head_grad, needs_scratch
 from tui_llm.engine.machine import check_fits_memory
@@ -45,13 +46,14 @@ class BlockBuffers:
     updated in place (residual2 and residual3 are its x). 2-D buffers are (N rows, features)."""
 
     def __init__(self, ln1, ln1_mean, ln1_rstd, qkv, att_lse, atty, residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu,
-                 residual3, proj, lora_u=None, key=None):
+                 residual3, proj, lora_u=None, key=None, att_probs=None):
         self.ln1, self.ln1_mean, self.ln1_rstd, self.qkv = ln1, ln1_mean, ln1_rstd, qkv
         self.att_lse, self.atty = att_lse, atty  # att_lse (B, NH, T): attention rows' log-sum-exp
         self.residual2, self.ln2, self.ln2_mean, self.ln2_rstd = residual2, ln2, ln2_mean, ln2_rstd
         self.fch, self.fch_gelu, self.residual3, self.proj = fch, fch_gelu, residual3, proj
         self.lora_u = lora_u    # LoRA: {base matrix: (N, k r)} kept for the backward (None: not kept)
         self.key = key          # LoRA dropout masks' key (None: no dropout)
+        self.att_probs = att_probs  # rows of one block: the attention probabilities (B, H, T, T), or None
 
 
 class Activations:
@@ -85,6 +87,7 @@ class Activations:
             "ln1": (Lb, N, C), "ln1_mean": (Lb, N), "ln1_rstd": (Lb, N),
             "qkv": (Lb, N, 3 * C),
             "att_lse": (Lb, B, NH, T),         # attention rows' log-sum-exp (the probabilities, rebuilt)
+            "att_probs": (Lb, B, NH, T, T) if keeps_probabilities(T) else (Lb, 0),  # or kept, short rows
             "atty": (Lb, N, C),                # attention output (heads side by side)
             "residual2": (Lb, N, C),           # after the attention block
             "ln2": (Lb, N, C), "ln2_mean": (Lb, N), "ln2_rstd": (Lb, N),
@@ -112,7 +115,8 @@ class Activations:
         return BlockBuffers(self.ln1[i], self.ln1_mean[i], self.ln1_rstd[i], self.qkv[i], self.att_lse[i], self.atty[i],
                             self.residual2[i], self.ln2[i], self.ln2_mean[i], self.ln2_rstd[i], self.fch[i],
                             self.fch_gelu[i], self.residual3[l], self.proj_out,
-                            {m: u[i] for m, u in self.lora_u.items()}, self.key)
+                            {m: u[i] for m, u in self.lora_u.items()}, self.key,
+                            self.att_probs[i] if self.att_probs.size else None)
 
     def nbytes(self) -> int:
         arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)] + list(self.lora_u.values())
@@ -162,12 +166,14 @@ class GPT(Model):
 
     def _attend_training(self, b: BlockBuffers, B: int, T: int):
         """Causal attention over the T positions of each sequence (or document); b.att_lse keeps
-        each row's log-sum-exp, from which the backward rebuilds the probabilities."""
+        each row's log-sum-exp, from which the backward rebuilds the probabilities (or, for rows
+        of one block, b.att_probs keeps them)."""
         C, NH = self.config.channels, self.config.num_heads
         scratch, doc_starts = self.acts.att_scratch, self.doc_starts
 
         def attend(out, qkv):
-            attention_forward(out.reshape(B, T, C), b.att_lse, qkv.reshape(B, T, 3 * C), NH, NH, scratch, doc_starts)
+            attention_forward(out.reshape(B, T, C), b.att_lse, qkv.reshape(B, T, 3 * C), NH, NH, scratch, doc_starts,
+                              b.att_probs)
         return attend
 
     def forward(self, inputs: np.ndarray, targets: np.ndarray | None = None, training: bool = False,
@@ -332,7 +338,8 @@ class GPT(Model):
             if g is not None:
                 K.column_sum(g.attprojb[l], dres, acc)
             attention_backward(a.d_3c.reshape(B, T, 3 * C), a.d_c.reshape(B, T, C), b.atty.reshape(B, T, C),
-                               b.att_lse, b.qkv.reshape(B, T, 3 * C), NH, NH, a.att_scratch, self.doc_starts)
+                               b.att_lse, b.qkv.reshape(B, T, 3 * C), NH, NH, a.att_scratch, self.doc_starts,
+                               b.att_probs)
             needs_dx = g is not None or l > 0   # a frozen embedding wants no gradient below layer 0
             self._linear_backward(a.d_c if needs_dx else None, a.d_3c, b.ln1, "qkvw", l, acc, b.lora_u, b.key)
             if g is not None:

@@ -36,6 +36,7 @@ from tui_llm.engine.kernels.attention import (
     attention_forward,
     check_doc_starts,
     doc_positions,
+    keeps_probabilities,
 )
 from tui_llm.engine.kernels.grad_accumulation import head_grad, needs_scratch
 from tui_llm.engine.machine import check_fits_memory
@@ -58,7 +59,7 @@ class BlockBuffers:
     scratch, the same for every layer, residuals updated in place."""
 
     def __init__(self, ln1, ln1_rstd, qkv, att_lse, atty, residual2, ln2, ln2_rstd, fch, fch_act, residual3, proj,
-                 qk_norm=None, lora_u=None, key=None):
+                 qk_norm=None, lora_u=None, key=None, att_probs=None):
         self.ln1, self.ln1_rstd, self.qkv, self.att_lse, self.atty = ln1, ln1_rstd, qkv, att_lse, atty
         self.residual2, self.ln2, self.ln2_rstd = residual2, ln2, ln2_rstd
         self.fch, self.fch_act, self.residual3, self.proj = fch, fch_act, residual3, proj
@@ -66,6 +67,7 @@ class BlockBuffers:
         self.qk_norm = qk_norm
         self.lora_u = lora_u    # LoRA: {base matrix: (N, k r)} kept for the backward (None: not kept)
         self.key = key          # LoRA dropout masks' key (None: no dropout)
+        self.att_probs = att_probs  # rows of one block: the attention probabilities (B, H, T, T), or None
 
 
 class Activations:
@@ -100,6 +102,7 @@ class Activations:
             "ln1": (Lb, N, C), "ln1_rstd": (Lb, N),
             "qkv": (Lb, N, W),                 # q and k after RoPE, v
             "att_lse": (Lb, B, H, T),          # attention rows' log-sum-exp (the probabilities, rebuilt)
+            "att_probs": (Lb, B, H, T, T) if keeps_probabilities(T) else (Lb, 0),  # or kept, short rows
             "atty": (Lb, N, QD),               # attention output, heads side by side
             "residual2": (Lb, N, C),           # after the attention block
             "ln2": (Lb, N, C), "ln2_rstd": (Lb, N),
@@ -129,7 +132,8 @@ class Activations:
         return BlockBuffers(self.ln1[i], self.ln1_rstd[i], self.qkv[i], self.att_lse[i], self.atty[i],
                             self.residual2[i], self.ln2[i], self.ln2_rstd[i], self.fch[i], self.fch_act[i],
                             self.residual3[l], self.proj, self.qk_norm and tuple(buf[i] for buf in self.qk_norm),
-                            {m: u[i] for m, u in self.lora_u.items()}, self.key)
+                            {m: u[i] for m, u in self.lora_u.items()}, self.key,
+                            self.att_probs[i] if self.att_probs.size else None)
 
     def nbytes(self) -> int:
         arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)] + list(self.lora_u.values())
@@ -258,7 +262,7 @@ class Llama(Model):
         LK.rope_rotate(b.qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, positions, 1.0)
         if cache is None:
             attention_forward(b.atty.reshape(B, T, QD), b.att_lse, b.qkv.reshape(B, T, -1), H, KV,
-                              self.acts.att_scratch, self.doc_starts)
+                              self.acts.att_scratch, self.doc_starts, b.att_probs)
         else:
             cache.k[l, t0:t0 + T] = b.qkv[:, QD:QD + KVD]
             cache.v[l, t0:t0 + T] = b.qkv[:, QD + KVD:]
@@ -360,7 +364,8 @@ class Llama(Model):
             # attention block
             self._linear_backward(a.d_q, dres, b.atty, "attprojw", l, acc, b.lora_u, b.key)   # d attention output
             attention_backward(a.d_qkv.reshape(B, T, -1), a.d_q.reshape(B, T, -1), b.atty.reshape(B, T, -1),
-                               b.att_lse, b.qkv.reshape(B, T, -1), H, KV, a.att_scratch, self.doc_starts)
+                               b.att_lse, b.qkv.reshape(B, T, -1), H, KV, a.att_scratch, self.doc_starts,
+                               b.att_probs)
             LK.rope_rotate(a.d_qkv.reshape(B, T, -1), self.rope_cos, self.rope_sin, H + KV, positions, -1.0)
             if cfg.qk_norm:
                 QD, KVD, hd = cfg.q_dim, cfg.kv_dim, cfg.head_dim

@@ -4,7 +4,7 @@ tokenizer that goes with them.
     model, name = fresh_model(run_config)                             # --arch, --model, sizes, --tokenizer
 
     config, flat, name, tokenizer_dir = load_model_source("runs/x")   # or a checkpoint, an llm.c .bin,
-                                                                      # an HF dir or a cached name
+                                                                      # an HF dir, a cached name or a GGUF
     config, file_bf16 = peek_model_source("runs/x")                   # before reading any weight (or None)
     model = load_model("runs/x")                                      # a Model, a LoRA run's with its adapters
     source = load_lora_source("runs/x" or "adapter_dir")              # a LoRA run's or a PEFT adapter's parts
@@ -15,7 +15,8 @@ base is read again from there and refused if its fingerprint differs (check_base
 directory (formats/peft.py) names its base (`base_model_name_or_path`, or `--base`): a local path or
 a name in the local Hugging Face cache, never downloaded (peft_base_source).
 The tokenizer directory is where the model's tokenizer.json lives: a Llama-family HF dir's own,
-or the one a run recorded (`run_config.tokenizer` in its checkpoints); None means GPT-2's.
+the one a run recorded (`run_config.tokenizer` in its checkpoints), or a GGUF file's, rebuilt
+from its metadata into the user's cache (formats/gguf_tokenizer.py); None means GPT-2's.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tui_llm.engine.formats import (
     load_training_checkpoint,
     training_model_config,
 )
+from tui_llm.engine.formats.gguf_tokenizer import gguf_tokenizer_dir, is_cache_dir_path, is_gguf
 from tui_llm.engine.formats.hf_gpt2 import hf_files, read_hf_config
 from tui_llm.engine.formats.hf_llama import hf_model_type, peek_hf_llama, read_hf_llama
 from tui_llm.engine.formats.llmc import read_llmc_header
@@ -56,6 +58,7 @@ from tui_llm.engine.models.llama import Llama, LlamaConfig, LlamaConfigError
 from tui_llm.engine.models.lora import LoraConfig
 from tui_llm.engine.models.torch_init import llmc_random_init
 from tui_llm.engine.run.run_dir import is_run_dir, resolve_checkpoint
+from tui_llm.engine.tokenizers.gpt2 import TokenizerError
 from tui_llm.engine.tokenizers.lookup import load_tokenizer
 from tui_llm.engine.training.run_config import ConfigError, RunConfig
 
@@ -72,9 +75,18 @@ def resolve_source(source) -> str:
 
 def load_model_source(source, base_dtype: str = "fp32") -> tuple:
     """(config, flat, name, tokenizer_dir or None) of a run directory (its newest checkpoint), a
-    checkpoint, an llm.c .bin, a Hugging Face directory or a cached name. base_dtype="bf16": the
-    flat buffer is bf16 bits (uint16), read as such from a BF16 Hugging Face Llama (no float32
-    copy), else rounded from float32 after reading."""
+    checkpoint, an llm.c .bin, a Hugging Face directory, a cached name or a GGUF file.
+    base_dtype="bf16": the flat buffer is bf16 bits (uint16), read as such from a BF16 Hugging
+    Face Llama (no float32 copy), else rounded from float32 after reading."""
+    path = Path(str(source)).expanduser()
+    if is_gguf(path):
+        from tui_llm.engine.formats.gguf import read_gguf  # imports gguf only for a GGUF file
+
+        config, flat, vocab, md = read_gguf(path)
+        tokenizer = gguf_tokenizer_dir(vocab)
+        return config, to_bf16(flat) if base_dtype == "bf16" else flat, \
+            f"GGUF {md['general.architecture']} {path} ({flat.size / 1e6:.1f}M params)", \
+            str(tokenizer) if tokenizer else None
     target = resolve_source(source)
     if is_lora_checkpoint(target) or is_peft_dir(target):
         what = "a LoRA run's checkpoint" if is_lora_checkpoint(target) else "a PEFT adapter"
@@ -148,9 +160,28 @@ def recorded_tokenizer(target: str) -> str | None:
     if path.is_file() and detect_checkpoint_kind(path) == "training":
         _, meta = load_training_checkpoint(path, names=[])
         run_config = meta.get("run_config")
-        tokenizer = run_config.get("tokenizer") if isinstance(run_config, dict) else None
-        return tokenizer if isinstance(tokenizer, str) else None
+        if not isinstance(run_config, dict):
+            return None
+        tokenizer, init_from = run_config.get("tokenizer"), run_config.get("init_from")
+        return restore_tokenizer_dir(tokenizer, init_from) if isinstance(tokenizer, str) else None
     return None
+
+
+def restore_tokenizer_dir(recorded: str | None, init_from: str | None) -> str | None:
+    """A run's recorded tokenizer directory; if it was a GGUF's cache directory that is gone (the
+    cache was cleared) and the run started from that GGUF, made again from it (the directory is
+    named by its content, so the same name is the same tokenizer). TokenizerError when it cannot be."""
+    if recorded is None or Path(recorded).exists() or not is_cache_dir_path(recorded):
+        return recorded
+    if init_from is not None and is_gguf(init_from):
+        from tui_llm.engine.formats.gguf import read_gguf_vocab
+
+        rebuilt = gguf_tokenizer_dir(read_gguf_vocab(Path(init_from).expanduser()))
+        if rebuilt is not None and rebuilt.name == Path(recorded).name:
+            return str(rebuilt)
+    raise TokenizerError(f"{recorded}: the tokenizer this run rebuilt from a GGUF file is no longer in the cache, and "
+                         f"{init_from or 'that file'} no longer holds it; loading that GGUF again (e.g. `tui-llm "
+                         f"prepare --tokenizer FILE.gguf ...`) puts it back")
 
 
 def fresh_model(c: RunConfig) -> tuple[Model, str]:

@@ -35,6 +35,7 @@ from tui_llm.engine.data.sidecar import check_data_tokenizer
 from tui_llm.engine.data.tokens import DataError, _as_shards, open_dataset
 from tui_llm.engine.errors import TuiLlmError
 from tui_llm.engine.formats import CheckpointError
+from tui_llm.engine.formats.gguf_tokenizer import resolve_tokenizer_dir
 from tui_llm.engine.formats.peft import is_peft_dir, read_peft, targets_setting
 from tui_llm.engine.kernels.compile import compile_kernels
 from tui_llm.engine.kernels.lora import dropout_key
@@ -45,7 +46,7 @@ from tui_llm.engine.models.llama import Llama
 from tui_llm.engine.models.lora import ALL_LINEAR, LoraConfig, LoraError, resolve_targets
 from tui_llm.engine.run.channel import ControlServer
 from tui_llm.engine.run.run_dir import RunDir, RunDirError, checkpoint_step
-from tui_llm.engine.tokenizers.lookup import find_tokenizer_dir, load_tokenizer
+from tui_llm.engine.tokenizers.lookup import load_tokenizer
 from tui_llm.engine.training.control import Control
 from tui_llm.engine.training.distributed import World
 from tui_llm.engine.training.memory import MemoryEstimate, check_run_fits
@@ -61,6 +62,7 @@ from tui_llm.engine.training.model_source import (
     peek_model_source,
     peft_base_source,
     resolve_source,
+    restore_tokenizer_dir,
     to_bf16,
 )
 from tui_llm.engine.training.optim import AdamW, AdamWConfig, learning_rate
@@ -123,14 +125,14 @@ class Trainer:
     def _short_name(self) -> str:
         """The model part of a run directory's default name: the preset (d6, llama-d4), or the name
         of what the weights came from (SmolLM2-135M for an HF dir or cached name, gpt2_124M for an
-        llm.c file, the run directory's name for one of our checkpoints)."""
+        llm.c file, model for model.gguf, the run directory's name for one of our checkpoints)."""
         import re
 
         name = self.model_name
         if self.config.init_from:
             source = Path(self.config.init_from.rstrip("/"))
             name = source.parent.name if checkpoint_step(source) is not None else source.name
-            name = name.removesuffix(".bin").removesuffix(".safetensors")
+            name = name.removesuffix(".bin").removesuffix(".safetensors").removesuffix(".gguf")
         return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.")[:40] or "model"
 
     # -- what __init__ does, in order ---------------------------------------------------------
@@ -162,7 +164,7 @@ class Trainer:
         if self.lora_config is None:
             c.base_dtype = "fp32"
         self.memory = self._check_memory(model_config, file_bf16)
-        tokenizer_dir = c.tokenizer
+        recorded = None
         if state is not None and self.lora_config is None:
             self.model = build_model(state.model_config, state.params)
             self.model_name = state.model_name
@@ -173,7 +175,6 @@ class Trainer:
                 loaded = (loaded[0], to_bf16(loaded[1]), *loaded[2:])
             model_cfg, flat, self.model_name, recorded = loaded
             self.model = build_model(model_cfg, flat)
-            tokenizer_dir = tokenizer_dir or recorded
         else:
             self.model, self.model_name = fresh_model(c)
         self.model.recompute = c.recompute
@@ -191,7 +192,9 @@ class Trainer:
                 check_base(self.base, state.base, state.path)
             if len(set(self.world.allgather_obj(self.base["fingerprint"]))) > 1:
                 raise ConfigError("init_from", "the ranks loaded different base models (their fingerprints differ)")
-        c.tokenizer = str(find_tokenizer_dir(tokenizer_dir)) if tokenizer_dir else None
+        # a directory, a cached name or a GGUF file (its tokenizer rebuilt into the cache), made absolute
+        found = resolve_tokenizer_dir(restore_tokenizer_dir(c.tokenizer, c.base or c.init_from) or recorded)
+        c.tokenizer = str(found) if found else None
         self.encoding = load_tokenizer(c.tokenizer)
         if isinstance(self.model, Llama) and c.tokenizer is None:
             raise ConfigError("tokenizer", "is needed: a Llama model has no GPT-2 vocabulary; give the directory "
