@@ -457,3 +457,13 @@ def test_gguf_lora_export_of_a_run_and_of_its_peft_adapter(gpt2_run, tmp_path):
         assert np.array_equal(tensors["blk.0.ffn_down.weight.lora_b"], views["mlp.c_proj.lora_B"][0])
     one_line_refusal(cli("export", "--init-from", d / "base", tmp_path / "x.gguf", "--to", "gguf-lora"), "whole model")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_gguf_export_of_a_lora_run_is_the_merged_model(gpt2_run, tmp_path):
+    d = gpt2_run
+    result = cli("export", "--init-from", d / "run", tmp_path / "m.gguf", "--to", "gguf", "--outtype", "f32")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m.Modelfile").is_file()
+    tokens = tokens_for(GPT2)
+    plain, run = load_model(tmp_path / "m.gguf"), load_model(d / "run")
+    assert plain.lora is None and np.abs(logits(plain, tokens) - logits(run, tokens)).max() < 1e-5
