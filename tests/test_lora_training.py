@@ -159,13 +159,30 @@ def test_bad_lora_settings_are_one_line_and_write_nothing(data, tmp_path, args, 
 
 
 @pytest.mark.slow
-def test_exporting_a_lora_run_is_refused_until_it_exists(data, tmp_path):
+def test_a_lora_run_of_a_fresh_model_exports_merged_and_its_adapter_needs_a_base(data, tmp_path):
+    """A fresh model's LoRA run: --to llmc / hf write the merged model (the run's logits); its
+    PEFT adapter names no base, so starting from it asks for --base; --init-from the run itself
+    says to resume it or export its adapter."""
+    from tui_llm.engine.api import load_model
+
     run = tmp_path / "run"
     assert cli(str(data / "s_train.bin"), *TINY, "--steps", "1", "--lora-rank", "2", "--out-dir", str(run)).returncode == 0
-    for to in ("llmc", "hf"):
-        r = cli("export", "--init-from", str(run), str(tmp_path / "out"), "--to", to)
-        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "LoRA run" in r.stderr, r.stderr
-        assert not (tmp_path / "out").exists()
+    tokens = np.arange(16, dtype=np.int32).reshape(1, 16)
+    model = load_model(run)
+    model.forward(tokens)
+    expected = model.acts.logits[:, :model.config.vocab_size].copy()
+    for to, out in (("llmc", tmp_path / "m.bin"), ("hf", tmp_path / "m_hf")):
+        r = cli("export", "--init-from", str(run), str(out), "--to", to)
+        assert r.returncode == 0, r.stderr
+        plain = load_model(out)
+        plain.forward(tokens)
+        assert np.abs(plain.acts.logits[:, :plain.config.vocab_size] - expected).max() < 1e-5
+    assert cli("export", "--init-from", str(run), str(tmp_path / "adapter"), "--to", "peft").returncode == 0
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+    r = cli(str(data / "s_train.bin"), *TINY, "--steps", "1", "--init-from", str(tmp_path / "adapter"),
+            "--out-dir", str(tmp_path / "z"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "names no base model" in r.stderr, r.stderr
+    assert not (tmp_path / "z").exists()
     r = cli(str(data / "s_train.bin"), *TINY, "--steps", "1", "--init-from", str(run), "--out-dir", str(tmp_path / "y"))
     assert r.returncode == 2 and "is a LoRA run: --resume continues it" in r.stderr
 
@@ -265,4 +282,15 @@ def test_a_llama_lora_run_keeps_its_bf16_base_as_bf16(llama, tmp_path):
     sample = cli("sample", "--init-from", str(tmp_path / "run"), "--prompt", "The quick", "--sample-len", "4")
     assert sample.returncode == 0 and "\nThe quick" in sample.stdout, sample.stderr
     refused = cli("export", "--init-from", str(tmp_path / "run"), str(tmp_path / "m.bin"), "--to", "llmc")
-    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "LoRA run" in refused.stderr
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--to hf" in refused.stderr
+    assert not (tmp_path / "m.bin").exists()
+    merged = cli("export", "--init-from", str(tmp_path / "run"), str(tmp_path / "merged"), "--to", "hf")
+    assert merged.returncode == 0, merged.stderr       # the bf16 base widened exactly, plus s B A
+    from tui_llm.engine.api import load_model
+    tokens = np.arange(1, 17, dtype=np.int32).reshape(1, 16)
+    run_model, plain = load_model(tmp_path / "run"), load_model(tmp_path / "merged")
+    assert run_model.params.flat.dtype == np.uint16 and plain.params.flat.dtype == np.float32
+    run_model.forward(tokens)
+    plain.forward(tokens)
+    V = plain.config.vocab_size
+    assert np.abs(plain.acts.logits[:, :V] - run_model.acts.logits[:, :V]).max() < 1e-5

@@ -10,7 +10,10 @@ from tui_llm.cli.parser import EXIT_OK, SAMPLE_LEN, SEED, Parser, UsageError
 def sample_parser() -> Parser:
     p = Parser(prog="tui-llm sample", description="Generate text from a model (KV-cache sampler).")
     p.add_argument("--init-from", required=True, metavar="MODEL",
-                   help="our run directory or checkpoint, llm.c .bin, Hugging Face dir or cached name, or GGUF file")
+                   help="our run directory or checkpoint, llm.c .bin, Hugging Face dir or cached name, GGUF "
+                        "file, or a PEFT LoRA adapter directory (sampled with the adapter applied)")
+    p.add_argument("--base", metavar="MODEL",
+                   help="the base model of a PEFT adapter given as --init-from (default: the one it names)")
     p.add_argument("--prompt", default="", help="text to continue (default: start from end-of-text)")
     p.add_argument("--sample-len", type=int, default=SAMPLE_LEN, help=f"tokens to generate (default {SAMPLE_LEN})")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
@@ -45,9 +48,12 @@ def cmd_sample(argv) -> int:
     from tui_llm.engine.machine import set_threads
     from tui_llm.engine.models.llama import LlamaConfig
     from tui_llm.engine.tokenizers.lookup import load_tokenizer
+    from tui_llm.engine.training.model_source import is_adapter_source
     from tui_llm.engine.training.sampler import Sampler
 
-    model = load_model(args.init_from, tokenizer=args.tokenizer)   # a LoRA run's: its base with the adapters
+    if args.base is not None and not is_adapter_source(args.init_from):
+        raise UsageError("--base is the base model of a PEFT adapter given as --init-from")
+    model = load_model(args.init_from, tokenizer=args.tokenizer, base=args.base)  # adapters applied
     name, tokenizer_dir = model.name, model.tokenizer_dir
     if isinstance(model.config, LlamaConfig) and tokenizer_dir is None:
         raise UsageError(f"{args.init_from}: no tokenizer.json with this Llama model; give --tokenizer DIR")

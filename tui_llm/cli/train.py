@@ -45,7 +45,8 @@ def train_parser() -> Parser:
                    help="preset for a fresh model (default d6)")
     g.add_argument("--init-from", metavar="MODEL",
                    help="start from these weights: our run directory or checkpoint, llm.c .bin, Hugging Face dir or "
-                        "cached name, or GGUF file (f32, f16, bf16, q8_0)")
+                        "cached name, or GGUF file (f32, f16, bf16, q8_0); or a PEFT LoRA adapter directory to "
+                        "continue training it on its base")
     g.add_argument("--resume", metavar="RUN_DIR|CHECKPOINT", help="continue a saved run exactly where it stopped")
     g.add_argument("--layers", type=int, help="override the preset's layer count")
     g.add_argument("--heads", type=int, help="override the preset's head count")
@@ -70,6 +71,9 @@ def train_parser() -> Parser:
                         "down_proj (Llama family), c_attn,c_proj,c_fc (GPT-2; attn.c_proj / mlp.c_proj for one of "
                         "the two); default all-linear (all of them)")
     g.add_argument("--use-rslora", action="store_true", default=None, help="scale A / sqrt(R) (rsLoRA)")
+    g.add_argument("--base", metavar="MODEL",
+                   help="the base model of a PEFT adapter given as --init-from ADAPTER_DIR (default: the one its "
+                        "adapter_config.json names, a local path or a name in the local Hugging Face cache)")
     g.add_argument("--base-dtype", choices=("fp32", "bf16"),
                    help="with LoRA: keep the frozen base as bf16 (2 bytes per parameter) or fp32 (default: bf16 "
                         "when its file is bf16)")

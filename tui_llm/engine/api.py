@@ -7,18 +7,9 @@ import numpy as np
 from tui_llm.engine.formats.gguf_tokenizer import resolve_tokenizer_dir
 from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.build import build_model
-from tui_llm.engine.models.lora import LoraConfig
 from tui_llm.engine.tokenizers.lookup import load_tokenizer
-from tui_llm.engine.training.model_source import (
-    base_identity,
-    check_base,
-    is_lora_checkpoint,
-    load_base,
-    load_model_source,
-    resolve_source,
-)
+from tui_llm.engine.training.model_source import is_adapter_source, load_lora_source, load_model_source
 from tui_llm.engine.training.sampler import Sampler, SampleResult
-from tui_llm.engine.training.state import TrainingState
 
 
 def default_train_file(data_dir="data") -> str:
@@ -31,18 +22,18 @@ def default_train_file(data_dir="data") -> str:
     return str(train)
 
 
-def load_model(source, tokenizer=None) -> Model:
+def load_model(source, tokenizer=None, base: str | None = None) -> Model:
     """A model (GPT-2 or Llama family) from a run directory (its newest checkpoint), one of our
     checkpoints, an llm.c .bin, a Hugging Face directory, a name in the local Hugging Face cache or
     a GGUF file (f32, f16, bf16 or q8_0, dequantised to float32).
 
-    A LoRA run's checkpoint gives its base with the adapters attached (they take part in
-    `generate`). `model.tokenizer_dir` is where its tokenizer.json lives (None: GPT-2's; a GGUF's is
-    rebuilt from its metadata into the user's cache); `tokenizer` (a directory, cached name or
-    GGUF) overrides it."""
-    target = resolve_source(source)
-    if is_lora_checkpoint(target):
-        return load_lora_model(target, tokenizer)
+    A LoRA run's checkpoint, or a PEFT adapter directory, gives its base with the adapters attached
+    (they take part in `generate`); `base` names a PEFT adapter's base where it does not (or
+    names one that is not here). `model.tokenizer_dir` is where its tokenizer.json lives (None:
+    GPT-2's; a GGUF's is rebuilt from its metadata into the user's cache); `tokenizer` (a
+    directory, cached name or GGUF) overrides it."""
+    if is_adapter_source(source):
+        return load_lora_model(source, tokenizer, base)
     config, flat, name, tokenizer_dir = load_model_source(source)
     model = build_model(config, flat)
     model.name = name
@@ -53,18 +44,14 @@ def load_model(source, tokenizer=None) -> Model:
     return model
 
 
-def load_lora_model(checkpoint, tokenizer=None) -> Model:
-    """A LoRA run's model: its base read again from where the run recorded it (refused if its
-    fingerprint changed), with the checkpoint's adapters attached."""
-    state = TrainingState.load(checkpoint)
-    assert state.lora is not None and state.base is not None
-    c = state.run_config
-    config, flat, name, recorded = load_base(c)
-    model = build_model(config, flat)
-    model.attach_lora(LoraConfig.from_dict(state.lora, state.model_config), flat=state.params)
-    check_base(base_identity(model, c.init_from, name), state.base, state.path)
-    model.name = f"{state.model_name} + LoRA adapters ({state.path})"
-    found = resolve_tokenizer_dir(tokenizer if tokenizer is not None else c.tokenizer or recorded)
+def load_lora_model(source, tokenizer=None, base: str | None = None) -> Model:
+    """A LoRA run's model (its base read again from where the run recorded it, refused if its
+    fingerprint changed) or a PEFT adapter's (on `base` or the base it names), adapters attached."""
+    src = load_lora_source(source, base)
+    model = build_model(src.config, src.base_flat)
+    model.attach_lora(src.lora, flat=src.adapters)
+    model.name = f"{src.name} + LoRA adapters ({src.path})"
+    found = resolve_tokenizer_dir(tokenizer if tokenizer is not None else src.tokenizer_dir)
     model.tokenizer_dir = str(found) if found else None
     return model
 

@@ -17,6 +17,8 @@ LlamaConfig (Hugging Face llama/mistral/qwen2 dirs, checkpoints whose model_conf
                     container parser, gguf_vocab.py the tokenizer metadata, gguf_tokenizer.py that
                     tokenizer as a directory in the user's cache (imported on use: not re-exported
                     here, so `gguf` is loaded only when a GGUF file is)
+    gguf_lora.py    LoRA adapters as llama.cpp's GGUF adapter file (for its --lora)
+    peft.py         Hugging Face PEFT LoRA adapter directories (write_peft / read_peft)
     detect.py       load_model_weights: any of the above, by magic bytes
 
 Every read validates sizes before allocating and refuses NaN/inf weights; every problem with a

@@ -380,3 +380,19 @@ class Adapters:
                 np.matmul(du[:, j * r:(j + 1) * r], views[name][layer], out=part)
                 dropout_apply(part, part, self.lora.dropout, np.uint64(dropout_key(key, layer, index)))
                 dx += part
+
+
+def merge_into(base: ParamTensors, adapters: LoraParams) -> None:
+    """W += s B A for every adapted module, in place on a float32 base (a merged export: the
+    plain model that computes what the base with its adapters computes, without dropout)."""
+    if base.flat.dtype != np.float32:
+        raise ValueError("merge_into needs float32 base weights (widen a bf16 base first)")
+    scale = np.float32(adapters.lora.scale)
+    for group in adapters.groups.values():
+        for site in group:
+            W = base.views[site.matrix]                                          # (L, rows, in)
+            A, B = adapters.views[site.module + ".lora_A"], adapters.views[site.module + ".lora_B"]
+            for layer in range(W.shape[0]):
+                delta = B[layer] @ A[layer]                                      # (out, r) @ (r, in)
+                delta *= scale
+                W[layer, site.rows[0]:site.rows[1]] += delta

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from tui_llm.engine.formats.common import CheckpointError
 from tui_llm.engine.formats.hf_gpt2 import HF_CONFIG, HF_WEIGHTS
+from tui_llm.engine.formats.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
-EXPORT_KINDS = ("llmc", "hf", "gguf")  # a single file / a directory of files / OUT.gguf + OUT.Modelfile
+EXPORT_KINDS = ("llmc", "hf", "gguf", "peft")  # one file / a directory / OUT.gguf + OUT.Modelfile / an adapter dir
 
 
 def is_run_directory(directory: Path) -> bool:
@@ -28,7 +29,8 @@ def check_export_destination(source, dest, kind: str, force: bool = False) -> Pa
     """Raise CheckpointError (one line) unless `dest` is a safe place for an export of `source`.
 
     kind "llmc" writes one file, "hf" a directory (config.json + model.safetensors), "gguf" one
-    file and its Ollama Modelfile beside it (OUT.gguf, OUT.Modelfile: both are checked). Refused:
+    file and its Ollama Modelfile beside it (OUT.gguf, OUT.Modelfile: both are checked), "peft" a
+    directory (adapter_config.json + adapter_model.safetensors). Refused:
     a destination that is neither a regular file nor a directory (device node, FIFO, socket), one
     of the wrong kind, the export's own source (or a directory holding it), an existing run
     directory, an existing model file or HF export unless force=True, and a place whose nearest
@@ -67,9 +69,12 @@ def check_export_destination(source, dest, kind: str, force: bool = False) -> Pa
                 raise CheckpointError(dest, "is a tui-llm run directory; refusing to export into it")
             if not force and ((dest / HF_CONFIG).exists() or (dest / HF_WEIGHTS).exists()):
                 raise CheckpointError(dest, "already holds a model; pass --force to replace it")
+            if not force and ((dest / ADAPTER_CONFIG).exists() or (dest / ADAPTER_WEIGHTS).exists()):
+                raise CheckpointError(dest, "already holds an adapter; pass --force to replace it")
         else:
-            if kind == "hf":
-                raise CheckpointError(dest, "is a file; a Hugging Face export is a directory")
+            if kind in ("hf", "peft"):
+                raise CheckpointError(dest, f"is a file; a{' Hugging Face' if kind == 'hf' else ' PEFT adapter'} "
+                                            "export is a directory")
             if not force:
                 raise CheckpointError(dest, "already exists; pass --force to replace it")
 

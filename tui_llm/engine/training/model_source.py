@@ -8,10 +8,13 @@ tokenizer that goes with them.
     config, file_bf16 = peek_model_source("runs/x")                   # before reading any weight (or None)
     model = load_model("runs/x")                                      # a Model, a LoRA run's with its adapters
     recorded_chat_template("runs/x")                                  # the run's --chat-template, if any
+    source = load_lora_source("runs/x" or "adapter_dir")              # a LoRA run's or a PEFT adapter's parts
 
 A LoRA run's checkpoint holds its adapters and the identity of its base (`base`: where it came
 from, `init_from` as an absolute path or a cached name, and the fingerprint of its weights): the
-base is read again from there and refused if its fingerprint differs (check_base).
+base is read again from there and refused if its fingerprint differs (check_base). A PEFT adapter
+directory (formats/peft.py) names its base (`base_model_name_or_path`, or `--base`): a local path or
+a name in the local Hugging Face cache, never downloaded (peft_base_source).
 The tokenizer directory is where the model's tokenizer.json lives: a Llama-family HF dir's own,
 the one a run recorded (`run_config.tokenizer` in its checkpoints), or a GGUF file's, rebuilt
 from its metadata into the user's cache (formats/gguf_tokenizer.py); None means GPT-2's.
@@ -20,6 +23,7 @@ from its metadata into the user's cache (formats/gguf_tokenizer.py); None means 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +39,24 @@ from tui_llm.engine.formats.gguf_tokenizer import gguf_tokenizer_dir, is_cache_d
 from tui_llm.engine.formats.hf_gpt2 import hf_files, read_hf_config
 from tui_llm.engine.formats.hf_llama import hf_model_type, peek_hf_llama, read_hf_llama
 from tui_llm.engine.formats.llmc import read_llmc_header
+from tui_llm.engine.formats.peft import (
+    ADAPTER_CONFIG,
+    DTYPE_KEY,
+    FINGERPRINT_KEY,
+    is_peft_dir,
+    read_peft,
+    read_peft_config,
+    read_peft_metadata,
+)
 from tui_llm.engine.formats.safetensors import read_header
 from tui_llm.engine.hf_cache import find_hf_cached
-from tui_llm.engine.kernels.bf16 import fingerprint, narrow_to_bf16
+from tui_llm.engine.kernels.bf16 import fingerprint, narrow_to_bf16, widen_bf16
 from tui_llm.engine.machine import NotEnoughMemory
 from tui_llm.engine.models.base import Model
 from tui_llm.engine.models.gpt2 import GPT
 from tui_llm.engine.models.gpt2_config import GPTConfig, preset_config
 from tui_llm.engine.models.llama import Llama, LlamaConfig, LlamaConfigError
+from tui_llm.engine.models.lora import LoraConfig
 from tui_llm.engine.models.torch_init import llmc_random_init
 from tui_llm.engine.run.run_dir import is_run_dir, resolve_checkpoint
 from tui_llm.engine.tokenizers.gpt2 import TokenizerError
@@ -75,9 +89,9 @@ def load_model_source(source, base_dtype: str = "fp32") -> tuple:
             f"GGUF {md['general.architecture']} {path} ({flat.size / 1e6:.1f}M params)", \
             str(tokenizer) if tokenizer else None
     target = resolve_source(source)
-    if is_lora_checkpoint(target):
-        raise CheckpointError(target, "is a LoRA run's checkpoint (adapters over a base model): --resume continues "
-                                      "it; exporting its adapter or merged weights is not supported yet")
+    if is_lora_checkpoint(target) or is_peft_dir(target):
+        what = "a LoRA run's checkpoint" if is_lora_checkpoint(target) else "a PEFT adapter"
+        raise CheckpointError(target, f"is {what} (adapters over a base model), not a whole model")
     if base_dtype == "bf16":
         cached = find_hf_cached(target) if not Path(target).exists() else None
         directory = cached or Path(target)
@@ -229,8 +243,11 @@ def fresh_config(c: RunConfig) -> tuple[GPTConfig | LlamaConfig, str]:
 # A LoRA run's frozen base: loaded from where the run recorded it, checked by its fingerprint
 
 def load_base(c: RunConfig) -> tuple:
-    """(config, flat, name, tokenizer_dir) of a LoRA run's base in c.base_dtype: c.init_from's
-    weights, or the fresh model c describes (the same seed gives the same weights)."""
+    """(config, flat, name, tokenizer_dir) of a LoRA run's base in c.base_dtype: c.base's weights
+    (a run started from a PEFT adapter), c.init_from's, or the fresh model c describes (the same
+    seed gives the same weights)."""
+    if c.base:
+        return load_model_source(c.base, c.base_dtype)
     if c.init_from:
         return load_model_source(c.init_from, c.base_dtype)
     model, name = fresh_model(c)
@@ -250,3 +267,129 @@ def check_base(now: dict, recorded: dict, checkpoint) -> None:
         raise CheckpointError(checkpoint, f"its adapters were trained on a base model with fingerprint "
                                           f"{recorded.get('fingerprint')}, but {where} now has {now['fingerprint']}: "
                                           f"the base changed; restore it, or start a new run")
+
+
+# ---------------------------------------------------------------------------------------
+# Adapters from anywhere: a LoRA run's checkpoint or a PEFT adapter directory
+
+def peft_base_source(adapter_dir, base: str | None = None) -> str:
+    """Where a PEFT adapter's base model is: `base` (--base) or the adapter's
+    base_model_name_or_path, as an absolute path (a local file or directory) or a name in the
+    local Hugging Face cache. CheckpointError (one line) when it names none, or one not here."""
+    peft = read_peft_config(adapter_dir)
+    name = base or peft.base_name
+    if not name:
+        raise CheckpointError(peft.path, "names no base model (base_model_name_or_path); give --base MODEL")
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path.absolute())
+    if find_hf_cached(name) is not None:
+        return name
+    if base:
+        raise CheckpointError(name, "no such file or directory, and no model of that name in the local Hugging Face "
+                                    "cache (nothing is downloaded)")
+    raise CheckpointError(peft.path, f"its base model {name[:200]!r} is not a local path nor in the local Hugging Face "
+                                     "cache (nothing is downloaded); give --base MODEL")
+
+
+def resolve_base_dtype(base_source: str, base_dtype: str) -> str:
+    """auto: bf16 when the base's file is bf16, else fp32."""
+    if base_dtype != "auto":
+        return base_dtype
+    peeked = peek_model_source(base_source)
+    return "bf16" if peeked is not None and peeked[1] else "fp32"
+
+
+@dataclass
+class LoraSource:
+    """Adapters and the base they go on, as a LoRA run's checkpoint or a PEFT adapter gives them."""
+    config: GPTConfig | LlamaConfig
+    base_flat: np.ndarray          # the base's weights: float32, or bf16 bits (uint16)
+    lora: LoraConfig
+    adapters: np.ndarray           # the adapters' flat float32 buffer (models/lora.py's layout)
+    name: str                      # the base's description
+    tokenizer_dir: str | None
+    base_source: str | None        # where the base came from (absolute path or cached name; None: a fresh model)
+    path: Path                     # the checkpoint or adapter directory
+
+    def base_fp32(self) -> np.ndarray:
+        """The base's weights as float32 (widened from bf16 exactly: what the model's products use)."""
+        if self.base_flat.dtype == np.float32:
+            return self.base_flat
+        out = np.empty(self.base_flat.size, np.float32)
+        widen_bf16(out, self.base_flat)
+        return out
+
+
+def is_adapter_source(source) -> bool:
+    """Whether `source` is a LoRA run (directory or checkpoint) or a PEFT adapter directory."""
+    return is_peft_dir(source) or is_lora_checkpoint(resolve_source(source))
+
+
+def load_lora_source(source, base: str | None = None, base_dtype: str = "auto") -> LoraSource:
+    """The adapters of a LoRA run (its newest checkpoint; its base in the run's dtype, refused if
+    its fingerprint changed) or of a PEFT adapter directory (its base from `base` or the adapter's
+    base_model_name_or_path, in base_dtype: auto is the file's), checked against that base."""
+    from tui_llm.engine.models.build import build_model
+    from tui_llm.engine.training.state import TrainingState
+
+    if is_peft_dir(source):
+        directory = Path(str(source)).expanduser().absolute()
+        where = peft_base_source(directory, base)
+        config, flat, name, tokenizer_dir = load_model_source(where, resolve_base_dtype(where, base_dtype))
+        lora, adapters, _ = read_peft(directory, config)
+        check_peft_base(build_model(config, flat), directory, explicit_base=base is not None)
+        return LoraSource(config, flat, lora, adapters, name, tokenizer_dir, where, directory)
+    if base is not None:
+        raise ConfigError("base", "is for a PEFT adapter directory given as --init-from (a LoRA run records its base)")
+    state = TrainingState.load(resolve_source(source))
+    assert state.lora is not None and state.base is not None and state.path is not None
+    c = state.run_config
+    config, flat, name, recorded = load_base(c)
+    lora = LoraConfig.from_dict(state.lora, state.model_config)
+    check_base(base_identity(build_model(config, flat), c.base or c.init_from, name), state.base, state.path)
+    return LoraSource(config, flat, lora, state.params, state.model_name, c.tokenizer or recorded,
+                      c.base or c.init_from, state.path)
+
+
+def check_peft_base(model: Model, adapter_dir: Path, explicit_base: bool) -> None:
+    """An adapter we exported records its base's fingerprint: refuse a base that differs (in the
+    same dtype) unless the user named the base (--base) themselves."""
+    metadata = read_peft_metadata(adapter_dir)
+    recorded, dtype = metadata.get(FINGERPRINT_KEY), metadata.get(DTYPE_KEY)
+    if explicit_base or recorded is None or dtype != model.base_dtype:
+        return
+    now = fingerprint(model.params.flat)
+    if now != recorded:
+        raise CheckpointError(adapter_dir / ADAPTER_CONFIG, f"its adapters were trained on a base with fingerprint "
+                                                            f"{recorded}, but the base named there now has {now}; "
+                                                            "restore it, or give --base MODEL to use another")
+
+
+def peek_lora_config(source, base: str | None = None) -> GPTConfig | LlamaConfig | None:
+    """The base's config of a LoRA run or PEFT adapter, before any weight is read (None where
+    that takes reading the base: GGUF)."""
+    if is_peft_dir(source):
+        peeked = peek_model_source(peft_base_source(source, base))
+        return peeked[0] if peeked is not None else None
+    target = resolve_source(source)
+    return training_model_config(Path(target), load_training_checkpoint(target, names=[])[1])
+
+
+def read_adapters(source, base: str | None = None) -> tuple:
+    """(base config, LoraConfig, the adapters' flat float32 buffer) of a LoRA run or PEFT adapter,
+    without reading the base's weights where its headers tell its config (GGUF: they are read)."""
+    from tui_llm.engine.training.state import TrainingState
+
+    if is_peft_dir(source):
+        config = peek_lora_config(source, base)
+        if config is None:
+            src = load_lora_source(source, base)
+            return src.config, src.lora, src.adapters
+        lora, adapters, _ = read_peft(source, config)
+        return config, lora, adapters
+    if base is not None:
+        raise ConfigError("base", "is for a PEFT adapter directory given as --init-from (a LoRA run records its base)")
+    state = TrainingState.load(resolve_source(source))
+    assert state.lora is not None
+    return state.model_config, LoraConfig.from_dict(state.lora, state.model_config), state.params

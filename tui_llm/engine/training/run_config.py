@@ -17,7 +17,7 @@ FIXED_ON_RESUME = frozenset({"arch", "model", "init_from", "init_style", "layers
                              "ffn_channels", "max_seq_len", "tokenizer",
                              "batch_size", "seq_len", "total_batch_size", "shuffle", "train_file", "val_file",
                              "data_format", "seed", "out_dir",
-                             "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "use_rslora", "base_dtype"})
+                             "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "use_rslora", "base_dtype", "base"})
 
 ARCHS = ("gpt2", "llama")
 BASE_DTYPES = ("auto", "fp32", "bf16")
@@ -82,6 +82,7 @@ class RunConfig:
     lora_targets: str = "all-linear"    # modules to adapt, by PEFT's names (q_proj,v_proj / c_attn,c_proj) or all-linear
     use_rslora: bool = False            # scale lora_alpha / sqrt(lora_rank) (rsLoRA)
     base_dtype: str = "auto"            # a LoRA run's frozen base in memory: fp32 | bf16; auto: bf16 when its file is
+    base: str | None = None             # the base model of a PEFT adapter given as init_from (default: the one it names)
     recompute: bool = False             # keep only each layer's input and run the layer again in the backward
     matmul_dtype: str = "fp32"          # the weights' products: fp32 | bf16 (inputs rounded, fp32 sums) | auto
 
@@ -99,7 +100,7 @@ class RunConfig:
             kinds = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}.get(type(default), ())
             if f.name in SIZES:
                 kinds = (int,)
-            if f.name in ("val_file", "init_from", "out_dir", "tokenizer", "chat_template"):
+            if f.name in ("val_file", "init_from", "out_dir", "tokenizer", "chat_template", "base"):
                 kinds = (str,)
             if f.name == "lora_alpha":
                 kinds = (int, float)

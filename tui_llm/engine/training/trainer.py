@@ -43,6 +43,7 @@ from tui_llm.engine.data.tokens import DataError, _as_shards, open_dataset
 from tui_llm.engine.errors import TuiLlmError
 from tui_llm.engine.formats import CheckpointError
 from tui_llm.engine.formats.gguf_tokenizer import resolve_tokenizer_dir
+from tui_llm.engine.formats.peft import is_peft_dir, read_peft, targets_setting
 from tui_llm.engine.kernels import bf16_matmul
 from tui_llm.engine.kernels.compile import compile_kernels
 from tui_llm.engine.kernels.lora import dropout_key
@@ -50,7 +51,7 @@ from tui_llm.engine.kernels.optimizer import sum_of_squares
 from tui_llm.engine.machine import set_threads
 from tui_llm.engine.models.build import build_model
 from tui_llm.engine.models.llama import Llama
-from tui_llm.engine.models.lora import LoraConfig, LoraError, resolve_targets
+from tui_llm.engine.models.lora import ALL_LINEAR, LoraConfig, LoraError, resolve_targets
 from tui_llm.engine.run.channel import ControlServer
 from tui_llm.engine.run.run_dir import RunDir, RunDirError, checkpoint_step
 from tui_llm.engine.tokenizers.chat_template import BUILTIN_TEMPLATES, ChatTemplateError, load_chat_template
@@ -62,12 +63,14 @@ from tui_llm.engine.training.memory import MemoryEstimate, check_run_fits
 from tui_llm.engine.training.model_source import (
     base_identity,
     check_base,
+    check_peft_base,
     fresh_config,
     fresh_model,
     is_lora_checkpoint,
     load_base,
     load_model_source,
     peek_model_source,
+    peft_base_source,
     resolve_source,
     restore_tokenizer_dir,
     to_bf16,
@@ -155,10 +158,17 @@ class Trainer:
         c = self.config
         if c.init_from and Path(c.init_from).expanduser().exists():
             c.init_from = str(Path(c.init_from).expanduser().absolute())
+        self._adapter: tuple | None = None   # a PEFT adapter's (LoraConfig, flat) to continue training
+        if c.base is not None and not (state is not None or (c.init_from and is_peft_dir(c.init_from))):
+            raise ConfigError("base", "is the base model of a PEFT adapter given as --init-from ADAPTER_DIR; "
+                                      "without one, give the model as --init-from")
+        named_base = c.base is not None   # a base the user named is not checked against the adapter's record
+        if state is None and c.init_from and is_peft_dir(c.init_from):
+            c.base = peft_base_source(c.init_from, c.base)   # recorded: a resume needs no adapter directory
         model_config, file_bf16 = self._plan_model(state)
         loaded = None
         if model_config is None:  # a source whose sizes are known only once it is read (GGUF)
-            loaded = load_model_source(c.init_from)
+            loaded = load_model_source(c.base or c.init_from)
             model_config = loaded[0]
         self.lora_config = self._lora_config(model_config, state)
         c.base_dtype = ("bf16" if file_bf16 else "fp32") if c.base_dtype == "auto" else c.base_dtype
@@ -183,8 +193,12 @@ class Trainer:
         self.model.w.matmul_dtype = c.matmul_dtype
         self.base: dict | None = None
         if self.lora_config is not None:
-            self.model.attach_lora(self.lora_config, flat=state.params if state is not None else None, seed=c.seed)
-            self.base = base_identity(self.model, c.init_from, self.model_name)
+            flat = state.params if state is not None else self._adapter[1] if self._adapter is not None else None
+            self.model.attach_lora(self.lora_config, flat=flat, seed=c.seed)
+            self.base = base_identity(self.model, c.base or c.init_from, self.model_name)
+            if state is None and self._adapter is not None:
+                assert c.init_from is not None
+                check_peft_base(self.model, Path(c.init_from), explicit_base=named_base)
             if state is not None:
                 assert state.base is not None
                 self.model_name = state.model_name
@@ -192,7 +206,7 @@ class Trainer:
             if len(set(self.world.allgather_obj(self.base["fingerprint"]))) > 1:
                 raise ConfigError("init_from", "the ranks loaded different base models (their fingerprints differ)")
         # a directory, a cached name or a GGUF file (its tokenizer rebuilt into the cache), made absolute
-        found = resolve_tokenizer_dir(restore_tokenizer_dir(c.tokenizer, c.init_from) or recorded)
+        found = resolve_tokenizer_dir(restore_tokenizer_dir(c.tokenizer, c.base or c.init_from) or recorded)
         c.tokenizer = str(found) if found else None
         self.encoding = load_tokenizer(c.tokenizer)
         if isinstance(self.model, Llama) and c.tokenizer is None:
@@ -240,9 +254,9 @@ class Trainer:
             return state.model_config, state.base is not None and state.base["dtype"] == "bf16"
         if c.init_from:
             if is_lora_checkpoint(resolve_source(c.init_from)):
-                raise ConfigError("init_from", f"{c.init_from} is a LoRA run: --resume continues it (starting a new "
-                                               "run from its adapters is not supported yet)")
-            peeked = peek_model_source(c.init_from)
+                raise ConfigError("init_from", f"{c.init_from} is a LoRA run: --resume continues it (or export "
+                                               "its adapter with --to peft and start from that directory)")
+            peeked = peek_model_source(c.base or c.init_from)
             return peeked if peeked is not None else (None, False)
         return fresh_config(c)[0], False
 
@@ -254,6 +268,8 @@ class Trainer:
                 return LoraConfig.from_dict(state.lora, state.model_config)
             except LoraError as e:
                 raise CheckpointError(state.path, str(e)) from None
+        if c.base is not None and state is None:  # continue training a PEFT adapter: its settings
+            return self._adapter_settings(model_config)
         if not c.lora_rank:
             return None
         if c.lora_alpha == 0:
@@ -263,6 +279,37 @@ class Trainer:
                               model_config), dropout=float(c.lora_dropout), use_rslora=c.use_rslora)
         except LoraError as e:
             raise ConfigError("lora_targets" if "targets" in str(e) else "lora_rank", str(e)) from None
+
+    def _adapter_settings(self, model_config) -> LoraConfig:
+        """A PEFT adapter's LoraConfig, read and checked against the base (CheckpointError), its
+        tensors kept for attach_lora; the run's LoRA settings become the adapter's (a rank or
+        targets given that differ are refused; dropout given on the command line is kept)."""
+        c = self.config
+        assert c.init_from is not None
+        lora, flat, _ = read_peft(c.init_from, model_config)
+        if c.lora_rank and c.lora_rank != lora.rank:
+            raise ConfigError("lora_rank", f"{c.lora_rank} differs from the adapter's r={lora.rank} "
+                                           f"({c.init_from}); leave --lora-rank out to continue it")
+        if c.lora_alpha and c.lora_alpha != lora.alpha:
+            raise ConfigError("lora_alpha", f"{c.lora_alpha:g} differs from the adapter's lora_alpha={lora.alpha:g} "
+                                            f"({c.init_from}); leave --lora-alpha out to continue it")
+        targets = targets_setting(lora, model_config)
+        if c.lora_targets not in (ALL_LINEAR, targets):
+            try:
+                wanted = resolve_targets(c.lora_targets, model_config)
+            except LoraError as e:
+                raise ConfigError("lora_targets", str(e)) from None
+            if wanted != lora.targets:
+                raise ConfigError("lora_targets", f"{c.lora_targets} differs from the adapter's modules "
+                                                  f"({', '.join(lora.targets)}); leave --lora-targets out")
+        if c.lora_dropout:
+            lora = replace(lora, dropout=float(c.lora_dropout))
+        if c.use_rslora and not lora.use_rslora:
+            raise ConfigError("use_rslora", f"the adapter {c.init_from} does not use rsLoRA; leave --use-rslora out")
+        c.lora_rank, c.lora_alpha, c.lora_targets = lora.rank, lora.alpha, targets
+        c.lora_dropout, c.use_rslora = lora.dropout, lora.use_rslora
+        self._adapter = (lora, flat)
+        return lora
 
     def _check_memory(self, model_config, file_bf16: bool) -> MemoryEstimate:
         c = self.config
