@@ -27,6 +27,7 @@ def transcript(app) -> str:
     return app.screen.query_one(ChatLog).transcript() if isinstance(app.screen, ChatScreen) else ""
 
 
+@pytest.mark.slow
 async def test_chat_panel_talks_to_the_trainer_and_training_goes_on(tmp_path):
     trainer = FakeTrainer(tmp_path / "run")
     app = TrainerApp(trainer)

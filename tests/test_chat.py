@@ -146,6 +146,7 @@ async def until(pilot, condition, what: str, timeout: float = 10.0) -> None:
         await pilot.pause(0.02)
 
 
+@pytest.mark.slow
 async def test_chat_screen_streams_a_reply_resets_and_saves(tmp_path):
     chat = GatedChat()
     app = ChatApp(chat, Conversation(system="be nice"), {"sample_len": 32}, rng=None)

@@ -126,6 +126,7 @@ def test_gpt2_round_trip(tmp_path, outtype):
     assert md["general.description"] == "a test"
 
 
+@pytest.mark.slow
 def test_gpt2_names_types_and_metadata_as_llama_cpp_expects(tmp_path):
     path = tmp_path / "m.gguf"
     write_gguf(path, GPT2, gpt2_flat(), None, outtype="q8_0")
@@ -147,6 +148,7 @@ def test_gpt2_names_types_and_metadata_as_llama_cpp_expects(tmp_path):
     assert f["tokenizer.ggml.add_bos_token"] is False and f["general.file_type"] == 7
 
 
+@pytest.mark.slow
 def test_q8_0_known_bytes(tmp_path):
     """One q8_0 block as ggml's quantize_row_q8_0_ref makes it: d = max|x| / 127 as f16, then
     round-half-away-from-zero(x / d) as int8."""

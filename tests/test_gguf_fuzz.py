@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -39,6 +40,7 @@ def recorded_fields(path) -> list[tuple[int, str]]:
     return seen
 
 
+@pytest.mark.slow
 def test_fuzz_gguf(tmp_path):
     tok = train_tokenizer(tmp_path / "tok", "qwen2")
     cfg = llama_config("qwen2", num_layers=1)

@@ -271,6 +271,7 @@ def test_exported_adapter_gives_the_runs_logits_and_names_its_base(gpt2_run):
     assert adapter.lora.lora == run.lora.lora
 
 
+@pytest.mark.slow
 def test_merged_hf_and_llmc_exports_give_the_runs_logits(gpt2_run):
     d = gpt2_run
     for to, out in (("hf", d / "merged"), ("llmc", d / "merged.bin")):
@@ -317,6 +318,7 @@ def test_adapters_stored_as_f16_or_bf16_are_widened_exactly(tmp_path):
     assert np.array_equal(flat, model.lora.params.flat.astype(np.float16).astype(np.float32))
 
 
+@pytest.mark.slow
 def test_sample_with_an_adapter_equals_sample_with_the_run(gpt2_run):
     d = gpt2_run
     args = ("--prompt", "Hello", "--sample-len", "6", "--temperature", "0", "--threads", "1")
@@ -326,6 +328,7 @@ def test_sample_with_an_adapter_equals_sample_with_the_run(gpt2_run):
     assert text(from_run) == text(from_adapter)
 
 
+@pytest.mark.slow
 def test_bad_adapter_commands_say_one_line_exit_2_and_write_nothing(gpt2_run, tmp_path):
     d = gpt2_run
     out = tmp_path / "out"
@@ -367,6 +370,7 @@ def test_bad_adapter_commands_say_one_line_exit_2_and_write_nothing(gpt2_run, tm
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_lora_llama_to_llmc_is_refused_and_writes_nothing(tmp_path):
     model = adapted_model(LLAMA)
     write_hf_llama(tmp_path / "base", LLAMA, base_model(LLAMA).params.flat)
@@ -382,6 +386,7 @@ def test_lora_llama_to_llmc_is_refused_and_writes_nothing(tmp_path):
     assert np.abs(logits(load_model(tmp_path / "merged"), tokens) - logits(model, tokens)).max() < 1e-5
 
 
+@pytest.mark.slow
 def test_export_into_an_existing_adapter_needs_force(gpt2_run, tmp_path):
     d = gpt2_run
     target = tmp_path / "again"
@@ -393,6 +398,7 @@ def test_export_into_an_existing_adapter_needs_force(gpt2_run, tmp_path):
 # ---------------------------------------------------------------------------------------
 # llama.cpp's LoRA GGUF: base GGUF + adapter GGUF = the merged model's GGUF
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [GPT2, LLAMA, QWEN2], ids=["gpt2", "llama-gqa", "qwen2"])
 def test_gguf_adapter_on_the_base_gguf_is_the_merged_gguf(tmp_path, config):
     from gguf import GGUFReader
@@ -437,6 +443,7 @@ def test_gguf_adapter_on_the_base_gguf_is_the_merged_gguf(tmp_path, config):
         assert np.abs(got - want[name][0]).max() < 1e-5, name
 
 
+@pytest.mark.slow
 def test_gguf_lora_export_of_a_run_and_of_its_peft_adapter(gpt2_run, tmp_path):
     from gguf import GGUFReader
 
@@ -459,6 +466,7 @@ def test_gguf_lora_export_of_a_run_and_of_its_peft_adapter(gpt2_run, tmp_path):
     assert not (tmp_path / "x.gguf").exists()
 
 
+@pytest.mark.slow
 def test_gguf_export_of_a_lora_run_is_the_merged_model(gpt2_run, tmp_path):
     d = gpt2_run
     result = cli("export", "--init-from", d / "run", tmp_path / "m.gguf", "--to", "gguf", "--outtype", "f32")

@@ -318,6 +318,7 @@ def run_prepare(*args, cwd):
                           text=True, cwd=cwd, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_chat_bad_input_is_one_line_and_exit_2(tmp_path):
     good = write_chats(tmp_path / "chats.jsonl")
     bad = write_chats(tmp_path / "bad.jsonl", CHATS[:2])
