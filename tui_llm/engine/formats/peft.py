@@ -37,7 +37,7 @@ import numpy as np
 
 from tui_llm.engine.formats.atomic import atomic_files, atomic_write
 from tui_llm.engine.formats.common import CheckpointError, check_finite
-from tui_llm.engine.formats.safetensors import read_header, read_tensor, write_safetensors
+from tui_llm.engine.formats.safetensors import no_duplicate_keys, read_header, read_tensor, write_safetensors
 from tui_llm.engine.models.gpt2_config import GPTConfig
 from tui_llm.engine.models.llama_config import LlamaConfig
 from tui_llm.engine.models.lora import (
@@ -141,15 +141,6 @@ class PeftConfig:
     path: Path
 
 
-def _no_duplicates(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def read_peft_config(directory) -> PeftConfig:
     """adapter_config.json of a PEFT LoRA adapter, every value we use checked (CheckpointError)."""
     path = Path(str(directory)).expanduser() / ADAPTER_CONFIG
@@ -161,7 +152,7 @@ def read_peft_config(directory) -> PeftConfig:
     if len(raw) > MAX_CONFIG_BYTES:
         raise CheckpointError(path, f"larger than {MAX_CONFIG_BYTES:,} bytes; not an adapter config")
     try:
-        d = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        d = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
     except (ValueError, RecursionError) as e:
         raise CheckpointError(path, f"bad JSON: {e}") from None
     if not isinstance(d, dict):

@@ -64,7 +64,8 @@ def write_safetensors(f, tensors: list[tuple[str, np.ndarray]], metadata: dict[s
         write_array(f, arr)
 
 
-def _no_duplicates(pairs):
+def no_duplicate_keys(pairs):
+    """json's object_pairs_hook that refuses an object naming a key twice (ValueError)."""
     out = {}
     for key, value in pairs:
         if key in out:
@@ -88,7 +89,7 @@ def read_header(f, path) -> tuple[dict[str, Entry], dict[str, str], int]:
     if n > min(size - 8, MAX_HEADER_BYTES):
         raise CheckpointError(path, f"header length {n} does not fit in the {size}-byte file (truncated or not safetensors)")
     try:
-        header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=_no_duplicates)
+        header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=no_duplicate_keys)
         if not isinstance(header, dict):
             raise ValueError("not a JSON object")
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
