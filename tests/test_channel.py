@@ -7,12 +7,11 @@ import socket
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.run_helpers import TINY, HeadlessRun, Process, make_data, no_steps_while_paused, read_metrics, run, run_cli
+from tests.run_helpers import HeadlessRun, Process, make_data, no_steps_while_paused, read_metrics, run_cli
 from tui_llm.engine import events as ev
 from tui_llm.engine.run.channel import ADDRESS, SOCKET, ChannelError, ControlClient, ControlServer, peer_allowed, peer_uid
 from tui_llm.engine.training.run_config import ConfigError, RunConfig, live_setting
@@ -213,15 +212,9 @@ def test_steer_a_real_headless_run(train_file, tmp_path):
 @pytest.mark.slow
 def test_a_live_lr_change_is_kept_by_the_checkpoint_and_resume(train_file, tmp_path):
     """Set lr_scale through the socket, save, stop, --resume: the same losses as one uninterrupted
-    run whose lr changed at the same step.
-
-    Every process here must run the same compiled kernels: a process that compiles them afresh
-    (an empty numba cache, as in a clean clone) and one that loads them from the cache can differ
-    in the last bit of a step (found by CI on a clean clone: the 7th step's loss, 1e-7 apart; not
-    yet explained). So one short run fills the cache first, and the uninterrupted run is a process
-    of its own too (this one may hold kernels it compiled itself for earlier tests)."""
-    warm = run_cli(train_file, "--no-ui", *TINY, "--steps", "1", "--save-every", "0", "--out-dir", tmp_path / "warm")
-    assert warm.returncode == 0, warm.stderr
+    run whose lr changed at the same step (in this process, whose kernels may be compiled afresh
+    where the runs' processes load them from numba's cache: the bits agree either way, see
+    tests/test_kernel_cache.py)."""
     run_dir = tmp_path / "live"
     common = ["--lr", "3e-3", "--val-every", "0", "--sample-every", "0", "--save-every", "0"]
     run = HeadlessRun(train_file, run_dir, "--steps", "100000", *common)
@@ -244,20 +237,8 @@ def test_a_live_lr_change_is_kept_by_the_checkpoint_and_resume(train_file, tmp_p
     assert sorted(train) == list(range(1, steps + 1))
     assert {lr for step, (_, lr) in train.items() if step > changed_at} == {3e-3 * 0.25}
 
-    straight = train_changing_lr_scale_in_a_process(train_file, tmp_path / "straight", steps, changed_at)
+    straight = train_changing_lr_scale(train_file, tmp_path / "straight", batch_size=2, steps=steps, changed_at=changed_at)
     assert straight == train  # bit-identical
-
-
-def train_changing_lr_scale_in_a_process(train_file, out_dir, steps: int, changed_at: int) -> dict:
-    """train_changing_lr_scale in a fresh process, as the runs it is compared with (which load the
-    compiled kernels from numba's cache; this process may hold ones it compiled itself)."""
-    code = ("import json, sys; from tests.test_channel import train_changing_lr_scale; "
-            "r = train_changing_lr_scale(sys.argv[1], sys.argv[2], batch_size=2, steps=int(sys.argv[3]), "
-            "changed_at=int(sys.argv[4])); print(json.dumps({str(k): v for k, v in r.items()}))")
-    done = run([sys.executable, "-c", code, str(train_file), str(out_dir), str(steps), str(changed_at)],
-               cwd=Path(__file__).resolve().parent.parent)
-    assert done.returncode == 0, done.stderr
-    return {int(k): tuple(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
 
 
 def train_changing_lr_scale(train_file, out_dir, batch_size: int, steps: int, changed_at: int) -> dict:

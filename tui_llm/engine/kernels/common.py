@@ -23,8 +23,17 @@ from numba import njit, prange
 
 # error_model="numpy": a division by zero gives inf/nan, as numpy's would, instead of raising: a
 # diverging run reaches the trainer's non-finite check (one clear error) instead of a ZeroDivisionError.
-JIT = dict(nogil=True, cache=True, fastmath=True, error_model="numpy")
-PJIT = dict(nogil=True, cache=True, fastmath=True, parallel=True, error_model="numpy")
+#
+# FASTMATH is LLVM's "fast" without nsz (no signed zeros) and arcp (division as a product with the
+# reciprocal). A prange loop's body is compiled as a function of its own, then optimised again inside
+# the kernel numba caches: a process that compiled the kernel runs the first copy, one that loaded it
+# from the cache the second. With reassoc, nsz or arcp let the second pass rewrite the arithmetic
+# (seen: layernorm_backward's dx and the cross-entropy's dlogits, one ulp), so a resumed run left
+# the straight one in the last bit. Without them the copies agree: tests/test_kernel_cache.py runs
+# every kernel compiled and then loaded, and compares the bits.
+FASTMATH = {"reassoc", "contract", "afn", "nnan", "ninf"}
+JIT = dict(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+PJIT = dict(nogil=True, cache=True, fastmath=FASTMATH, parallel=True, error_model="numpy")
 
 
 # exp without a libm call, for the softmaxes (arguments are <= 0 there: x - max). Cephes' expf:
