@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -43,6 +44,7 @@ from tui_llm.engine.errors import TuiLlmError
 # (Open MPI 5, Slurm with PMIx), Open MPI's own (OMPI_COMM_WORLD_*).
 LAUNCHER_ENV_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK")
 INSTALL_HINT = 'pip install "tui-llm[mpi]"'
+ABORT_GRACE_SECONDS = 0.5  # before MPI_Abort, for the launcher to forward the error line
 
 
 class DistributedError(TuiLlmError):
@@ -234,6 +236,10 @@ class World:
             sys.stderr.flush()
         finally:
             if self.comm is not None:
+                # The line sits in the pipe to the launcher's proxy; MPI_Abort makes the launcher kill
+                # every proxy, which can drop what it has not forwarded yet (seen in CI: an empty
+                # stderr). A moment's grace lets the proxy forward the line first.
+                time.sleep(ABORT_GRACE_SECONDS)
                 self.comm.Abort(code)  # the launcher kills the other ranks
             os._exit(code)
 
