@@ -76,9 +76,13 @@ async def test_real_trainer_checkpoint_browser_keeps_one_and_samples_from_it_whi
         await pilot.press("p")  # the app's keys work here too
         await until(pilot, lambda: app.phase == "running")
         await until(pilot, lambda: app.steps_done >= 10)  # periodic saves since, keep_checkpoints=1
+        await pilot.press("p")  # counted between steps: a save in flight has its newest and the one it prunes
+        await until(pilot, lambda: app.phase == "paused")
         names = sorted(p.name for p in run.glob("ckpt_*.safetensors"))
         assert first.name in names and len(names) == 2  # the kept one and the newest; the others pruned
         await until(pilot, lambda: len(screen.rows) == 2)  # the list follows the saves
+        await pilot.press("p")
+        await until(pilot, lambda: app.phase == "running")
         screen.query_one("DataTable").move_cursor(row=0)
         before = app.steps_done
         await pilot.press("s")  # a model of its own, in a thread: training goes on meanwhile
