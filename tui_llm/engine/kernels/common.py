@@ -27,7 +27,7 @@ from numba import njit, prange
 # FASTMATH is LLVM's "fast" without nsz (no signed zeros) and arcp (division as a product with the
 # reciprocal). A prange loop's body is compiled as a function of its own, then optimised again inside
 # the kernel numba caches: a process that compiled the kernel runs the first copy, one that loaded it
-# from the cache the second. With reassoc, nsz or arcp let the second pass rewrite the arithmetic
+# from the cache the second. With reassoc on, nsz or arcp let the second pass rewrite the arithmetic
 # (seen: layernorm_backward's dx and the cross-entropy's dlogits, one ulp), so a resumed run left
 # the straight one in the last bit. Without them the copies agree: tests/test_kernel_cache.py runs
 # every kernel compiled and then loaded, and compares the bits.
