@@ -72,9 +72,9 @@ def run() -> dict[str, str]:
     set_threads(1)
     out: dict[str, str] = {}
     gpt_cfg = GPTConfig(max_seq_len=T, vocab_size=VOCAB, num_layers=2, num_heads=2, channels=64)
-    for name, kw in {"gpt2": {}, "gpt2-recompute": dict(recompute=True)}.items():
+    for name, recompute in (("gpt2", False), ("gpt2-recompute", True)):
         model = GPT.random_init(gpt_cfg, seed=1)
-        model.recompute = kw.get("recompute", False)
+        model.recompute = recompute
         out |= {f"{name} {k}": v for k, v in train_step(model, 1).items()}
     model = GPT.random_init(gpt_cfg, seed=1)
     out |= {f"gpt2-documents {k}": v for k, v in train_step(model, 3, doc_starts=documents()).items()}
