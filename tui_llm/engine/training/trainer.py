@@ -815,8 +815,8 @@ class Trainer:
             self._failed_saves, self._save_problem = 0, None
         self.last_saved_step = self.step
         self.last_checkpoint = path
+        self.run_dir.prune(self.config.keep_checkpoints, protect=path)  # first: who hears the event sees the final list
         self._emit(ev.CheckpointSaved(step=self.step, path=str(path), seconds=time.perf_counter() - t0, reason=reason))
-        self.run_dir.prune(self.config.keep_checkpoints, protect=path)
         return True
 
     def _save_failed(self, path: Path, problem: str, reason: ev.SaveReason) -> None:
