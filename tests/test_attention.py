@@ -110,6 +110,8 @@ def run(qkv, datty, H, KV, starts=None, block=None, workers=None, keep=False):
     for buffers in scratch.buffers:
         for buf in (buffers.scores, buffers.dscores, buffers.kv_part):
             buf.fill(np.nan)
+    scratch.dk_part.fill(np.nan)
+    scratch.dv_part.fill(np.nan)
     atty = np.full((B, T, datty.shape[2]), 7.0, np.float32)
     lse = np.full((B, H, T), 7.0, np.float32)
     attention_forward(atty, lse, qkv, H, KV, scratch, starts, probs)
@@ -201,6 +203,27 @@ def test_passes_over_batch_rows_and_heads(scores_bytes, in_blas, workers, monkey
     # the same passes over rows of one block, the probabilities kept (each pass writes its own part)
     atty, _, dqkv = run(qkv, datty, H, KV, starts, block=T, workers=workers, keep=True)
     assert rel_err(atty, eatty) < RTOL and rel_err(dqkv, expected) < 2e-5
+
+
+@pytest.mark.parametrize("B, T, H, KV, documents", [(2, 100, 6, 2, False), (1, 100, 4, 4, True), (3, 37, 2, 1, False)])
+def test_the_same_bits_on_any_number_of_workers(B, T, H, KV, documents, monkeypatch):
+    """The query blocks of a pass go in two groups that two workers run at once (dK and dV: the
+    first group's sum plus the second's); the groups depend on the blocks alone, so 1, 2, 3 or 5
+    workers give identical bits, and the split sums are still the float64 reference's."""
+    rng = np.random.default_rng(11)
+    qkv = rng.standard_normal((B, T, (H + 2 * KV) * 8)).astype(np.float32)
+    datty = rng.standard_normal((B, T, H * 8)).astype(np.float32)
+    starts = starts_of([[30, 45, 25]], T) if documents else None
+    results = {}
+    for workers in (1, 2, 3, 5):
+        monkeypatch.setattr("numba.get_num_threads", lambda workers=workers: workers)
+        results[workers] = run(qkv, datty, H, KV, starts, block=16, workers=workers)
+    for workers in (2, 3, 5):
+        for ours, one in zip(results[workers], results[1]):
+            assert np.array_equal(ours, one), f"{workers} workers differ from 1"
+    expected = backward_reference(qkv.astype(np.float64), datty.astype(np.float64), H, KV,
+                                  np.zeros((B, T), np.int32) if starts is None else starts)
+    assert rel_err(results[2][2], expected) < 2e-5
 
 
 def test_documents_do_not_see_each_other():

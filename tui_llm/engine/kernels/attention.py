@@ -27,10 +27,14 @@ of rebuilding it; at T = 64 the rebuild (one more product and the exponentials) 
 backward's attention about 1.3x the one that kept P. A pass takes as many batch rows (or, for long rows, key/value
 heads) as keep a block's scores within SCORES_BYTES, so that they are still in cache when the
 softmax kernel and the next products read them. With several threads (the engine's thread
-count, threads.py) the passes are shared out to that many worker threads, each with BLAS on one
+count, machine.py) the work is shared out to that many worker threads, each with BLAS on one
 thread and the (serial, nogil) softmax kernels: the heads run in parallel instead of every small
 product being split over the cores, which made each a wait for the other thread (the products
-are a few hundred per layer; a busy machine made that several times slower).
+are a few hundred per layer; a busy machine made that several times slower). The units shared
+out are a pass's query blocks in two groups of equal work: whole passes left one worker with 3
+of 5 key/value heads (SmolLM2-360M) while the other waited. The second group's dK and dV go to
+a buffer of their own, added to the first's at the end; the groups depend on the blocks alone,
+so any number of threads gives the same bits.
 
 Documents: doc_starts (B, T) int32, the position where each position's document starts in its
 row (0 everywhere: plain causal attention). Query t attends to keys doc_starts[b, t]..t. A block
@@ -95,8 +99,10 @@ class AttentionScratch:
         self.block = n
         self.passes = [(slice(b0, b0 + rows), slice(j0, j0 + heads), slice(j0 * G, (j0 + heads) * G))
                        for b0 in range(0, B, rows) for j0 in range(0, KV, heads)]   # (rows, kv heads, q heads)
-        self.buffers = [_Buffers(rows * heads, G, n, T, hd) for _ in range(min(workers, len(self.passes)))]
+        self.buffers = [_Buffers(rows * heads, G, n, T, hd) for _ in range(min(workers, 2 * len(self.passes)))]
         self.causal = np.zeros((B, T), np.int32)           # doc_starts of plain causal attention
+        # dK and dV of the second group of query blocks (_groups), added to the first's at the end
+        self.dk_part, self.dv_part = (np.empty((B, KV, T, hd) if n < T else 0, np.float32) for _ in range(2))
 
     @staticmethod
     def nbytes_for(B: int, T: int, H: int, KV: int, hd: int, block: int | None = None,
@@ -108,10 +114,11 @@ class AttentionScratch:
         pairs = rows * heads
         per_worker = 2 * pairs * G * n * T + (3 * pairs * G * n * hd if G > 1 else 0) + \
             (pairs * T * hd if blas.matmul_add is None else 0)
-        return 4 * (min(workers, passes) * per_worker + B * T)
+        parts = 2 * B * KV * T * hd if n < T else 0
+        return 4 * (min(workers, 2 * passes) * per_worker + B * T + parts)
 
     def nbytes(self) -> int:
-        return self.causal.nbytes + sum(b.nbytes() for b in self.buffers)
+        return self.causal.nbytes + self.dk_part.nbytes + self.dv_part.nbytes + sum(b.nbytes() for b in self.buffers)
 
 
 def keeps_probabilities(T: int, block: int | None = None) -> bool:
@@ -207,26 +214,54 @@ def _blocks(starts: np.ndarray, n: int) -> list[tuple[int, int, int]]:
     return [(r0, min(r0 + n, T), int(starts[:, r0].min())) for r0 in range(0, T, n)]
 
 
+def _work(block: tuple[int, int, int]) -> int:
+    r0, r1, k0 = block
+    return (r1 - r0) * (r1 - k0)              # scores computed: rows x keys
+
+
+def _groups(blocks: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
+    """A pass's query blocks in two groups of about equal work (one when there is one block),
+    each from its last block down: two units that two workers run at once. The split depends on
+    the blocks alone, never on the worker count, so the sums (dK and dV: the first group's plus
+    the second's) are the same bits on any number of threads."""
+    if len(blocks) < 2:
+        return [blocks]
+    groups: tuple[list, list] = ([], [])
+    work = [0, 0]
+    for block in sorted(blocks, key=_work, reverse=True):   # the largest first, to the lighter group
+        i = 0 if work[0] <= work[1] else 1
+        groups[i].append(block)
+        work[i] += _work(block)
+    return [sorted(group, reverse=True) for group in groups]
+
+
 _blas_threads = None  # threadpoolctl's controller, made on first use
 
 
-def _run_passes(run_pass, scratch: AttentionScratch) -> None:
-    """run_pass(batch rows, kv heads, query heads, buffers) for every pass. With several threads
-    (numba.get_num_threads()), the passes are shared out to as many worker threads, each running
-    its passes one after the other with BLAS on one thread: the heads run in parallel, not the
-    small products inside one (each of which would be a wait for the other thread)."""
+def _run_units(units: list, run_unit, scratch: AttentionScratch) -> None:
+    """run_unit(unit, buffers) for every (work, unit) of units. With several threads
+    (numba.get_num_threads()), the units are shared out to as many worker threads, the largest
+    first to the least loaded (the same split every call), each running its units one after
+    the other with BLAS on one thread: the heads run in parallel, not the small products inside
+    one (each of which would be a wait for the other thread)."""
     global _blas_threads
-    workers = min(numba.get_num_threads(), len(scratch.buffers))
-    if workers == 1:
-        for p in scratch.passes:
-            run_pass(*p, scratch.buffers[0])
+    workers = min(numba.get_num_threads(), len(scratch.buffers), len(units))
+    if workers <= 1:
+        for _, unit in units:
+            run_unit(unit, scratch.buffers[0])
         return
     if _blas_threads is None:
         _blas_threads = ThreadpoolController()
+    shares: list[list] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for work, unit in sorted(units, key=lambda wu: wu[0], reverse=True):
+        i = loads.index(min(loads))
+        shares[i].append(unit)
+        loads[i] += work
 
     def worker(i):
-        for p in scratch.passes[i::workers]:
-            run_pass(*p, scratch.buffers[i])
+        for unit in shares[i]:
+            run_unit(unit, scratch.buffers[i])
 
     with _blas_threads.limit(limits=1, user_api="blas"):
         list(_executor(workers).map(worker, range(workers)))
@@ -242,6 +277,17 @@ def _executor(workers: int) -> ThreadPoolExecutor:
     return _pools[workers]
 
 
+def _units(scratch: AttentionScratch, starts: np.ndarray) -> list[tuple[int, tuple]]:
+    """(work, (pass, group index, the group's blocks)) for every pass and group of its blocks."""
+    units = []
+    for p in scratch.passes:
+        b, j = p[0], p[1]
+        pairs = len(range(*b.indices(starts.shape[0]))) * (j.stop - j.start)
+        for g, group in enumerate(_groups(_blocks(starts[b], scratch.block))):
+            units.append((pairs * sum(map(_work, group)), (p, g, group)))
+    return units
+
+
 def attention_forward(atty: np.ndarray, lse: np.ndarray, qkv: np.ndarray, H: int, KV: int,
                       scratch: AttentionScratch, doc_starts: np.ndarray | None = None,
                       probs: np.ndarray | None = None) -> None:
@@ -255,9 +301,13 @@ def attention_forward(atty: np.ndarray, lse: np.ndarray, qkv: np.ndarray, H: int
     q, k, v = _views(qkv, H, KV)
     y = _heads(atty, KV, G)
     _check_probs(probs, qkv.shape[0], H, qkv.shape[1], scratch)
-    _run_passes(lambda b, j, h, buf: _forward(y[b, j], lse[b, h], q[b, j], k[b, j], v[b, j], starts[b], buf,
-                                              scratch.block, scale, _probs_view(probs, b, h, G)),
-                scratch)
+
+    def run_unit(unit, buf):
+        (b, j, h), _, blocks = unit
+        _forward(y[b, j], lse[b, h], q[b, j], k[b, j], v[b, j], starts[b], buf, blocks, scale,
+                 _probs_view(probs, b, h, G))
+
+    _run_units(_units(scratch, starts), run_unit, scratch)
 
 
 def attention_backward(dqkv: np.ndarray, datty: np.ndarray, atty: np.ndarray, lse: np.ndarray, qkv: np.ndarray,
@@ -265,7 +315,8 @@ def attention_backward(dqkv: np.ndarray, datty: np.ndarray, atty: np.ndarray, ls
                        probs: np.ndarray | None = None) -> None:
     """dqkv (B, T, W) is overwritten from datty (B, T, H hd), through the forward's output atty
     and row statistics lse (B, H, T), or its kept probabilities probs; the same qkv and
-    doc_starts as the forward."""
+    doc_starts as the forward. A pass's second group of query blocks writes its dK and dV
+    beside the first's (scratch.dk_part, dv_part), added to them once every unit is done."""
     G, hd = H // KV, qkv.shape[2] // (H + 2 * KV)
     scale = np.float32(1.0 / math.sqrt(hd))
     starts = scratch.causal if doc_starts is None else doc_starts
@@ -273,18 +324,27 @@ def attention_backward(dqkv: np.ndarray, datty: np.ndarray, atty: np.ndarray, ls
     dq, dk, dv = _views(dqkv, H, KV)
     y, dy = _heads(atty, KV, G), _heads(datty, KV, G)
     _check_probs(probs, qkv.shape[0], H, qkv.shape[1], scratch)
-    _run_passes(lambda b, j, h, buf: _backward(dq[b, j], dk[b, j], dv[b, j], dy[b, j], y[b, j], lse[b, h], q[b, j],
-                                               k[b, j], v[b, j], starts[b], buf, scratch.block, scale,
-                                               _probs_view(probs, b, h, G)),
-                scratch)
+
+    def run_unit(unit, buf):
+        (b, j, h), g, blocks = unit
+        dk_to, dv_to = (dk[b, j], dv[b, j]) if g == 0 else (scratch.dk_part[b, j], scratch.dv_part[b, j])
+        _backward(dq[b, j], dk_to, dv_to, dy[b, j], y[b, j], lse[b, h], q[b, j], k[b, j], v[b, j], starts[b], buf,
+                  blocks, scale, _probs_view(probs, b, h, G))
+
+    units = _units(scratch, starts)
+    _run_units(units, run_unit, scratch)
+    if any(g == 1 for _, (_, g, _) in units):   # every pass has two groups, or none has
+        np.add(dk, scratch.dk_part, out=dk)
+        np.add(dv, scratch.dv_part, out=dv)
 
 
-def _forward(y, lse, q, k, v, starts, buf, block, scale, probs) -> None:
-    """One pass of attention_forward: y, q (B, KV, G, T, hd), k, v (B, KV, T, hd), lse (B, H, T)
-    for the pass's batch rows and heads; probs: their kept probabilities (one block), or None."""
+def _forward(y, lse, q, k, v, starts, buf, blocks, scale, probs) -> None:
+    """Query blocks `blocks` of one pass of attention_forward: y, q (B, KV, G, T, hd), k, v
+    (B, KV, T, hd), lse (B, H, T) for the pass's batch rows and heads; probs: their kept
+    probabilities (one block), or None."""
     B, KV, G = q.shape[:3]
     H = KV * G
-    for r0, r1, k0 in _blocks(starts, block):
+    for r0, r1, k0 in blocks:
         n, m = r1 - r0, r1 - k0
         s = buf.scores[:B * H * n * m].reshape(B, KV, G * n, m) if probs is None else probs
         np.matmul(_rows(q, r0, r1, buf.q_rows), k[:, :, k0:r1].swapaxes(-1, -2), out=s)    # S = Q Kᵀ
@@ -294,16 +354,17 @@ def _forward(y, lse, q, k, v, starts, buf, block, scale, probs) -> None:
         _put_rows(y, r0, r1, out)
 
 
-def _backward(dq, dk, dv, dy, y, lse, q, k, v, starts, buf, block, scale, probs) -> None:
-    """One pass of attention_backward, on views as _forward's (dq, dy like q; dk, dv like k);
-    probs: the forward's kept probabilities (one block), read instead of rebuilt, or None."""
+def _backward(dq, dk, dv, dy, y, lse, q, k, v, starts, buf, blocks, scale, probs) -> None:
+    """Query blocks `blocks` (from the last down) of one pass of attention_backward, on views as
+    _forward's (dq, dy like q; dk, dv like k: these blocks' sums); probs: the forward's kept
+    probabilities (one block), read instead of rebuilt, or None."""
     B, KV, G, T, hd = q.shape
     H = KV * G
-    # The last block reaches the last key: it writes dK and dV, the earlier blocks add to them.
-    blocks = _blocks(starts, block)[::-1]
-    first_key = blocks[0][2]
-    dk[:, :, :first_key] = 0.0
-    dv[:, :, :first_key] = 0.0
+    # The first block writes its keys' dK and dV (zeros on the keys it does not reach), the others add.
+    _, last_row, first_key = blocks[0]
+    for grad in (dk, dv):
+        grad[:, :, :first_key] = 0.0
+        grad[:, :, last_row:] = 0.0
     for r0, r1, k0 in blocks:
         n, m = r1 - r0, r1 - k0
         s = buf.scores[:B * H * n * m].reshape(B, KV, G * n, m) if probs is None else probs
@@ -319,7 +380,7 @@ def _backward(dq, dk, dv, dy, y, lse, q, k, v, starts, buf, block, scale, probs)
         np.matmul(ds, keys, out=out)                                                            # dQ = dS K
         _put_rows(dq, r0, r1, out)
         for grad, a, b in ((dk[:, :, k0:r1], ds, q_rows), (dv[:, :, k0:r1], s, dy_rows)):     # dK, dV
-            if r1 == T:
+            if r1 == last_row:
                 np.matmul(a.swapaxes(-1, -2), b, out=grad)
             elif blas.matmul_add is not None:  # added inside the gemm (beta = 1)
                 for i in range(B):
