@@ -187,3 +187,17 @@ def test_fast_exp_is_accurate():
     out2 = np.empty(3, np.float32)
     K.exp_array(out2, np.array([1.0, 2.0, 3.0], np.float32), np.float32(3.0))  # shifted
     np.testing.assert_allclose(out2, np.exp([-2.0, -1.0, 0.0]), rtol=1e-6)
+
+
+def test_row_max_is_the_maximum_of_any_length():
+    """row_max (the attention softmax's, in MAX_LANES running maxima) over every length around the
+    lane count, the maximum anywhere: the lanes, the tail, the first element."""
+    rng = np.random.default_rng(3)
+    lanes = np.empty(K.MAX_LANES, np.float32)
+    for n in range(1, 3 * K.MAX_LANES + 3):
+        x = (-np.abs(rng.standard_normal(n)) * 50 - 1).astype(np.float32)  # all below 7.5
+        for where in {0, n // 2, n - 1}:
+            y = x.copy()
+            y[where] = np.float32(7.5)
+            assert K.row_max(y, lanes) == np.float32(7.5), (n, where)
+        assert K.row_max(x, lanes) == x.max(), n

@@ -68,6 +68,30 @@ def exp_block(src, shift, scale, ibuf, pbuf):
         pbuf[j] *= two_k[j]
 
 
+MAX_LANES = 16
+
+
+@njit(inline="always", **JIT)
+def row_max(x, lanes):
+    """max(x) of a non-empty row, in MAX_LANES running maxima (lanes: a scratch of that many
+    floats) that vectorise; a plain max loop does not (LLVM vectorises a float max only with
+    no-signed-zeros, which FASTMATH leaves out)."""
+    n = x.shape[0]
+    full = n - n % MAX_LANES
+    m = np.float32(-1e30)
+    if full:
+        lanes[:] = x[:MAX_LANES]
+        for j in range(MAX_LANES, full, MAX_LANES):
+            for lane in range(MAX_LANES):
+                v = x[j + lane]
+                lanes[lane] = v if v > lanes[lane] else lanes[lane]
+        for lane in range(MAX_LANES):
+            m = max(m, lanes[lane])
+    for j in range(full, n):
+        m = max(m, x[j])
+    return m
+
+
 @njit(**PJIT)
 def exp_array(out, x, shift):
     """out = exp(x - shift) through exp_block (exposed for the accuracy test)."""
@@ -155,22 +179,22 @@ def attention_softmax(scores, lse, starts, r0, k0, scale):
     B, H, n, _ = scores.shape
     for bh in range(B * H):
         b, h = bh // H, bh % H
-        ibuf, pbuf = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32)
+        ibuf, pbuf, lanes = np.empty(EXP_BLOCK, np.int32), np.empty(EXP_BLOCK, np.float32), np.empty(MAX_LANES, np.float32)
         for i in range(n):
             t = r0 + i
             lo, hi = starts[b, t] - k0, t + 1 - k0          # the row's keys, as columns of the block
             row = scores[b, h, i]
             keys = row[lo:hi]  # indexed from 0 (see exp_block), so the loops vectorise
-            maxval = np.float32(-1e30)
-            for j in range(keys.shape[0]):
-                maxval = max(maxval, keys[j])
+            maxval = row_max(keys, lanes)
             total = np.float32(0.0)
             for start in range(0, keys.shape[0], EXP_BLOCK):
                 count = min(EXP_BLOCK, keys.shape[0] - start)
                 exp_block(keys[start:start + count], maxval, scale, ibuf, pbuf)
-                for j in range(count):
-                    total += pbuf[j]
-                keys[start:start + count] = pbuf[:count]
+                dst = keys[start:start + count]
+                for j in range(count):  # the copy and the sum in one loop: 0.8x the time of two
+                    p = pbuf[j]
+                    dst[j] = p
+                    total += p
             inv = np.float32(1.0) / total
             for j in range(keys.shape[0]):
                 keys[j] *= inv
