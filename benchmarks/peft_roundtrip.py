@@ -18,7 +18,10 @@ written as a Hugging Face directory by our exporter:
 `speed`: one training step (forward with the loss, backward, AdamW) of LoRA r=16 all-linear over a
 frozen fp32 SmolLM2-360M-shaped Llama (random weights), B=1, T=512: tui-llm in one process,
 transformers + PEFT (eager attention, fp32) in another, both with the same threads; the two
-take turns step by step (one warm-up each), medians of --repeat steps.
+take turns step by step after --warmup steps each (torch's first three steps are 1.3-1.5x its
+later ones), medians of --repeat steps. --matmul-dtype bf16 runs our products in bf16 (CPUs with
+avx512_bf16); --ref-autocast runs PEFT's step under torch.autocast("cpu", bfloat16), its bf16.
+--ref-profile prints where PEFT's step spends its time (torch.profiler, by operator).
 
 The reference side is this same file run by --ref-python with a `ref-*` subcommand: it imports
 only the standard library, numpy and torch/transformers/peft (the venv has no numba).
@@ -79,8 +82,11 @@ def ref_peft_made(work: Path, seed: int = 7) -> None:
     peft_model.save_pretrained(work / "peftmade")
 
 
-def ref_worker(threads: int, seq_len: int, rank: int) -> None:
-    """transformers + PEFT training steps on request: reads 'step' lines, answers 'seconds loss'."""
+def ref_worker(threads: int, seq_len: int, rank: int, autocast: bool = False, profile: bool = False) -> None:
+    """transformers + PEFT training steps on request: reads 'step' lines, answers 'seconds loss'
+    (autocast: under torch.autocast("cpu", bfloat16); profile: the last step's operator table on stderr)."""
+    import contextlib
+
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -103,15 +109,22 @@ def ref_worker(threads: int, seq_len: int, rank: int) -> None:
     gen = torch.Generator().manual_seed(1)
     x = torch.randint(0, s["vocab_size"], (1, seq_len), generator=gen)
     print("ready", flush=True)
+    profiler = None
     for line in sys.stdin:
         if line.strip() != "step":
             break
+        if profile:
+            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
         t0 = time.perf_counter()
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        with profiler or contextlib.nullcontext():
+            with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+                loss = model(input_ids=x, labels=x).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         print(f"{time.perf_counter() - t0} {float(loss.detach())}", flush=True)
+    if profiler is not None:
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
 
 
 # =======================================================================================
@@ -237,11 +250,14 @@ def cmd_speed(args) -> None:
     from tui_llm.engine.training.optim import AdamW
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    flags = [flag for flag, on in (("autocast", args.ref_autocast), ("profile", args.ref_profile)) if on]
     peft = subprocess.Popen([args.ref_python, __file__, "ref-worker", str(args.threads), str(args.seq_len),
-                             str(args.lora_rank)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                             str(args.lora_rank), *flags], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=env)
     assert peft.stdin is not None and peft.stdout is not None
     set_threads(args.threads)
     model = build("smollm2-360m", args.seq_len, args.lora_rank, "fp32", False)
+    model.w.matmul_dtype = args.matmul_dtype
     opt = AdamW(model)
     x, y = batch(model.config, 1, args.seq_len)
     assert peft.stdout.readline().strip() == "ready"
@@ -252,8 +268,9 @@ def cmd_speed(args) -> None:
         return float(peft.stdout.readline().split()[0])
 
     times: dict[str, list[float]] = {"tui-llm": [], "transformers + PEFT": []}
-    one_step(model, opt, x, y)   # warm-up each: compile, first touches
-    peft_step()
+    for _ in range(args.warmup):   # warm-up each: compile, first touches, torch's allocator
+        one_step(model, opt, x, y)
+        peft_step()
     for i in range(args.repeat):
         times["tui-llm"].append(one_step(model, opt, x, y)[0])
         times["transformers + PEFT"].append(peft_step())
@@ -265,8 +282,9 @@ def cmd_speed(args) -> None:
     rows = [[name, f"{statistics.median(t):.2f} s", f"{min(t):.2f}-{max(t):.2f} s"] for name, t in times.items()]
     print_table(["LoRA step", "median", "min-max"], rows)
     print(f"\ntransformers + PEFT / tui-llm = {theirs / ours:.2f}x  (SmolLM2-360M shape, B=1, T={args.seq_len}, "
-          f"r={args.lora_rank} all-linear, {args.threads} threads, {args.repeat} steps each; load average "
-          f"{os.getloadavg()[0]:.2f})")
+          f"r={args.lora_rank} all-linear, {args.threads} threads, {args.warmup} warm-up and {args.repeat} steps "
+          f"each; our products {args.matmul_dtype}, PEFT's {'bf16 autocast' if args.ref_autocast else 'fp32'}; "
+          f"load average {os.getloadavg()[0]:.2f})")
 
 
 def main() -> None:
@@ -275,7 +293,8 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "ref-peft-made":
         return ref_peft_made(Path(sys.argv[2]))
     if len(sys.argv) > 4 and sys.argv[1] == "ref-worker":
-        return ref_worker(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        return ref_worker(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), "autocast" in sys.argv[5:],
+                          "profile" in sys.argv[5:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=("check", "speed"))
     p.add_argument("--ref-python", default="/work/venvs/ref/bin/python",
@@ -284,6 +303,10 @@ def main() -> None:
     p.add_argument("-t", "--seq-len", type=int, default=512)
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3, help="steps each side runs before the timed ones")
+    p.add_argument("--matmul-dtype", choices=("fp32", "bf16"), default="fp32", help="our products' precision")
+    p.add_argument("--ref-autocast", action="store_true", help="PEFT's step under torch.autocast(bfloat16)")
+    p.add_argument("--ref-profile", action="store_true", help="print PEFT's step by operator (torch.profiler)")
     args = p.parse_args()
     (cmd_check if args.command == "check" else cmd_speed)(args)
 
