@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from rich.segment import Segment
+from rich.style import Style
 from textual.geometry import Region
 from textual.reactive import reactive
 from textual.strip import Strip
@@ -54,8 +55,10 @@ X_AXES = {"step": ("step", tick_label), "tokens": ("tokens", human_number),
           "time": ("elapsed_s", duration_label)}
 """x axis name -> (TrainStep field, tick label)."""
 
-CPU_SHARE = 0.02
-"""At most this share of a core goes to drawing the chart for new steps."""
+CPU_SHARE = 0.005
+"""At most this share of a core goes to drawing the chart for new steps (a 168x36 chart takes
+5 ms: at most one a second, the tick's pace). On cores that training keeps busy the UI's CPU
+comes out of the step: at 0.02 the chart was most of the UI's 1.7% of a core (issue 20)."""
 
 OVERLAY_STYLES = ("overlay1", "overlay2", "overlay3", "overlay4")
 """The colours of other runs' curves, in turn."""
@@ -163,6 +166,8 @@ class MetricsChart(Widget):
         """Points arrived (or the view changed) since the last redraw."""
         self._restyle = True
         """The whole widget must be repainted (new size or colours), not just changed rows."""
+        self._styles: dict[str, Style] = {}
+        """Each style name's rich Style ("" the widget's own), looked up again on a restyle."""
         self._not_before = 0.0
         """No redraw for new steps before this time (time.monotonic())."""
         self._update_titles()
@@ -388,10 +393,11 @@ class MetricsChart(Widget):
         rows, self._y_range = draw_chart(width, height, self.lines(), log_y=self.log_scale, x_name=x_name,
                                          keep_y=self._y_range, x_label=X_AXES[self.x_axis][1],
                                          markers=self.marker_xs())
-        styles = {name: self.get_component_rich_style(f"metrics-chart--{name}") for name in STYLES}
-        styles[""] = self.rich_style
-        strips = [Strip([Segment(text, styles.get(name, self.rich_style)) for text, name in row], width)
-                  for row in rows]
+        if self._restyle or not self._styles:  # looked up through the DOM: only when the theme or CSS changed
+            self._styles = {name: self.get_component_rich_style(f"metrics-chart--{name}") for name in STYLES}
+            self._styles[""] = self.rich_style
+        styles, base = self._styles, self._styles[""]
+        strips = [Strip([Segment(text, styles.get(name, base)) for text, name in row], width) for row in rows]
         if self._restyle or len(rows) != len(self._rows):
             self.refresh()
         else:

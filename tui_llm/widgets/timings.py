@@ -13,6 +13,7 @@ from collections import deque
 import numpy as np
 from rich.segment import Segment
 from rich.style import Style
+from textual.geometry import Region
 from textual.strip import Strip
 from textual.widget import Widget
 
@@ -113,8 +114,13 @@ class TimingsPanel(Widget):
             steps_per_s = 1000.0 / event.step_ms if event.step_ms > 0 else 0.0
             strips.append(line(("step ", label), (f"{event.step_ms:7.1f} ms  ", base), (f"{steps_per_s:.2f}/s", dim)))
             strips.append(line(("tok/s ", label), (f"{event.tok_per_s:,.0f}", base)))
+        if len(strips) != len(self._strips):
+            self.refresh()
+        else:  # repaint only the lines that changed (each repainted line costs the terminal and Textual)
+            for y, (old, new) in enumerate(zip(self._strips, strips)):
+                if old != new:
+                    self.refresh(Region(0, y, width, 1))
         self._strips = strips
-        self.refresh()
 
     def render_line(self, y: int) -> Strip:
         if y < len(self._strips):
