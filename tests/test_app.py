@@ -638,3 +638,54 @@ async def test_trainer_crash_is_shown_and_quit_returns_1():
         await pilot.press("q")
         await until(pilot, lambda: app.return_code is not None)
     assert app.return_code == 1
+
+
+YIELD_SCRIPT = """
+import json, os, threading
+from tui_llm.terminal import UI_NICENESS, yield_to_training
+
+def nice(tid):
+    return os.getpriority(os.PRIO_PROCESS, tid)
+
+base = nice(threading.get_native_id())
+ids, started, stepped_back, kernel_up, done = {}, threading.Barrier(4), threading.Event(), threading.Event(), \
+    threading.Event()
+
+def park(name):
+    ids[name] = threading.get_native_id()
+    if name == "kernel":
+        kernel_up.set()
+    else:
+        started.wait()
+    if name == "trainer":  # a thread training starts after the UI stepped back (numba's, BLAS's)
+        stepped_back.wait()
+        kernel = threading.Thread(target=park, args=("kernel",))
+        kernel.start()
+    done.wait()
+
+threads = [threading.Thread(target=park, args=(name,), name=name) for name in ("textual-input", "textual-output", "trainer")]
+for thread in threads:
+    thread.start()
+started.wait()
+yield_to_training()
+stepped_back.set()
+kernel_up.wait()
+niceness = {name: nice(tid) for name, tid in ids.items()}
+niceness["main"] = nice(threading.get_native_id())
+done.set()
+print(json.dumps({"base": base, "ui": UI_NICENESS, **niceness}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
+def test_the_ui_threads_step_back_for_training():
+    """yield_to_training lowers the priority of the UI's threads (main, Textual's input and output)
+    and leaves the trainer's, and the threads the trainer starts later, as they were."""
+    import json
+
+    done = run_command([sys.executable, "-c", YIELD_SCRIPT], timeout=60)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    ui = max(got["base"], got["ui"])
+    assert (got["main"], got["textual-input"], got["textual-output"]) == (ui, ui, ui), got
+    assert (got["trainer"], got["kernel"]) == (got["base"], got["base"]), got

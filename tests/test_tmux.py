@@ -142,6 +142,10 @@ def test_dashboard_200x50_shows_curves_timings_and_samples(train_file, tmp_path)
         assert "step 30/30" in screen
         for text in ("fwd", "bwd", "opt", "tok/s", "train", "val"):
             assert text in screen, text
+        # the timings panel repaints only its lines that changed: the terminal shows the last step's
+        last = [m for m in read_metrics(run) if m["type"] == "train"][-1]
+        lines = (f"step {last['step_ms']:7.1f} ms", f"fwd {last['fwd_ms']:8.1f} ms", f"opt {last['opt_ms']:8.1f} ms")
+        term.wait_for(lambda s: all(line in s for line in lines), f"the last step's timings {lines}")
         assert re.search(r"^│step (10|20|29)\b", screen, re.M)  # a sample entry, at the panel's left edge
         term.press("m")  # the chart's other metrics, and other x axes
         term.wait_for(lambda s: "─ lr ─" in s and "━━ lr" in s, "the lr chart")

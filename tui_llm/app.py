@@ -35,7 +35,7 @@ from tui_llm.screens.checkpoints import CheckpointsScreen
 from tui_llm.screens.dashboard import DashboardScreen
 from tui_llm.screens.dialogs import HelpScreen, LeaveScreen, PromptScreen, QuitScreen, SettingsScreen
 from tui_llm.signals import SIGNAL_EXIT
-from tui_llm.terminal import HangupSafeDriver, SignalHandlers
+from tui_llm.terminal import HangupSafeDriver, SignalHandlers, yield_to_training
 
 RunState = ev.RunState
 
@@ -172,6 +172,7 @@ class TrainerApp(App[int]):
         """The chat panel's conversation (kept while the panel is closed)."""
         self._early_signals: list[Signalled] = []
         self.signal_handlers = None  # run_app's (terminal.SignalHandlers): ctrl+c goes through them
+        self._yielded = False  # terminal.yield_to_training done
 
     async def on_mount(self) -> None:
         """Show the dashboard with the run's history so far, then start training."""
@@ -230,6 +231,9 @@ class TrainerApp(App[int]):
         if not self.dashboard.is_mounted:  # the app is closing (a Stop from on_unmount)
             return
         event = message.event
+        if not self._yielded:  # the trainer's thread exists now (it sent this): the UI's threads step back
+            yield_to_training()
+            self._yielded = True
         match event:
             case ev.Compiling():
                 self.phase = RunState.COMPILING
