@@ -99,7 +99,8 @@ class AttentionScratch:
         self.block = n
         self.passes = [(slice(b0, b0 + rows), slice(j0, j0 + heads), slice(j0 * G, (j0 + heads) * G))
                        for b0 in range(0, B, rows) for j0 in range(0, KV, heads)]   # (rows, kv heads, q heads)
-        self.buffers = [_Buffers(rows * heads, G, n, T, hd) for _ in range(min(workers, 2 * len(self.passes)))]
+        units = len(self.passes) * (2 if n < T else 1)    # a pass's query blocks in one or two groups (_groups)
+        self.buffers = [_Buffers(rows * heads, G, n, T, hd) for _ in range(min(workers, units))]
         self.causal = np.zeros((B, T), np.int32)           # doc_starts of plain causal attention
         # dK and dV of the second group of query blocks (_groups), added to the first's at the end
         self.dk_part, self.dv_part = (np.empty((B, KV, T, hd) if n < T else 0, np.float32) for _ in range(2))
@@ -115,7 +116,8 @@ class AttentionScratch:
         per_worker = 2 * pairs * G * n * T + (3 * pairs * G * n * hd if G > 1 else 0) + \
             (pairs * T * hd if blas.matmul_add is None else 0)
         parts = 2 * B * KV * T * hd if n < T else 0
-        return 4 * (min(workers, 2 * passes) * per_worker + B * T + parts)
+        units = passes * (2 if n < T else 1)
+        return 4 * (min(workers, units) * per_worker + B * T + parts)
 
     def nbytes(self) -> int:
         return self.causal.nbytes + self.dk_part.nbytes + self.dv_part.nbytes + sum(b.nbytes() for b in self.buffers)
