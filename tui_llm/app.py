@@ -172,7 +172,6 @@ class TrainerApp(App[int]):
         """The chat panel's conversation (kept while the panel is closed)."""
         self._early_signals: list[Signalled] = []
         self.signal_handlers = None  # run_app's (terminal.SignalHandlers): ctrl+c goes through them
-        self._yielded = False  # terminal.yield_to_training done
 
     async def on_mount(self) -> None:
         """Show the dashboard with the run's history so far, then start training."""
@@ -194,6 +193,7 @@ class TrainerApp(App[int]):
     @work(thread=True, exit_on_error=False, name="trainer")
     def run_trainer(self) -> None:
         """The training loop (blocking, in a thread)."""
+        yield_to_training()  # from the trainer's own thread, which keeps its priority: the UI's step back
         self.trainer.run(lambda event: self.post_message(TrainerEvent(event)), on_error="pause")
 
     def on_unmount(self) -> None:
@@ -231,9 +231,6 @@ class TrainerApp(App[int]):
         if not self.dashboard.is_mounted:  # the app is closing (a Stop from on_unmount)
             return
         event = message.event
-        if not self._yielded:  # the trainer's thread exists now (it sent this): the UI's threads step back
-            yield_to_training()
-            self._yielded = True
         match event:
             case ev.Compiling():
                 self.phase = RunState.COMPILING

@@ -45,8 +45,8 @@ def yield_to_training() -> None:
     UI. With other programs on the cores, each wake of the UI (a repaint, a key check ten times a
     second) took a core from a training thread, which then waited behind those programs: the UI
     cost 5-6% of the step under two busy processes while using 1% of a core (BENCHMARKS.md). The
-    UI needs little CPU and still gets it, a little later. Call it once training's threads exist
-    (threads inherit their creator's niceness: threads the UI starts later run at this one too).
+    UI needs little CPU and still gets it, a little later. Call it from training's thread, once it
+    runs (threads inherit their creator's niceness: threads the UI starts later run at this one too).
     Linux only (a thread's own niceness); elsewhere nothing changes. Raising one's niceness is
     always allowed; a failure leaves things as they were."""
     if sys.platform != "linux":

@@ -333,9 +333,8 @@ def attention_backward(dqkv: np.ndarray, datty: np.ndarray, atty: np.ndarray, ls
         _backward(dq[b, j], dk_to, dv_to, dy[b, j], y[b, j], lse[b, h], q[b, j], k[b, j], v[b, j], starts[b], buf,
                   blocks, scale, _probs_view(probs, b, h, G))
 
-    units = _units(scratch, starts)
-    _run_units(units, run_unit, scratch)
-    if any(g == 1 for _, (_, g, _) in units):   # every pass has two groups, or none has
+    _run_units(_units(scratch, starts), run_unit, scratch)
+    if scratch.dk_part.size:   # rows of more than one block: every pass had a second group
         np.add(dk, scratch.dk_part, out=dk)
         np.add(dv, scratch.dv_part, out=dv)
 
